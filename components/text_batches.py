@@ -1,0 +1,92 @@
+"""Tokenize once, batch with dynamic padding, and run a classifier over a whole split."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+
+
+@dataclass
+class EncodedSplit:
+    input_ids: list[list[int]]
+    labels: Optional[np.ndarray]  # class indices; None for unlabelled text
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def encode(tokenizer, texts: list[str], max_length: int, labels: Optional[list[int]] = None) -> EncodedSplit:
+    """Tokenize every text once, truncated, unpadded: padding happens per batch."""
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)["input_ids"]
+    return EncodedSplit(ids, None if labels is None else np.asarray(labels, dtype=np.int64))
+
+
+def train_batches(split: EncodedSplit, batch_size: int, rng: random.Random) -> Iterator[list[int]]:
+    """Shuffled batches of similar lengths: sort within pools of 50 batches, then shuffle the batches.
+
+    Less padding per batch than plain shuffling, while each epoch still sees a different order.
+    """
+    order = list(range(len(split)))
+    rng.shuffle(order)
+    pool = batch_size * 50
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start:start + pool], key=lambda i: len(split.input_ids[i]))
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return iter(batches)
+
+
+def eval_batches(split: EncodedSplit, batch_size: int) -> Iterator[list[int]]:
+    """Batches sorted by length: the least padding; results are put back in the original order."""
+    order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))
+    return (order[i:i + batch_size] for i in range(0, len(order), batch_size))
+
+
+def collate(split: EncodedSplit, indices: list[int], pad_id: int, device: str) -> dict:
+    """Right-pad a batch to its longest text (decoders pool the last non-pad token)."""
+    import torch
+
+    rows = [split.input_ids[i] for i in indices]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, : len(row)] = torch.tensor(row)
+        mask[r, : len(row)] = 1
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if split.labels is not None:
+        batch["labels"] = torch.from_numpy(split.labels[indices])
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def predict_logits(model, split: EncodedSplit, batch_size: int, pad_id: int, device: str, precision: str):
+    """Logits for every text of the split, in the split's order, as float32 on the CPU."""
+    import torch
+
+    model.eval()
+    out = torch.empty((len(split), model.config.num_labels), dtype=torch.float32)
+    with torch.inference_mode(), autocast(device, precision):
+        for indices in eval_batches(split, batch_size):
+            batch = collate(split, indices, pad_id, device)
+            batch.pop("labels", None)
+            out[indices] = model(**batch).logits.float().cpu()
+    return out
+
+
+def loss_and_accuracy(logits, labels: np.ndarray) -> tuple[float, float]:
+    import torch
+
+    targets = torch.from_numpy(labels)
+    loss = torch.nn.functional.cross_entropy(logits, targets).item()
+    return loss, (logits.argmax(-1) == targets).float().mean().item()
+
+
+def autocast(device: str, precision: str):
+    import torch
+
+    return torch.autocast(device_type=device if device != "mps" else "cpu", dtype=torch.bfloat16,
+                          enabled=precision == "bf16")

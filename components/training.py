@@ -1,0 +1,227 @@
+"""Stage 4, fine-tuning: AdamW with warm-up and decay, clipping, bf16 autocast on GPU, validation each epoch,
+early stopping with the best weights restored, and resumable checkpoints. Importable without MLflow or KFP."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import pandas as pd
+
+from components.config import ModelConfig, TrainConfig
+from components.model_init import apply_strategy, load_classifier
+from components.text_batches import autocast, collate, encode, loss_and_accuracy, predict_logits, train_batches
+
+MetricsLogger = Callable[[dict, int], None]  # (metrics, step)
+
+
+@dataclass
+class TrainResult:
+    model_dir: str
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    best_val_accuracy: float
+    stopped_early: bool
+    resumed_from_epoch: int  # 0: started fresh
+    train_seconds: float
+    samples_per_second: float
+    history: list[dict] = field(default_factory=list)  # one row per epoch
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fine_tune(
+    init_dir: str,
+    data_dir: str,
+    out_dir: str,
+    checkpoint_dir: str,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    device: str,
+    precision: str,
+    seed: int,
+    log_metrics: Optional[MetricsLogger] = None,
+) -> TrainResult:
+    """Train the stage 2 model on the stage 1 splits; writes a merged safetensors model to out_dir."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    log_metrics = log_metrics or (lambda metrics, step: None)
+    labels = json.loads((Path(data_dir) / "manifest.json").read_text())["labels"]
+    model, tokenizer = load_classifier(init_dir, labels)
+    model = apply_strategy(model, model_cfg.strategy, model_cfg.trainable_blocks, model_cfg.lora).to(device)
+    train = _encode_split(tokenizer, data_dir, "train", labels, model_cfg.max_length, train_cfg.max_train_samples)
+    val = _encode_split(tokenizer, data_dir, "val", labels, model_cfg.max_length)
+    pad_id = tokenizer.pad_token_id
+
+    # AdamW without decay on biases and norms, linear warm-up then linear decay to zero.
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in trainable if p.ndim > 1], "weight_decay": train_cfg.weight_decay},
+        {"params": [p for n, p in trainable if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=train_cfg.learning_rate, fused=device == "cuda")
+    steps_per_epoch = -(-len(train) // train_cfg.batch_size)
+    total_steps = steps_per_epoch * train_cfg.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(train_cfg.warmup_ratio * total_steps), total_steps)
+
+    checkpoint = Checkpoint(Path(checkpoint_dir))
+    state = checkpoint.load(model, optimizer, scheduler) or TrainingState()
+    resumed_from = state.epoch
+    if resumed_from:
+        print(f"resuming from the checkpoint after epoch {resumed_from} in {checkpoint_dir}")
+    rng = random.Random(seed)
+    for _ in range(state.epoch):  # the same batch order as an uninterrupted run
+        list(train_batches(train, train_cfg.batch_size, rng))
+
+    started = time.perf_counter()
+    seen = 0
+    for epoch in range(state.epoch + 1, train_cfg.epochs + 1):
+        if state.epochs_without_improvement >= train_cfg.early_stopping_patience:
+            break
+        # 1. one pass over the training split, loss kept on the device (no host sync per step)
+        model.train()
+        epoch_start = time.perf_counter()
+        running = torch.zeros((), device=device)
+        window, window_steps = torch.zeros((), device=device), 0
+        progress = _progress(steps_per_epoch, f"epoch {epoch}/{train_cfg.epochs}")
+        for step, indices in enumerate(train_batches(train, train_cfg.batch_size, rng), start=1):
+            batch = collate(train, indices, pad_id, device)
+            with autocast(device, precision):
+                loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            running += loss.detach()
+            window += loss.detach()
+            window_steps += 1
+            seen += len(indices)
+            if window_steps == train_cfg.log_every_steps or step == steps_per_epoch:
+                log_metrics({"train_loss": window.item() / window_steps, "learning_rate": scheduler.get_last_lr()[0]},
+                            (epoch - 1) * steps_per_epoch + step)
+                window, window_steps = torch.zeros((), device=device), 0
+            progress.update(1)
+        progress.close()
+        # 2. validation, early stopping on the validation loss, best weights kept
+        val_loss, val_accuracy = loss_and_accuracy(
+            predict_logits(model, val, train_cfg.eval_batch_size, pad_id, device, precision), val.labels
+        )
+        row = {"epoch": epoch, "train_loss": running.item() / steps_per_epoch, "val_loss": val_loss,
+               "val_accuracy": val_accuracy, "seconds": time.perf_counter() - epoch_start}
+        state.history.append(row)
+        log_metrics({k: v for k, v in row.items() if k != "epoch"}, epoch)
+        print(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
+              f"val accuracy {val_accuracy:.2%} ({row['seconds']:.0f} s)")
+        if val_loss < state.best_val_loss:
+            state.best_val_loss, state.best_epoch, state.epochs_without_improvement = val_loss, epoch, 0
+            state.best_weights = _trainable_state(model)
+        else:
+            state.epochs_without_improvement += 1
+        state.epoch = epoch
+        # 3. checkpoint, so an interrupted run resumes here
+        checkpoint.save(model, optimizer, scheduler, state)
+
+    elapsed = time.perf_counter() - started
+    model.load_state_dict(state.best_weights, strict=False)
+    if model_cfg.strategy == "lora":
+        model = model.merge_and_unload()
+    _save_model(model, tokenizer, labels, Path(out_dir))
+    best = next(r for r in state.history if r["epoch"] == state.best_epoch)
+    result = TrainResult(
+        model_dir=str(out_dir),
+        epochs_run=state.epoch,
+        best_epoch=state.best_epoch,
+        best_val_loss=state.best_val_loss,
+        best_val_accuracy=best["val_accuracy"],
+        stopped_early=state.epoch < train_cfg.epochs,
+        resumed_from_epoch=resumed_from,
+        train_seconds=elapsed,
+        samples_per_second=seen / elapsed if elapsed else 0.0,
+        history=state.history,
+    )
+    (Path(out_dir) / "train_result.json").write_text(json.dumps(result.to_dict(), indent=2))
+    return result
+
+
+@dataclass
+class TrainingState:
+    epoch: int = 0
+    best_epoch: int = 0
+    best_val_loss: float = float("inf")
+    epochs_without_improvement: int = 0
+    history: list = field(default_factory=list)
+    best_weights: dict = field(default_factory=dict)
+
+
+class Checkpoint:
+    """The last epoch's trainable weights, the best weights (safetensors), optimizer and scheduler state."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def save(self, model, optimizer, scheduler, state: TrainingState) -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        tmp = self.root.with_name(self.root.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        save_file(_trainable_state(model), tmp / "last.safetensors")
+        save_file(state.best_weights, tmp / "best.safetensors")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+        meta = {k: v for k, v in asdict(state).items() if k != "best_weights"}
+        (tmp / "state.json").write_text(json.dumps(meta))
+        # Replace the old checkpoint only once the new one is complete.
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        tmp.rename(self.root)
+
+    def load(self, model, optimizer, scheduler) -> Optional[TrainingState]:
+        import torch
+        from safetensors.torch import load_file
+
+        if not (self.root / "state.json").is_file():
+            return None
+        model.load_state_dict(load_file(self.root / "last.safetensors"), strict=False)
+        optim = torch.load(self.root / "optim.pt", weights_only=True)
+        optimizer.load_state_dict(optim["optimizer"])
+        scheduler.load_state_dict(optim["scheduler"])
+        state = TrainingState(**json.loads((self.root / "state.json").read_text()))
+        state.best_weights = load_file(self.root / "best.safetensors")
+        return state
+
+
+def _trainable_state(model) -> dict:
+    return {n: p.detach().to("cpu", copy=True).contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _encode_split(tokenizer, data_dir: str, split: str, labels: list[str], max_length: int,
+                  max_samples: Optional[int] = None):
+    rows = pd.read_parquet(Path(data_dir) / f"{split}.parquet")
+    if max_samples:
+        rows = rows.head(max_samples)
+    index = {label: i for i, label in enumerate(labels)}
+    return encode(tokenizer, rows["text"].tolist(), max_length, [index[v] for v in rows["label"]])
+
+
+def _save_model(model, tokenizer, labels: list[str], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "label_map.json").write_text(json.dumps(dict(enumerate(labels)), indent=2))
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    # Outside a terminal (a KFP task's log) refresh rarely: every refresh becomes a log line.
+    return tqdm(total=total, desc=desc, unit="step", file=sys.stdout, mininterval=1 if sys.stdout.isatty() else 15)
