@@ -135,7 +135,7 @@ def fine_tune(
     model.load_state_dict(state.best_weights, strict=False)
     if model_cfg.strategy == "lora":
         model = model.merge_and_unload()
-    _save_model(model, tokenizer, labels, Path(out_dir))
+    _save_model(model, tokenizer, labels, model_cfg.max_length, Path(out_dir))
     best = next(r for r in state.history if r["epoch"] == state.best_epoch)
     result = TrainResult(
         model_dir=str(out_dir),
@@ -213,8 +213,9 @@ def _encode_split(tokenizer, data_dir: str, split: str, labels: list[str], max_l
     return encode(tokenizer, rows["text"].tolist(), max_length, [index[v] for v in rows["label"]])
 
 
-def _save_model(model, tokenizer, labels: list[str], out_dir: Path) -> None:
+def _save_model(model, tokenizer, labels: list[str], max_length: int, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.model_max_length = max_length  # so whoever serves it truncates as training did
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     (out_dir / "label_map.json").write_text(json.dumps(dict(enumerate(labels)), indent=2))

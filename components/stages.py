@@ -1,0 +1,170 @@
+"""Adapters between the KFP components and the stage cores: parse the config, open the stage's nested MLflow
+run, call the core, log what people will look at later. Each returns a small dict for the KFP metadata."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from components.config import LifecycleConfig
+
+
+def _config(config_json: str) -> LifecycleConfig:
+    return LifecycleConfig.model_validate_json(config_json)
+
+
+def _read(path: str | Path, name: str) -> dict:
+    return json.loads((Path(path) / name).read_text())
+
+
+def data_stage(config_json: str, tracking_uri: str, parent_run_id: str, out_dir: str) -> dict:
+    import mlflow
+    import pandas as pd
+
+    from components.data_prep import prepare_data
+    from components.tracking import stage_run
+
+    cfg = _config(config_json)
+    with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "1-data"):
+        mlflow.log_params({"source": cfg.data.path or cfg.data.url or cfg.data.train_path, "balance": cfg.data.balance,
+                           "split": f"{cfg.data.split.train}/{cfg.data.split.val}/{cfg.data.split.test}"})
+        try:
+            prepared = prepare_data(cfg.data, cfg.seed, Path(cfg.work_dir) / "downloads", out_dir)
+        finally:  # the validation report is most useful when the gate failed
+            for report in Path(out_dir).glob("validation*"):
+                mlflow.log_artifact(str(report), "validation")
+        for split, counts in prepared.counts.items():
+            rows = pd.read_parquet(Path(out_dir) / f"{split}.parquet")
+            dataset = mlflow.data.from_pandas(rows, source=prepared.source, name=f"{cfg.data.name} {split}",
+                                              targets="label")
+            mlflow.log_input(dataset, context=split)
+            mlflow.log_metric(f"{split}_rows", sum(counts.values()))
+        mlflow.log_params({"data_fingerprint": prepared.fingerprint, "labels": ",".join(prepared.labels)})
+        mlflow.log_dict(prepared.to_dict(), "manifest.json")
+    mlflow.MlflowClient().set_tag(parent_run_id, "data_fingerprint", prepared.fingerprint)
+    return {"fingerprint": prepared.fingerprint, "labels": prepared.labels, "counts": prepared.counts}
+
+
+def model_stage(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: str, out_dir: str) -> dict:
+    import mlflow
+
+    from components.model_init import initialise_model
+    from components.tracking import stage_run
+
+    cfg = _config(config_json)
+    labels = _read(data_dir, "manifest.json")["labels"]
+    with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "2-model"):
+        spec = initialise_model(cfg.model.base, cfg.model.strategy, cfg.model.trainable_blocks, cfg.model.lora,
+                                labels, cfg.seed, out_dir)
+        mlflow.log_params({k: v for k, v in spec.to_dict().items() if k not in ("labels", "source")})
+        mlflow.log_metrics({"total_parameters": spec.total_parameters,
+                            "trainable_parameters": spec.trainable_parameters})
+    return spec.to_dict()
+
+
+def environment_stage(config_json: str, tracking_uri: str, parent_run_id: str, out_dir: str) -> dict:
+    import mlflow
+
+    from components.environment import describe_environment, pip_freeze
+    from components.tracking import flatten, stage_run
+
+    cfg = _config(config_json)
+    hyperparameters = cfg.train.model_dump() | {"max_length": cfg.model.max_length, "strategy": cfg.model.strategy}
+    with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "3-environment"):
+        env = describe_environment(cfg.train.device, cfg.train.precision, cfg.train.threads, cfg.seed,
+                                   hyperparameters)
+        facts = env.to_dict()
+        mlflow.log_params(flatten({k: v for k, v in facts.items() if k != "hyperparameters"}))
+        mlflow.log_params(flatten(hyperparameters, "hp."))
+        mlflow.log_text(pip_freeze(), "pip_freeze.txt")
+        mlflow.log_dict(facts, "environment.json")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "environment.json").write_text(json.dumps(facts, indent=2))
+    return {"device": env.device, "precision": env.precision, "threads": env.threads}
+
+
+def training_stage(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: str, init_dir: str,
+                   env_dir: str, out_dir: str) -> dict:
+    import mlflow
+    import torch
+
+    from components.environment import seed_everything
+    from components.tracking import stage_run
+    from components.training import fine_tune
+
+    cfg = _config(config_json)
+    env = _read(env_dir, "environment.json")
+    torch.set_num_threads(env["threads"])
+    seed_everything(cfg.seed)
+    with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "4-fine-tune"):
+        result = fine_tune(
+            init_dir, data_dir, out_dir,
+            checkpoint_dir=str(Path(cfg.work_dir) / "checkpoints" / parent_run_id),
+            model_cfg=cfg.model, train_cfg=cfg.train, device=env["device"], precision=env["precision"],
+            seed=cfg.seed, log_metrics=lambda metrics, step: mlflow.log_metrics(metrics, step=step),
+        )
+        mlflow.log_metrics({"train_seconds": result.train_seconds, "samples_per_second": result.samples_per_second,
+                            "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+                            "best_val_accuracy": result.best_val_accuracy})
+        mlflow.log_dict(result.to_dict(), "train_result.json")
+    shutil.copy(Path(init_dir) / "model_spec.json", Path(out_dir) / "model_spec.json")
+    return {k: v for k, v in result.to_dict().items() if k != "history"}
+
+
+def evaluation_stage(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: str, env_dir: str,
+                     model_dir: str, out_dir: str) -> dict:
+    import mlflow
+
+    from components.evaluation import decide_gate, evaluate_model, plot_confusion, plot_curves, score
+    from components.model_card import render_model_card
+    from components.registry import champion_predictor, register_model
+    from components.tracking import stage_run
+
+    cfg = _config(config_json)
+    env, manifest = _read(env_dir, "environment.json"), _read(data_dir, "manifest.json")
+    training, spec = _read(model_dir, "train_result.json"), _read(model_dir, "model_spec.json")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "5-evaluate"):
+        probabilities, targets, labels, test = evaluate_model(
+            model_dir, data_dir, cfg.model.max_length, cfg.train.eval_batch_size, env["device"], env["precision"])
+        metrics = score(probabilities, targets, labels)
+        champion = champion_predictor(cfg.tracking.registered_model, labels) if cfg.gate.compare_with_champion else None
+        champion_metrics = score(champion[1](test["text"].tolist()), targets, labels) if champion else None
+        gate = decide_gate(metrics, cfg.gate.min_accuracy, cfg.gate.min_macro_f1, champion_metrics,
+                           cfg.gate.champion_tolerance)
+        plot_confusion(metrics, labels, out / "confusion_matrix.png")
+        plot_curves(training["history"], out / "training_curves.png")
+        card = render_model_card(cfg.tracking.registered_model, spec, manifest,
+                                 {"name": cfg.data.name, "licence": cfg.data.licence, "citation": cfg.data.citation,
+                                  "balance": cfg.data.balance}, env, training, metrics, gate)
+        (out / "model_card.md").write_text(card)
+        (out / "metrics.json").write_text(json.dumps(metrics.__dict__ | {"gate": gate.__dict__}, indent=2))
+        mlflow.log_metrics(metrics.scalars())
+        for name in ("confusion_matrix.png", "training_curves.png", "model_card.md", "metrics.json"):
+            mlflow.log_artifact(str(out / name))
+        tags = {"gate": "passed" if gate.passed else "failed", "gate_reasons": "; ".join(gate.reasons),
+                "data_fingerprint": manifest["fingerprint"], "strategy": spec["strategy"], "base_model": spec["base"],
+                "test_accuracy": f"{metrics.test_accuracy:.4f}", "test_loss": f"{metrics.test_loss:.4f}",
+                "champion_version": champion[0] if champion else "none"}
+        version = register_model(model_dir, cfg.tracking.registered_model, card, tags, promote=gate.passed,
+                                 example_texts=test["text"].head(3).tolist())
+        mlflow.set_tags({"gate": tags["gate"], "model_version": version})
+    # What users compare across runs, on the parent run too.
+    client = mlflow.MlflowClient()
+    for key, value in metrics.scalars().items():
+        client.log_metric(parent_run_id, key, value)
+    client.set_tag(parent_run_id, "gate", tags["gate"])
+    client.set_tag(parent_run_id, "model_version", version)
+    return {"gate_passed": gate.passed, "gate_reasons": gate.reasons, "model_version": version,
+            "metrics": metrics.scalars(), "confusion": metrics.confusion, "labels": labels}
+
+
+def open_parent_run_stage(config_json: str, tracking_uri: str, parent_run_id: str) -> str:
+    from components.tracking import start_parent_run
+
+    if parent_run_id:
+        return parent_run_id
+    cfg = _config(config_json)
+    return start_parent_run(cfg, tracking_uri)

@@ -1,0 +1,71 @@
+"""MLflow plumbing shared by the stages: one parent run per pipeline run, one nested run per stage."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator, Optional
+
+STAGE_TAG = "lifecycle.stage"
+
+
+def default_tracking_uri(work_dir: str | Path) -> str:
+    return f"sqlite:///{Path(work_dir).resolve() / 'mlflow.db'}"
+
+
+def use_experiment(tracking_uri: str, experiment: str, artifact_root: Optional[str | Path] = None) -> str:
+    """Point MLflow at the store and the experiment (created with its artifacts under artifact_root)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        mlflow.set_experiment(experiment_id=found.experiment_id)
+        return found.experiment_id
+    location = Path(artifact_root).resolve().as_uri() if artifact_root else None
+    experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+@contextlib.contextmanager
+def stage_run(tracking_uri: str, experiment: str, parent_run_id: str, stage: str) -> Iterator:
+    """A nested run under the pipeline's parent run; marked FAILED if the stage raises."""
+    import mlflow
+
+    use_experiment(tracking_uri, experiment)
+    with mlflow.start_run(run_name=stage, parent_run_id=parent_run_id, tags={STAGE_TAG: stage}) as run:
+        yield run
+
+
+def flatten(mapping: dict, prefix: str = "") -> dict:
+    """{"train": {"epochs": 3}} -> {"train.epochs": 3}: how params compare well in the MLflow UI."""
+    flat = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def parent_run_name(cfg) -> str:
+    import time
+
+    return f"{cfg.name}-{cfg.model.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def start_parent_run(cfg, tracking_uri: str) -> str:
+    """Create the pipeline run's parent run with the flattened config as params; returns its id (left open)."""
+    import mlflow
+
+    use_experiment(tracking_uri, cfg.tracking.experiment, Path(cfg.work_dir) / "mlartifacts")
+    client = mlflow.MlflowClient()
+    experiment_id = mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id
+    tags = {"strategy": cfg.model.strategy, "base_model": cfg.model.base, "mlflow.runName": parent_run_name(cfg)}
+    run = client.create_run(experiment_id, tags=tags, run_name=tags["mlflow.runName"])
+    params = flatten(cfg.model_dump(mode="json"))
+    client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()])
+    client.log_text(run.info.run_id, cfg.model_dump_json(indent=2), "config.json")
+    return run.info.run_id

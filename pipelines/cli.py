@@ -1,0 +1,101 @@
+"""The `lifecycle` command: run the pipeline locally, compile it for a cluster, open the MLflow UI."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_CONFIG = "configs/sms_spam.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from components.config import ConfigError
+    from components.data_io import DataError
+
+    try:
+        return args.handler(args)
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lifecycle", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="command")
+
+    def with_config(sub):
+        sub.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
+        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                         help="override a config key by its dotted path, e.g. train.epochs=2 (repeatable)")
+        return sub
+
+    run = with_config(commands.add_parser("run", help="run stages 1-5 locally through kfp.local"))
+    run.add_argument("--resume", metavar="RUN_ID", help="resume an interrupted run from its last checkpoint")
+    run.set_defaults(handler=_run)
+    compile_ = with_config(commands.add_parser("compile", help="write the KFP v2 pipeline YAML"))
+    compile_.add_argument("-o", "--output", default="pipeline.yaml", help="where to write (default pipeline.yaml)")
+    compile_.set_defaults(handler=_compile)
+    ui = with_config(commands.add_parser("ui", help="start the MLflow UI on the project's tracking store"))
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(handler=_ui)
+    return parser
+
+
+def load(args):
+    """The validated config, with work_dir made absolute (stages run in other processes)."""
+    from components.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    return cfg.model_copy(update={"work_dir": str(Path(cfg.work_dir).resolve())})
+
+
+def _run(args) -> int:
+    from pipelines.local import config_of_run, run_locally, tracking_uri_for
+
+    cfg = load(args)
+    if args.resume:
+        cfg = config_of_run(args.resume, tracking_uri_for(cfg))
+    try:
+        result = run_locally(cfg, resume_run_id=args.resume)
+    except RuntimeError as err:  # kfp.local: a task failed; its own log above says why
+        print(f"\npipeline failed: {err}\nThe failing stage's log above gives the reason. Nothing was registered "
+              f"or promoted by this run.", file=sys.stderr)
+        return 1
+    print(f"""
+MLflow        {result.tracking_uri}
+  experiment  {cfg.tracking.experiment} (id {result.experiment_id}); parent run {result.parent_run_id}
+  UI          lifecycle ui  ->  http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/{result.parent_run_id}
+registered    models:/{result.registered_model}/{result.model_version} (gate {result.gate}{
+        ", alias challenger" if result.gate == "passed" else ", no alias"})
+artifacts     {result.artifacts_dir}""")
+    return 0
+
+
+def _compile(args) -> int:
+    from kfp import compiler
+
+    from pipelines.training_pipeline import build_training_pipeline
+
+    cfg = load(args)
+    compiler.Compiler().compile(build_training_pipeline(cfg), package_path=args.output,
+                                pipeline_parameters={"config_json": cfg.model_dump_json()})
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _ui(args) -> int:
+    from pipelines.local import tracking_uri_for
+
+    cfg = load(args)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri_for(cfg),
+               "--port", str(args.port)]
+    print(" ".join(command))
+    os.execv(sys.executable, command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Running the training pipeline on this machine through kfp.local, inside an MLflow parent run."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from components.config import LifecycleConfig
+from components.tracking import default_tracking_uri
+
+
+@dataclass
+class LocalRun:
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    model_version: str
+    registered_model: str
+    gate: str
+    artifacts_dir: str
+
+
+def tracking_uri_for(cfg: LifecycleConfig, environ=os.environ) -> str:
+    """MLFLOW_TRACKING_URI wins (as MLflow users expect), then the config, then SQLite in the work directory."""
+    return environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri or default_tracking_uri(cfg.work_dir)
+
+
+def run_locally(cfg: LifecycleConfig, resume_run_id: Optional[str] = None) -> LocalRun:
+    """Run stages 1-5 with kfp.local's subprocess runner in this environment; the parent run is FAILED if any
+    stage fails, and a resumed run reuses its parent run and its fine-tuning checkpoint."""
+    import mlflow
+    from kfp import local
+
+    from components.tracking import start_parent_run, use_experiment
+    from pipelines.training_pipeline import build_training_pipeline
+
+    pipeline = build_training_pipeline(cfg)
+    pipeline_root = Path(cfg.work_dir) / "kfp"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
+    uri = tracking_uri_for(cfg)
+    experiment_id = use_experiment(uri, cfg.tracking.experiment, Path(cfg.work_dir) / "mlartifacts")
+    client = mlflow.MlflowClient()
+    if resume_run_id:
+        _close_interrupted_stages(client, experiment_id, resume_run_id)
+        client.update_run(resume_run_id, status="RUNNING")
+        parent = resume_run_id
+    else:
+        parent = start_parent_run(cfg, uri)
+    try:
+        with warnings.catch_warnings():  # kfp.local warns that our image is not a python image; it is not used
+            warnings.simplefilter("ignore", RuntimeWarning)
+            outcome = pipeline(config_json=cfg.model_dump_json(), tracking_uri=uri, parent_run_id=parent)
+    except BaseException:
+        client.set_terminated(parent, status="FAILED")
+        raise
+    client.set_terminated(parent, status="FINISHED")
+    runs = sorted(pipeline_root.glob(f"{cfg.name}-training-*"), key=lambda p: p.stat().st_mtime)
+    return LocalRun(
+        tracking_uri=uri,
+        experiment_id=experiment_id,
+        parent_run_id=parent,
+        model_version=outcome.output,
+        registered_model=cfg.tracking.registered_model,
+        gate=client.get_run(parent).data.tags.get("gate", "unknown"),
+        artifacts_dir=str(runs[-1]) if runs else str(pipeline_root),
+    )
+
+
+def config_of_run(run_id: str, tracking_uri: str) -> LifecycleConfig:
+    """The exact config an earlier run used (logged on its parent run), for --resume."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return LifecycleConfig.model_validate_json(mlflow.artifacts.load_text(f"runs:/{run_id}/config.json"))
+
+
+def _close_interrupted_stages(client, experiment_id: str, parent_run_id: str) -> None:
+    stale = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' "
+                                                "and attributes.status = 'RUNNING'")
+    for run in stale:
+        client.set_terminated(run.info.run_id, status="KILLED")

@@ -1,0 +1,39 @@
+"""The training lifecycle (stages 1-5) as a KFP v2 pipeline. Tasks are only connected here."""
+
+
+from kfp import dsl
+
+from components import kfp_components as c
+from components.config import LifecycleConfig
+
+GPU_STAGES = ("training-environment", "fine-tune", "evaluate")  # device facts must match where training runs
+
+
+def build_training_pipeline(cfg: LifecycleConfig):
+    """The pipeline function for this config: the image and the GPU request come from cfg.kfp."""
+
+    @dsl.pipeline(name=f"{cfg.name}-training", description="Stages 1-5: data, model, environment, fine-tuning, "
+                                                              "evaluation and registration")
+    def training_pipeline(config_json: str, tracking_uri: str, parent_run_id: str = "") -> str:
+        run = c.open_parent_run(config_json=config_json, tracking_uri=tracking_uri, parent_run_id=parent_run_id)
+        common = {"config_json": config_json, "tracking_uri": tracking_uri, "parent_run_id": run.output}
+        data = c.prepare_data(**common)
+        init = c.initialise_model(**common, dataset=data.outputs["dataset"])
+        env = c.training_environment(**common)
+        tune = c.fine_tune(**common, dataset=data.outputs["dataset"], init_model=init.outputs["init_model"],
+                           environment=env.outputs["environment"])
+        evaluation = c.evaluate(**common, dataset=data.outputs["dataset"], environment=env.outputs["environment"],
+                                model=tune.outputs["model"])
+        for task in (run, data, init, env, tune, evaluation):
+            configure_task(task, cfg)
+        return evaluation.outputs["model_version"]
+
+    return training_pipeline
+
+
+def configure_task(task, cfg: LifecycleConfig) -> None:
+    # Stages log to MLflow and read the registry: a cached result would skip both.
+    task.set_caching_options(False)
+    task.set_container_image(cfg.kfp.image)
+    if task.name in GPU_STAGES and cfg.kfp.gpu.count:
+        task.set_accelerator_type(cfg.kfp.gpu.accelerator).set_accelerator_limit(cfg.kfp.gpu.count)
