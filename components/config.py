@@ -122,7 +122,7 @@ class GpuConfig(_Section):
 
 
 class KfpConfig(_Section):
-    image: str = "ghcr.io/example/llm-lifecycle:0.1.0"  # built from infra/Dockerfile
+    image: str = "llm-lifecycle:0.1.0"  # built from infra/Dockerfile; push it where the cluster pulls from
     gpu: GpuConfig = GpuConfig()
 
 

@@ -57,7 +57,7 @@ def read_table(path: str | Path, fmt: TableFormat) -> pd.DataFrame:
         raise DataError(f"{path}: not valid {fmt.encoding} text at byte {err.start}; set data.encoding") from None
     except pd.errors.ParserError as err:
         raise DataError(
-            f"{path}: cannot parse as {kind} data: {err}. "
+            f"{path}: cannot parse as {kind} data: {str(err).strip()}. "
             f"Check data.separator (now {fmt.separator!r}), data.quoting (now {fmt.quoting}) and data.header"
         ) from None
     except ValueError as err:  # pandas' JSON and Parquet readers raise plain ValueErrors

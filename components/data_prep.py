@@ -124,9 +124,11 @@ def undersample(rows: pd.DataFrame, seed: int) -> pd.DataFrame:
 def stratified_split(rows: pd.DataFrame, train: float, val: float, seed: int) -> dict[str, pd.DataFrame]:
     from sklearn.model_selection import train_test_split
 
-    rest, test = train_test_split(rows, train_size=train + val, stratify=rows["label"], random_state=seed)
-    train_rows, val_rows = train_test_split(rest, train_size=train / (train + val), stratify=rest["label"],
-                                            random_state=seed)
+    # Whole row counts, rounded once: fractions like 0.7 + 0.1 are not exact in floating point.
+    n_val = round(len(rows) * val)
+    n_test = len(rows) - round(len(rows) * train) - n_val
+    rest, test = train_test_split(rows, test_size=n_test, stratify=rows["label"], random_state=seed)
+    train_rows, val_rows = train_test_split(rest, test_size=n_val, stratify=rest["label"], random_state=seed)
     return {"train": train_rows, "val": val_rows, "test": test}
 
 

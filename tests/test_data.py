@@ -1,0 +1,137 @@
+import json
+
+import pandas as pd
+import pytest
+
+from components.config import DataConfig
+from components.data_io import DataError
+from components.data_prep import prepare_data
+from components.data_validation import DataValidationError
+from conftest import SHARED_SMS, make_texts
+
+
+def data_config(path, **overrides) -> DataConfig:
+    settings = {"path": str(path), "labels": ["ham", "spam"], "min_rows_per_class": 5} | overrides
+    return DataConfig(**settings)
+
+
+def test_prepares_stratified_splits_without_leakage(tmp_path, texts_csv):
+    prepared = prepare_data(data_config(texts_csv), seed=123, cache_dir=tmp_path, out_dir=tmp_path / "out")
+    splits = {name: pd.read_parquet(tmp_path / "out" / f"{name}.parquet") for name in ("train", "val", "test")}
+    assert [len(s) for s in splits.values()] == [168, 24, 48]
+    for rows in splits.values():  # stratified: each split keeps the 50/50 mix
+        assert rows["label"].value_counts().to_dict() == {"ham": len(rows) // 2, "spam": len(rows) // 2}
+    texts = [set(rows["text"]) for rows in splits.values()]
+    assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["labels"] == ["ham", "spam"] and manifest["fingerprint"] == prepared.fingerprint
+    data_docs = (tmp_path / "out" / "validation_all.html").read_text()
+    assert "values must never be null" in data_docs and "Evaluated Expectations" in data_docs
+    again = prepare_data(data_config(texts_csv), seed=123, cache_dir=tmp_path, out_dir=tmp_path / "again")
+    assert again.fingerprint == prepared.fingerprint  # seeded: the same data gives the same splits
+
+
+def test_cleaning_strips_drops_duplicates_and_ambiguous_texts_and_reports_them(tmp_path):
+    rows = make_texts(100)
+    extra = pd.DataFrame({"label": ["ham", "ham", "spam"], "text": [f"  {rows.text[0]} ", "who am i", "who am i"]})
+    path = tmp_path / "dups.csv"
+    pd.concat([rows, extra]).to_csv(path, index=False)
+    prepared = prepare_data(data_config(path), seed=1, cache_dir=tmp_path, out_dir=tmp_path / "out")
+    assert prepared.dropped_duplicates == 1 and prepared.dropped_conflicting_texts == 1
+    report = json.loads((tmp_path / "out" / "validation.json").read_text())["all"]
+    assert report["conflict_samples"][0]["text"] == "who am i"
+    assert sum(sum(c.values()) for c in prepared.counts.values()) == 100
+
+
+def test_undersampling_balances_the_classes(tmp_path):
+    rows = pd.concat([make_texts(100), pd.DataFrame({"label": ["ham"] * 50, "text": [f"ham {i}" for i in range(50)]})])
+    path = tmp_path / "skewed.csv"
+    rows.to_csv(path, index=False)
+    prepared = prepare_data(data_config(path, balance="undersample"), 1, tmp_path, tmp_path / "out")
+    total = {label: sum(c[label] for c in prepared.counts.values()) for label in ("ham", "spam")}
+    assert total == {"ham": 50, "spam": 50}
+
+
+def test_reads_jsonl_and_parquet(tmp_path):
+    rows = make_texts(60)
+    rows.to_json(tmp_path / "t.jsonl", orient="records", lines=True)
+    rows.to_parquet(tmp_path / "t.parquet")
+    for name in ("t.jsonl", "t.parquet"):
+        prepared = prepare_data(data_config(tmp_path / name), 1, tmp_path, tmp_path / name.replace(".", "_"))
+        assert sum(prepared.counts["train"].values()) == 42
+
+
+def bad_data_error(tmp_path, rows: pd.DataFrame, **overrides) -> str:
+    path = tmp_path / "bad.csv"
+    rows.to_csv(path, index=False)
+    with pytest.raises(DataValidationError) as err:
+        prepare_data(data_config(path, **overrides), 1, tmp_path, tmp_path / "out")
+    assert (tmp_path / "out" / "validation.json").is_file()  # the report is written for the failed gate too
+    assert str(path) in str(err.value)
+    return str(err.value)
+
+
+def test_missing_label_column_stops_with_the_columns_found(tmp_path):
+    message = bad_data_error(tmp_path, make_texts(40).rename(columns={"label": "category"}))
+    assert "column 'label' is missing" in message and "category" in message
+
+
+def test_unknown_labels_are_named_with_their_rows(tmp_path):
+    rows = make_texts(40)
+    rows.loc[7, "label"] = "eggs"
+    message = bad_data_error(tmp_path, rows)
+    assert "expect_column_values_to_be_in_set(label)" in message
+    assert "row 9: 'eggs'" in message  # file row 9 = header + 8th data row
+
+
+def test_empty_texts_are_named_with_their_rows(tmp_path):
+    rows = make_texts(40)
+    rows.loc[3, "text"] = "   "
+    message = bad_data_error(tmp_path, rows)
+    assert "expect_column_values_to_not_match_regex(text)" in message and "row 5: '   '" in message
+
+
+def test_a_single_class_stops(tmp_path):
+    rows = make_texts(40).assign(label="ham")
+    message = bad_data_error(tmp_path, rows, labels=None)
+    assert "at least 2" in message
+
+
+def test_too_few_rows_of_a_class_stops(tmp_path):
+    rows = pd.concat([make_texts(40).query("label == 'ham'"), make_texts(4).query("label == 'spam'")])
+    assert "classes below 5 rows: {'spam': 2}" in bad_data_error(tmp_path, rows)
+
+
+def test_inferred_labels_are_reported(tmp_path, texts_csv):
+    prepared = prepare_data(data_config(texts_csv, labels=None), 1, tmp_path, tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "validation.json").read_text())["all"]
+    assert prepared.labels == ["ham", "spam"] and report["labels_inferred"] is True
+
+
+def test_wrong_separator_is_a_clear_error(tmp_path):
+    path = tmp_path / "sms.tsv"
+    path.write_text("ham\tsee you, later\nspam\tWIN cash, now, call\n" * 20)
+    config = data_config(path, separator=",", header=False, column_names=["label", "text"], quoting=False)
+    with pytest.raises(DataError, match=r"sms.tsv: cannot parse.*data.separator \(now ','\)"):
+        prepare_data(config, 1, tmp_path, tmp_path / "out")
+
+
+def test_leakage_between_given_splits_stops(tmp_path):
+    rows = make_texts(60)
+    for name, part in (("train", rows[:40]), ("val", rows[40:50]), ("test", pd.concat([rows[50:], rows[:2]]))):
+        part.to_csv(tmp_path / f"{name}.csv", index=False)
+    config = DataConfig(train_path=str(tmp_path / "train.csv"), val_path=str(tmp_path / "val.csv"),
+                        test_path=str(tmp_path / "test.csv"), labels=["ham", "spam"], min_rows_per_class=2)
+    with pytest.raises(DataValidationError, match="2 texts stand in two splits"):
+        prepare_data(config, 1, tmp_path, tmp_path / "out")
+
+
+@pytest.mark.skipif(not SHARED_SMS.is_file(), reason="the shared SMS Spam Collection is not beside the project")
+def test_sms_spam_collection_with_the_ch06_protocol(tmp_path):
+    from components.config import load_config
+
+    cfg = load_config("configs/sms_spam.yaml", [f"data.path={SHARED_SMS}"])
+    prepared = prepare_data(cfg.data, cfg.seed, tmp_path, tmp_path / "out")
+    assert prepared.dropped_duplicates == 414
+    assert prepared.counts["test"] == {"ham": 129, "spam": 128}
+    assert sum(sum(c.values()) for c in prepared.counts.values()) == 642 * 2
