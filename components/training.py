@@ -55,6 +55,7 @@ def fine_tune(
     from transformers import get_linear_schedule_with_warmup
 
     log_metrics = log_metrics or (lambda metrics, step: None)
+    torch.manual_seed(seed)  # LoRA's initial weights and dropout; a resumed run restores the saved RNG state
     labels = json.loads((Path(data_dir) / "manifest.json").read_text())["labels"]
     model, tokenizer = load_classifier(init_dir, labels)
     model = apply_strategy(model, model_cfg.strategy, model_cfg.trainable_blocks, model_cfg.lora).to(device)
@@ -177,7 +178,9 @@ class Checkpoint:
         tmp.mkdir(parents=True, exist_ok=True)
         save_file(_trainable_state(model), tmp / "last.safetensors")
         save_file(state.best_weights, tmp / "best.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "optim.pt")
         meta = {k: v for k, v in asdict(state).items() if k != "best_weights"}
         (tmp / "state.json").write_text(json.dumps(meta))
         # Replace the old checkpoint only once the new one is complete.
@@ -195,6 +198,9 @@ class Checkpoint:
         optim = torch.load(self.root / "optim.pt", weights_only=True)
         optimizer.load_state_dict(optim["optimizer"])
         scheduler.load_state_dict(optim["scheduler"])
+        torch.set_rng_state(optim["rng"])
+        if optim["cuda_rng"]:
+            torch.cuda.set_rng_state_all(optim["cuda_rng"])
         state = TrainingState(**json.loads((self.root / "state.json").read_text()))
         state.best_weights = load_file(self.root / "best.safetensors")
         return state

@@ -49,13 +49,13 @@ def tiny_bert(tmp_path_factory) -> Path:
 def tiny_gpt2(tmp_path_factory) -> Path:
     """A 2-block GPT-2 with random weights and a byte-level BPE trained here; like GPT-2, it has no pad token."""
     from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     out = tmp_path_factory.mktemp("tiny_gpt2")
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(make_texts(200)["text"], vocab_size=400, special_tokens=["<|endoftext|>"])
-    bpe.save_model(str(out))
-    tokenizer = GPT2TokenizerFast(vocab_file=str(out / "vocab.json"), merges_file=str(out / "merges.txt"))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
+                                        bos_token="<|endoftext|>")
     tokenizer.save_pretrained(out)
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2,
                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)

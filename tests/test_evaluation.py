@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from components.evaluation import decide_gate, score
+
+LABELS = ["ham", "spam"]
+
+
+def test_score_computes_cross_entropy_accuracy_and_per_class_figures():
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    targets = np.array([0, 1, 1, 1])
+    metrics = score(probabilities, targets, LABELS)
+    assert metrics.test_accuracy == pytest.approx(0.75)
+    assert metrics.test_loss == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.4, 0.7])))
+    assert metrics.confusion == [[1, 0], [1, 2]]
+    assert metrics.per_class["spam"] == pytest.approx({"precision": 1.0, "recall": 2 / 3, "f1": 0.8, "support": 3})
+    assert metrics.per_class["ham"]["precision"] == pytest.approx(0.5)
+    assert metrics.test_roc_auc == pytest.approx(1.0)  # every spam scores above the ham
+    assert metrics.test_size == 4
+
+
+def test_roc_auc_is_left_out_for_more_than_two_classes():
+    probabilities = np.eye(3)[[0, 1, 2, 2]] * 0.9 + 0.1 / 3
+    metrics = score(probabilities, np.array([0, 1, 2, 1]), ["a", "b", "c"])
+    assert metrics.test_roc_auc is None and metrics.test_accuracy == pytest.approx(0.75)
+
+
+def metrics_with_accuracy(accuracy: float):
+    n = 100
+    right = round(accuracy * n)
+    targets = np.array([0, 1] * (n // 2))
+    probabilities = np.eye(2)[np.where(np.arange(n) < right, targets, 1 - targets)] * 0.8 + 0.1
+    return score(probabilities, targets, LABELS)
+
+
+def test_gate_refuses_a_model_below_the_configured_floor():
+    decision = decide_gate(metrics_with_accuracy(0.90), 0.95, 0.0, None, 0.0)
+    assert not decision.passed and "test_accuracy 0.9000 vs minimum 0.9500" in decision.reasons
+
+
+def test_gate_refuses_a_model_worse_than_the_champion_on_the_same_data():
+    decision = decide_gate(metrics_with_accuracy(0.96), 0.9, 0.0, metrics_with_accuracy(0.98), 0.0)
+    assert not decision.passed
+    assert decision.reasons == ["test_accuracy 0.9600 vs champion 0.9800"]
+    assert decision.champion_metrics["test_accuracy"] == pytest.approx(0.98)
+
+
+def test_gate_passes_a_model_as_good_as_the_champion_or_within_tolerance():
+    assert decide_gate(metrics_with_accuracy(0.98), 0.9, 0.9, metrics_with_accuracy(0.98), 0.0).passed
+    assert decide_gate(metrics_with_accuracy(0.97), 0.9, 0.0, metrics_with_accuracy(0.98), 0.02).passed
+    assert decide_gate(metrics_with_accuracy(0.97), 0.9, 0.0, None, 0.0).passed

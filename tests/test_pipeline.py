@@ -1,0 +1,98 @@
+"""The pipeline through the `lifecycle` command: compiled for a cluster, and run locally through kfp.local."""
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import make_texts
+from pipelines.cli import main
+
+
+def test_compile_writes_yaml_that_kfp_loads_back_with_the_gpu_request(tmp_path):
+    from kfp import components
+
+    out = tmp_path / "pipeline.yaml"
+    assert main(["compile", "--set", "data.path=x.tsv", "--set", "kfp.gpu.count=2", "-o", str(out)]) == 0
+    loaded = components.load_component_from_file(str(out))
+    assert loaded.name == "sms-spam-training"
+    spec = yaml.safe_load(out.read_text())
+    resources = spec["deploymentSpec"]["executors"]["exec-fine-tune"]["container"]["resources"]
+    assert resources["accelerator"]["resourceCount"] == "2"
+    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert "resources" not in spec["deploymentSpec"]["executors"]["exec-prepare-data"]["container"]
+    assert spec["deploymentSpec"]["executors"]["exec-fine-tune"]["container"]["image"] == "llm-lifecycle:0.1.0"
+
+
+@pytest.fixture
+def run_args(tmp_path, tiny_bert, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    make_texts(240).to_csv(tmp_path / "texts.csv", index=False)
+
+    def args(*overrides):
+        settings = [f"work_dir={tmp_path / 'work'}", f"data.path={tmp_path / 'texts.csv'}", "data.format=auto",
+                    "data.separator=','", "data.header=true", "data.column_names=null", "data.quoting=true",
+                    "data.balance=none", "data.min_rows_per_class=5", f"model.base={tiny_bert}", "model.max_length=32",
+                    "train.epochs=2", "train.learning_rate=3e-3", "gate.min_accuracy=0.8", "gate.min_macro_f1=0.8",
+                    *overrides]
+        return ["run", *(part for s in settings for part in ("--set", s))]
+
+    return args
+
+
+def mlflow_client(tmp_path):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    return mlflow.MlflowClient()
+
+
+def stage_runs(client, parent):
+    experiment = client.get_experiment_by_name("sms-spam").experiment_id
+    return client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+
+
+def test_lifecycle_run_tracks_every_stage_and_registers_a_challenger_and_respects_the_champion(run_args, tmp_path):
+    assert main(run_args()) == 0
+    client = mlflow_client(tmp_path)
+    experiment = client.get_experiment_by_name("sms-spam").experiment_id
+    (parent,) = client.search_runs([experiment], "tags.mlflow.parentRunId IS NULL")
+    assert parent.info.status == "FINISHED"
+    stages = {r.info.run_name: r for r in stage_runs(client, parent)}
+    assert sorted(stages) == ["1-data", "2-model", "3-environment", "4-fine-tune", "5-evaluate"]
+    assert all(r.info.status == "FINISHED" for r in stages.values())
+    evaluation = stages["5-evaluate"]
+    assert evaluation.data.metrics["test_accuracy"] >= 0.8 and evaluation.data.metrics["test_loss"] > 0
+    assert "model_card.md" in {a.path for a in client.list_artifacts(evaluation.info.run_id)}
+    assert len(stages["1-data"].inputs.dataset_inputs) == 3
+    assert "train_loss" in stages["4-fine-tune"].data.metrics
+    assert parent.data.params["model.strategy"] == "full" and parent.data.tags["data_fingerprint"]
+
+    version = client.get_model_version_by_alias("sms-spam-classifier", "challenger")
+    assert str(version.version) == "1" and version.tags["gate"] == "passed"
+    assert version.description.startswith("# Model card: sms-spam-classifier")
+
+    # Deployment (stage 6) will promote; here the test does it, then trains a much worse model.
+    client.set_registered_model_alias("sms-spam-classifier", "champion", "1")
+    assert main(run_args("train.epochs=1", "train.learning_rate=1e-7", "gate.min_accuracy=0",
+                         "gate.min_macro_f1=0")) == 0
+    worse = client.get_model_version("sms-spam-classifier", "2")
+    assert worse.tags["gate"] == "failed" and "vs champion" in worse.tags["gate_reasons"]
+    assert client.get_model_version_by_alias("sms-spam-classifier", "challenger").version == 1
+    assert client.get_model_version_by_alias("sms-spam-classifier", "champion").version == 1
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda rows: rows.rename(columns={"label": "category"}), "column 'label' is missing"),
+    (lambda rows: rows.assign(label=["ham"] * len(rows)), "at least 2"),
+    (lambda rows: rows.assign(label=rows["label"].replace("spam", "junk")), "not in ['ham', 'spam']"),
+])
+def test_bad_data_stops_at_stage_1_and_registers_nothing(change, expected, run_args, tmp_path, capsys):
+    change(make_texts(240)).to_csv(tmp_path / "texts.csv", index=False)
+    assert main(run_args("data.labels=[ham, spam]")) == 1
+    assert expected in capsys.readouterr().out
+    client = mlflow_client(tmp_path)
+    experiment = client.get_experiment_by_name("sms-spam").experiment_id
+    (parent,) = client.search_runs([experiment], "tags.mlflow.parentRunId IS NULL")
+    assert parent.info.status == "FAILED"
+    assert [r.info.run_name for r in stage_runs(client, parent)] == ["1-data"]
+    assert client.search_registered_models() == []
