@@ -1,0 +1,1 @@
+"""Stage 7, monitoring and maintenance (drift, alerts, retraining): not built yet."""

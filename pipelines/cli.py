@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -55,6 +56,8 @@ def load(args):
 def _run(args) -> int:
     from pipelines.local import config_of_run, run_locally, tracking_uri_for
 
+    # SIGTERM (a scheduler stopping us) ends the run like Ctrl-C: the parent run is marked FAILED, resumable.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cfg = load(args)
     if args.resume:
         cfg = config_of_run(args.resume, tracking_uri_for(cfg))

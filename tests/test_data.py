@@ -135,3 +135,24 @@ def test_sms_spam_collection_with_the_ch06_protocol(tmp_path):
     assert prepared.dropped_duplicates == 414
     assert prepared.counts["test"] == {"ham": 129, "spam": 128}
     assert sum(sum(c.values()) for c in prepared.counts.values()) == 642 * 2
+
+
+def test_download_is_cached_and_checked(tmp_path):
+    import hashlib
+    import zipfile
+
+    from components.data_io import fetch
+
+    payload = b"ham\thello\nspam\tWIN\n"
+    with zipfile.ZipFile(tmp_path / "data.zip", "w") as archive:
+        archive.writestr("SMSSpamCollection", payload)
+    url = (tmp_path / "data.zip").as_uri()
+    digest = hashlib.sha256(payload).hexdigest()
+    path = fetch(url, tmp_path / "cache", sha256=digest, member="SMSSpamCollection")
+    assert path.read_bytes() == payload
+    (tmp_path / "data.zip").unlink()  # cached: a second call does not download
+    assert fetch(url, tmp_path / "cache", sha256=digest, member="SMSSpamCollection") == path
+    with pytest.raises(DataError, match="sha256"):
+        with zipfile.ZipFile(tmp_path / "data.zip", "w") as archive:
+            archive.writestr("SMSSpamCollection", payload + b"tampered")
+        fetch(url, tmp_path / "other", sha256=digest, member="SMSSpamCollection")
