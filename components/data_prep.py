@@ -14,6 +14,7 @@ from components.data_io import TableFormat, fetch, file_sha256, read_table
 from components.data_validation import DataValidationError, ValidationRules, validate_table
 
 SPLITS = ("train", "val", "test")
+SCHEMA = {"text": "string", "label": "string"}  # of every split's Parquet file
 
 
 @dataclass
@@ -82,9 +83,6 @@ def prepare_data(data: DataConfig, seed: int, cache_dir: str | Path, out_dir: st
     )
     (out_dir / "manifest.json").write_text(json.dumps(prepared.to_dict() | {"schema": SCHEMA}, indent=2))
     return prepared
-
-
-SCHEMA = {"text": "string", "label": "string"}
 
 
 def _resolve_sources(data: DataConfig, cache_dir: str | Path) -> dict[str, Path]:

@@ -88,7 +88,7 @@ def hardware() -> dict:
     import torch
 
     facts = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpu_name(),
         "cpu_cores": os.cpu_count(),
         "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "gpu": None,
@@ -99,6 +99,16 @@ def hardware() -> dict:
         facts.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1),
                      gpu_count=torch.cuda.device_count())
     return facts
+
+
+def _cpu_name() -> str:
+    try:  # Linux names the model here; platform.processor() is often empty there
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def pip_freeze() -> str:

@@ -19,7 +19,7 @@ def build_training_pipeline(cfg: LifecycleConfig):
         common = {"config_json": config_json, "tracking_uri": tracking_uri, "parent_run_id": run.output}
         data = c.prepare_data(**common)
         init = c.initialise_model(**common, dataset=data.outputs["dataset"])
-        env = c.training_environment(**common)
+        env = c.training_environment(**common).after(init)  # the stages run in lifecycle order
         tune = c.fine_tune(**common, dataset=data.outputs["dataset"], init_model=init.outputs["init_model"],
                            environment=env.outputs["environment"])
         evaluation = c.evaluate(**common, dataset=data.outputs["dataset"], environment=env.outputs["environment"],

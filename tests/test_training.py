@@ -81,3 +81,15 @@ def test_early_stopping_restores_the_best_epoch(tiny_bert, data_dir, tmp_path):
         assert result.epochs_run == result.best_epoch + 1
     model, _ = load_classifier(result.model_dir, LABELS)
     assert model is not None
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_fine_tuning_on_a_gpu_in_bf16(tiny_bert, data_dir, tmp_path):
+    from components.training import fine_tune
+
+    init = tmp_path / "init"
+    initialise_model(str(tiny_bert), "full", 1, LoraConfig(), LABELS, 0, init)
+    result = fine_tune(str(init), str(data_dir), str(tmp_path / "gpu"), str(tmp_path / "ckpt"),
+                       ModelConfig(max_length=32), TrainConfig(epochs=3, learning_rate=3e-3), "cuda", "bf16", 0)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.best_val_accuracy >= 0.9

@@ -1,0 +1,25 @@
+import pytest
+import torch
+
+from components.environment import describe_environment, pip_freeze, resolve_precision
+
+NO_GPU = not torch.cuda.is_available()
+
+
+def test_environment_records_device_precision_versions_and_hardware():
+    env = describe_environment("auto", "auto", 1, 5, {"epochs": 3})
+    assert env.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert env.precision == ("bf16" if env.device == "cuda" and torch.cuda.is_bf16_supported() else "fp32")
+    assert torch.get_num_threads() == 1 and env.threads == 1
+    assert env.libraries["torch"] == torch.__version__
+    assert env.hardware["cpu_cores"] >= 1 and env.hardware["ram_gb"] > 0
+    assert env.hyperparameters == {"epochs": 3}
+    assert "torch==" in pip_freeze()
+
+
+@pytest.mark.skipif(not NO_GPU, reason="checks the errors of a machine without a GPU")
+def test_asking_for_a_gpu_or_bf16_where_there_is_none_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="train.device=cuda"):
+        describe_environment("cuda", "auto", 1, 0, {})
+    with pytest.raises(RuntimeError, match="train.precision=bf16"):
+        resolve_precision("bf16", "cpu")
