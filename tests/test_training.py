@@ -33,8 +33,10 @@ def tune(base, data_dir, tmp_path, strategy="full", epochs=3, name="tuned", **tr
 @pytest.mark.parametrize("fixture, strategy", [("tiny_bert", "full"), ("tiny_gpt2", "full"), ("tiny_bert", "lora"),
                                                ("tiny_gpt2", "partial")])
 def test_fine_tuning_lowers_the_loss_and_learns_the_task(fixture, strategy, request, data_dir, tmp_path):
-    result, logged = tune(request.getfixturevalue(fixture), data_dir, tmp_path, strategy,
-                          learning_rate=3e-2 if strategy == "lora" else 3e-3)
+    # LoRA on a random tiny base learns slower than full training: more epochs, higher rate.
+    lora = strategy == "lora"
+    result, logged = tune(request.getfixturevalue(fixture), data_dir, tmp_path, strategy, epochs=6 if lora else 3,
+                          learning_rate=2e-2 if lora else 3e-3)
     losses = [r["train_loss"] for r in result.history]
     assert losses[-1] < losses[0]
     assert result.best_val_accuracy >= 0.9
