@@ -3,8 +3,6 @@
 The image (infra/Dockerfile) has the project installed; the pipeline sets it per task from the config.
 """
 
-from typing import NamedTuple
-
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
@@ -51,10 +49,9 @@ def fine_tune(config_json: str, tracking_uri: str, parent_run_id: str, dataset: 
 @component
 def evaluate(config_json: str, tracking_uri: str, parent_run_id: str, dataset: Input[Dataset],
              environment: Input[Artifact], model: Input[Model], report: Output[Artifact], metrics: Output[Metrics],
-             classification: Output[ClassificationMetrics], model_card: Output[Markdown],
-             ) -> NamedTuple("EvaluationOutputs", [("gate_passed", bool), ("model_version", str)]):
+             classification: Output[ClassificationMetrics], model_card: Output[Markdown]) -> str:
+    """Returns the registered version when the gate passed (it became the challenger), else ''."""
     import shutil
-    from collections import namedtuple
     from pathlib import Path
 
     from components.stages import evaluation_stage
@@ -65,8 +62,7 @@ def evaluate(config_json: str, tracking_uri: str, parent_run_id: str, dataset: I
         metrics.log_metric(name, value)
     classification.log_confusion_matrix(result["labels"], result["confusion"])
     shutil.copy(Path(report.path) / "model_card.md", model_card.path)
-    return namedtuple("EvaluationOutputs", ["gate_passed", "model_version"])(
-        result["gate_passed"], result["model_version"])
+    return result["model_version"] if result["gate_passed"] else ""
 
 
 @component
@@ -75,3 +71,14 @@ def open_parent_run(config_json: str, tracking_uri: str, parent_run_id: str) -> 
     from components.stages import open_parent_run_stage
 
     return open_parent_run_stage(config_json, tracking_uri, parent_run_id)
+
+
+@component
+def deploy(config_json: str, tracking_uri: str, parent_run_id: str, dataset: Input[Dataset], model: Input[Model],
+           challenger_version: str, onnx_model: Output[Model]) -> str:
+    from components.stages import deployment_stage
+
+    result = deployment_stage(config_json, tracking_uri, parent_run_id, dataset.path, model.path,
+                              challenger_version, onnx_model.path)
+    onnx_model.metadata.update(result)
+    return result["model_version"]

@@ -1,4 +1,5 @@
-"""The registered model as MLflow users call it: raw texts in, label and class probabilities out."""
+"""The registered models as MLflow users call them: raw texts in (a `text` column), a `label` and the class
+`probabilities` out. Stage 5 registers the PyTorch model, stage 6 the ONNX bundle that is served."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ BATCH_SIZE = 64
 
 
 class TextClassifier(mlflow.pyfunc.PythonModel):
-    """Loads the fine-tuned transformers model from the artifact `model_dir`; predicts on a `text` column."""
+    """The fine-tuned transformers model from the artifact `model_dir`."""
 
     def load_context(self, context) -> None:
         import torch
@@ -29,14 +30,30 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
         rows = []
         with torch.inference_mode():
             for start in range(0, len(texts), BATCH_SIZE):
-                batch = self.tokenizer(texts[start:start + BATCH_SIZE], truncation=True,
-                                       padding=True, return_tensors="pt")
+                batch = self.tokenizer(texts[start:start + BATCH_SIZE], truncation=True, padding=True,
+                                       return_tensors="pt")
                 rows.append(torch.softmax(self.model(**batch).logits.float(), dim=-1))
-        probs = torch.cat(rows).numpy() if rows else []
-        return pd.DataFrame({
-            "label": [self.labels[int(p.argmax())] for p in probs],
-            "probabilities": [{label: float(v) for label, v in zip(self.labels, p)} for p in probs],
-        })
+        return as_frame(self.labels, torch.cat(rows).numpy() if rows else [])
+
+
+class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
+    """The ONNX bundle (graph, tokenizer, label map) from the artifact `bundle`, run by onnxruntime."""
+
+    def load_context(self, context) -> None:
+        from components.onnx_classifier import OnnxClassifier
+
+        self.classifier = OnnxClassifier(context.artifacts["bundle"])
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        texts = _texts(model_input)
+        return as_frame(self.classifier.labels, self.classifier.probabilities(texts) if texts else [])
+
+
+def as_frame(labels: list[str], probabilities) -> pd.DataFrame:
+    return pd.DataFrame({
+        "label": [labels[int(p.argmax())] for p in probabilities],
+        "probabilities": [{label: float(v) for label, v in zip(labels, p)} for p in probabilities],
+    })
 
 
 def _texts(model_input) -> list[str]:

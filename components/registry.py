@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -10,17 +9,15 @@ import numpy as np
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+PREVIOUS = "previous"
 
 
 def champion_predictor(model_name: str, labels: list[str]):
     """(version, predictor) of the registered model's `champion`, or None when there is none yet."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient()
-    try:
-        version = client.get_model_version_by_alias(model_name, CHAMPION)
-    except MlflowException:
+    version = _alias_version(mlflow.MlflowClient(), model_name, CHAMPION)
+    if version is None:
         return None
     model = mlflow.pyfunc.load_model(f"models:/{model_name}@{CHAMPION}")
 
@@ -30,26 +27,23 @@ def champion_predictor(model_name: str, labels: list[str]):
         out = model.predict(pd.DataFrame({"text": texts}))
         return np.array([[row.get(label, 0.0) for label in labels] for row in out["probabilities"]])
 
-    return version.version, predict
+    return version, predict
 
 
-def register_model(model_dir: str, model_name: str, card: str, tags: dict[str, str], promote: bool,
-                   example_texts: list[str]) -> str:
-    """Log the fine-tuned model as a pyfunc in the active run, register it, describe and tag it; when `promote`,
-    point the alias `challenger` at it. Returns the new version."""
+def register_model(python_model, artifacts: dict[str, str], labels: list[str], model_name: str, card: str,
+                   tags: dict[str, str], example_texts: list[str]) -> str:
+    """Log a pyfunc (texts in, label and probabilities out) in the active run and register it with the model
+    card as its description and `tags`. Returns the new version."""
     import mlflow
     import pandas as pd
     from mlflow.models import infer_signature
 
-    from components.pyfunc_model import TextClassifier
-
-    labels = list(json.loads((Path(model_dir) / "label_map.json").read_text()).values())
     example = pd.DataFrame({"text": example_texts})
     output = pd.DataFrame({"label": labels[:1], "probabilities": [{label: 1.0 / len(labels) for label in labels}]})
     info = mlflow.pyfunc.log_model(
         name="model",
-        python_model=TextClassifier(),
-        artifacts={"model_dir": model_dir},
+        python_model=python_model,
+        artifacts=artifacts,
         code_paths=[str(Path(__file__).parent)],  # the `components` package, so loading needs no install
         signature=infer_signature(example, output),
         input_example=example,
@@ -61,12 +55,54 @@ def register_model(model_dir: str, model_name: str, card: str, tags: dict[str, s
     client.update_model_version(model_name, version, description=card)
     for key, value in tags.items():
         client.set_model_version_tag(model_name, version, key, value)
-    if promote:
-        client.set_registered_model_alias(model_name, CHALLENGER, version)
     return version
+
+
+def set_alias(model_name: str, alias: str, version: str) -> None:
+    import mlflow
+
+    mlflow.MlflowClient().set_registered_model_alias(model_name, alias, version)
+
+
+def promote(model_name: str, version: str) -> Optional[str]:
+    """Point `champion` at `version`; the version it leaves gets `previous`. Returns that version, if any."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    current = _alias_version(client, model_name, CHAMPION)
+    if current and current != version:
+        client.set_registered_model_alias(model_name, PREVIOUS, current)
+    client.set_registered_model_alias(model_name, CHAMPION, version)
+    return current if current != version else None
+
+
+def rollback(model_name: str) -> tuple[str, str]:
+    """Put `previous` back as `champion`; the demoted champion becomes `previous` (a second rollback undoes it).
+    Returns (new champion, demoted version)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    previous = _alias_version(client, model_name, PREVIOUS)
+    champion = _alias_version(client, model_name, CHAMPION)
+    if previous is None:
+        raise LookupError(f"registered model {model_name!r} has no version with the alias '{PREVIOUS}' to roll back to")
+    client.set_registered_model_alias(model_name, CHAMPION, previous)
+    if champion:
+        client.set_registered_model_alias(model_name, PREVIOUS, champion)
+    return previous, champion
+
+
+def _alias_version(client, model_name: str, alias: str) -> Optional[str]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None
 
 
 def _requirements() -> list[str]:
     from importlib.metadata import version
 
-    return [f"{name}=={version(name)}" for name in ("torch", "transformers", "pandas", "safetensors", "tokenizers")]
+    names = ("torch", "transformers", "pandas", "safetensors", "tokenizers", "onnxruntime")
+    return [f"{name}=={version(name)}" for name in names]

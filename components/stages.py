@@ -118,7 +118,8 @@ def evaluation_stage(config_json: str, tracking_uri: str, parent_run_id: str, da
 
     from components.evaluation import decide_gate, evaluate_model, plot_confusion, plot_curves, score
     from components.model_card import render_model_card
-    from components.registry import champion_predictor, register_model
+    from components.pyfunc_model import TextClassifier
+    from components.registry import CHALLENGER, champion_predictor, register_model, set_alias
     from components.tracking import stage_run
 
     cfg = _config(config_json)
@@ -148,8 +149,10 @@ def evaluation_stage(config_json: str, tracking_uri: str, parent_run_id: str, da
                 "data_fingerprint": manifest["fingerprint"], "strategy": spec["strategy"], "base_model": spec["base"],
                 "test_accuracy": f"{metrics.test_accuracy:.4f}", "test_loss": f"{metrics.test_loss:.4f}",
                 "champion_version": champion[0] if champion else "none"}
-        version = register_model(model_dir, cfg.tracking.registered_model, card, tags, promote=gate.passed,
-                                 example_texts=test["text"].head(3).tolist())
+        version = register_model(TextClassifier(), {"model_dir": model_dir}, labels, cfg.tracking.registered_model,
+                                 card, tags | {"format": "pytorch"}, test["text"].head(3).tolist())
+        if gate.passed:
+            set_alias(cfg.tracking.registered_model, CHALLENGER, version)
         mlflow.set_tags({"gate": tags["gate"], "model_version": version})
     # What users compare across runs, on the parent run too.
     client = mlflow.MlflowClient()
@@ -168,3 +171,37 @@ def open_parent_run_stage(config_json: str, tracking_uri: str, parent_run_id: st
         return parent_run_id
     cfg = _config(config_json)
     return start_parent_run(cfg, tracking_uri)
+
+
+def deployment_stage(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: str, model_dir: str,
+                     challenger_version: str, out_dir: str) -> dict:
+    """Stage 6 (runs only when the stage 5 gate passed): ONNX bundle, registered and promoted to champion."""
+    import mlflow
+    import pandas as pd
+
+    from components.deployment import deploy_bundle
+    from components.pyfunc_model import OnnxTextClassifier
+    from components.registry import promote, register_model
+    from components.tracking import stage_run
+
+    cfg = _config(config_json)
+    name = cfg.tracking.registered_model
+    with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "6-deploy"):
+        try:
+            report = deploy_bundle(model_dir, data_dir, out_dir)
+        finally:  # the parity report matters most when parity failed
+            if (Path(out_dir) / "deployment.json").is_file():
+                mlflow.log_artifact(str(Path(out_dir) / "deployment.json"))
+        mlflow.log_metrics({k: v for k, v in report.to_dict().items() if isinstance(v, float)})
+        mlflow.log_params({"served": report.served, "served_reason": report.reason})
+        source = mlflow.MlflowClient().get_model_version(name, challenger_version)
+        labels = list(_read(model_dir, "label_map.json").values())
+        test_texts = pd.read_parquet(Path(data_dir) / "test.parquet")["text"].head(3).tolist()
+        version = register_model(
+            OnnxTextClassifier(), {"bundle": str(Path(out_dir) / "bundle")}, labels, name, source.description,
+            source.tags | {"format": f"onnx-{report.served}", "source_version": challenger_version,
+                           "parity_max_abs_logit_diff": f"{report.max_abs_logit_diff:.2e}"}, test_texts)
+        demoted = promote(name, version)
+        mlflow.set_tags({"model_version": version, "previous_champion": demoted or "none"})
+    mlflow.MlflowClient().set_tag(parent_run_id, "champion_version", version)
+    return report.to_dict() | {"model_version": version, "previous_champion": demoted}

@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="override a config key by its dotted path, e.g. train.epochs=2 (repeatable)")
         return sub
 
-    run = with_config(commands.add_parser("run", help="run stages 1-5 locally through kfp.local"))
+    run = with_config(commands.add_parser("run", help="run stages 1-6 locally through kfp.local"))
     run.add_argument("--resume", metavar="RUN_ID", help="resume an interrupted run from its last checkpoint")
     run.set_defaults(handler=_run)
     compile_ = with_config(commands.add_parser("compile", help="write the KFP v2 pipeline YAML"))
@@ -67,13 +67,20 @@ def _run(args) -> int:
         print(f"\npipeline failed: {err}\nThe failing stage's log above gives the reason. Nothing was registered "
               f"or promoted by this run.", file=sys.stderr)
         return 1
-    print(f"""
-MLflow        {result.tracking_uri}
-  experiment  {cfg.tracking.experiment} (id {result.experiment_id}); parent run {result.parent_run_id}
-  UI          lifecycle ui  ->  http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/{result.parent_run_id}
-registered    models:/{result.registered_model}/{result.model_version} (gate {result.gate}{
-        ", alias challenger" if result.gate == "passed" else ", no alias"})
-artifacts     {result.artifacts_dir}""")
+    name = result.registered_model
+    alias = ", alias challenger" if result.gate == "passed" else ", no alias: the champion stays"
+    lines = [
+        f"MLflow        {result.tracking_uri}",
+        f"  experiment  {cfg.tracking.experiment} (id {result.experiment_id}); parent run {result.parent_run_id}",
+        f"  UI          lifecycle ui  ->  http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/"
+        f"{result.parent_run_id}",
+        f"registered    models:/{name}/{result.model_version} (PyTorch; gate {result.gate}{alias})",
+    ]
+    if result.champion_version:
+        lines += [f"deployed      models:/{name}/{result.champion_version} (ONNX, alias champion)",
+                  f"  serve it    lifecycle serve --model models:/{name}@champion"]
+    lines.append(f"artifacts     {result.artifacts_dir}")
+    print("\n" + "\n".join(lines))
     return 0
 
 

@@ -17,7 +17,8 @@ class LocalRun:
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
-    model_version: str
+    model_version: str  # registered by stage 5
+    champion_version: Optional[str]  # registered and promoted by stage 6, when the gate passed
     registered_model: str
     gate: str
     artifacts_dir: str
@@ -29,7 +30,7 @@ def tracking_uri_for(cfg: LifecycleConfig, environ=os.environ) -> str:
 
 
 def run_locally(cfg: LifecycleConfig, resume_run_id: Optional[str] = None) -> LocalRun:
-    """Run stages 1-5 with kfp.local's subprocess runner in this environment; the parent run is FAILED if any
+    """Run stages 1-6 with kfp.local's subprocess runner in this environment; the parent run is FAILED if any
     stage fails, and a resumed run reuses its parent run and its fine-tuning checkpoint."""
     import mlflow
     from kfp import local
@@ -52,19 +53,21 @@ def run_locally(cfg: LifecycleConfig, resume_run_id: Optional[str] = None) -> Lo
     try:
         with warnings.catch_warnings():  # kfp.local warns that our image is not a python image; it is not used
             warnings.simplefilter("ignore", RuntimeWarning)
-            outcome = pipeline(config_json=cfg.model_dump_json(), tracking_uri=uri, parent_run_id=parent)
+            pipeline(config_json=cfg.model_dump_json(), tracking_uri=uri, parent_run_id=parent)
     except BaseException:
         client.set_terminated(parent, status="FAILED")
         raise
     client.set_terminated(parent, status="FINISHED")
     runs = sorted(pipeline_root.glob(f"{cfg.name}-training-*"), key=lambda p: p.stat().st_mtime)
+    tags = client.get_run(parent).data.tags
     return LocalRun(
         tracking_uri=uri,
         experiment_id=experiment_id,
         parent_run_id=parent,
-        model_version=outcome.output,
+        model_version=tags["model_version"],
+        champion_version=tags.get("champion_version"),
         registered_model=cfg.tracking.registered_model,
-        gate=client.get_run(parent).data.tags.get("gate", "unknown"),
+        gate=tags["gate"],
         artifacts_dir=str(runs[-1]) if runs else str(pipeline_root),
     )
 

@@ -1,4 +1,4 @@
-"""The training lifecycle (stages 1-5) as a KFP v2 pipeline. Tasks are only connected here."""
+"""The training lifecycle (stages 1-6) as a KFP v2 pipeline. Tasks are only connected here."""
 
 
 from kfp import dsl
@@ -12,9 +12,9 @@ GPU_STAGES = ("training-environment", "fine-tune", "evaluate")  # device facts m
 def build_training_pipeline(cfg: LifecycleConfig):
     """The pipeline function for this config: the image and the GPU request come from cfg.kfp."""
 
-    @dsl.pipeline(name=f"{cfg.name}-training", description="Stages 1-5: data, model, environment, fine-tuning, "
-                                                              "evaluation and registration")
-    def training_pipeline(config_json: str, tracking_uri: str, parent_run_id: str = "") -> str:
+    @dsl.pipeline(name=f"{cfg.name}-training", description="Stages 1-6: data, model, environment, fine-tuning, "
+                                                              "evaluation, deployment")
+    def training_pipeline(config_json: str, tracking_uri: str, parent_run_id: str = ""):
         run = c.open_parent_run(config_json=config_json, tracking_uri=tracking_uri, parent_run_id=parent_run_id)
         common = {"config_json": config_json, "tracking_uri": tracking_uri, "parent_run_id": run.output}
         data = c.prepare_data(**common)
@@ -26,7 +26,11 @@ def build_training_pipeline(cfg: LifecycleConfig):
                                 model=tune.outputs["model"])
         for task in (run, data, init, env, tune, evaluation):
             configure_task(task, cfg)
-        return evaluation.outputs["model_version"]
+        # Deploy only a challenger, i.e. a model that passed the gate (evaluate returns '' otherwise).
+        with dsl.If(evaluation.outputs["Output"] != "", name="gate-passed"):
+            deployment = c.deploy(**common, dataset=data.outputs["dataset"], model=tune.outputs["model"],
+                                  challenger_version=evaluation.outputs["Output"])
+            configure_task(deployment, cfg)
 
     return training_pipeline
 

@@ -1,0 +1,123 @@
+"""Stage 6, deployment: export to ONNX, prove it gives the PyTorch model's answers, quantize to int8 when that
+costs no accuracy, and assemble the bundle that is registered and served."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from components.onnx_classifier import BUNDLE_MODEL, OnnxClassifier, softmax
+
+PARITY_TOLERANCE = 1e-4  # largest absolute logit difference allowed for fp32
+INT8_MAX_ACCURACY_DROP = 0.005  # int8 is served only within 0.5 points of fp32's test accuracy
+BUNDLE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+                "merges.txt", "label_map.json", "config.json")
+
+
+class ParityError(RuntimeError):
+    """The ONNX export does not give the PyTorch model's answers."""
+
+
+@dataclass
+class DeploymentReport:
+    test_size: int
+    max_abs_logit_diff: float  # fp32 ONNX vs PyTorch on the whole test split
+    prediction_agreement: float
+    parity_passed: bool
+    fp32_accuracy: Optional[float] = None
+    int8_accuracy: Optional[float] = None
+    fp32_size_mb: Optional[float] = None
+    int8_size_mb: Optional[float] = None
+    served: Optional[str] = None  # "int8" or "fp32"
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def export_onnx(model, tokenizer, path: str | Path) -> None:
+    """torch.onnx (dynamo) with dynamic batch and sequence axes; checked with onnx.checker."""
+    import onnx
+    import torch
+
+    class LogitsOnly(torch.nn.Module):  # the graph's interface: token ids and mask in, logits out
+        def __init__(self):
+            super().__init__()
+            self.model = model.eval()
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    example = tokenizer(["a short text", "a somewhat longer text for the example batch"], padding=True,
+                        return_tensors="pt")
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    program = torch.onnx.export(
+        LogitsOnly(), (example["input_ids"], example["attention_mask"]), dynamo=True,
+        input_names=["input_ids", "attention_mask"], output_names=["logits"],
+        dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}},
+        verbose=False,
+    )
+    program.save(str(path))
+    onnx.checker.check_model(str(path))
+
+
+def deploy_bundle(model_dir: str, data_dir: str, out_dir: str, batch_size: int = 64) -> DeploymentReport:
+    """Run stage 6 up to the bundle: out_dir/bundle holds the model to serve, out_dir/deployment.json the report.
+    Raises ParityError when the fp32 export does not give the PyTorch model's answers."""
+    from components.evaluation import score
+    from components.model_init import load_classifier
+    from components.text_batches import encode, predict_logits
+
+    out, bundle = Path(out_dir), Path(out_dir) / "bundle"
+    bundle.mkdir(parents=True, exist_ok=True)
+    for name in BUNDLE_FILES:
+        if (Path(model_dir) / name).is_file():
+            shutil.copy(Path(model_dir) / name, bundle / name)
+    labels = list(json.loads((bundle / "label_map.json").read_text()).values())
+    model, tokenizer = load_classifier(model_dir, labels)
+    test = pd.read_parquet(Path(data_dir) / "test.parquet")
+    texts, targets = test["text"].tolist(), np.array([labels.index(v) for v in test["label"]])
+
+    # 1. fp32 export and parity with PyTorch on the whole test split
+    export_onnx(model, tokenizer, bundle / BUNDLE_MODEL)
+    split = encode(tokenizer, texts, tokenizer.model_max_length)
+    torch_logits = predict_logits(model, split, batch_size, tokenizer.pad_token_id, "cpu", "fp32").numpy()
+    fp32_logits = OnnxClassifier(bundle).logits(texts, batch_size)
+    diff = float(np.abs(fp32_logits - torch_logits).max())
+    agreement = float((fp32_logits.argmax(1) == torch_logits.argmax(1)).mean())
+    report = DeploymentReport(len(texts), diff, agreement, diff <= PARITY_TOLERANCE and agreement == 1.0)
+    if not report.parity_passed:
+        _write_report(out, report)
+        raise ParityError(f"ONNX parity failed on {len(texts)} test texts: largest logit difference {diff:.2e} "
+                          f"(allowed {PARITY_TOLERANCE:.0e}), predictions agree on {agreement:.2%} (needed 100%)")
+
+    # 2. int8 dynamic quantization, served only when it keeps fp32's accuracy
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    shutil.move(bundle / BUNDLE_MODEL, out / "model_fp32.onnx")
+    quantize_dynamic(str(out / "model_fp32.onnx"), str(bundle / "model_int8.onnx"), weight_type=QuantType.QInt8)
+    int8_probabilities = OnnxClassifier(bundle, "model_int8.onnx").probabilities(texts, batch_size)
+    shutil.move(bundle / "model_int8.onnx", out / "model_int8.onnx")
+    report.fp32_accuracy = score(softmax(fp32_logits), targets, labels).test_accuracy
+    report.int8_accuracy = score(int8_probabilities, targets, labels).test_accuracy
+    report.fp32_size_mb = (out / "model_fp32.onnx").stat().st_size / 2**20
+    report.int8_size_mb = (out / "model_int8.onnx").stat().st_size / 2**20
+    drop = report.fp32_accuracy - report.int8_accuracy
+    report.served = "int8" if drop <= INT8_MAX_ACCURACY_DROP else "fp32"
+    report.reason = (f"int8 test accuracy {report.int8_accuracy:.4f} vs fp32 {report.fp32_accuracy:.4f}: "
+                     + ("within" if report.served == "int8" else "more than")
+                     + f" {INT8_MAX_ACCURACY_DROP:.1%} lower, so {report.served} is served")
+    shutil.copy(out / f"model_{report.served}.onnx", bundle / BUNDLE_MODEL)
+    _write_report(out, report)
+    shutil.copy(out / "deployment.json", bundle / "deployment.json")
+    return report
+
+
+def _write_report(out: Path, report: DeploymentReport) -> None:
+    (out / "deployment.json").write_text(json.dumps(report.to_dict(), indent=2))
