@@ -126,6 +126,12 @@ class KfpConfig(_Section):
     gpu: GpuConfig = GpuConfig()
 
 
+class ServeConfig(_Section):
+    port: int = Field(8080, ge=1, le=65534)  # HTTP; gRPC on the next port
+    max_batch: int = Field(64, ge=1)  # texts per request
+    max_text_chars: int = Field(2000, ge=1)
+
+
 class LifecycleConfig(_Section):
     name: str = "lifecycle"
     seed: int = 123
@@ -136,6 +142,7 @@ class LifecycleConfig(_Section):
     gate: GateConfig = GateConfig()
     tracking: TrackingConfig = TrackingConfig()
     kfp: KfpConfig = KfpConfig()
+    serve: ServeConfig = ServeConfig()
 
     @field_validator("name")
     @classmethod

@@ -19,12 +19,16 @@ class OnnxClassifier:
         from transformers import AutoTokenizer
 
         bundle_dir = Path(bundle_dir)
-        self.labels = list(json.loads((bundle_dir / "label_map.json").read_text()).values())
+        self.labels = self.read_labels(bundle_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(bundle_dir)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(bundle_dir / onnx_file), options, providers=["CPUExecutionProvider"])
+
+    @staticmethod
+    def read_labels(bundle_dir: str | Path) -> list[str]:
+        return list(json.loads((Path(bundle_dir) / "label_map.json").read_text()).values())
 
     def logits(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """Logits in the order of `texts`; batches are formed from texts of similar length (less padding)."""

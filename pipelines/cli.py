@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     compile_ = with_config(commands.add_parser("compile", help="write the KFP v2 pipeline YAML"))
     compile_.add_argument("-o", "--output", default="pipeline.yaml", help="where to write (default pipeline.yaml)")
     compile_.set_defaults(handler=_compile)
+    serve = with_config(commands.add_parser("serve", help="serve a registered ONNX model over HTTP (KServe V2)"))
+    serve.add_argument("--model", help="models:/NAME@ALIAS or models:/NAME/VERSION (default: the champion)")
+    serve.add_argument("--port", type=int, help="HTTP port (default serve.port; gRPC on the next one)")
+    serve.set_defaults(handler=_serve)
+    rollback = with_config(commands.add_parser("rollback", help="put the previous champion back"))
+    rollback.set_defaults(handler=_rollback)
     ui = with_config(commands.add_parser("ui", help="start the MLflow UI on the project's tracking store"))
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(handler=_ui)
@@ -93,6 +99,38 @@ def _compile(args) -> int:
     compiler.Compiler().compile(build_training_pipeline(cfg), package_path=args.output,
                                 pipeline_parameters={"config_json": cfg.model_dump_json()})
     print(f"wrote {args.output}")
+    return 0
+
+
+def _serve(args) -> int:
+    import mlflow
+
+    from components.serving import Limits, resolve_bundle, serve
+    from pipelines.local import tracking_uri_for
+
+    cfg = load(args)
+    mlflow.set_tracking_uri(tracking_uri_for(cfg))
+    model_uri = args.model or f"models:/{cfg.tracking.registered_model}@champion"
+    bundle, name, version = resolve_bundle(model_uri, Path(cfg.work_dir) / "serving")
+    port = args.port or cfg.serve.port
+    log_dir = Path(cfg.work_dir) / "predictions"
+    print(f"serving {model_uri} (version {version}) on http://127.0.0.1:{port}: POST /v2/models/{name}/infer, "
+          f"POST /predict; predictions logged to {log_dir}")
+    serve(bundle, name, version, port, str(log_dir), Limits(cfg.serve.max_batch, cfg.serve.max_text_chars))
+    return 0
+
+
+def _rollback(args) -> int:
+    import mlflow
+
+    from components.registry import rollback
+    from pipelines.local import tracking_uri_for
+
+    cfg = load(args)
+    mlflow.set_tracking_uri(tracking_uri_for(cfg))
+    champion, demoted = rollback(cfg.tracking.registered_model)
+    print(f"{cfg.tracking.registered_model}: champion is version {champion} again; version {demoted} is now "
+          f"'previous' (a second rollback undoes this)")
     return 0
 
 

@@ -1,0 +1,159 @@
+"""Serving the champion with MLServer (the server KServe runs): the Open Inference Protocol (KServe V2) on
+`/v2/...`, plus `POST /predict` with plain JSON for people. onnxruntime infers; tokenization happens here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec, StringCodec
+from mlserver.errors import MLServerError
+from mlserver.handlers import custom_handler
+from mlserver.types import InferenceRequest, InferenceResponse
+from pydantic import BaseModel
+
+INPUT_NAME = "text"
+
+
+class BadRequest(MLServerError):
+    """Answered with 400 and the message; the server goes on serving."""
+
+    def __init__(self, message: str):
+        super().__init__(message, status_code=400)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_batch: int = 64
+    max_text_chars: int = 2000
+
+
+class TextsRequest(BaseModel):
+    texts: list[str]
+
+
+def texts_from_request(request: InferenceRequest, limits: Limits) -> list[str]:
+    """The texts of a V2 request: one BYTES input of shape [n] or [n, 1]; every problem is a BadRequest."""
+    if len(request.inputs) != 1:
+        raise BadRequest(f"expected exactly one input named '{INPUT_NAME}', got {len(request.inputs)}")
+    tensor = request.inputs[0]
+    if tensor.datatype != "BYTES":
+        raise BadRequest(f"input '{tensor.name}': datatype must be BYTES (texts), got {tensor.datatype}")
+    if not tensor.shape or tensor.shape[0] < 1 or any(d != 1 for d in tensor.shape[1:]):
+        raise BadRequest(f"input '{tensor.name}': shape must be [n] or [n, 1] with n >= 1, got {tensor.shape}")
+    try:
+        texts = StringCodec.decode_input(tensor)
+    except Exception as err:  # the codec's own errors are many kinds of malformed data
+        raise BadRequest(f"input '{tensor.name}': cannot decode texts: {err}") from None
+    if len(texts) != tensor.shape[0]:
+        raise BadRequest(f"input '{tensor.name}': shape says {tensor.shape[0]} texts, data holds {len(texts)}")
+    return check_texts(texts, limits)
+
+
+def check_texts(texts: list, limits: Limits) -> list[str]:
+    if not texts:
+        raise BadRequest("no texts: send at least one")
+    if len(texts) > limits.max_batch:
+        raise BadRequest(f"{len(texts)} texts in one request; at most {limits.max_batch}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise BadRequest(f"text {i}: expected a string, got {type(text).__name__}")
+        if not text.strip():
+            raise BadRequest(f"text {i} is empty")
+        if len(text) > limits.max_text_chars:
+            raise BadRequest(f"text {i} has {len(text)} characters; at most {limits.max_text_chars}")
+    return texts
+
+
+class TextClassifierRuntime(MLModel):
+    """parameters.uri: an ONNX bundle directory; parameters.extra: prediction_log, max_batch, max_text_chars."""
+
+    async def load(self) -> bool:
+        from components.onnx_classifier import OnnxClassifier
+        from monitoring.prediction_log import PredictionLog
+
+        extra = self.settings.parameters.extra or {}
+        self.classifier = OnnxClassifier(self.settings.parameters.uri)
+        self.limits = Limits(extra.get("max_batch", 64), extra.get("max_text_chars", 2000))
+        self.log = PredictionLog(extra["prediction_log"]) if extra.get("prediction_log") else None
+        return True
+
+    async def unload(self) -> bool:
+        if self.log:
+            self.log.close()
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        texts = texts_from_request(payload, self.limits)
+        labels, probabilities = self._classify(texts)
+        return InferenceResponse(
+            model_name=self.name,
+            model_version=self.version,
+            id=payload.id,
+            outputs=[StringCodec.encode_output("label", labels),
+                     NumpyCodec.encode_output("probabilities", probabilities.astype(np.float32))],
+        )
+
+    @custom_handler(rest_path="/predict")
+    async def predict_json(self, request: TextsRequest) -> dict:
+        """{"texts": [...]} -> {"predictions": [{"label": ..., "probabilities": {...}}], "model_version": ...}"""
+        texts = check_texts(request.texts, self.limits)
+        labels, probabilities = self._classify(texts)
+        return {"model": self.name, "model_version": self.version, "predictions": [
+            {"label": label, "probabilities": dict(zip(self.classifier.labels, map(float, p)))}
+            for label, p in zip(labels, probabilities)]}
+
+    def _classify(self, texts: list[str]) -> tuple[list[str], np.ndarray]:
+        probabilities = self.classifier.probabilities(texts)
+        labels = [self.classifier.labels[int(i)] for i in probabilities.argmax(axis=1)]
+        if self.log:
+            self.log.write(texts, labels, [dict(zip(self.classifier.labels, map(float, p))) for p in probabilities],
+                           self.name, self.version or "")
+        return labels, probabilities
+
+
+def resolve_bundle(model_uri: str, download_dir: str | Path) -> tuple[str, str, str]:
+    """Download a registered ONNX model (models:/NAME@ALIAS or models:/NAME/VERSION): (bundle dir, name, version)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    reference = model_uri.removeprefix("models:/")
+    name, _, version = reference.partition("/")
+    if "@" in name:
+        name, alias = name.split("@", 1)
+        version = str(client.get_model_version_by_alias(name, alias).version)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
+                                                dst_path=str(Path(download_dir) / f"{name}-{version}"))
+    bundle = Path(local) / "artifacts" / "bundle"
+    if not (bundle / "model.onnx").is_file():
+        raise ValueError(f"{model_uri} (version {version}) is not an ONNX bundle; serve a version that stage 6 "
+                         f"registered (alias champion)")
+    return str(bundle), name, version
+
+
+def serve(bundle_dir: str, name: str, version: str, port: int, prediction_log: str, limits: Limits) -> None:
+    """Run MLServer in this process until SIGINT/SIGTERM (it unloads the model, closing the log)."""
+    import asyncio
+
+    from mlserver import MLServer
+    from mlserver.settings import ModelParameters, ModelSettings, Settings
+    from mlserver.types import MetadataTensor
+
+    from components.onnx_classifier import OnnxClassifier
+
+    settings = Settings(http_port=port, grpc_port=port + 1, metrics_endpoint=None, parallel_workers=0,
+                        debug=False, host="0.0.0.0")
+    classes = len(OnnxClassifier.read_labels(bundle_dir))
+    model = ModelSettings(
+        name=name, implementation=TextClassifierRuntime, platform="onnxruntime", versions=[version],
+        inputs=[MetadataTensor(name=INPUT_NAME, datatype="BYTES", shape=[-1])],
+        outputs=[MetadataTensor(name="label", datatype="BYTES", shape=[-1, 1]),
+                 MetadataTensor(name="probabilities", datatype="FP32", shape=[-1, classes])],
+        parameters=ModelParameters(uri=bundle_dir, version=version, extra={
+            "prediction_log": prediction_log, "max_batch": limits.max_batch,
+            "max_text_chars": limits.max_text_chars}),
+    )
+    asyncio.run(MLServer(settings).start([model]))
+
