@@ -67,3 +67,32 @@ def tiny_gpt2(tmp_path_factory) -> Path:
                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
     GPT2LMHeadModel(config).save_pretrained(out, safe_serialization=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_bert):
+    """Stages 1, 2 and 4 on the tiny BERT: (data dir, fine-tuned model dir)."""
+    from components.config import DataConfig, ModelConfig, TrainConfig
+    from components.data_prep import prepare_data
+    from components.model_init import initialise_model
+    from components.training import fine_tune
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    make_texts(240).to_csv(root / "texts.csv", index=False)
+    prepare_data(DataConfig(path=str(root / "texts.csv"), labels=["ham", "spam"], min_rows_per_class=5), 1,
+                 root, root / "data")
+    model_cfg = ModelConfig(max_length=32)
+    initialise_model(str(tiny_bert), "full", 1, model_cfg.lora, ["ham", "spam"], 0, root / "init")
+    fine_tune(str(root / "init"), str(root / "data"), str(root / "model"), str(root / "ckpt"), model_cfg,
+              TrainConfig(epochs=3, learning_rate=3e-3), "cpu", "fp32", 0)
+    return root / "data", root / "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_run):
+    """Stage 6's ONNX bundle of the tiny fine-tuned model."""
+    from components.deployment import deploy_bundle
+
+    out = tmp_path_factory.mktemp("tiny_deploy")
+    deploy_bundle(str(tiny_run[1]), str(tiny_run[0]), str(out))
+    return out

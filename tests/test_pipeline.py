@@ -51,14 +51,15 @@ def stage_runs(client, parent):
     return client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
 
 
-def test_lifecycle_run_tracks_every_stage_and_registers_a_challenger_and_respects_the_champion(run_args, tmp_path):
+def test_lifecycle_run_tracks_every_stage_registers_promotes_and_keeps_the_champion_on_a_failed_gate(run_args,
+                                                                                                     tmp_path):
     assert main(run_args()) == 0
     client = mlflow_client(tmp_path)
     experiment = client.get_experiment_by_name("sms-spam").experiment_id
     (parent,) = client.search_runs([experiment], "tags.mlflow.parentRunId IS NULL")
     assert parent.info.status == "FINISHED"
     stages = {r.info.run_name: r for r in stage_runs(client, parent)}
-    assert sorted(stages) == ["1-data", "2-model", "3-environment", "4-fine-tune", "5-evaluate"]
+    assert sorted(stages) == ["1-data", "2-model", "3-environment", "4-fine-tune", "5-evaluate", "6-deploy"]
     assert all(r.info.status == "FINISHED" for r in stages.values())
     evaluation = stages["5-evaluate"]
     assert evaluation.data.metrics["test_accuracy"] >= 0.8 and evaluation.data.metrics["test_loss"] > 0
@@ -66,19 +67,24 @@ def test_lifecycle_run_tracks_every_stage_and_registers_a_challenger_and_respect
     assert len(stages["1-data"].inputs.dataset_inputs) == 3
     assert "train_loss" in stages["4-fine-tune"].data.metrics
     assert parent.data.params["model.strategy"] == "full" and parent.data.tags["data_fingerprint"]
+    assert "deployment.json" in {a.path for a in client.list_artifacts(stages["6-deploy"].info.run_id)}
+    assert stages["6-deploy"].data.metrics["prediction_agreement"] == 1.0
 
-    version = client.get_model_version_by_alias("sms-spam-classifier", "challenger")
-    assert str(version.version) == "1" and version.tags["gate"] == "passed"
-    assert version.description.startswith("# Model card: sms-spam-classifier")
+    challenger = client.get_model_version_by_alias("sms-spam-classifier", "challenger")
+    assert challenger.version == 1 and challenger.tags["gate"] == "passed" and challenger.tags["format"] == "pytorch"
+    assert challenger.description.startswith("# Model card: sms-spam-classifier")
+    champion = client.get_model_version_by_alias("sms-spam-classifier", "champion")
+    assert champion.version == 2 and champion.tags["format"].startswith("onnx-")
+    assert champion.tags["source_version"] == "1" and champion.description == challenger.description
 
-    # Deployment (stage 6) will promote; here the test does it, then trains a much worse model.
-    client.set_registered_model_alias("sms-spam-classifier", "champion", "1")
+    # A much worse model: registered, but its gate fails against the champion, so nothing moves.
     assert main(run_args("train.epochs=1", "train.learning_rate=1e-7", "gate.min_accuracy=0",
                          "gate.min_macro_f1=0")) == 0
-    worse = client.get_model_version("sms-spam-classifier", "2")
+    worse = client.get_model_version("sms-spam-classifier", "3")
     assert worse.tags["gate"] == "failed" and "vs champion" in worse.tags["gate_reasons"]
     assert client.get_model_version_by_alias("sms-spam-classifier", "challenger").version == 1
-    assert client.get_model_version_by_alias("sms-spam-classifier", "champion").version == 1
+    assert client.get_model_version_by_alias("sms-spam-classifier", "champion").version == 2
+    assert len(client.search_model_versions("name = 'sms-spam-classifier'")) == 3  # no deployment ran
 
 
 @pytest.mark.parametrize("change, expected", [

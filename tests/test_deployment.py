@@ -1,0 +1,39 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.deployment import PARITY_TOLERANCE, ParityError
+from components.onnx_classifier import OnnxClassifier
+
+
+def test_onnx_export_matches_pytorch_and_serves_int8_only_when_accuracy_holds(tiny_bundle, tiny_run):
+    report = json.loads((tiny_bundle / "deployment.json").read_text())
+    assert report["parity_passed"] and report["prediction_agreement"] == 1.0
+    assert report["max_abs_logit_diff"] <= PARITY_TOLERANCE
+    assert report["int8_size_mb"] < report["fp32_size_mb"] / 2
+    assert report["served"] == ("int8" if report["fp32_accuracy"] - report["int8_accuracy"] <= 0.005 else "fp32")
+    # The bundle alone (no torch model) classifies the test texts.
+    test = pd.read_parquet(tiny_run[0] / "test.parquet")
+    predictions = OnnxClassifier(tiny_bundle / "bundle").predict(test["text"].tolist())
+    accuracy = np.mean([p["label"] == label for p, label in zip(predictions, test["label"])])
+    assert accuracy >= 0.9 and set(predictions[0]["probabilities"]) == {"ham", "spam"}
+
+
+def test_dynamic_axes_take_any_batch_and_length(tiny_bundle):
+    classifier = OnnxClassifier(tiny_bundle / "bundle")
+    texts = ["win"] + ["see you at lunch tomorrow " * 3] * 5 + ["free prize " * 12]
+    assert classifier.logits(texts, batch_size=3).shape == (7, 2)
+
+
+def test_a_failed_parity_check_fails_the_stage(tiny_run, tmp_path, monkeypatch):
+    import components.deployment as deployment
+
+    real_logits = OnnxClassifier.logits
+    monkeypatch.setattr(OnnxClassifier, "logits", lambda self, texts, batch_size=32:
+                        real_logits(self, texts, batch_size) + 1e-3)
+    with pytest.raises(ParityError, match="largest logit difference"):
+        deployment.deploy_bundle(str(tiny_run[1]), str(tiny_run[0]), str(tmp_path))
+    assert json.loads((tmp_path / "deployment.json").read_text())["parity_passed"] is False
+    assert not (tmp_path / "model_int8.onnx").exists()  # stopped before quantizing

@@ -1,0 +1,39 @@
+"""Promotion and rollback on a real MLflow registry (SQLite), with versions that point at empty folders."""
+
+import mlflow
+import pytest
+
+from components.registry import promote, rollback
+
+NAME = "clf"
+
+
+@pytest.fixture
+def client(tmp_path):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    client.create_registered_model(NAME)
+    for _ in range(3):
+        client.create_model_version(NAME, source=tmp_path.as_uri())
+    return client
+
+
+def alias(client, name):
+    return str(client.get_model_version_by_alias(NAME, name).version)
+
+
+def test_promotion_keeps_the_old_champion_as_previous_and_rollback_restores_it(client):
+    assert promote(NAME, "1") is None
+    assert alias(client, "champion") == "1"
+    assert promote(NAME, "2") == "1"
+    assert (alias(client, "champion"), alias(client, "previous")) == ("2", "1")
+    assert rollback(NAME) == ("1", "2")
+    assert (alias(client, "champion"), alias(client, "previous")) == ("1", "2")
+    assert rollback(NAME) == ("2", "1")  # a second rollback undoes the first
+
+
+def test_rollback_without_a_previous_champion_is_a_clear_error(client):
+    promote(NAME, "1")
+    with pytest.raises(LookupError, match="no version with the alias 'previous'"):
+        rollback(NAME)
+    assert alias(client, "champion") == "1"

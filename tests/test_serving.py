@@ -1,0 +1,125 @@
+"""The server as clients see it: KServe V2 through tritonclient, plain JSON, bad requests, the prediction log."""
+
+import json
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from components.serving import BadRequest, Limits, check_texts
+from monitoring.prediction_log import read_predictions
+
+MODEL = "tiny-classifier"
+SPAM, HAM = "win free prize cash claim now call", "see you at lunch tomorrow thanks love"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle, tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("predictions")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = (f"from components.serving import Limits, serve; serve({str(tiny_bundle / 'bundle')!r}, {MODEL!r}, '3', "
+            f"{port}, {str(log_dir)!r}, Limits(max_batch=8, max_text_chars=200))")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            if requests.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("the server did not become ready in 60 s")
+    yield url, process, log_dir
+    process.kill()
+
+
+def test_kserve_v2_clients_get_the_right_labels(server):
+    import tritonclient.http as httpclient
+
+    url, _, _ = server
+    client = httpclient.InferenceServerClient(url=url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_model_ready(MODEL)
+    metadata = client.get_model_metadata(MODEL)
+    assert metadata["inputs"][0] == {"name": "text", "datatype": "BYTES", "shape": [-1]}
+    texts = httpclient.InferInput("text", [3], "BYTES")
+    # JSON tensors: the binary tensor extension is Triton's, not part of the V2 protocol MLServer speaks.
+    texts.set_data_from_numpy(np.array([SPAM, HAM, SPAM + " again"], dtype=object), binary_data=False)
+    outputs = [httpclient.InferRequestedOutput(name, binary_data=False) for name in ("label", "probabilities")]
+    result = client.infer(MODEL, [texts], outputs=outputs)
+    assert [str(label) for label in result.as_numpy("label").ravel()] == ["spam", "ham", "spam"]
+    probabilities = result.as_numpy("probabilities")
+    assert probabilities.shape == (3, 2) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    assert result.get_response()["model_version"] == "3"
+
+
+def test_plain_json_endpoint(server):
+    url, _, _ = server
+    answer = requests.post(f"{url}/predict", json={"texts": [HAM, SPAM]}, timeout=10).json()
+    assert [p["label"] for p in answer["predictions"]] == ["ham", "spam"]
+    assert answer["model_version"] == "3"
+
+
+def malformed(i: int):
+    """A bad request of one of several kinds: (kind, request kwargs)."""
+    infer = lambda tensor: {"json": {"inputs": [tensor]}}  # noqa: E731
+    kinds = [
+        ("not json", {"data": "{not json", "headers": {"content-type": "application/json"}}),
+        ("wrong datatype", infer({"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]})),
+        ("wrong shape", infer({"name": "text", "shape": [2, 2], "datatype": "BYTES", "data": ["a", "b", "c", "d"]})),
+        ("shape and data disagree", infer({"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a"]})),
+        ("empty input", infer({"name": "text", "shape": [0], "datatype": "BYTES", "data": []})),
+        ("empty text", infer({"name": "text", "shape": [1], "datatype": "BYTES", "data": ["  "]})),
+        ("text too long", infer({"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x" * 201]})),
+        ("batch too large", infer({"name": "text", "shape": [9], "datatype": "BYTES", "data": [HAM] * 9})),
+        ("no inputs", {"json": {"inputs": []}}),
+        ("inputs not a list", {"json": {"inputs": "text"}}),
+    ]
+    return kinds[i % len(kinds)]
+
+
+def test_a_thousand_requests_with_ten_percent_malformed_get_no_5xx(server):
+    url, _, _ = server
+    session, rng = requests.Session(), random.Random(0)
+    statuses = {"good": [], "bad": []}
+    for i in range(1000):
+        if i % 10 == 9:
+            kind, request = malformed(i // 10)
+            response = session.post(f"{url}/v2/models/{MODEL}/infer", timeout=10, **request)
+            assert 400 <= response.status_code < 500, (kind, response.status_code, response.text)
+            assert response.text, kind
+            statuses["bad"].append(response.status_code)
+        else:
+            text = rng.choice([SPAM, HAM])
+            body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}]}
+            statuses["good"].append(session.post(f"{url}/v2/models/{MODEL}/infer", json=body, timeout=10).status_code)
+    assert set(statuses["good"]) == {200} and len(statuses["bad"]) == 100
+
+
+def test_every_served_text_is_logged_and_nothing_is_lost_on_shutdown(server):
+    url, process, log_dir = server
+    before = len(read_predictions(log_dir))
+    for _ in range(20):
+        requests.post(f"{url}/predict", json={"texts": [SPAM, HAM]}, timeout=10)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+    logged = read_predictions(log_dir)
+    assert len(logged) - before == 40
+    last = logged.iloc[-1]
+    assert last["text"] == HAM and last["label"] == "ham" and last["model_version"] == 3
+    assert set(json.loads(json.dumps(last["probabilities"]))) == {"ham", "spam"}
+
+
+@pytest.mark.parametrize("texts, message", [([], "no texts"), (["a"] * 9, "at most 8"), (["x" * 201], "at most 200"),
+                                            ([3], "expected a string")])
+def test_bad_text_lists_are_bad_requests(texts, message):
+    with pytest.raises(BadRequest, match=message):
+        check_texts(texts, Limits(max_batch=8, max_text_chars=200))
