@@ -1,0 +1,93 @@
+"""Serving speed on this machine, in one run: the fine-tuned model through transformers (PyTorch eager) vs the
+ONNX export under onnxruntime, fp32 and int8. Prints p50/p99 latency for one text, throughput for batches of 32,
+and test accuracy.
+
+    python benchmarks/serving.py                       # the newest `lifecycle run` under work/kfp
+    python benchmarks/serving.py --run-dir work/kfp/sms-spam-training-...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", help="a KFP run folder with fine-tune/model, prepare-data/dataset, deploy/")
+    parser.add_argument("--single", type=int, default=300, help="one-text requests timed per runtime")
+    parser.add_argument("--batches", type=int, default=20, help="batches of 32 timed per runtime")
+    args = parser.parse_args()
+    run = Path(args.run_dir) if args.run_dir else newest_run(Path("work/kfp"))
+    test = pd.read_parquet(run / "prepare-data" / "dataset" / "test.parquet")
+    texts, labels = test["text"].tolist(), test["label"].tolist()
+    threads = os.cpu_count()
+    print(f"run {run}\n{len(texts)} test texts, {threads} CPU threads\n")
+
+    rows = []
+    for name, predict in runtimes(run, threads):
+        accuracy = float(np.mean([p == t for p, t in zip(predict(texts), labels)]))
+        rng = np.random.default_rng(0)
+        for text in texts[:10]:  # warm-up
+            predict([text])
+        latencies = []
+        for i in rng.integers(0, len(texts), args.single):
+            start = time.perf_counter()
+            predict([texts[i]])
+            latencies.append(time.perf_counter() - start)
+        batches = [list(rng.choice(texts, 32)) for _ in range(args.batches)]
+        start = time.perf_counter()
+        for batch in batches:
+            predict(batch)
+        throughput = 32 * len(batches) / (time.perf_counter() - start)
+        rows.append({"runtime": name, "p50_ms": 1000 * np.percentile(latencies, 50),
+                     "p99_ms": 1000 * np.percentile(latencies, 99), "texts_per_s": throughput, "accuracy": accuracy})
+    base = rows[0]["texts_per_s"]
+    print("| runtime | p50 latency, 1 text | p99 latency, 1 text | throughput, batches of 32 | vs PyTorch | "
+          "test accuracy |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['runtime']} | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {r['texts_per_s']:.0f} texts/s | "
+              f"{r['texts_per_s'] / base:.2f}x | {r['accuracy']:.2%} |")
+
+
+def runtimes(run: Path, threads: int):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from components.onnx_classifier import OnnxClassifier
+
+    model_dir = run / "fine-tune" / "model"
+    torch.set_num_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
+    labels = list(json.loads((model_dir / "label_map.json").read_text()).values())
+
+    def eager(texts):  # what a user of transformers writes
+        with torch.inference_mode():
+            batch = tokenizer(texts, truncation=True, padding=True, return_tensors="pt")
+            return [labels[i] for i in model(**batch).logits.argmax(-1).tolist()]
+
+    yield "PyTorch eager (transformers)", eager
+    deploy = run / "deploy" / "onnx_model"
+    bundle = deploy / "bundle"
+    for precision in ("fp32", "int8"):
+        classifier = OnnxClassifier(bundle, onnx_file=str(deploy / f"model_{precision}.onnx"), threads=threads)
+        yield f"onnxruntime {precision}", lambda texts, c=classifier: [p["label"] for p in c.predict(texts)]
+
+
+def newest_run(root: Path) -> Path:
+    runs = sorted((p for p in root.glob("*-training-*") if (p / "deploy").is_dir()), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise SystemExit(f"no deployed run under {root}: run `lifecycle run` first, or pass --run-dir")
+    return runs[-1]
+
+
+if __name__ == "__main__":
+    main()
