@@ -1,6 +1,5 @@
 """The pipeline through the `lifecycle` command: compiled for a cluster, and run locally through kfp.local."""
 
-import pandas as pd
 import pytest
 import yaml
 
