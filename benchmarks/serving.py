@@ -9,7 +9,6 @@ and test accuracy.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -61,13 +60,13 @@ def runtimes(run: Path, threads: int):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from components.onnx_classifier import OnnxClassifier
+    from components.onnx_classifier import OnnxClassifier, read_labels
 
     model_dir = run / "fine-tune" / "model"
     torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
-    labels = list(json.loads((model_dir / "label_map.json").read_text()).values())
+    labels = read_labels(model_dir)
 
     def eager(texts):  # what a user of transformers writes
         with torch.inference_mode():

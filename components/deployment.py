@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from components.onnx_classifier import BUNDLE_MODEL, OnnxClassifier, softmax
+from components.onnx_classifier import BUNDLE_MODEL, OnnxClassifier, read_labels, softmax
 
 PARITY_TOLERANCE = 1e-4  # largest absolute logit difference allowed for fp32
 INT8_MAX_ACCURACY_DROP = 0.005  # int8 is served only within 0.5 points of fp32's test accuracy
@@ -79,7 +79,7 @@ def deploy_bundle(model_dir: str, data_dir: str, out_dir: str, batch_size: int =
     for name in BUNDLE_FILES:
         if (Path(model_dir) / name).is_file():
             shutil.copy(Path(model_dir) / name, bundle / name)
-    labels = list(json.loads((bundle / "label_map.json").read_text()).values())
+    labels = read_labels(bundle)
     model, tokenizer = load_classifier(model_dir, labels)
     test = pd.read_parquet(Path(data_dir) / "test.parquet")
     texts, targets = test["text"].tolist(), np.array([labels.index(v) for v in test["label"]])

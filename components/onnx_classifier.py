@@ -20,16 +20,12 @@ class OnnxClassifier:
         from transformers import AutoTokenizer
 
         bundle_dir = Path(bundle_dir)
-        self.labels = self.read_labels(bundle_dir)
+        self.labels = read_labels(bundle_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(bundle_dir)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(bundle_dir / onnx_file), options, providers=["CPUExecutionProvider"])
-
-    @staticmethod
-    def read_labels(bundle_dir: str | Path) -> list[str]:
-        return list(json.loads((Path(bundle_dir) / "label_map.json").read_text()).values())
 
     def logits(self, texts: list[str], batch_size: int = SUB_BATCH) -> np.ndarray:
         """Logits in the order of `texts`. Texts are tokenized once, sorted by length and run in small batches
@@ -53,8 +49,19 @@ class OnnxClassifier:
 
     def predict(self, texts: list[str]) -> list[dict]:
         """[{"label": ..., "probabilities": {label: p}}] for each text."""
-        return [{"label": self.labels[int(p.argmax())], "probabilities": dict(zip(self.labels, map(float, p)))}
-                for p in self.probabilities(texts)]
+        probabilities = self.probabilities(texts)
+        return [{"label": self.labels[int(p.argmax())], "probabilities": by_label}
+                for p, by_label in zip(probabilities, label_probabilities(self.labels, probabilities))]
+
+
+def read_labels(model_dir: str | Path) -> list[str]:
+    """The class labels in index order, from the `label_map.json` that fine-tuning writes beside the model."""
+    return list(json.loads((Path(model_dir) / "label_map.json").read_text()).values())
+
+
+def label_probabilities(labels: list[str], probabilities) -> list[dict[str, float]]:
+    """One {label: probability} mapping per row of class probabilities."""
+    return [dict(zip(labels, map(float, row))) for row in probabilities]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import json
-
 import mlflow.pyfunc
 import pandas as pd
 
@@ -18,8 +16,10 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from components.onnx_classifier import read_labels
+
         model_dir = context.artifacts["model_dir"]
-        self.labels = list(json.loads(open(f"{model_dir}/label_map.json").read()).values())
+        self.labels = read_labels(model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
 
@@ -50,9 +50,11 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
 
 
 def as_frame(labels: list[str], probabilities) -> pd.DataFrame:
+    from components.onnx_classifier import label_probabilities
+
     return pd.DataFrame({
         "label": [labels[int(p.argmax())] for p in probabilities],
-        "probabilities": [{label: float(v) for label, v in zip(labels, p)} for p in probabilities],
+        "probabilities": label_probabilities(labels, probabilities),
     })
 
 

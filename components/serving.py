@@ -87,7 +87,7 @@ class TextClassifierRuntime(MLModel):
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         texts = texts_from_request(payload, self.limits)
-        labels, probabilities = self._classify(texts)
+        labels, probabilities, _ = self._classify(texts)
         return InferenceResponse(
             model_name=self.name,
             model_version=self.version,
@@ -100,18 +100,20 @@ class TextClassifierRuntime(MLModel):
     async def predict_json(self, request: TextsRequest) -> dict:
         """{"texts": [...]} -> {"predictions": [{"label": ..., "probabilities": {...}}], "model_version": ...}"""
         texts = check_texts(request.texts, self.limits)
-        labels, probabilities = self._classify(texts)
+        labels, _, by_label = self._classify(texts)
         return {"model": self.name, "model_version": self.version, "predictions": [
-            {"label": label, "probabilities": dict(zip(self.classifier.labels, map(float, p)))}
-            for label, p in zip(labels, probabilities)]}
+            {"label": label, "probabilities": probabilities} for label, probabilities in zip(labels, by_label)]}
 
-    def _classify(self, texts: list[str]) -> tuple[list[str], np.ndarray]:
+    def _classify(self, texts: list[str]) -> tuple[list[str], np.ndarray, list[dict[str, float]]]:
+        """Labels, the probability matrix and the same as {label: probability} per text; logs every text."""
+        from components.onnx_classifier import label_probabilities
+
         probabilities = self.classifier.probabilities(texts)
         labels = [self.classifier.labels[int(i)] for i in probabilities.argmax(axis=1)]
+        by_label = label_probabilities(self.classifier.labels, probabilities)
         if self.log:
-            self.log.write(texts, labels, [dict(zip(self.classifier.labels, map(float, p))) for p in probabilities],
-                           self.name, self.version or "")
-        return labels, probabilities
+            self.log.write(texts, labels, by_label, self.name, self.version or "")
+        return labels, probabilities, by_label
 
 
 def resolve_bundle(model_uri: str, download_dir: str | Path) -> tuple[str, str, str]:
@@ -141,11 +143,11 @@ def serve(bundle_dir: str, name: str, version: str, port: int, prediction_log: s
     from mlserver.settings import ModelParameters, ModelSettings, Settings
     from mlserver.types import MetadataTensor
 
-    from components.onnx_classifier import OnnxClassifier
+    from components.onnx_classifier import read_labels
 
     settings = Settings(http_port=port, grpc_port=port + 1, metrics_endpoint=None, parallel_workers=0,
                         debug=False, host="0.0.0.0")
-    classes = len(OnnxClassifier.read_labels(bundle_dir))
+    classes = len(read_labels(bundle_dir))
     model = ModelSettings(
         name=name, implementation=TextClassifierRuntime, platform="onnxruntime", versions=[version],
         inputs=[MetadataTensor(name=INPUT_NAME, datatype="BYTES", shape=[-1])],

@@ -180,6 +180,7 @@ def deployment_stage(config_json: str, tracking_uri: str, parent_run_id: str, da
     import pandas as pd
 
     from components.deployment import deploy_bundle
+    from components.onnx_classifier import read_labels
     from components.pyfunc_model import OnnxTextClassifier
     from components.registry import promote, register_model
     from components.tracking import stage_run
@@ -195,10 +196,10 @@ def deployment_stage(config_json: str, tracking_uri: str, parent_run_id: str, da
         mlflow.log_metrics({k: v for k, v in report.to_dict().items() if isinstance(v, float)})
         mlflow.log_params({"served": report.served, "served_reason": report.reason})
         source = mlflow.MlflowClient().get_model_version(name, challenger_version)
-        labels = list(_read(model_dir, "label_map.json").values())
         test_texts = pd.read_parquet(Path(data_dir) / "test.parquet")["text"].head(3).tolist()
         version = register_model(
-            OnnxTextClassifier(), {"bundle": str(Path(out_dir) / "bundle")}, labels, name, source.description,
+            OnnxTextClassifier(), {"bundle": str(Path(out_dir) / "bundle")}, read_labels(model_dir), name,
+            source.description,
             source.tags | {"format": f"onnx-{report.served}", "source_version": challenger_version,
                            "parity_max_abs_logit_diff": f"{report.max_abs_logit_diff:.2e}"}, test_texts)
         demoted = promote(name, version)
