@@ -1,6 +1,6 @@
 """Serving speed on this machine, in one run: the fine-tuned model through transformers (PyTorch eager) vs the
-ONNX export under onnxruntime, fp32 and int8. Prints p50/p99 latency for one text, throughput for batches of 32,
-and test accuracy.
+ONNX export under onnxruntime, fp32 and int8. Prints p50/p99 latency for one text, throughput for batches of 32
+(the median of interleaved rounds), and test accuracy.
 
     python benchmarks/serving.py                       # the newest `lifecycle run` under work/kfp
     python benchmarks/serving.py --run-dir work/kfp/sms-spam-training-...
@@ -20,8 +20,9 @@ import pandas as pd
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", help="a KFP run folder with fine-tune/model, prepare-data/dataset, deploy/")
-    parser.add_argument("--single", type=int, default=300, help="one-text requests timed per runtime")
-    parser.add_argument("--batches", type=int, default=20, help="batches of 32 timed per runtime")
+    parser.add_argument("--single", type=int, default=300, help="one-text requests timed per runtime in all")
+    parser.add_argument("--batches", type=int, default=10, help="batches of 32 timed per runtime and round")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
     args = parser.parse_args()
     run = Path(args.run_dir) if args.run_dir else newest_run(Path("work/kfp"))
     test = pd.read_parquet(run / "prepare-data" / "dataset" / "test.parquet")
@@ -29,24 +30,31 @@ def main() -> None:
     threads = os.cpu_count()
     print(f"run {run}\n{len(texts)} test texts, {threads} CPU threads\n")
 
-    rows = []
-    for name, predict in runtimes(run, threads):
-        accuracy = float(np.mean([p == t for p, t in zip(predict(texts), labels)]))
-        rng = np.random.default_rng(0)
+    # Rounds interleave the runtimes and the medians are reported: on a shared machine the load drifts, and
+    # timing one runtime after another would charge that drift to whichever ran at a bad moment.
+    predictors = dict(runtimes(run, threads))
+    rng = np.random.default_rng(0)
+    singles = [texts[i] for i in rng.integers(0, len(texts), args.single)]
+    batches = [list(rng.choice(texts, 32)) for _ in range(args.batches)]
+    latencies = {name: [] for name in predictors}
+    throughputs = {name: [] for name in predictors}
+    for name, predict in predictors.items():
         for text in texts[:10]:  # warm-up
             predict([text])
-        latencies = []
-        for i in rng.integers(0, len(texts), args.single):
+    for _ in range(args.rounds):
+        for name, predict in predictors.items():
+            for text in singles[:len(singles) // args.rounds]:
+                start = time.perf_counter()
+                predict([text])
+                latencies[name].append(time.perf_counter() - start)
             start = time.perf_counter()
-            predict([texts[i]])
-            latencies.append(time.perf_counter() - start)
-        batches = [list(rng.choice(texts, 32)) for _ in range(args.batches)]
-        start = time.perf_counter()
-        for batch in batches:
-            predict(batch)
-        throughput = 32 * len(batches) / (time.perf_counter() - start)
-        rows.append({"runtime": name, "p50_ms": 1000 * np.percentile(latencies, 50),
-                     "p99_ms": 1000 * np.percentile(latencies, 99), "texts_per_s": throughput, "accuracy": accuracy})
+            for batch in batches:
+                predict(batch)
+            throughputs[name].append(32 * len(batches) / (time.perf_counter() - start))
+    rows = [{"runtime": name, "p50_ms": 1000 * np.percentile(latencies[name], 50),
+             "p99_ms": 1000 * np.percentile(latencies[name], 99), "texts_per_s": float(np.median(throughputs[name])),
+             "accuracy": float(np.mean([p == t for p, t in zip(predict(texts), labels)]))}
+            for name, predict in predictors.items()]
     base = rows[0]["texts_per_s"]
     print("| runtime | p50 latency, 1 text | p99 latency, 1 text | throughput, batches of 32 | vs PyTorch | "
           "test accuracy |")
@@ -74,7 +82,7 @@ def runtimes(run: Path, threads: int):
             return [labels[i] for i in model(**batch).logits.argmax(-1).tolist()]
 
     yield "PyTorch eager (transformers)", eager
-    deploy = run / "deploy" / "onnx_model"
+    deploy = (run / "deploy" / "onnx_model").resolve()
     bundle = deploy / "bundle"
     for precision in ("fp32", "int8"):
         classifier = OnnxClassifier(bundle, onnx_file=str(deploy / f"model_{precision}.onnx"), threads=threads)

@@ -37,3 +37,19 @@ def test_a_failed_parity_check_fails_the_stage(tiny_run, tmp_path, monkeypatch):
         deployment.deploy_bundle(str(tiny_run[1]), str(tiny_run[0]), str(tmp_path))
     assert json.loads((tmp_path / "deployment.json").read_text())["parity_passed"] is False
     assert not (tmp_path / "model_int8.onnx").exists()  # stopped before quantizing
+
+
+def test_a_gpt2_style_decoder_exports_with_parity(tiny_gpt2, tiny_run, tmp_path):
+    # Right padding and last-token pooling must survive the export: parity runs padded batches of mixed lengths.
+    from components.config import ModelConfig, TrainConfig
+    from components.deployment import deploy_bundle
+    from components.model_init import initialise_model
+    from components.training import fine_tune
+
+    data_dir = tiny_run[0]
+    model_cfg = ModelConfig(max_length=32)
+    initialise_model(str(tiny_gpt2), "full", 1, model_cfg.lora, ["ham", "spam"], 0, tmp_path / "init")
+    fine_tune(str(tmp_path / "init"), str(data_dir), str(tmp_path / "model"), str(tmp_path / "ckpt"), model_cfg,
+              TrainConfig(epochs=1, learning_rate=3e-3), "cpu", "fp32", 0)
+    report = deploy_bundle(str(tmp_path / "model"), str(data_dir), str(tmp_path / "deploy"))
+    assert report.parity_passed and report.max_abs_logit_diff <= PARITY_TOLERANCE
