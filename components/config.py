@@ -38,6 +38,8 @@ class DataConfig(_Section):
     train_path: Optional[str] = None  # or: the three splits given
     val_path: Optional[str] = None
     test_path: Optional[str] = None
+    # Newly labelled data (a file, or a folder of files in this format), added to the data on every run.
+    feedback_path: Optional[str] = None
     format: Literal["auto", "delimited", "jsonl", "parquet"] = "auto"
     separator: str = ","
     header: bool = True
@@ -132,6 +134,20 @@ class ServeConfig(_Section):
     max_text_chars: int = Field(2000, ge=1)
 
 
+class MonitorConfig(_Section):
+    current: Optional[str] = None  # a file of texts to check; None: the prediction log
+    window_hours: float = Field(24, gt=0)  # the prediction log window: the last N hours
+    min_window: int = Field(100, ge=10)  # fewer texts than this: no verdict
+    reference_size: int = Field(1000, ge=50)  # training texts kept (seeded sample) as the drift reference
+    drift_share: float = Field(0.5, gt=0, le=1)  # drift when at least this share of the features drifted
+    p_value: float = Field(0.05, gt=0, lt=1)  # text descriptors and predictions (K-S and chi-square tests)
+    text_quantile: float = Field(0.95, gt=0.5, lt=1)  # text content: domain classifier vs a random one
+    embedding_auc: float = Field(0.55, gt=0.5, lt=1)  # embeddings: domain classifier ROC AUC above this
+    webhook_url: Optional[str] = None  # Slack/Teams incoming webhook for alerts
+    cooldown_hours: float = Field(24, ge=0)  # at most one retraining started per cool-down
+    retraining_timeout_hours: float = Field(6, gt=0)  # a retraining still running after this counts as crashed
+
+
 class LifecycleConfig(_Section):
     name: str = "lifecycle"
     seed: int = 123
@@ -143,6 +159,7 @@ class LifecycleConfig(_Section):
     tracking: TrackingConfig = TrackingConfig()
     kfp: KfpConfig = KfpConfig()
     serve: ServeConfig = ServeConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     @field_validator("name")
     @classmethod

@@ -40,6 +40,11 @@ def detect_format(path: Path, declared: str) -> str:
     return "delimited"
 
 
+def format_of(path: str | Path, fmt: TableFormat) -> TableFormat:
+    """A JSONL or Parquet file (by its suffix) is read as such; any other file with the configured format."""
+    return TableFormat() if detect_format(Path(path), "auto") != "delimited" else fmt
+
+
 def read_table(path: str | Path, fmt: TableFormat) -> pd.DataFrame:
     """Read one file into a DataFrame of strings; index = the 1-based line (or row) number in the file."""
     path = Path(path)

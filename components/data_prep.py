@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
 from components.config import DataConfig
-from components.data_io import TableFormat, fetch, file_sha256, read_table
+from components.data_io import DataError, TableFormat, fetch, file_sha256, format_of, read_table
 from components.data_validation import DataValidationError, ValidationRules, validate_table
 
 SPLITS = ("train", "val", "test")
+FEEDBACK = "feedback"  # the source names of feedback files start with this
 SCHEMA = {"text": "string", "label": "string"}  # of every split's Parquet file
 
 
@@ -36,8 +37,10 @@ def prepare_data(data: DataConfig, seed: int, cache_dir: str | Path, out_dir: st
     """Run stage 1; writes train/val/test.parquet, manifest.json, validation.json and validation.html to out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sources = _resolve_sources(data, cache_dir)
-    frames = {name: read_table(path, _table_format(data)) for name, path in sources.items()}
+    sources = resolve_sources(data, cache_dir)
+    # Feedback files may also be JSONL or Parquet, whatever the data's format (monitoring writes JSONL).
+    frames = {name: read_table(path, format_of(path, table_format(data)) if name.startswith(FEEDBACK)
+                               else table_format(data)) for name, path in sources.items()}
     rules = ValidationRules(
         text_column=data.text_column,
         label_column=data.label_column,
@@ -46,9 +49,11 @@ def prepare_data(data: DataConfig, seed: int, cache_dir: str | Path, out_dir: st
         min_text_chars=data.min_text_chars,
         max_text_chars=data.max_text_chars,
     )
+    feedback_rules = replace(rules, min_rows_per_class=0, min_classes=1)
     reports = {}
     for name, frame in frames.items():
-        reports[name], html = validate_table(frame, rules, source=str(sources[name]))
+        reports[name], html = validate_table(frame, feedback_rules if name.startswith(FEEDBACK) else rules,
+                                             source=str(sources[name]))
         # great-expectations data docs: one page per file read
         (out_dir / f"validation_{name}.html").write_text(html)
     (out_dir / "validation.json").write_text(
@@ -59,7 +64,13 @@ def prepare_data(data: DataConfig, seed: int, cache_dir: str | Path, out_dir: st
         raise DataValidationError("\n".join(r.failure_message() for r in failed))
 
     labels = sorted(set().union(*(r.labels for r in reports.values())))
-    cleaned = {name: clean(frame, data.text_column, data.label_column) for name, frame in frames.items()}
+    # Feedback joins the whole data set (then balanced and split like the rest), or the train split when the
+    # splits are given.
+    feedback = [frames[name] for name in frames if name.startswith(FEEDBACK)]
+    main = "all" if "all" in frames else "train"
+    frames[main] = pd.concat([frames[main], *feedback])
+    cleaned = {name: clean(frames[name], data.text_column, data.label_column) for name in (main, *SPLITS[1:])
+               if name in frames}
     if "all" in cleaned:
         rows = cleaned["all"]
         if data.balance == "undersample":
@@ -85,15 +96,29 @@ def prepare_data(data: DataConfig, seed: int, cache_dir: str | Path, out_dir: st
     return prepared
 
 
-def _resolve_sources(data: DataConfig, cache_dir: str | Path) -> dict[str, Path]:
+def resolve_sources(data: DataConfig, cache_dir: str | Path) -> dict[str, Path]:
     if data.train_path:
-        return {"train": Path(data.train_path), "val": Path(data.val_path), "test": Path(data.test_path)}
-    if data.path:
-        return {"all": Path(data.path)}
-    return {"all": fetch(data.url, cache_dir, sha256=data.sha256, member=data.url_member)}
+        sources = {"train": Path(data.train_path), "val": Path(data.val_path), "test": Path(data.test_path)}
+    elif data.path:
+        sources = {"all": Path(data.path)}
+    else:
+        sources = {"all": fetch(data.url, cache_dir, sha256=data.sha256, member=data.url_member)}
+    return sources | {f"{FEEDBACK}-{path.stem}": path for path in feedback_files(data.feedback_path)}
 
 
-def _table_format(data: DataConfig) -> TableFormat:
+def feedback_files(feedback_path: str | None) -> list[Path]:
+    """The feedback file, or the files in the feedback folder (sorted; hidden files skipped)."""
+    if not feedback_path:
+        return []
+    path = Path(feedback_path)
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not path.is_file():
+        raise DataError(f"data.feedback_path: {path} is neither a file nor a folder")
+    return [path]
+
+
+def table_format(data: DataConfig) -> TableFormat:
     return TableFormat(
         format=data.format,
         separator=data.separator,

@@ -22,6 +22,7 @@ class ValidationRules:
     min_rows_per_class: int
     min_text_chars: int
     max_text_chars: int
+    min_classes: int = 2  # 1 for feedback files, which may add examples of one class only
 
 
 @dataclass
@@ -122,7 +123,7 @@ def _expectations(ge, rules: ValidationRules, columns) -> list:
         found += [
             ge.ExpectColumnValuesToNotBeNull(column=label),
             ge.ExpectColumnUniqueValueCountToBeBetween(
-                column=label, min_value=2, max_value=len(rules.labels) if rules.labels else None
+                column=label, min_value=rules.min_classes, max_value=len(rules.labels) if rules.labels else None
             ),
         ]
         if rules.labels:
@@ -144,7 +145,9 @@ def _check_from_result(result, frame: pd.DataFrame) -> CheckResult:
     if config.type == "expect_column_to_exist":
         check.detail = f"column {column!r} is missing; found {list(frame.columns)} (is data.separator right?)"
     elif config.type == "expect_column_unique_value_count_to_be_between":
-        check.detail = f"found {outcome.get('observed_value')} distinct labels; a classifier needs at least 2"
+        check.detail = (f"found {outcome.get('observed_value')} distinct labels; expected at least "
+                        f"{config.kwargs['min_value']}" + (" (a classifier needs 2)" if config.kwargs["min_value"] > 1
+                                                           else ""))
     elif check.unexpected_count:
         share = check.unexpected_count / max(len(frame), 1)
         check.detail = f"{check.unexpected_count} of {len(frame)} rows ({share:.1%})"

@@ -12,7 +12,8 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from components.onnx_classifier import BUNDLE_MODEL, OnnxClassifier, read_labels, softmax
+from components.onnx_classifier import BUNDLE_MODEL, EMBEDDING_OUTPUT, OnnxClassifier, read_labels, softmax
+from monitoring.drift import REFERENCE_FILE, profile_texts
 
 PARITY_TOLERANCE = 1e-4  # largest absolute logit difference allowed for fp32
 ONNX_OPSET = 23  # the first with the Attention op
@@ -48,20 +49,23 @@ def export_onnx(model, tokenizer, path: str | Path) -> None:
     import onnx
     import torch
 
-    class LogitsOnly(torch.nn.Module):  # the graph's interface: token ids and mask in, logits out
+    class Classifier(torch.nn.Module):  # the graph's interface: token ids and mask in; logits, embedding out
         def __init__(self):
             super().__init__()
             self.model = model.eval()
 
         def forward(self, input_ids, attention_mask):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+            # The sentence embedding (mean of the last hidden states over real tokens), for embedding drift.
+            mask = attention_mask.unsqueeze(-1).to(out.hidden_states[-1].dtype)
+            return out.logits, (out.hidden_states[-1] * mask).sum(1) / mask.sum(1)
 
     example = tokenizer(["a short text", "a somewhat longer text for the example batch"], padding=True,
                         return_tensors="pt")
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     program = torch.onnx.export(
-        LogitsOnly().eval(), (example["input_ids"], example["attention_mask"]), dynamo=True, opset_version=ONNX_OPSET,
-        input_names=["input_ids", "attention_mask"], output_names=["logits"],
+        Classifier().eval(), (example["input_ids"], example["attention_mask"]), dynamo=True, opset_version=ONNX_OPSET,
+        input_names=["input_ids", "attention_mask"], output_names=["logits", EMBEDDING_OUTPUT],
         dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}},
         verbose=False,
     )
@@ -69,9 +73,11 @@ def export_onnx(model, tokenizer, path: str | Path) -> None:
     onnx.checker.check_model(str(path))
 
 
-def deploy_bundle(model_dir: str, data_dir: str, out_dir: str, batch_size: int = 64) -> DeploymentReport:
-    """Run stage 6 up to the bundle: out_dir/bundle holds the model to serve, out_dir/deployment.json the report.
-    Raises ParityError when the fp32 export does not give the PyTorch model's answers."""
+def deploy_bundle(model_dir: str, data_dir: str, out_dir: str, reference_size: int = 1000, seed: int = 0,
+                  batch_size: int = 64) -> DeploymentReport:
+    """Run stage 6 up to the bundle: out_dir/bundle holds the model to serve and its monitoring reference,
+    out_dir/deployment.json the report. Raises ParityError when the fp32 export does not give the PyTorch model's
+    answers."""
     from components.evaluation import score
     from components.model_init import load_classifier
     from components.text_batches import encode, predict_logits
@@ -118,6 +124,11 @@ def deploy_bundle(model_dir: str, data_dir: str, out_dir: str, batch_size: int =
                      + ("within" if report.served == "int8" else "more than")
                      + f" {INT8_MAX_ACCURACY_DROP:.1%} lower, so {report.served} is served")
     shutil.copy(out / f"model_{report.served}.onnx", bundle / BUNDLE_MODEL)
+
+    # 3. the drift reference: training texts as the served graph sees them (stage 7 compares traffic with it)
+    train = pd.read_parquet(Path(data_dir) / "train.parquet")
+    sample = train.sample(min(reference_size, len(train)), random_state=seed)["text"].tolist()
+    profile_texts(OnnxClassifier(bundle), sample).to_parquet(bundle / REFERENCE_FILE, index=False)
     _write_report(out, report)
     shutil.copy(out / "deployment.json", bundle / "deployment.json")
     return report

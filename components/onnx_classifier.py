@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 BUNDLE_MODEL = "model.onnx"
+EMBEDDING_OUTPUT = "sentence_embedding"  # the graph's second output, for embedding drift
 SUB_BATCH = 4  # texts per onnxruntime call; the fastest on this 2-core CPU for batches of 32
 
 
@@ -28,11 +29,15 @@ class OnnxClassifier:
         self.session = ort.InferenceSession(str(bundle_dir / onnx_file), options, providers=["CPUExecutionProvider"])
 
     def logits(self, texts: list[str], batch_size: int = SUB_BATCH) -> np.ndarray:
-        """Logits in the order of `texts`. Texts are tokenized once, sorted by length and run in small batches
-        of similar lengths: on a CPU the padding saved outweighs the extra calls (benchmarks/serving.py)."""
+        return self.run(texts, ["logits"], batch_size)[0]
+
+    def run(self, texts: list[str], outputs: list[str], batch_size: int = SUB_BATCH) -> list[np.ndarray]:
+        """The graph's named outputs ("logits", EMBEDDING_OUTPUT), rows in the order of `texts`. Texts are tokenized
+        once, sorted by length and run in small batches of similar lengths: on a CPU the padding saved outweighs
+        the extra calls (benchmarks/serving.py)."""
         ids = self.tokenizer(list(texts), truncation=True)["input_ids"]
         order = np.argsort([len(row) for row in ids], kind="stable")
-        out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
+        results = [np.empty((0, 0), dtype=np.float32) for _ in outputs]
         for start in range(0, len(order), batch_size):
             indices = order[start:start + batch_size]
             width = max(len(ids[i]) for i in indices)
@@ -41,8 +46,12 @@ class OnnxClassifier:
             for row, i in enumerate(indices):  # right padding, as in training
                 input_ids[row, :len(ids[i])] = ids[i]
                 mask[row, :len(ids[i])] = 1
-            out[indices] = self.session.run(["logits"], {"input_ids": input_ids, "attention_mask": mask})[0]
-        return out
+            values = self.session.run(outputs, {"input_ids": input_ids, "attention_mask": mask})
+            if start == 0:
+                results = [np.empty((len(texts), *v.shape[1:]), dtype=v.dtype) for v in values]
+            for result, value in zip(results, values):
+                result[indices] = value
+        return results
 
     def probabilities(self, texts: list[str], batch_size: int = SUB_BATCH) -> np.ndarray:
         return softmax(self.logits(texts, batch_size))

@@ -50,20 +50,22 @@ def flatten(mapping: dict, prefix: str = "") -> dict:
     return flat
 
 
-def parent_run_name(cfg) -> str:
+def parent_run_name(cfg, kind: str = "") -> str:
     import time
 
-    return f"{cfg.name}-{cfg.model.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return "-".join(filter(None, [cfg.name, kind, cfg.model.strategy, time.strftime("%Y%m%d-%H%M%S")]))
 
 
-def start_parent_run(cfg, tracking_uri: str) -> str:
-    """Create the pipeline run's parent run with the flattened config as params; returns its id (left open)."""
+def start_parent_run(cfg, tracking_uri: str, tags: Optional[dict] = None, run_kind: str = "") -> str:
+    """Create the pipeline run's parent run with the flattened config as params; returns its id (left open).
+    `run_kind` goes into the run name (e.g. "retrain"); `tags` are added to the run's tags."""
     import mlflow
 
     use_experiment(tracking_uri, cfg.tracking.experiment, Path(cfg.work_dir) / "mlartifacts")
     client = mlflow.MlflowClient()
     experiment_id = mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id
-    tags = {"strategy": cfg.model.strategy, "base_model": cfg.model.base, "mlflow.runName": parent_run_name(cfg)}
+    tags = {"strategy": cfg.model.strategy, "base_model": cfg.model.base,
+            "mlflow.runName": parent_run_name(cfg, run_kind)} | (tags or {})
     run = client.create_run(experiment_id, tags=tags, run_name=tags["mlflow.runName"])
     params = flatten(cfg.model_dump(mode="json"))
     client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()])

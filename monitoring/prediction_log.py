@@ -50,11 +50,26 @@ class PredictionLog:
         return self._file
 
 
-def read_predictions(root: str | Path):
-    """All logged predictions under root as a DataFrame (oldest file first)."""
+def read_predictions(root: str | Path, files: list[Path] | None = None):
+    """The logged predictions under root (or in `files`) as a DataFrame, oldest file first."""
     import pandas as pd
 
-    files = sorted(Path(root).glob("predictions-*.jsonl"))
-    frames = [pd.read_json(f, lines=True) for f in files if f.stat().st_size]
+    files = sorted(Path(root).glob("predictions-*.jsonl")) if files is None else files
+    frames = [pd.read_json(f, lines=True, dtype=False) for f in files if f.stat().st_size]  # texts stay text
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["timestamp", "model", "model_version", "text", "label", "probabilities"])
+
+
+def read_window(root: str | Path, hours: float, now: dt.datetime | None = None):
+    """The predictions logged in the last `hours` (only the daily files that can hold them are read)."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    since = now - dt.timedelta(hours=hours)
+    files = [f for f in sorted(Path(root).glob("predictions-*.jsonl"))
+             if f.stem.removeprefix("predictions-") >= f"{since:%Y%m%d}"]
+    frame = read_predictions(root, files)
+    if frame.empty:
+        return frame
+    import pandas as pd
+
+    stamps = pd.to_datetime(frame["timestamp"], utc=True)
+    return frame[(stamps >= since) & (stamps <= now)].reset_index(drop=True)

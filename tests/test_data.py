@@ -156,3 +156,18 @@ def test_download_is_cached_and_checked(tmp_path):
         with zipfile.ZipFile(tmp_path / "data.zip", "w") as archive:
             archive.writestr("SMSSpamCollection", payload + b"tampered")
         fetch(url, tmp_path / "other", sha256=digest, member="SMSSpamCollection")
+
+
+def test_feedback_files_of_one_class_join_the_data_and_a_bad_one_is_named(tmp_path, texts_csv):
+    feedback = tmp_path / "feedback"
+    feedback.mkdir()
+    new = pd.DataFrame({"text": [f"quarterly invoice {i}" for i in range(30)], "label": "ham"})
+    new.to_json(feedback / "labelled.jsonl", orient="records", lines=True)  # JSONL beside CSV data
+    data = DataConfig(path=str(texts_csv), feedback_path=str(feedback), labels=["ham", "spam"], min_rows_per_class=5)
+    prepared = prepare_data(data, 1, tmp_path, tmp_path / "out")
+    assert sum(counts["ham"] for counts in prepared.counts.values()) == 120 + 30
+    assert (tmp_path / "out" / "validation_feedback-labelled.html").is_file()
+
+    new.assign(label="junk").to_json(feedback / "more.jsonl", orient="records", lines=True)
+    with pytest.raises(DataValidationError, match=r"more\.jsonl(.|\n)*not in \['ham', 'spam'\]"):
+        prepare_data(data, 1, tmp_path, tmp_path / "out2")

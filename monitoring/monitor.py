@@ -1,0 +1,62 @@
+"""One drift check, as plain functions: which texts to check, and the check of those texts against the served
+model's reference. MLflow, alerts and retraining are added by the stage adapters (components/monitor_stages.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from components.config import LifecycleConfig
+from monitoring.drift import REFERENCE_FILE, DriftResult, check_drift, profile_texts, write_report
+
+PREDICTIONS_DIR = "predictions"  # under work_dir: where `lifecycle serve` logs
+
+
+def current_texts(cfg: LifecycleConfig, current_path: Optional[str] = None) -> tuple[list[str], str]:
+    """(texts, where they came from): the file named (here or in monitor.current), else the prediction log's
+    last monitor.window_hours."""
+    from components.data_io import DataError, format_of, read_table
+    from components.data_prep import table_format
+    from monitoring.prediction_log import read_window
+
+    path = current_path or cfg.monitor.current
+    if not path:
+        log_dir = Path(cfg.work_dir) / PREDICTIONS_DIR
+        window = read_window(log_dir, cfg.monitor.window_hours)
+        return window["text"].tolist(), f"prediction log {log_dir}, last {cfg.monitor.window_hours:g} h"
+    # A prediction log file or any JSONL/Parquet file is read as such; other files in the training data's format.
+    data = cfg.data
+    frame = read_table(path, format_of(path, table_format(data)))
+    column = next((c for c in (data.text_column, "text") if c in frame.columns), None)
+    if column is None:
+        raise DataError(f"{path}: no text column; expected {data.text_column!r} or 'text', found {list(frame.columns)}")
+    texts = frame[column].dropna().astype(str)
+    return texts[texts.str.strip() != ""].tolist(), str(path)
+
+
+def drift_check(bundle_dir: str | Path, texts: list[str], cfg: LifecycleConfig, out_dir: str | Path) -> DriftResult:
+    """Profile `texts` with the bundle's model, compare them with the bundle's reference, write the report."""
+    from components.data_io import DataError
+    from components.onnx_classifier import OnnxClassifier
+
+    reference_file = Path(bundle_dir) / REFERENCE_FILE
+    if not reference_file.is_file():
+        raise DataError(f"{bundle_dir}: no {REFERENCE_FILE}; this model was deployed before drift monitoring "
+                        f"existed. Run `lifecycle run` to deploy one that carries its reference.")
+    reference = pd.read_parquet(reference_file)
+    current = profile_texts(OnnxClassifier(bundle_dir), texts) if texts else reference.iloc[:0]
+    result, snapshot = check_drift(reference, current, cfg.monitor)
+    write_report(result, snapshot, out_dir)
+    return result
+
+
+def summary_lines(result: DriftResult, top: int = 5) -> list[str]:
+    """The verdict and the most drifted features, for people."""
+    lines = [f"drift {'DETECTED' if result.drift_detected else 'not detected'}: {result.reason}",
+             f"  {result.current_size} current texts vs {result.reference_size} reference texts"]
+    for feature in (result.drifted() or result.features)[:top]:
+        lines.append(f"  {'*' if feature.drifted else ' '} {feature.feature:<22} {feature.kind:<16} "
+                     f"{feature.method} = {feature.score:.4g} (threshold {feature.threshold:g})")
+    return lines
