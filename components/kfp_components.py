@@ -82,3 +82,33 @@ def deploy(config_json: str, tracking_uri: str, parent_run_id: str, dataset: Inp
                               challenger_version, onnx_model.path)
     onnx_model.metadata.update(result)
     return result["model_version"]
+
+
+@component
+def monitor(config_json: str, tracking_uri: str, parent_run_id: str, dataset: Input[Dataset],
+            onnx_model: Input[Model], drift: Output[Artifact], drift_report: Output[HTML]):
+    """Stage 7 of a training run: the new champion's drift reference against the test split."""
+    import shutil
+    from pathlib import Path
+
+    from components.monitor_stages import monitoring_stage
+
+    drift.metadata.update(monitoring_stage(config_json, tracking_uri, parent_run_id, dataset.path,
+                                           str(Path(onnx_model.path) / "bundle"), drift.path))
+    if (Path(drift.path) / "drift_report.html").is_file():  # absent when the test split is below monitor.min_window
+        shutil.copy(Path(drift.path) / "drift_report.html", drift_report.path)
+
+
+@component
+def check_drift(config_json: str, tracking_uri: str, current_path: str, monitor_run_id: str,
+                drift: Output[Artifact], drift_report: Output[HTML]) -> str:
+    """The monitor's check of the champion against served traffic; returns the retraining's parent run id or ''."""
+    import shutil
+    from pathlib import Path
+
+    from components.monitor_stages import drift_check_stage
+
+    retraining_run = drift_check_stage(config_json, tracking_uri, current_path, monitor_run_id, drift.path)
+    if (Path(drift.path) / "drift_report.html").is_file():  # absent when the window was too small for a verdict
+        shutil.copy(Path(drift.path) / "drift_report.html", drift_report.path)
+    return retraining_run

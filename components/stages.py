@@ -159,6 +159,7 @@ def evaluation_stage(config_json: str, tracking_uri: str, parent_run_id: str, da
     for key, value in metrics.scalars().items():
         client.log_metric(parent_run_id, key, value)
     client.set_tag(parent_run_id, "gate", tags["gate"])
+    client.set_tag(parent_run_id, "gate_reasons", tags["gate_reasons"])
     client.set_tag(parent_run_id, "model_version", version)
     return {"gate_passed": gate.passed, "gate_reasons": gate.reasons, "model_version": version,
             "metrics": metrics.scalars(), "confusion": metrics.confusion, "labels": labels}
@@ -189,7 +190,7 @@ def deployment_stage(config_json: str, tracking_uri: str, parent_run_id: str, da
     name = cfg.tracking.registered_model
     with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "6-deploy"):
         try:
-            report = deploy_bundle(model_dir, data_dir, out_dir)
+            report = deploy_bundle(model_dir, data_dir, out_dir, cfg.monitor.reference_size, cfg.seed)
         finally:  # the parity report matters most when parity failed
             if (Path(out_dir) / "deployment.json").is_file():
                 mlflow.log_artifact(str(Path(out_dir) / "deployment.json"))

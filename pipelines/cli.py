@@ -1,4 +1,5 @@
-"""The `lifecycle` command: run the pipeline locally, compile it for a cluster, open the MLflow UI."""
+"""The `lifecycle` command: run the pipelines locally, compile and schedule them for a cluster, serve the
+champion, watch it for drift, open the MLflow UI."""
 
 from __future__ import annotations
 
@@ -33,12 +34,30 @@ def _parser() -> argparse.ArgumentParser:
                          help="override a config key by its dotted path, e.g. train.epochs=2 (repeatable)")
         return sub
 
-    run = with_config(commands.add_parser("run", help="run stages 1-6 locally through kfp.local"))
+    run = with_config(commands.add_parser("run", help="run stages 1-7 locally through kfp.local"))
     run.add_argument("--resume", metavar="RUN_ID", help="resume an interrupted run from its last checkpoint")
     run.set_defaults(handler=_run)
-    compile_ = with_config(commands.add_parser("compile", help="write the KFP v2 pipeline YAML"))
-    compile_.add_argument("-o", "--output", default="pipeline.yaml", help="where to write (default pipeline.yaml)")
+    compile_ = with_config(commands.add_parser("compile", help="write the training and monitor pipelines' KFP YAML"))
+    compile_.add_argument("-o", "--output", default="pipeline.yaml", help="training pipeline (default pipeline.yaml)")
+    compile_.add_argument("--monitor-output", default="monitor_pipeline.yaml",
+                          help="monitor pipeline (default monitor_pipeline.yaml)")
     compile_.set_defaults(handler=_compile)
+    monitor = with_config(commands.add_parser("monitor", help="one drift check of the champion, now"))
+    monitor.add_argument("--current", metavar="FILE", help="texts to check (default: the prediction log window)")
+    monitor.set_defaults(handler=_monitor)
+    watch = with_config(commands.add_parser("watch", help="run the monitor pipeline on a timer, here"))
+    watch.add_argument("--every", default="1h", help="interval: 90s, 30m, 1h, 1d (default 1h)")
+    watch.add_argument("--once", action="store_true", help="one monitor run now, then exit")
+    watch.set_defaults(handler=_watch)
+    schedule = with_config(commands.add_parser("schedule", help="a KFP recurring run of the monitor pipeline"))
+    schedule.add_argument("--host", required=True, help="the KFP API endpoint, e.g. http://localhost:8080")
+    schedule.add_argument("--cron", required=True, help='cron, 5 fields ("0 * * * *") or KFP\'s 6 (seconds first)')
+    schedule.add_argument("--experiment", help="KFP experiment (default: tracking.experiment)")
+    schedule.set_defaults(handler=_schedule)
+    demo = with_config(commands.add_parser("demo-drift", help="replay normal then shifted traffic: drift -> alert "
+                                                              "-> retraining -> gate"))
+    demo.add_argument("--work-dir", default="work/demo-drift", help="the demo's own work dir (default %(default)s)")
+    demo.set_defaults(handler=_demo)
     serve = with_config(commands.add_parser("serve", help="serve a registered ONNX model over HTTP (KServe V2)"))
     serve.add_argument("--model", help="models:/NAME@ALIAS or models:/NAME/VERSION (default: the champion)")
     serve.add_argument("--port", type=int, help="HTTP port (default serve.port; gRPC on the next one)")
@@ -93,12 +112,55 @@ def _run(args) -> int:
 def _compile(args) -> int:
     from kfp import compiler
 
+    from pipelines.monitor_pipeline import build_monitor_pipeline
     from pipelines.training_pipeline import build_training_pipeline
 
     cfg = load(args)
-    compiler.Compiler().compile(build_training_pipeline(cfg), package_path=args.output,
-                                pipeline_parameters={"config_json": cfg.model_dump_json()})
-    print(f"wrote {args.output}")
+    for build, path in ((build_training_pipeline, args.output), (build_monitor_pipeline, args.monitor_output)):
+        compiler.Compiler().compile(build(cfg), package_path=path,
+                                    pipeline_parameters={"config_json": cfg.model_dump_json()})
+        print(f"wrote {path}")
+    return 0
+
+
+def _monitor(args) -> int:
+    import tempfile
+
+    from components.monitor_stages import drift_check_stage
+    from pipelines.local import tracking_uri_for
+
+    cfg = load(args)
+    out_dir = tempfile.mkdtemp(prefix="drift-", dir=Path(cfg.work_dir))
+    drift_check_stage(cfg.model_dump_json(), tracking_uri_for(cfg), args.current or "", "", out_dir,
+                      act_on_drift=False)
+    print(f"report: {out_dir}/drift_report.html (also in MLflow under the monitor run's drift/ artifacts)")
+    return 0
+
+
+def _watch(args) -> int:
+    from pipelines.watch import monitor_once, watch
+
+    cfg = load(args)
+    if args.once:
+        monitor_once(cfg)
+        return 0
+    watch(cfg, args.every)
+    return 0
+
+
+def _schedule(args) -> int:
+    from pipelines.watch import schedule
+
+    cfg = load(args)
+    print(schedule(cfg, args.host, args.cron, args.experiment))
+    return 0
+
+
+def _demo(args) -> int:
+    from pipelines.demo import demo_drift
+
+    cfg = load(args)
+    demo_drift(cfg.model_copy(update={"work_dir": str(Path(args.work_dir).resolve())}))
     return 0
 
 

@@ -30,17 +30,14 @@ def tracking_uri_for(cfg: LifecycleConfig, environ=os.environ) -> str:
 
 
 def run_locally(cfg: LifecycleConfig, resume_run_id: Optional[str] = None) -> LocalRun:
-    """Run stages 1-6 with kfp.local's subprocess runner in this environment; the parent run is FAILED if any
+    """Run stages 1-7 with kfp.local's subprocess runner in this environment; the parent run is FAILED if any
     stage fails, and a resumed run reuses its parent run and its fine-tuning checkpoint."""
     import mlflow
-    from kfp import local
 
     from components.tracking import start_parent_run, use_experiment
     from pipelines.training_pipeline import build_training_pipeline
 
-    pipeline = build_training_pipeline(cfg)
     pipeline_root = Path(cfg.work_dir) / "kfp"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
     uri = tracking_uri_for(cfg)
     experiment_id = use_experiment(uri, cfg.tracking.experiment, Path(cfg.work_dir) / "mlartifacts")
     client = mlflow.MlflowClient()
@@ -51,9 +48,7 @@ def run_locally(cfg: LifecycleConfig, resume_run_id: Optional[str] = None) -> Lo
     else:
         parent = start_parent_run(cfg, uri)
     try:
-        with warnings.catch_warnings():  # kfp.local warns that our image is not a python image; it is not used
-            warnings.simplefilter("ignore", RuntimeWarning)
-            pipeline(config_json=cfg.model_dump_json(), tracking_uri=uri, parent_run_id=parent)
+        run_pipeline(build_training_pipeline(cfg), cfg, tracking_uri=uri, parent_run_id=parent)
     except BaseException:
         client.set_terminated(parent, status="FAILED")
         raise
@@ -70,6 +65,52 @@ def run_locally(cfg: LifecycleConfig, resume_run_id: Optional[str] = None) -> Lo
         gate=tags["gate"],
         artifacts_dir=str(runs[-1]) if runs else str(pipeline_root),
     )
+
+
+def run_pipeline(pipeline, cfg: LifecycleConfig, **arguments) -> None:
+    """Run a pipeline of this project with kfp.local's subprocess runner in this environment."""
+    from kfp import local
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(Path(cfg.work_dir) / "kfp"))
+    with warnings.catch_warnings():  # kfp.local warns that our image is not a python image; it is not used
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pipeline(config_json=cfg.model_dump_json(), **arguments)
+
+
+@dataclass
+class MonitorOutcome:
+    monitor_run_id: str
+    tags: dict  # the monitor run's: drift_detected, drift_reason, alert, retraining, retraining_run_id, ...
+    retraining: Optional[dict] = None  # the retraining run's tags (gate, gate_reasons, champion_version, ...)
+
+
+def run_monitor_locally(cfg: LifecycleConfig, current_path: str = "") -> MonitorOutcome:
+    """One run of the monitor pipeline: drift check, and on drift an alert and (when allowed) a retraining, whose
+    MLflow parent run is closed here as FINISHED or FAILED."""
+    import mlflow
+
+    from components.monitor_stages import open_monitor_run
+    from pipelines.monitor_pipeline import build_monitor_pipeline
+
+    uri = tracking_uri_for(cfg)
+    monitor_run = open_monitor_run(cfg, uri)
+    client = mlflow.MlflowClient()
+    status = "FINISHED"
+    try:
+        run_pipeline(build_monitor_pipeline(cfg), cfg, tracking_uri=uri, current_path=current_path,
+                     monitor_run_id=monitor_run)
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        tags = client.get_run(monitor_run).data.tags
+        if client.get_run(monitor_run).info.status == "RUNNING":  # the check itself did not get to end it
+            client.set_terminated(monitor_run, status="FAILED")
+        retraining_run = tags.get("retraining_run_id")
+        if retraining_run:
+            client.set_terminated(retraining_run, status=status)
+    retraining = client.get_run(retraining_run).data.tags if retraining_run else None
+    return MonitorOutcome(monitor_run, tags, retraining)
 
 
 def config_of_run(run_id: str, tracking_uri: str) -> LifecycleConfig:

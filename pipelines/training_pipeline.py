@@ -1,4 +1,4 @@
-"""The training lifecycle (stages 1-6) as a KFP v2 pipeline. Tasks are only connected here."""
+"""The training lifecycle (stages 1-7) as a KFP v2 pipeline. Tasks are only connected here."""
 
 
 from kfp import dsl
@@ -12,8 +12,8 @@ GPU_STAGES = ("training-environment", "fine-tune", "evaluate")  # device facts m
 def build_training_pipeline(cfg: LifecycleConfig):
     """The pipeline function for this config: the image and the GPU request come from cfg.kfp."""
 
-    @dsl.pipeline(name=f"{cfg.name}-training", description="Stages 1-6: data, model, environment, fine-tuning, "
-                                                              "evaluation, deployment")
+    @dsl.pipeline(name=f"{cfg.name}-training", description="Stages 1-7: data, model, environment, fine-tuning, "
+                                                              "evaluation, deployment, drift monitoring")
     def training_pipeline(config_json: str, tracking_uri: str, parent_run_id: str = ""):
         run = c.open_parent_run(config_json=config_json, tracking_uri=tracking_uri, parent_run_id=parent_run_id)
         common = {"config_json": config_json, "tracking_uri": tracking_uri, "parent_run_id": run.output}
@@ -30,7 +30,10 @@ def build_training_pipeline(cfg: LifecycleConfig):
         with dsl.If(evaluation.outputs["Output"] != "", name="gate-passed"):
             deployment = c.deploy(**common, dataset=data.outputs["dataset"], model=tune.outputs["model"],
                                   challenger_version=evaluation.outputs["Output"])
-            configure_task(deployment, cfg)
+            monitoring = c.monitor(**common, dataset=data.outputs["dataset"],
+                                   onnx_model=deployment.outputs["onnx_model"])
+            for task in (deployment, monitoring):
+                configure_task(task, cfg)
 
     return training_pipeline
 

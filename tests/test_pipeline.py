@@ -1,5 +1,6 @@
 """The pipeline through the `lifecycle` command: compiled for a cluster, and run locally through kfp.local."""
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -10,10 +11,16 @@ from pipelines.cli import main
 def test_compile_writes_yaml_that_kfp_loads_back_with_the_gpu_request(tmp_path):
     from kfp import components
 
-    out = tmp_path / "pipeline.yaml"
-    assert main(["compile", "--set", "data.path=x.tsv", "--set", "kfp.gpu.count=2", "-o", str(out)]) == 0
+    out, monitor_out = tmp_path / "pipeline.yaml", tmp_path / "monitor.yaml"
+    assert main(["compile", "--set", "data.path=x.tsv", "--set", "kfp.gpu.count=2", "-o", str(out),
+                 "--monitor-output", str(monitor_out)]) == 0
     loaded = components.load_component_from_file(str(out))
     assert loaded.name == "sms-spam-training"
+    monitor = components.load_component_from_file(str(monitor_out))
+    assert monitor.name == "sms-spam-monitor"
+    monitor_spec = yaml.safe_load(monitor_out.read_text())
+    assert "exec-check-drift" in monitor_spec["deploymentSpec"]["executors"]
+    assert "exec-fine-tune" in monitor_spec["deploymentSpec"]["executors"]  # the training pipeline, nested
     spec = yaml.safe_load(out.read_text())
     resources = spec["deploymentSpec"]["executors"]["exec-fine-tune"]["container"]["resources"]
     assert resources["accelerator"]["resourceCount"] == "2"
@@ -32,7 +39,7 @@ def run_args(tmp_path, tiny_bert, monkeypatch):
                     "data.separator=','", "data.header=true", "data.column_names=null", "data.quoting=true",
                     "data.balance=none", "data.min_rows_per_class=5", f"model.base={tiny_bert}", "model.max_length=32",
                     "train.epochs=2", "train.learning_rate=3e-3", "gate.min_accuracy=0.8", "gate.min_macro_f1=0.8",
-                    *overrides]
+                    "monitor.min_window=40", *overrides]
         return ["run", *(part for s in settings for part in ("--set", s))]
 
     return args
@@ -58,7 +65,8 @@ def test_lifecycle_run_tracks_every_stage_registers_promotes_and_keeps_the_champ
     (parent,) = client.search_runs([experiment], "tags.mlflow.parentRunId IS NULL")
     assert parent.info.status == "FINISHED"
     stages = {r.info.run_name: r for r in stage_runs(client, parent)}
-    assert sorted(stages) == ["1-data", "2-model", "3-environment", "4-fine-tune", "5-evaluate", "6-deploy"]
+    assert sorted(stages) == ["1-data", "2-model", "3-environment", "4-fine-tune", "5-evaluate", "6-deploy",
+                              "7-monitor"]
     assert all(r.info.status == "FINISHED" for r in stages.values())
     evaluation = stages["5-evaluate"]
     assert evaluation.data.metrics["test_accuracy"] >= 0.8 and evaluation.data.metrics["test_loss"] > 0
@@ -68,6 +76,10 @@ def test_lifecycle_run_tracks_every_stage_registers_promotes_and_keeps_the_champ
     assert parent.data.params["model.strategy"] == "full" and parent.data.tags["data_fingerprint"]
     assert "deployment.json" in {a.path for a in client.list_artifacts(stages["6-deploy"].info.run_id)}
     assert stages["6-deploy"].data.metrics["prediction_agreement"] == 1.0
+    # Stage 7: the held-out test split against the training reference is no drift.
+    assert stages["7-monitor"].data.tags["drift_detected"] == "false"
+    assert "drift/drift_report.html" in {a.path for a in client.list_artifacts(stages["7-monitor"].info.run_id,
+                                                                                "drift")}
 
     challenger = client.get_model_version_by_alias("sms-spam-classifier", "challenger")
     assert challenger.version == 1 and challenger.tags["gate"] == "passed" and challenger.tags["format"] == "pytorch"
@@ -101,3 +113,49 @@ def test_bad_data_stops_at_stage_1_and_registers_nothing(change, expected, run_a
     assert parent.info.status == "FAILED"
     assert [r.info.run_name for r in stage_runs(client, parent)] == ["1-data"]
     assert client.search_registered_models() == []
+
+
+def test_drift_alerts_and_retrains_once_inside_the_cool_down_and_the_gate_decides_the_champion(run_args, tmp_path):
+    import json
+
+    from monitoring.retraining import ALERT_TAG, TRIGGER_TAG
+
+    assert main(run_args()) == 0  # the champion to watch: version 2
+    client = mlflow_client(tmp_path)
+    experiment = client.get_experiment_by_name("sms-spam").experiment_id
+    watch = ["watch" if a == "run" else a for a in run_args("monitor.cooldown_hours=1")] + ["--once"]
+
+    # In-distribution traffic: no drift, no alert, nothing retrains.
+    make_texts(240, seed=7).sample(60, random_state=0).to_csv(tmp_path / "normal.csv", index=False)
+    assert main(watch + ["--set", f"monitor.current={tmp_path / 'normal.csv'}"]) == 0
+    (calm,) = client.search_runs([experiment], "tags.`lifecycle.stage` = '7-monitor' and tags.mlflow.parentRunId "
+                                               "IS NULL")
+    assert calm.data.tags["drift_detected"] == "false" and "alert" not in calm.data.tags
+
+    # Another kind of text, twice inside the cool-down: two alerts, one retraining, tagged with the first alert.
+    words = "invoice quarterly revenue forecast budget market analysis report board growth".split()
+    shifted = pd.DataFrame({"text": [" ".join(words[(i + k) % 10] for k in range(20)) + f" {i}" for i in range(60)],
+                            "label": "ham"})
+    shifted.to_csv(tmp_path / "shifted.csv", index=False)
+    feedback = tmp_path / "feedback"
+    feedback.mkdir()
+    shifted.to_json(feedback / "labelled.jsonl", orient="records", lines=True)
+    shifted_watch = watch + ["--set", f"monitor.current={tmp_path / 'shifted.csv'}",
+                             "--set", f"data.feedback_path={feedback}"]
+    assert main(shifted_watch) == 0
+    assert main(shifted_watch) == 0
+    alerts = sorted((tmp_path / "work" / "alerts").glob("*.json"))
+    assert len(alerts) == 2
+    first, second = (json.loads(a.read_text()) for a in alerts)
+    (retraining,) = client.search_runs([experiment], f"tags.`{TRIGGER_TAG}` = 'drift'")
+    assert retraining.data.tags[ALERT_TAG] == first["id"] and retraining.info.status == "FINISHED"
+    assert "retraining started" in first["retraining"] and "still running" not in second["retraining"]
+    assert "cool-down" in second["retraining"]
+    assert retraining.data.params["data.feedback_path"] == str(feedback)
+    # The retraining ran every stage, and the champion moved only if its gate passed.
+    assert {r.info.run_name for r in stage_runs(client, retraining)} >= {"1-data", "5-evaluate"}
+    champion = client.get_model_version_by_alias("sms-spam-classifier", "champion").version
+    if retraining.data.tags["gate"] == "passed":
+        assert str(champion) == retraining.data.tags["champion_version"] != "2"
+    else:
+        assert champion == 2

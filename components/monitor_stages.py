@@ -1,0 +1,87 @@
+"""Adapters for stage 7: the drift check inside the training pipeline, and the monitor pipeline's check that
+raises alerts and claims retrainings. Both log to MLflow; the logic is in monitoring/."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from components.config import LifecycleConfig
+
+MONITOR_STAGE = "7-monitor"
+
+
+def monitoring_stage(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: str, bundle_dir: str,
+                     out_dir: str) -> dict:
+    """Stage 7 of a training run: the new champion's reference against the test split (held-out, in distribution,
+    so no drift is the expected verdict)."""
+    import mlflow
+    import pandas as pd
+
+    from components.tracking import stage_run
+    from monitoring.monitor import drift_check
+
+    cfg = LifecycleConfig.model_validate_json(config_json)
+    texts = pd.read_parquet(Path(data_dir) / "test.parquet")["text"].tolist()
+    with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, MONITOR_STAGE):
+        result = drift_check(bundle_dir, texts, cfg, out_dir)
+        _log_drift(result, out_dir, "test split")
+    mlflow.MlflowClient().set_tag(parent_run_id, "test_split_drift", str(result.drift_detected).lower())
+    return {"drift_detected": result.drift_detected, "drifted_share": result.drifted_share, "reason": result.reason}
+
+
+def open_monitor_run(cfg: LifecycleConfig, tracking_uri: str) -> str:
+    import time
+
+    import mlflow
+
+    from components.tracking import STAGE_TAG, use_experiment
+
+    experiment_id = use_experiment(tracking_uri, cfg.tracking.experiment, Path(cfg.work_dir) / "mlartifacts")
+    name = f"{cfg.name}-monitor-{time.strftime('%Y%m%d-%H%M%S')}"
+    return mlflow.MlflowClient().create_run(experiment_id, run_name=name, tags={STAGE_TAG: MONITOR_STAGE}).info.run_id
+
+
+def drift_check_stage(config_json: str, tracking_uri: str, current_path: str, monitor_run_id: str, out_dir: str,
+                      act_on_drift: bool = True) -> str:
+    """The champion against the current window. On drift (and `act_on_drift`): an alert, and a retraining when
+    the cool-down and the lock allow. Returns the retraining's parent run id, or '' when none starts."""
+    import mlflow
+
+    from components.serving import resolve_bundle
+    from components.tracking import use_experiment
+    from monitoring.alerts import new_alert, send_alert
+    from monitoring.monitor import current_texts, drift_check, summary_lines
+    from monitoring.retraining import claim_retraining
+
+    cfg = LifecycleConfig.model_validate_json(config_json)
+    use_experiment(tracking_uri, cfg.tracking.experiment, Path(cfg.work_dir) / "mlartifacts")
+    run_id = monitor_run_id or open_monitor_run(cfg, tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        bundle, name, version = resolve_bundle(f"models:/{cfg.tracking.registered_model}@champion",
+                                               Path(cfg.work_dir) / "monitoring" / "models")
+        texts, source = current_texts(cfg, current_path or None)
+        mlflow.set_tags({"model_version": version, "current_source": source})
+        result = drift_check(bundle, texts, cfg, out_dir)
+        _log_drift(result, out_dir, source)
+        print("\n".join(summary_lines(result)))
+        if not (result.drift_detected and act_on_drift):
+            return ""
+        alert = new_alert(name, version, result.reason, [asdict(f) for f in result.drifted()], out_dir, run_id)
+        retraining_run, alert.retraining = claim_retraining(cfg, tracking_uri, alert.id)
+        mlflow.log_artifact(str(send_alert(alert, Path(cfg.work_dir) / "alerts", cfg.monitor.webhook_url)), "alert")
+        mlflow.set_tags({"alert": alert.id, "retraining": alert.retraining, "webhook": alert.webhook,
+                         "retraining_run_id": retraining_run or ""})
+        print(f"alert {alert.id}: {alert.retraining}")
+        return retraining_run or ""
+
+
+def _log_drift(result, out_dir: str, source: str) -> None:
+    import mlflow
+
+    mlflow.log_metrics({"drift_detected": float(result.drift_detected), "drifted_share": result.drifted_share,
+                        "current_size": result.current_size}
+                       | {f"drift_score.{f.feature}": f.score for f in result.features})
+    mlflow.set_tags({"drift_detected": str(result.drift_detected).lower(), "drift_reason": result.reason[:5000],
+                     "current_source": source})
+    mlflow.log_artifacts(out_dir, "drift")
