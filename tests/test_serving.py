@@ -114,7 +114,7 @@ def test_every_served_text_is_logged_and_nothing_is_lost_on_shutdown(server):
     logged = read_predictions(log_dir)
     assert len(logged) - before == 40
     last = logged.iloc[-1]
-    assert last["text"] == HAM and last["label"] == "ham" and last["model_version"] == 3
+    assert last["text"] == HAM and last["label"] == "ham" and last["model_version"] == "3"
     assert set(json.loads(json.dumps(last["probabilities"]))) == {"ham", "spam"}
 
 
