@@ -61,7 +61,7 @@ def drift_check_stage(config_json: str, tracking_uri: str, current_path: str, mo
         bundle, name, version = resolve_bundle(f"models:/{cfg.tracking.registered_model}@champion",
                                                Path(cfg.work_dir) / "monitoring" / "models")
         texts, source = current_texts(cfg, current_path or None)
-        mlflow.set_tags({"model_version": version, "current_source": source})
+        mlflow.set_tag("model_version", version)
         result = drift_check(bundle, texts, cfg, out_dir)
         _log_drift(result, out_dir, source)
         print("\n".join(summary_lines(result)))

@@ -16,7 +16,7 @@ def champion_predictor(model_name: str, labels: list[str]):
     """(version, predictor) of the registered model's `champion`, or None when there is none yet."""
     import mlflow
 
-    version = _alias_version(mlflow.MlflowClient(), model_name, CHAMPION)
+    version = alias_version(mlflow.MlflowClient(), model_name, CHAMPION)
     if version is None:
         return None
     model = mlflow.pyfunc.load_model(f"models:/{model_name}@{CHAMPION}")
@@ -69,7 +69,7 @@ def promote(model_name: str, version: str) -> Optional[str]:
     import mlflow
 
     client = mlflow.MlflowClient()
-    current = _alias_version(client, model_name, CHAMPION)
+    current = alias_version(client, model_name, CHAMPION)
     if current and current != version:
         client.set_registered_model_alias(model_name, PREVIOUS, current)
     client.set_registered_model_alias(model_name, CHAMPION, version)
@@ -82,8 +82,8 @@ def rollback(model_name: str) -> tuple[str, str]:
     import mlflow
 
     client = mlflow.MlflowClient()
-    previous = _alias_version(client, model_name, PREVIOUS)
-    champion = _alias_version(client, model_name, CHAMPION)
+    previous = alias_version(client, model_name, PREVIOUS)
+    champion = alias_version(client, model_name, CHAMPION)
     if previous is None:
         raise LookupError(f"registered model {model_name!r} has no version with the alias '{PREVIOUS}' to roll back to")
     client.set_registered_model_alias(model_name, CHAMPION, previous)
@@ -92,7 +92,7 @@ def rollback(model_name: str) -> tuple[str, str]:
     return previous, champion
 
 
-def _alias_version(client, model_name: str, alias: str) -> Optional[str]:
+def alias_version(client, model_name: str, alias: str) -> Optional[str]:
     from mlflow.exceptions import MlflowException
 
     try:

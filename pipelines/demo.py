@@ -24,11 +24,12 @@ def demo_drift(cfg: LifecycleConfig) -> None:
     import mlflow
 
     from components.data_io import DataError
+    from components.registry import CHAMPION, alias_version
     from pipelines.local import run_locally, tracking_uri_for
 
     work = Path(cfg.work_dir)
     mlflow.set_tracking_uri(tracking_uri_for(cfg))
-    if not _has_champion(cfg.tracking.registered_model):
+    if alias_version(mlflow.MlflowClient(), cfg.tracking.registered_model, CHAMPION) is None:
         _say(f"1. No champion in {work} yet: running the training pipeline (stages 1-7) to make one")
         run_locally(cfg)
     else:
@@ -67,16 +68,6 @@ def monitor_once_on(cfg: LifecycleConfig, current: Path) -> None:
     from pipelines.watch import monitor_once
 
     monitor_once(cfg.model_copy(update={"monitor": cfg.monitor.model_copy(update={"current": str(current)})}))
-
-
-def _has_champion(name: str) -> bool:
-    import mlflow
-
-    try:
-        mlflow.MlflowClient().get_model_version_by_alias(name, "champion")
-        return True
-    except mlflow.exceptions.MlflowException:
-        return False
 
 
 def champion_splits(cfg: LifecycleConfig) -> dict[str, pd.DataFrame]:

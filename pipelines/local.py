@@ -84,8 +84,8 @@ class MonitorOutcome:
     retraining: Optional[dict] = None  # the retraining run's tags (gate, gate_reasons, champion_version, ...)
 
 
-def run_monitor_locally(cfg: LifecycleConfig, current_path: str = "") -> MonitorOutcome:
-    """One run of the monitor pipeline: drift check, and on drift an alert and (when allowed) a retraining, whose
+def run_monitor_locally(cfg: LifecycleConfig) -> MonitorOutcome:
+    """One run of the monitor pipeline (the window from cfg.monitor): drift check, and on drift an alert and (when allowed) a retraining, whose
     MLflow parent run is closed here as FINISHED or FAILED."""
     import mlflow
 
@@ -97,14 +97,14 @@ def run_monitor_locally(cfg: LifecycleConfig, current_path: str = "") -> Monitor
     client = mlflow.MlflowClient()
     status = "FINISHED"
     try:
-        run_pipeline(build_monitor_pipeline(cfg), cfg, tracking_uri=uri, current_path=current_path,
-                     monitor_run_id=monitor_run)
+        run_pipeline(build_monitor_pipeline(cfg), cfg, tracking_uri=uri, monitor_run_id=monitor_run)
     except BaseException:
         status = "FAILED"
         raise
     finally:
-        tags = client.get_run(monitor_run).data.tags
-        if client.get_run(monitor_run).info.status == "RUNNING":  # the check itself did not get to end it
+        finished = client.get_run(monitor_run)
+        tags = finished.data.tags
+        if finished.info.status == "RUNNING":  # the check itself did not get to end it
             client.set_terminated(monitor_run, status="FAILED")
         retraining_run = tags.get("retraining_run_id")
         if retraining_run:

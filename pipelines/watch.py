@@ -3,6 +3,7 @@ cluster (`lifecycle schedule`)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import signal
 import tempfile
@@ -58,7 +59,7 @@ def watch(cfg: LifecycleConfig, every: str) -> None:
     scheduler = BlockingScheduler(executors={"default": ThreadPoolExecutor(1)}, timezone="UTC")
     # One at a time; a tick missed while a run goes on is merged into the next one.
     scheduler.add_job(monitor_once, "interval", args=[cfg], seconds=seconds, max_instances=1, coalesce=True,
-                      next_run_time=_now(), id="monitor")
+                      next_run_time=dt.datetime.now(dt.timezone.utc), id="monitor")
 
     def stop(signum, _frame):
         print(f"\n{signal.Signals(signum).name}: stopping the watch after the run in progress, if any")
@@ -96,8 +97,3 @@ def schedule(cfg: LifecycleConfig, host: str, cron: str, experiment: str | None 
     return (f"recurring run {job.recurring_run_id} ({cfg.name}-monitor, cron '{kfp_cron(cron)}') in KFP experiment "
             f"{name} at {host}")
 
-
-def _now():
-    import datetime as dt
-
-    return dt.datetime.now(dt.timezone.utc)
