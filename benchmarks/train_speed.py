@@ -1,0 +1,214 @@
+"""Fine-tuning speed on this machine, in one run: our fine-tuning stage vs a plain Hugging Face Trainer script
+(the peer), on the same split, base model and device. Prints a table per strategy: training wall time,
+samples/s, peak memory, test accuracy and cross-entropy, and ours as a share of the peer's time.
+
+The peer uses the settings tutorials give: batch size 8, lr 5e-5 (full, partial) or 1e-3 (LoRA r8 on the
+attention query/value), dynamic padding, evaluation and a checkpoint each epoch, bf16 on a GPU. Ours uses the
+defaults of `lifecycle run` for the strategy. Both train for --epochs. Each side runs in its own process, so
+peak RSS is that side's own.
+
+    python benchmarks/train_speed.py --data ../shared/data/sms_spam/SMSSpamCollection --epochs 3
+    python benchmarks/train_speed.py --data ... --model DIR --strategies partial --device cuda --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PEER_BATCH_SIZE = 8
+PEER_LEARNING_RATE = {"full": 5e-5, "partial": 5e-5, "head": 5e-5, "lora": 1e-3}
+STRATEGIES = ("full", "partial", "lora", "head")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="the data file (read as --config describes it)")
+    parser.add_argument("--config", default="configs/sms_spam.yaml", help="how to read and split the data")
+    parser.add_argument("--model", default="bundled", help="a local model directory (default: bundled MiniLM)")
+    parser.add_argument("--strategies", default="full,partial,lora")
+    parser.add_argument("--epochs", type=int, default=3, help="for both sides")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--json", help="write the results here as well")
+    parser.add_argument("--worker", choices=["ours", "peer"], help=argparse.SUPPRESS)
+    parser.add_argument("--strategy", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        result = (train_ours if args.worker == "ours" else train_peer)(args)
+        Path(args.work, f"{args.worker}.json").write_text(json.dumps(result))
+        return
+
+    strategies = [s.strip() for s in args.strategies.split(",")]
+    unknown = set(strategies) - set(STRATEGIES)
+    if unknown:
+        parser.error(f"--strategies: unknown {sorted(unknown)}; choose from {', '.join(STRATEGIES)}")
+    with tempfile.TemporaryDirectory(prefix="train-speed-") as tmp:
+        data_dir = prepare_split(args, Path(tmp))
+        results = []
+        for strategy in strategies:
+            sides = {}
+            for side in ("peer", "ours"):
+                work = Path(tmp) / strategy / side
+                work.mkdir(parents=True)
+                print(f"\n== {strategy}: {side} ==", flush=True)
+                subprocess.run([sys.executable, __file__, "--worker", side, "--strategy", strategy,
+                                "--work", str(work), "--data", str(data_dir), "--model", args.model,
+                                "--epochs", str(args.epochs), "--device", args.device, "--config", args.config],
+                               check=True)
+                sides[side] = json.loads((work / f"{side}.json").read_text())
+            results.append({"strategy": strategy, **sides})
+    print_table(results, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def prepare_split(args, tmp: Path) -> Path:
+    """Stages 1 and 2 as `lifecycle run` does them, once for every run: the split (validation, undersampling,
+    stratified split) and the base model with its seeded new head, which our side starts from."""
+    from components.config import load_config
+    from components.data_prep import prepare_data
+    from components.model_init import initialise_model
+
+    cfg = load_config(args.config, [f"data.path={Path(args.data).resolve()}", f"model.base={args.model}"])
+    prepared = prepare_data(cfg.data, cfg.seed, tmp / "downloads", tmp / "data")
+    initialise_model(cfg.model.base, "full", 1, cfg.model.lora, prepared.labels, cfg.seed, tmp / "data" / "init")
+    return tmp / "data"
+
+
+def train_ours(args) -> dict:
+    """Stage 4 with the strategy's defaults, timed, then the test split through stage 5's evaluation."""
+    import torch
+
+    from components.config import load_config
+    from components.environment import describe_environment
+    from components.evaluation import evaluate_model
+    from components.training import fine_tune
+
+    cfg = load_config(args.config, [f"data.path={args.data}", f"model.base={args.model}",
+                                    f"model.strategy={args.strategy}", f"train.epochs={args.epochs}",
+                                    f"train.device={args.device}"])
+    env = describe_environment(cfg.train.device, cfg.train.precision, cfg.train.threads, cfg.seed, {})
+    work = Path(args.work)
+    started = time.perf_counter()
+    result = fine_tune(str(Path(args.data) / "init"), args.data, str(work / "model"), str(work / "checkpoint"), cfg.model,
+                       cfg.train, env.device, env.precision, cfg.seed)
+    train_s = time.perf_counter() - started
+    probabilities, targets, _, _ = evaluate_model(str(work / "model"), args.data, cfg.model.max_length,
+                                                  cfg.train.eval_batch_size, env.device, env.precision)
+    settings = {"batch_size": cfg.train.batch_size, "learning_rate": cfg.train.learning_rate,
+                "epochs_run": result.epochs_run, "precision": env.precision}
+    return side_result(train_s, len_train(args) * result.epochs_run,
+                       torch.log(torch.from_numpy(probabilities)), targets, args.device, settings)
+
+
+def train_peer(args) -> dict:
+    """A plain Trainer script: tokenize with the tokenizer, pad per batch, train, evaluate each epoch."""
+    import pandas as pd
+    import torch
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+                              TrainingArguments)
+
+    from components.config import LoraConfig
+    from components.model_init import apply_strategy, resolve_base
+    from components.text_batches import encode, predict_logits
+
+    torch.manual_seed(123)
+    labels = json.loads((Path(args.data) / "manifest.json").read_text())["labels"]
+    splits = {s: pd.read_parquet(Path(args.data) / f"{s}.parquet") for s in ("train", "val", "test")}
+    started = time.perf_counter()
+    source = resolve_base(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=len(labels))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    # The same parameters train as in ours: the last block and everything above it, or LoRA r8 on query/value.
+    model = apply_strategy(model, args.strategy, 1, LoraConfig(r=8, alpha=16, dropout=0.1))
+
+    def dataset(rows):
+        encoded = tokenizer(rows["text"].tolist(), truncation=True, max_length=128)
+        return [{"input_ids": ids, "attention_mask": mask, "labels": labels.index(label)}
+                for ids, mask, label in zip(encoded["input_ids"], encoded["attention_mask"], rows["label"])]
+
+    training_args = TrainingArguments(
+        output_dir=str(Path(args.work) / "trainer"), per_device_train_batch_size=PEER_BATCH_SIZE,
+        per_device_eval_batch_size=PEER_BATCH_SIZE, num_train_epochs=args.epochs,
+        learning_rate=PEER_LEARNING_RATE[args.strategy], weight_decay=0.01, eval_strategy="epoch",
+        save_strategy="epoch", save_total_limit=1, load_best_model_at_end=True, logging_strategy="epoch",
+        bf16=args.device == "cuda", use_cpu=args.device == "cpu", seed=123, report_to="none")
+    trainer = Trainer(model=model, args=training_args, train_dataset=dataset(splits["train"]),
+                      eval_dataset=dataset(splits["val"]), data_collator=DataCollatorWithPadding(tokenizer))
+    trainer.train()
+    train_s = time.perf_counter() - started
+    test = encode(tokenizer, splits["test"]["text"].tolist(), 128, [labels.index(v) for v in splits["test"]["label"]])
+    logits = predict_logits(trainer.model, test, 64, tokenizer.pad_token_id, args.device,
+                            "bf16" if args.device == "cuda" else "fp32")
+    settings = {"batch_size": PEER_BATCH_SIZE, "learning_rate": PEER_LEARNING_RATE[args.strategy],
+                "epochs_run": args.epochs, "precision": "bf16" if args.device == "cuda" else "fp32"}
+    return side_result(train_s, len_train(args) * args.epochs, torch.log_softmax(logits, -1), test.labels,
+                       args.device, settings)
+
+
+def len_train(args) -> int:
+    import pandas as pd
+
+    return len(pd.read_parquet(Path(args.data) / "train.parquet"))
+
+
+def side_result(train_s: float, samples: int, log_probs, targets, device: str, settings: dict) -> dict:
+    """The same figures for both sides: test metrics from log-probabilities, this process's peak memory."""
+    import resource
+
+    import torch
+
+    targets = torch.as_tensor(targets)
+    result = {
+        "train_s": round(train_s, 2),
+        "samples_per_s": round(samples / train_s, 1),
+        "test_accuracy": (log_probs.argmax(-1) == targets).float().mean().item(),
+        "test_loss": torch.nn.functional.nll_loss(log_probs.float(), targets).item(),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),  # KiB on Linux
+        "settings": settings,
+    }
+    if device == "cuda":
+        result["gpu_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    return result
+
+
+def print_table(results: list[dict], args) -> None:
+    gpu = args.device == "cuda"
+    print(f"\n{args.epochs} epochs on {args.device}; ratio = ours / peer\n")
+    print("| strategy | side | batch, lr | train time | samples/s | peak RSS | " + ("GPU max allocated | " if gpu else "")
+          + "test accuracy | test CE |")
+    print("|---|---|---|---|---|---|" + ("---|" if gpu else "") + "---|---|")
+    for row in results:
+        for side in ("peer", "ours"):
+            r = row[side]
+            s = r["settings"]
+            cells = [row["strategy"], side, f"{s['batch_size']}, {s['learning_rate']:g}", f"{r['train_s']:.1f} s",
+                     f"{r['samples_per_s']:.1f}", f"{r['peak_rss_mb']} MB"]
+            if gpu:
+                cells.append(f"{r['gpu_max_allocated_mb']} MB")
+            cells += [f"{r['test_accuracy']:.2%}", f"{r['test_loss']:.4f}"]
+            print("| " + " | ".join(cells) + " |")
+        ours, peer = row["ours"], row["peer"]
+        cells = [row["strategy"], "**ratio**", "", f"**{ours['train_s'] / peer['train_s']:.2f}×**",
+                 f"{ours['samples_per_s'] / peer['samples_per_s']:.2f}×",
+                 f"{ours['peak_rss_mb'] / peer['peak_rss_mb']:.2f}×"]
+        if gpu:
+            cells.append(f"{ours['gpu_max_allocated_mb'] / max(peer['gpu_max_allocated_mb'], 1):.2f}×")
+        cells += [f"{100 * (ours['test_accuracy'] - peer['test_accuracy']):+.2f} points",
+                  f"{ours['test_loss'] - peer['test_loss']:+.4f}"]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
