@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -24,20 +24,30 @@ def encode(tokenizer, texts: list[str], max_length: int, labels: Optional[list[i
     return EncodedSplit(ids, None if labels is None else np.asarray(labels, dtype=np.int64))
 
 
-def train_batches(split: EncodedSplit, batch_size: int, rng: random.Random) -> Iterator[list[int]]:
+def train_batches(split: EncodedSplit, batch_size: int, rng: random.Random,
+                  max_tokens: Optional[int] = None) -> list[list[int]]:
     """Shuffled batches of similar lengths: sort within pools of 50 batches, then shuffle the batches.
 
-    Less padding per batch than plain shuffling, while each epoch still sees a different order.
+    Less padding per batch than plain shuffling, while each epoch still sees a different order. A batch holds
+    at most `batch_size` texts and, when given, at most `max_tokens` padded tokens: long texts come in smaller
+    batches, which caps the activation memory of a step.
     """
     order = list(range(len(split)))
     rng.shuffle(order)
     pool = batch_size * 50
     batches = []
     for start in range(0, len(order), pool):
-        chunk = sorted(order[start:start + pool], key=lambda i: len(split.input_ids[i]))
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        batch = []
+        for i in sorted(order[start:start + pool], key=lambda i: len(split.input_ids[i])):
+            # Sorted by length, so this text is the longest of the batch so far: it sets the padded width.
+            if batch and (len(batch) == batch_size or
+                          max_tokens and (len(batch) + 1) * len(split.input_ids[i]) > max_tokens):
+                batches.append(batch)
+                batch = []
+            batch.append(i)
+        batches.append(batch)
     rng.shuffle(batches)
-    return iter(batches)
+    return batches
 
 
 def eval_batches(split: EncodedSplit, batch_size: int) -> Iterator[list[int]]:
@@ -63,8 +73,11 @@ def collate(split: EncodedSplit, indices: list[int], pad_id: int, device: str) -
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def predict_logits(model, split: EncodedSplit, batch_size: int, pad_id: int, device: str, precision: str):
-    """Logits for every text of the split, in the split's order, as float32 on the CPU."""
+def predict_logits(model, split: EncodedSplit, batch_size: int, pad_id: int, device: str, precision: str,
+                   before_batch: Optional[Callable[[list[int]], None]] = None):
+    """Logits for every text of the split, in the split's order, as float32 on the CPU.
+
+    before_batch(indices) runs before each batch (training feeds cached frozen-block outputs with it)."""
     import torch
 
     model.eval()
@@ -73,6 +86,8 @@ def predict_logits(model, split: EncodedSplit, batch_size: int, pad_id: int, dev
         for indices in eval_batches(split, batch_size):
             batch = collate(split, indices, pad_id, device)
             batch.pop("labels", None)
+            if before_batch:
+                before_batch(indices)
             out[indices] = model(**batch).logits.float().cpu()
     return out
 

@@ -4,10 +4,12 @@ early stopping with the best weights restored, and resumable checkpoints. Import
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -15,7 +17,7 @@ from typing import Callable, Optional
 import pandas as pd
 
 from components.config import ModelConfig, TrainConfig
-from components.model_init import apply_strategy, load_classifier
+from components.model_init import apply_strategy, load_classifier, transformer_blocks
 from components.text_batches import autocast, collate, encode, loss_and_accuracy, predict_logits, train_batches
 
 MetricsLogger = Callable[[dict, int], None]  # (metrics, step)
@@ -54,6 +56,7 @@ def fine_tune(
     import torch
     from transformers import get_linear_schedule_with_warmup
 
+    train_cfg = train_cfg.for_strategy(model_cfg.strategy)
     log_metrics = log_metrics or (lambda metrics, step: None)
     torch.manual_seed(seed)  # LoRA's initial weights and dropout; a resumed run restores the saved RNG state
     labels = json.loads((Path(data_dir) / "manifest.json").read_text())["labels"]
@@ -62,6 +65,23 @@ def fine_tune(
     train = _encode_split(tokenizer, data_dir, "train", labels, model_cfg.max_length, train_cfg.max_train_samples)
     val = _encode_split(tokenizer, data_dir, "val", labels, model_cfg.max_length)
     pad_id = tokenizer.pad_token_id
+    started = time.perf_counter()
+    frozen = frozen_block_count(model, model_cfg)
+    if frozen:
+        # The frozen blocks give the same output every epoch: compute it once, train the top on it.
+        from components.frozen_blocks import CachedBlocks, frozen_outputs, standing_in
+
+        cached = {name: frozen_outputs(model, split, frozen, train_cfg.eval_batch_size, pad_id, device, precision)
+                  for name, split in (("train", train), ("val", val))}
+        size_mb = sum(s.numel() * s.element_size() for states in cached.values() for s in states) / 2**20
+        print(f"cached the output of the {frozen} frozen blocks for {len(train) + len(val)} texts "
+              f"({size_mb:.0f} MB, {time.perf_counter() - started:.1f} s)")
+        stand_in = CachedBlocks()
+        replacing = standing_in(model, frozen, stand_in)
+        feed_train = lambda indices: stand_in.feed(cached["train"], indices, device)  # noqa: E731
+        feed_val = lambda indices: stand_in.feed(cached["val"], indices, device)  # noqa: E731
+    else:
+        replacing, feed_train, feed_val = nullcontext(), None, None
 
     # AdamW without decay on biases and norms, linear warm-up then linear decay to zero.
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -69,9 +89,12 @@ def fine_tune(
         {"params": [p for n, p in trainable if p.ndim > 1], "weight_decay": train_cfg.weight_decay},
         {"params": [p for n, p in trainable if p.ndim <= 1], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=train_cfg.learning_rate, fused=device == "cuda")
-    steps_per_epoch = -(-len(train) // train_cfg.batch_size)
-    total_steps = steps_per_epoch * train_cfg.epochs
+    optimizer = torch.optim.AdamW(groups, lr=train_cfg.learning_rate, fused=device in ("cuda", "cpu"))
+    # Every epoch's batches up front: the schedule needs the number of steps, and a resumed run the same order.
+    rng = random.Random(seed)
+    epoch_batches = [train_batches(train, train_cfg.batch_size, rng, train_cfg.max_batch_tokens)
+                     for _ in range(train_cfg.epochs)]
+    total_steps = sum(map(len, epoch_batches))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(train_cfg.warmup_ratio * total_steps), total_steps)
 
     checkpoint = Checkpoint(Path(checkpoint_dir))
@@ -79,61 +102,60 @@ def fine_tune(
     resumed_from = state.epoch
     if resumed_from:
         print(f"resuming from the checkpoint after epoch {resumed_from} in {checkpoint_dir}")
-    rng = random.Random(seed)
-    for _ in range(state.epoch):  # the same batch order as an uninterrupted run
-        list(train_batches(train, train_cfg.batch_size, rng))
 
-    started = time.perf_counter()
     seen = 0
-    for epoch in range(state.epoch + 1, train_cfg.epochs + 1):
-        if state.epochs_without_improvement >= train_cfg.early_stopping_patience:
-            break
-        # 1. one pass over the training split, loss kept on the device (no host sync per step)
-        model.train()
-        epoch_start = time.perf_counter()
-        running = torch.zeros((), device=device)
-        window, window_steps = torch.zeros((), device=device), 0
-        progress = _progress(steps_per_epoch, f"epoch {epoch}/{train_cfg.epochs}")
-        for step, indices in enumerate(train_batches(train, train_cfg.batch_size, rng), start=1):
-            batch = collate(train, indices, pad_id, device)
-            with autocast(device, precision):
-                loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            running += loss.detach()
-            window += loss.detach()
-            window_steps += 1
-            seen += len(indices)
-            if window_steps == train_cfg.log_every_steps or step == steps_per_epoch:
-                log_metrics({"train_loss": window.item() / window_steps, "learning_rate": scheduler.get_last_lr()[0]},
-                            (epoch - 1) * steps_per_epoch + step)
-                window, window_steps = torch.zeros((), device=device), 0
-            progress.update(1)
-        progress.close()
-        # 2. validation, early stopping on the validation loss, best weights kept
-        val_loss, val_accuracy = loss_and_accuracy(
-            predict_logits(model, val, train_cfg.eval_batch_size, pad_id, device, precision), val.labels
-        )
-        row = {"epoch": epoch, "train_loss": running.item() / steps_per_epoch, "val_loss": val_loss,
-               "val_accuracy": val_accuracy, "seconds": time.perf_counter() - epoch_start}
-        state.history.append(row)
-        log_metrics({k: v for k, v in row.items() if k != "epoch"}, epoch)
-        print(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
-              f"val accuracy {val_accuracy:.2%} ({row['seconds']:.0f} s)")
-        if val_loss < state.best_val_loss:
-            state.best_val_loss, state.best_epoch, state.epochs_without_improvement = val_loss, epoch, 0
-            state.best_weights = _trainable_state(model)
-        else:
-            state.epochs_without_improvement += 1
-        state.epoch = epoch
-        # 3. checkpoint, so an interrupted run resumes here
-        checkpoint.save(model, optimizer, scheduler, state)
+    with replacing:
+        for epoch in range(state.epoch + 1, train_cfg.epochs + 1):
+            if state.epochs_without_improvement >= train_cfg.early_stopping_patience:
+                break
+            # 1. one pass over the training split, loss kept on the device (no host sync per step)
+            model.train()
+            epoch_start = time.perf_counter()
+            running = torch.zeros((), device=device)
+            window, window_steps = torch.zeros((), device=device), 0
+            batches, first_step = epoch_batches[epoch - 1], sum(map(len, epoch_batches[:epoch - 1]))
+            progress = _progress(len(batches), f"epoch {epoch}/{train_cfg.epochs}")
+            for step, indices in enumerate(batches, start=1):
+                batch = collate(train, indices, pad_id, device)
+                if feed_train:
+                    feed_train(indices)
+                with autocast(device, precision):
+                    loss = model(**batch).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                running += loss.detach()
+                window += loss.detach()
+                window_steps += 1
+                seen += len(indices)
+                if window_steps == train_cfg.log_every_steps or step == len(batches):
+                    log_metrics({"train_loss": window.item() / window_steps,
+                                 "learning_rate": scheduler.get_last_lr()[0]}, first_step + step)
+                    window, window_steps = torch.zeros((), device=device), 0
+                progress.update(1)
+            progress.close()
+            # 2. validation, early stopping on the validation loss, best weights kept
+            val_loss, val_accuracy = loss_and_accuracy(
+                predict_logits(model, val, train_cfg.eval_batch_size, pad_id, device, precision, feed_val), val.labels)
+            row = {"epoch": epoch, "train_loss": running.item() / len(batches), "val_loss": val_loss,
+                   "val_accuracy": val_accuracy, "seconds": time.perf_counter() - epoch_start}
+            state.history.append(row)
+            log_metrics({k: v for k, v in row.items() if k != "epoch"}, epoch)
+            print(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
+                  f"val accuracy {val_accuracy:.2%} ({row['seconds']:.0f} s)")
+            improved = val_loss < state.best_val_loss
+            if improved:
+                state.best_val_loss, state.best_epoch, state.epochs_without_improvement = val_loss, epoch, 0
+            else:
+                state.epochs_without_improvement += 1
+            state.epoch = epoch
+            # 3. checkpoint, so an interrupted run resumes here; the best weights wait on disk, not in memory
+            checkpoint.save(model, optimizer, scheduler, state, improved)
 
     elapsed = time.perf_counter() - started
-    model.load_state_dict(state.best_weights, strict=False)
+    model.load_state_dict(checkpoint.best_weights(), strict=False)
     if model_cfg.strategy == "lora":
         model = model.merge_and_unload()
     _save_model(model, tokenizer, labels, model_cfg.max_length, Path(out_dir))
@@ -161,7 +183,6 @@ class TrainingState:
     best_val_loss: float = float("inf")
     epochs_without_improvement: int = 0
     history: list = field(default_factory=list)
-    best_weights: dict = field(default_factory=dict)
 
 
 class Checkpoint:
@@ -170,19 +191,21 @@ class Checkpoint:
     def __init__(self, root: Path):
         self.root = root
 
-    def save(self, model, optimizer, scheduler, state: TrainingState) -> None:
+    def save(self, model, optimizer, scheduler, state: TrainingState, improved: bool) -> None:
         import torch
         from safetensors.torch import save_file
 
         tmp = self.root.with_name(self.root.name + ".tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():  # left by a run that died while saving
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
         save_file(_trainable_state(model), tmp / "last.safetensors")
-        save_file(state.best_weights, tmp / "best.safetensors")
+        # Links, not copies: the best weights are this epoch's or those of the previous checkpoint.
+        os.link(tmp / "last.safetensors" if improved else self.root / "best.safetensors", tmp / "best.safetensors")
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "optim.pt")
-        meta = {k: v for k, v in asdict(state).items() if k != "best_weights"}
-        (tmp / "state.json").write_text(json.dumps(meta))
+        (tmp / "state.json").write_text(json.dumps(asdict(state)))
         # Replace the old checkpoint only once the new one is complete.
         if self.root.exists():
             shutil.rmtree(self.root)
@@ -201,13 +224,25 @@ class Checkpoint:
         torch.set_rng_state(optim["rng"])
         if optim["cuda_rng"]:
             torch.cuda.set_rng_state_all(optim["cuda_rng"])
-        state = TrainingState(**json.loads((self.root / "state.json").read_text()))
-        state.best_weights = load_file(self.root / "best.safetensors")
-        return state
+        return TrainingState(**json.loads((self.root / "state.json").read_text()))
+
+    def best_weights(self) -> dict:
+        from safetensors.torch import load_file
+
+        return load_file(self.root / "best.safetensors")
+
+
+def frozen_block_count(model, model_cfg: ModelConfig) -> int:
+    """How many blocks at the bottom train nothing: partial trains the last N, head none, full and LoRA all."""
+    if model_cfg.strategy == "head":
+        return len(transformer_blocks(model))
+    if model_cfg.strategy == "partial":
+        return len(transformer_blocks(model)) - model_cfg.trainable_blocks
+    return 0
 
 
 def _trainable_state(model) -> dict:
-    return {n: p.detach().to("cpu", copy=True).contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    return {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def _encode_split(tokenizer, data_dir: str, split: str, labels: list[str], max_length: int,

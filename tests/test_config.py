@@ -30,3 +30,15 @@ def test_bad_config_is_a_clear_error_naming_the_key(override, named):
 def test_set_without_equals_sign_is_rejected():
     with pytest.raises(ConfigError, match="key=value"):
         load_config(BASE, ["train.epochs"])
+
+
+def test_batch_size_and_learning_rate_default_per_strategy_unless_set():
+    from components.config import STRATEGY_DEFAULTS
+
+    for strategy, (batch_size, learning_rate) in STRATEGY_DEFAULTS.items():
+        cfg = load_config(BASE, [f"model.strategy={strategy}"])
+        assert (cfg.train.batch_size, cfg.train.learning_rate) == (batch_size, learning_rate)
+    cfg = load_config(BASE, ["model.strategy=lora", "train.batch_size=8", "train.learning_rate=5e-4"])
+    assert (cfg.train.batch_size, cfg.train.learning_rate) == (8, 5e-4)
+    # The resolved values survive the trip through JSON to a KFP component.
+    assert type(cfg).model_validate_json(cfg.model_dump_json()).train == cfg.train

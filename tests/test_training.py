@@ -49,6 +49,38 @@ def test_fine_tuning_lowers_the_loss_and_learns_the_task(fixture, strategy, requ
     assert json.loads((tmp_path / "tuned" / "label_map.json").read_text()) == {"0": "ham", "1": "spam"}
 
 
+@pytest.mark.parametrize("fixture, strategy", [("tiny_bert", "head"), ("tiny_gpt2", "partial")])
+def test_cached_outputs_stand_in_for_the_frozen_blocks(fixture, strategy, request, data_dir):
+    """The top trains on what the frozen blocks would give (eval mode), and they run once, not every epoch."""
+    import pandas as pd
+    import torch
+
+    from components.frozen_blocks import CachedBlocks, frozen_outputs, standing_in
+    from components.model_init import apply_strategy, transformer_blocks
+    from components.text_batches import encode, predict_logits
+    from components.training import frozen_block_count
+
+    model_cfg = ModelConfig(strategy=strategy)
+    model, tokenizer = load_classifier(str(request.getfixturevalue(fixture)), LABELS)
+    model = apply_strategy(model, strategy, model_cfg.trainable_blocks, model_cfg.lora)
+    rows = pd.read_parquet(data_dir / "val.parquet")
+    split = encode(tokenizer, rows["text"].tolist(), 32)
+    pad = tokenizer.pad_token_id
+    frozen = frozen_block_count(model, model_cfg)
+    assert frozen == (2 if strategy == "head" else 1)
+    expected = predict_logits(model, split, 8, pad, "cpu", "fp32")
+    states = frozen_outputs(model, split, frozen, 5, pad, "cpu", "fp32")  # other batches, other padding
+    lowest = transformer_blocks(model)[0]
+    calls = []
+    lowest.register_forward_hook(lambda *_: calls.append(1))
+    stand_in = CachedBlocks()
+    with standing_in(model, frozen, stand_in):
+        replayed = predict_logits(model, split, 8, pad, "cpu", "fp32", lambda idx: stand_in.feed(states, idx, "cpu"))
+    assert calls == []
+    torch.testing.assert_close(replayed, expected, atol=1e-5, rtol=1e-4)
+    assert transformer_blocks(model)[0] is lowest  # put back for saving
+
+
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_bert, data_dir, tmp_path):
     straight, _ = tune(tiny_bert, data_dir, tmp_path, epochs=3, name="straight")
 
