@@ -100,13 +100,13 @@ def train_ours(args) -> dict:
     started = time.perf_counter()
     result = fine_tune(str(Path(args.data) / "init"), args.data, str(work / "model"), str(work / "checkpoint"), cfg.model,
                        cfg.train, env.device, env.precision, cfg.seed)
-    train_s = time.perf_counter() - started
+    train_s, memory = time.perf_counter() - started, peak_memory(args.device)
     probabilities, targets, _, _ = evaluate_model(str(work / "model"), args.data, cfg.model.max_length,
                                                   cfg.train.eval_batch_size, env.device, env.precision)
     settings = {"batch_size": cfg.train.batch_size, "learning_rate": cfg.train.learning_rate,
                 "epochs_run": result.epochs_run, "precision": env.precision}
-    return side_result(train_s, len_train(args) * result.epochs_run,
-                       torch.log(torch.from_numpy(probabilities)), targets, args.device, settings)
+    return side_result(train_s, len_train(args) * result.epochs_run, torch.log(torch.from_numpy(probabilities)),
+                       targets, memory, settings)
 
 
 def train_peer(args) -> dict:
@@ -147,14 +147,14 @@ def train_peer(args) -> dict:
     trainer = Trainer(model=model, args=training_args, train_dataset=dataset(splits["train"]),
                       eval_dataset=dataset(splits["val"]), data_collator=DataCollatorWithPadding(tokenizer))
     trainer.train()
-    train_s = time.perf_counter() - started
+    train_s, memory = time.perf_counter() - started, peak_memory(args.device)
     test = encode(tokenizer, splits["test"]["text"].tolist(), 128, [labels.index(v) for v in splits["test"]["label"]])
     logits = predict_logits(trainer.model, test, 64, tokenizer.pad_token_id, args.device,
                             "bf16" if args.device == "cuda" else "fp32")
     settings = {"batch_size": PEER_BATCH_SIZE, "learning_rate": PEER_LEARNING_RATE[args.strategy],
                 "epochs_run": args.epochs, "precision": "bf16" if args.device == "cuda" else "fp32"}
-    return side_result(train_s, len_train(args) * args.epochs, torch.log_softmax(logits, -1), test.labels,
-                       args.device, settings)
+    return side_result(train_s, len_train(args) * args.epochs, torch.log_softmax(logits, -1), test.labels, memory,
+                       settings)
 
 
 def len_train(args) -> int:
@@ -163,24 +163,40 @@ def len_train(args) -> int:
     return len(pd.read_parquet(Path(args.data) / "train.parquet"))
 
 
-def side_result(train_s: float, samples: int, log_probs, targets, device: str, settings: dict) -> dict:
-    """The same figures for both sides: test metrics from log-probabilities, this process's peak memory."""
+def peak_memory(device: str) -> dict:
+    """This process's peak memory so far: taken when training ends, before the test split is scored."""
+    import torch
+
+    memory = {"peak_rss_mb": round(peak_rss_kib() / 1024)}
+    if device == "cuda":
+        memory["gpu_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    return memory
+
+
+def peak_rss_kib() -> int:
+    """VmHWM: this process's own high-water mark. Not ru_maxrss, which a spawned process inherits from its
+    parent (here the parent holds the base model)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        return next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # bytes on macOS
+
+
+def side_result(train_s: float, samples: int, log_probs, targets, memory: dict, settings: dict) -> dict:
+    """The same figures for both sides; test metrics from log-probabilities."""
     import torch
 
     targets = torch.as_tensor(targets)
-    result = {
+    return {
         "train_s": round(train_s, 2),
         "samples_per_s": round(samples / train_s, 1),
         "test_accuracy": (log_probs.argmax(-1) == targets).float().mean().item(),
         "test_loss": torch.nn.functional.nll_loss(log_probs.float(), targets).item(),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),  # KiB on Linux
+        **memory,
         "settings": settings,
     }
-    if device == "cuda":
-        result["gpu_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
-    return result
 
 
 def print_table(results: list[dict], args) -> None:

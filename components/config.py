@@ -90,7 +90,7 @@ class ModelConfig(_Section):
 
 # Per strategy, the batch size and learning rate that reached the peer's test accuracy or better in the least
 # time in benchmarks/train_speed.py (docs/benchmarks.md); used where the config leaves them unset.
-STRATEGY_DEFAULTS = {"full": (32, 1e-4), "partial": (32, 3e-4), "lora": (32, 2e-3), "head": (32, 2e-3)}
+STRATEGY_DEFAULTS = {"full": (32, 5e-5), "partial": (32, 3e-4), "lora": (32, 2e-3), "head": (32, 2e-3)}
 
 
 class TrainConfig(_Section):

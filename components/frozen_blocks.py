@@ -4,6 +4,7 @@ give every text the same output in every epoch. Run them once per text, then tra
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Optional
 
 import torch
 
@@ -16,8 +17,8 @@ class _Captured(Exception):
         self.hidden = hidden
 
 
-def frozen_outputs(model, split: EncodedSplit, frozen: int, batch_size: int, pad_id: int, device: str,
-                   precision: str) -> list:
+def frozen_outputs(model, split: EncodedSplit, frozen: int, batch_size: int, max_tokens: Optional[int], pad_id: int,
+                   device: str, precision: str) -> list:
     """Per text, the output of the last frozen block (unpadded, fp32, on the CPU), from one pass in eval mode."""
     def stop(module, args, output):  # nothing above the frozen blocks needs to run
         raise _Captured(output)
@@ -27,7 +28,7 @@ def frozen_outputs(model, split: EncodedSplit, frozen: int, batch_size: int, pad
     model.eval()
     try:
         with torch.no_grad(), autocast(device, precision):
-            for indices in eval_batches(split, batch_size):
+            for indices in eval_batches(split, batch_size, max_tokens):
                 batch = collate(split, indices, pad_id, device)
                 batch.pop("labels", None)
                 try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -37,23 +37,27 @@ def train_batches(split: EncodedSplit, batch_size: int, rng: random.Random,
     pool = batch_size * 50
     batches = []
     for start in range(0, len(order), pool):
-        batch = []
-        for i in sorted(order[start:start + pool], key=lambda i: len(split.input_ids[i])):
-            # Sorted by length, so this text is the longest of the batch so far: it sets the padded width.
-            if batch and (len(batch) == batch_size or
-                          max_tokens and (len(batch) + 1) * len(split.input_ids[i]) > max_tokens):
-                batches.append(batch)
-                batch = []
-            batch.append(i)
-        batches.append(batch)
+        batches += _cut_by_length(split, order[start:start + pool], batch_size, max_tokens)
     rng.shuffle(batches)
     return batches
 
 
-def eval_batches(split: EncodedSplit, batch_size: int) -> Iterator[list[int]]:
+def eval_batches(split: EncodedSplit, batch_size: int, max_tokens: Optional[int] = None) -> list[list[int]]:
     """Batches sorted by length: the least padding; results are put back in the original order."""
-    order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))
-    return (order[i:i + batch_size] for i in range(0, len(order), batch_size))
+    return _cut_by_length(split, range(len(split)), batch_size, max_tokens)
+
+
+def _cut_by_length(split: EncodedSplit, indices, batch_size: int, max_tokens: Optional[int]) -> list[list[int]]:
+    """Sort the texts by length and cut batches of at most batch_size texts and max_tokens padded tokens."""
+    batches, batch = [], []
+    for i in sorted(indices, key=lambda i: len(split.input_ids[i])):
+        # Sorted by length, so this text is the longest of the batch so far: it sets the padded width.
+        if batch and (len(batch) == batch_size or
+                      max_tokens and (len(batch) + 1) * len(split.input_ids[i]) > max_tokens):
+            batches.append(batch)
+            batch = []
+        batch.append(i)
+    return batches + [batch] if batch else batches
 
 
 def collate(split: EncodedSplit, indices: list[int], pad_id: int, device: str) -> dict:
@@ -74,7 +78,7 @@ def collate(split: EncodedSplit, indices: list[int], pad_id: int, device: str) -
 
 
 def predict_logits(model, split: EncodedSplit, batch_size: int, pad_id: int, device: str, precision: str,
-                   before_batch: Optional[Callable[[list[int]], None]] = None):
+                   before_batch: Optional[Callable[[list[int]], None]] = None, max_tokens: Optional[int] = None):
     """Logits for every text of the split, in the split's order, as float32 on the CPU.
 
     before_batch(indices) runs before each batch (training feeds cached frozen-block outputs with it)."""
@@ -83,7 +87,7 @@ def predict_logits(model, split: EncodedSplit, batch_size: int, pad_id: int, dev
     model.eval()
     out = torch.empty((len(split), model.config.num_labels), dtype=torch.float32)
     with torch.inference_mode(), autocast(device, precision):
-        for indices in eval_batches(split, batch_size):
+        for indices in eval_batches(split, batch_size, max_tokens):
             batch = collate(split, indices, pad_id, device)
             batch.pop("labels", None)
             if before_batch:

@@ -71,8 +71,8 @@ def fine_tune(
         # The frozen blocks give the same output every epoch: compute it once, train the top on it.
         from components.frozen_blocks import CachedBlocks, frozen_outputs, standing_in
 
-        cached = {name: frozen_outputs(model, split, frozen, train_cfg.eval_batch_size, pad_id, device, precision)
-                  for name, split in (("train", train), ("val", val))}
+        cached = {name: frozen_outputs(model, split, frozen, train_cfg.eval_batch_size, train_cfg.max_batch_tokens,
+                                       pad_id, device, precision) for name, split in (("train", train), ("val", val))}
         size_mb = sum(s.numel() * s.element_size() for states in cached.values() for s in states) / 2**20
         print(f"cached the output of the {frozen} frozen blocks for {len(train) + len(val)} texts "
               f"({size_mb:.0f} MB, {time.perf_counter() - started:.1f} s)")
@@ -138,7 +138,8 @@ def fine_tune(
             progress.close()
             # 2. validation, early stopping on the validation loss, best weights kept
             val_loss, val_accuracy = loss_and_accuracy(
-                predict_logits(model, val, train_cfg.eval_batch_size, pad_id, device, precision, feed_val), val.labels)
+                predict_logits(model, val, train_cfg.eval_batch_size, pad_id, device, precision, feed_val,
+                               train_cfg.max_batch_tokens), val.labels)
             row = {"epoch": epoch, "train_loss": running.item() / len(batches), "val_loss": val_loss,
                    "val_accuracy": val_accuracy, "seconds": time.perf_counter() - epoch_start}
             state.history.append(row)
@@ -151,11 +152,14 @@ def fine_tune(
             else:
                 state.epochs_without_improvement += 1
             state.epoch = epoch
-            # 3. checkpoint, so an interrupted run resumes here; the best weights wait on disk, not in memory
-            checkpoint.save(model, optimizer, scheduler, state, improved)
+            # 3. checkpoint, so an interrupted run resumes here (after the last epoch only saving is left); the
+            # best weights wait on disk, not in memory
+            if epoch < train_cfg.epochs:
+                checkpoint.save(model, optimizer, scheduler, state, improved)
 
     elapsed = time.perf_counter() - started
-    model.load_state_dict(checkpoint.best_weights(), strict=False)
+    if state.best_epoch != state.epoch:  # else the weights in the model are the best
+        model.load_state_dict(checkpoint.best_weights(), strict=False)
     if model_cfg.strategy == "lora":
         model = model.merge_and_unload()
     _save_model(model, tokenizer, labels, model_cfg.max_length, Path(out_dir))

@@ -69,7 +69,7 @@ def test_cached_outputs_stand_in_for_the_frozen_blocks(fixture, strategy, reques
     frozen = frozen_block_count(model, model_cfg)
     assert frozen == (2 if strategy == "head" else 1)
     expected = predict_logits(model, split, 8, pad, "cpu", "fp32")
-    states = frozen_outputs(model, split, frozen, 5, pad, "cpu", "fp32")  # other batches, other padding
+    states = frozen_outputs(model, split, frozen, 5, 64, pad, "cpu", "fp32")  # other batches, other padding
     lowest = transformer_blocks(model)[0]
     calls = []
     lowest.register_forward_hook(lambda *_: calls.append(1))
