@@ -88,8 +88,9 @@ class ModelConfig(_Section):
     max_length: int = Field(128, ge=8)
 
 
-# Per strategy, the batch size and learning rate that reached the peer's test accuracy or better in the least
-# time in benchmarks/train_speed.py (docs/benchmarks.md); used where the config leaves them unset.
+# Per strategy, the batch size and learning rate chosen with benchmarks/train_speed.py on the SMS data: the
+# tried settings that matched or beat the Trainer peer's test accuracy (docs/benchmarks.md). Used where the
+# config leaves them unset.
 STRATEGY_DEFAULTS = {"full": (32, 5e-5), "partial": (32, 3e-4), "lora": (32, 2e-3), "head": (32, 2e-3)}
 
 

@@ -127,3 +127,22 @@ def test_fine_tuning_on_a_gpu_in_bf16(tiny_bert, data_dir, tmp_path):
                        ModelConfig(max_length=32), TrainConfig(epochs=3, learning_rate=3e-3), "cuda", "bf16", 0)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert result.best_val_accuracy >= 0.9
+
+
+def test_training_batches_cover_every_text_once_within_the_size_and_token_caps():
+    import random
+
+    from components.text_batches import EncodedSplit, eval_batches, train_batches
+
+    rng = random.Random(0)
+    split = EncodedSplit([[1] * rng.randint(1, 120) for _ in range(500)], None)
+    for batches in (train_batches(split, 32, random.Random(1), max_tokens=768), eval_batches(split, 64, 768)):
+        assert sorted(i for batch in batches for i in batch) == list(range(500))
+        widths = [max(len(split.input_ids[i]) for i in batch) for batch in batches]
+        assert all(len(batch) <= 64 and len(batch) * width <= 768 for batch, width in zip(batches, widths))
+    batches = train_batches(split, 32, random.Random(1), max_tokens=768)
+    assert max(map(len, batches)) == 32  # short texts still fill whole batches
+    # A new order each epoch, the same for the same seed (a resumed run replays it).
+    rng = random.Random(1)
+    first, second = train_batches(split, 32, rng, 768), train_batches(split, 32, rng, 768)
+    assert first != second and first == batches
