@@ -98,8 +98,8 @@ def train_ours(args) -> dict:
     env = describe_environment(cfg.train.device, cfg.train.precision, cfg.train.threads, cfg.seed, {})
     work = Path(args.work)
     started = time.perf_counter()
-    result = fine_tune(str(Path(args.data) / "init"), args.data, str(work / "model"), str(work / "checkpoint"), cfg.model,
-                       cfg.train, env.device, env.precision, cfg.seed)
+    result = fine_tune(str(Path(args.data) / "init"), args.data, str(work / "model"), str(work / "checkpoint"),
+                       cfg.model, cfg.train, env.device, env.precision, cfg.seed)
     train_s, memory = time.perf_counter() - started, peak_memory(args.device)
     probabilities, targets, _, _ = evaluate_model(str(work / "model"), args.data, cfg.model.max_length,
                                                   cfg.train.eval_batch_size, env.device, env.precision)
@@ -116,10 +116,11 @@ def train_peer(args) -> dict:
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                               TrainingArguments)
 
-    from components.config import LoraConfig
+    from components.config import LoraConfig, load_config
     from components.model_init import apply_strategy, resolve_base
     from components.text_batches import encode, predict_logits
 
+    max_length = load_config(args.config, [f"data.path={args.data}"]).model.max_length  # as ours truncates
     torch.manual_seed(123)
     labels = json.loads((Path(args.data) / "manifest.json").read_text())["labels"]
     splits = {s: pd.read_parquet(Path(args.data) / f"{s}.parquet") for s in ("train", "val", "test")}
@@ -134,7 +135,7 @@ def train_peer(args) -> dict:
     model = apply_strategy(model, args.strategy, 1, LoraConfig(r=8, alpha=16, dropout=0.1))
 
     def dataset(rows):
-        encoded = tokenizer(rows["text"].tolist(), truncation=True, max_length=128)
+        encoded = tokenizer(rows["text"].tolist(), truncation=True, max_length=max_length)
         return [{"input_ids": ids, "attention_mask": mask, "labels": labels.index(label)}
                 for ids, mask, label in zip(encoded["input_ids"], encoded["attention_mask"], rows["label"])]
 
@@ -148,7 +149,8 @@ def train_peer(args) -> dict:
                       eval_dataset=dataset(splits["val"]), data_collator=DataCollatorWithPadding(tokenizer))
     trainer.train()
     train_s, memory = time.perf_counter() - started, peak_memory(args.device)
-    test = encode(tokenizer, splits["test"]["text"].tolist(), 128, [labels.index(v) for v in splits["test"]["label"]])
+    test = encode(tokenizer, splits["test"]["text"].tolist(), max_length,
+                  [labels.index(v) for v in splits["test"]["label"]])
     logits = predict_logits(trainer.model, test, 64, tokenizer.pad_token_id, args.device,
                             "bf16" if args.device == "cuda" else "fp32")
     settings = {"batch_size": PEER_BATCH_SIZE, "learning_rate": PEER_LEARNING_RATE[args.strategy],
@@ -202,8 +204,8 @@ def side_result(train_s: float, samples: int, log_probs, targets, memory: dict, 
 def print_table(results: list[dict], args) -> None:
     gpu = args.device == "cuda"
     print(f"\n{args.epochs} epochs on {args.device}; ratio = ours / peer\n")
-    print("| strategy | side | batch, lr | train time | samples/s | peak RSS | " + ("GPU max allocated | " if gpu else "")
-          + "test accuracy | test CE |")
+    gpu_column = "GPU max allocated | " if gpu else ""
+    print(f"| strategy | side | batch, lr | train time | samples/s | peak RSS | {gpu_column}test accuracy | test CE |")
     print("|---|---|---|---|---|---|" + ("---|" if gpu else "") + "---|---|")
     for row in results:
         for side in ("peer", "ours"):

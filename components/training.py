@@ -1,5 +1,6 @@
-"""Stage 4, fine-tuning: AdamW with warm-up and decay, clipping, bf16 autocast on GPU, validation each epoch,
-early stopping with the best weights restored, and resumable checkpoints. Importable without MLflow or KFP."""
+"""Stage 4, fine-tuning: length-grouped batches capped by padded tokens, AdamW with warm-up and decay, clipping,
+bf16 autocast on GPU, validation each epoch, early stopping with the best weights restored, resumable checkpoints;
+partial and head train on cached outputs of the frozen blocks. Importable without MLflow or KFP."""
 
 from __future__ import annotations
 
