@@ -84,7 +84,7 @@ def tiny_run(tmp_path_factory, tiny_bert):
     model_cfg = ModelConfig(max_length=32)
     initialise_model(str(tiny_bert), "full", 1, model_cfg.lora, ["ham", "spam"], 0, root / "init")
     fine_tune(str(root / "init"), str(root / "data"), str(root / "model"), str(root / "ckpt"), model_cfg,
-              TrainConfig(epochs=3, learning_rate=3e-3), "cpu", "fp32", 0)
+              TrainConfig(epochs=3, batch_size=16, learning_rate=3e-3), "cpu", "fp32", 0)
     return root / "data", root / "model"
 
 

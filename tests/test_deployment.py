@@ -50,6 +50,6 @@ def test_a_gpt2_style_decoder_exports_with_parity(tiny_gpt2, tiny_run, tmp_path)
     model_cfg = ModelConfig(max_length=32)
     initialise_model(str(tiny_gpt2), "full", 1, model_cfg.lora, ["ham", "spam"], 0, tmp_path / "init")
     fine_tune(str(tmp_path / "init"), str(data_dir), str(tmp_path / "model"), str(tmp_path / "ckpt"), model_cfg,
-              TrainConfig(epochs=1, learning_rate=3e-3), "cpu", "fp32", 0)
+              TrainConfig(epochs=1, batch_size=16, learning_rate=3e-3), "cpu", "fp32", 0)
     report = deploy_bundle(str(tmp_path / "model"), str(data_dir), str(tmp_path / "deploy"))
     assert report.parity_passed and report.max_abs_logit_diff <= PARITY_TOLERANCE

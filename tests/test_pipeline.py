@@ -38,8 +38,8 @@ def run_args(tmp_path, tiny_bert, monkeypatch):
         settings = [f"work_dir={tmp_path / 'work'}", f"data.path={tmp_path / 'texts.csv'}", "data.format=auto",
                     "data.separator=','", "data.header=true", "data.column_names=null", "data.quoting=true",
                     "data.balance=none", "data.min_rows_per_class=5", f"model.base={tiny_bert}", "model.max_length=32",
-                    "train.epochs=2", "train.learning_rate=3e-3", "gate.min_accuracy=0.8", "gate.min_macro_f1=0.8",
-                    "monitor.min_window=40", *overrides]
+                    "train.epochs=2", "train.batch_size=16", "train.learning_rate=3e-3", "gate.min_accuracy=0.8",
+                    "gate.min_macro_f1=0.8", "monitor.min_window=40", *overrides]
         return ["run", *(part for s in settings for part in ("--set", s))]
 
     return args

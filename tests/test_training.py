@@ -124,7 +124,8 @@ def test_fine_tuning_on_a_gpu_in_bf16(tiny_bert, data_dir, tmp_path):
     init = tmp_path / "init"
     initialise_model(str(tiny_bert), "full", 1, LoraConfig(), LABELS, 0, init)
     result = fine_tune(str(init), str(data_dir), str(tmp_path / "gpu"), str(tmp_path / "ckpt"),
-                       ModelConfig(max_length=32), TrainConfig(epochs=3, learning_rate=3e-3), "cuda", "bf16", 0)
+                       ModelConfig(max_length=32), TrainConfig(epochs=3, batch_size=16, learning_rate=3e-3), "cuda",
+                       "bf16", 0)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert result.best_val_accuracy >= 0.9
 
