@@ -118,14 +118,16 @@ def test_early_stopping_restores_the_best_epoch(tiny_bert, data_dir, tmp_path):
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
-def test_fine_tuning_on_a_gpu_in_bf16(tiny_bert, data_dir, tmp_path):
+# partial: the cached outputs of the frozen blocks are fed to the GPU
+@pytest.mark.parametrize("fixture, strategy", [("tiny_bert", "full"), ("tiny_gpt2", "partial")])
+def test_fine_tuning_on_a_gpu_in_bf16(fixture, strategy, request, data_dir, tmp_path):
     from components.training import fine_tune
 
     init = tmp_path / "init"
-    initialise_model(str(tiny_bert), "full", 1, LoraConfig(), LABELS, 0, init)
+    initialise_model(str(request.getfixturevalue(fixture)), strategy, 1, LoraConfig(), LABELS, 0, init)
     result = fine_tune(str(init), str(data_dir), str(tmp_path / "gpu"), str(tmp_path / "ckpt"),
-                       ModelConfig(max_length=32), TrainConfig(epochs=3, batch_size=16, learning_rate=3e-3), "cuda",
-                       "bf16", 0)
+                       ModelConfig(strategy=strategy, max_length=32),
+                       TrainConfig(epochs=3, batch_size=16, learning_rate=3e-3), "cuda", "bf16", 0)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert result.best_val_accuracy >= 0.9
 
