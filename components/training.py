@@ -205,8 +205,12 @@ class Checkpoint:
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         save_file(_trainable_state(model), tmp / "last.safetensors")
-        # Links, not copies: the best weights are this epoch's or those of the previous checkpoint.
-        os.link(tmp / "last.safetensors" if improved else self.root / "best.safetensors", tmp / "best.safetensors")
+        # The best weights are this epoch's or those of the previous checkpoint: a link, where the disk allows.
+        best = tmp / "last.safetensors" if improved else self.root / "best.safetensors"
+        try:
+            os.link(best, tmp / "best.safetensors")
+        except OSError:  # a filesystem without hard links
+            shutil.copyfile(best, tmp / "best.safetensors")
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "optim.pt")
