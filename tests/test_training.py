@@ -149,3 +149,15 @@ def test_training_batches_cover_every_text_once_within_the_size_and_token_caps()
     rng = random.Random(1)
     first, second = train_batches(split, 32, rng, 768), train_batches(split, 32, rng, 768)
     assert first != second and first == batches
+
+
+def test_checkpoints_work_where_the_filesystem_has_no_hard_links(tiny_bert, data_dir, tmp_path, monkeypatch):
+    import components.training
+
+    def no_links(src, dst):
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr(components.training.os, "link", no_links)
+    result, _ = tune(tiny_bert, data_dir, tmp_path, epochs=3)
+    assert (tmp_path / "ckpt-tuned" / "best.safetensors").is_file()
+    assert result.best_val_accuracy >= 0.9
