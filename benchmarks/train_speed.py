@@ -85,6 +85,7 @@ def prepare_split(args, tmp: Path) -> Path:
 
 def train_ours(args) -> dict:
     """Stage 4 with the strategy's defaults, timed, then the test split through stage 5's evaluation."""
+    import pandas as pd
     import torch
 
     from components.config import load_config
@@ -105,8 +106,9 @@ def train_ours(args) -> dict:
                                                   cfg.train.eval_batch_size, env.device, env.precision)
     settings = {"batch_size": cfg.train.batch_size, "learning_rate": cfg.train.learning_rate,
                 "epochs_run": result.epochs_run, "precision": env.precision}
-    return side_result(train_s, len_train(args) * result.epochs_run, torch.log(torch.from_numpy(probabilities)),
-                       targets, memory, settings)
+    train_rows = len(pd.read_parquet(Path(args.data) / "train.parquet"))
+    return side_result(train_s, train_rows * result.epochs_run, torch.log(torch.from_numpy(probabilities)), targets,
+                       memory, settings)
 
 
 def train_peer(args) -> dict:
@@ -121,6 +123,7 @@ def train_peer(args) -> dict:
     from components.text_batches import encode, predict_logits
 
     max_length = load_config(args.config, [f"data.path={args.data}"]).model.max_length  # as ours truncates
+    precision = "bf16" if args.device == "cuda" else "fp32"
     torch.manual_seed(123)
     labels = json.loads((Path(args.data) / "manifest.json").read_text())["labels"]
     splits = {s: pd.read_parquet(Path(args.data) / f"{s}.parquet") for s in ("train", "val", "test")}
@@ -144,25 +147,18 @@ def train_peer(args) -> dict:
         per_device_eval_batch_size=PEER_BATCH_SIZE, num_train_epochs=args.epochs,
         learning_rate=PEER_LEARNING_RATE[args.strategy], weight_decay=0.01, eval_strategy="epoch",
         save_strategy="epoch", save_total_limit=1, load_best_model_at_end=True, logging_strategy="epoch",
-        bf16=args.device == "cuda", use_cpu=args.device == "cpu", seed=123, report_to="none")
+        bf16=precision == "bf16", use_cpu=args.device == "cpu", seed=123, report_to="none")
     trainer = Trainer(model=model, args=training_args, train_dataset=dataset(splits["train"]),
                       eval_dataset=dataset(splits["val"]), data_collator=DataCollatorWithPadding(tokenizer))
     trainer.train()
     train_s, memory = time.perf_counter() - started, peak_memory(args.device)
     test = encode(tokenizer, splits["test"]["text"].tolist(), max_length,
                   [labels.index(v) for v in splits["test"]["label"]])
-    logits = predict_logits(trainer.model, test, 64, tokenizer.pad_token_id, args.device,
-                            "bf16" if args.device == "cuda" else "fp32")
+    logits = predict_logits(trainer.model, test, 64, tokenizer.pad_token_id, args.device, precision)
     settings = {"batch_size": PEER_BATCH_SIZE, "learning_rate": PEER_LEARNING_RATE[args.strategy],
-                "epochs_run": args.epochs, "precision": "bf16" if args.device == "cuda" else "fp32"}
-    return side_result(train_s, len_train(args) * args.epochs, torch.log_softmax(logits, -1), test.labels, memory,
-                       settings)
-
-
-def len_train(args) -> int:
-    import pandas as pd
-
-    return len(pd.read_parquet(Path(args.data) / "train.parquet"))
+                "epochs_run": args.epochs, "precision": precision}
+    return side_result(train_s, len(splits["train"]) * args.epochs, torch.log_softmax(logits, -1), test.labels,
+                       memory, settings)
 
 
 def peak_memory(device: str) -> dict:
