@@ -1,6 +1,7 @@
 """Stage 4, fine-tuning: length-grouped batches capped by padded tokens, AdamW with warm-up and decay, clipping,
 bf16 autocast on GPU, validation each epoch, early stopping with the best weights restored, resumable checkpoints;
-partial and head train on cached outputs of the frozen blocks. Importable without MLflow or KFP."""
+partial and head train on cached outputs of the frozen blocks, and a trained last block runs for the pooled token
+only. Importable without MLflow or KFP."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pandas as pd
 
 from components.config import ModelConfig, TrainConfig
 from components.model_init import apply_strategy, load_classifier, transformer_blocks
+from components.pooled_block import first_token_only
 from components.text_batches import autocast, collate, encode, loss_and_accuracy, predict_logits, train_batches
 
 MetricsLogger = Callable[[dict, int], None]  # (metrics, step)
@@ -83,6 +85,8 @@ def fine_tune(
         feed_val = lambda indices: stand_in.feed(cached["val"], indices, device)  # noqa: E731
     else:
         replacing, feed_train, feed_val = nullcontext(), None, None
+    # The last block, when it trains, runs for the pooled position only (where the architecture allows).
+    pooled = first_token_only(model) if frozen < len(transformer_blocks(model)) else nullcontext()
 
     # AdamW without decay on biases and norms, linear warm-up then linear decay to zero.
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -105,7 +109,7 @@ def fine_tune(
         print(f"resuming from the checkpoint after epoch {resumed_from} in {checkpoint_dir}")
 
     seen = 0
-    with replacing:
+    with replacing, pooled:
         for epoch in range(state.epoch + 1, train_cfg.epochs + 1):
             if state.epochs_without_improvement >= train_cfg.early_stopping_patience:
                 break

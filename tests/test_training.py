@@ -81,6 +81,43 @@ def test_cached_outputs_stand_in_for_the_frozen_blocks(fixture, strategy, reques
     assert transformer_blocks(model)[0] is lowest  # put back for saving
 
 
+@pytest.mark.parametrize("strategy, attention", [("full", "sdpa"), ("full", "eager"), ("lora", "sdpa")])
+def test_the_last_block_runs_for_the_pooled_token_only_with_the_same_logits_and_gradients(tiny_bert, strategy,
+                                                                                          attention):
+    import torch
+
+    from components.model_init import apply_strategy, transformer_blocks
+    from components.pooled_block import first_token_only
+
+    model, _ = load_classifier(str(tiny_bert), LABELS)
+    model.set_attn_implementation(attention)
+    model = apply_strategy(model, strategy, 1, LoraConfig(r=4)).eval()
+    torch.manual_seed(0)
+    ids = torch.randint(5, 90, (6, 12))
+    mask = torch.ones_like(ids)
+    mask[:3, 7:] = 0  # padded rows: the first token must not attend to padding
+    labels = torch.tensor([0, 1, 0, 1, 1, 0])
+
+    def logits_and_gradients():
+        model.zero_grad()
+        out = model(input_ids=ids, attention_mask=mask, labels=labels)
+        out.loss.backward()
+        return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    rows = []
+    transformer_blocks(model)[-1].intermediate.register_forward_hook(lambda m, args, out: rows.append(out.shape[:2]))
+    whole = logits_and_gradients()
+    with first_token_only(model):
+        pooled = logits_and_gradients()
+    assert rows == [(6, 12), (6, 1)]  # the feed-forward of the last block ran once per text
+    torch.testing.assert_close(pooled[0], whole[0], atol=1e-6, rtol=1e-5)
+    assert pooled[1].keys() == whole[1].keys()
+    for name, gradient in whole[1].items():
+        torch.testing.assert_close(pooled[1][name], gradient, atol=1e-6, rtol=1e-5, msg=name)
+    model(input_ids=ids, attention_mask=mask)
+    assert rows[-1] == (6, 12)  # the block is whole again after the context
+
+
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_bert, data_dir, tmp_path):
     straight, _ = tune(tiny_bert, data_dir, tmp_path, epochs=3, name="straight")
 
