@@ -1,8 +1,8 @@
 """A BERT-style classifier reads the last block's output at the first token only (the pooler takes hidden[:, 0]).
 During training and validation that block runs for the first token alone: its keys and values still come from
 every token, but the query, attention output and feed-forward run once per text instead of once per token. The
-logits and gradients are those of the whole block; for MiniLM-L6 this is a sixth of the model's arithmetic less
-about a seventh."""
+logits and gradients are those of the whole block; for the 6-block MiniLM a step does about a seventh less
+arithmetic."""
 
 from __future__ import annotations
 
