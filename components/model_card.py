@@ -54,7 +54,8 @@ A text classifier for the labels {", ".join(f"`{label}`" for label in labels)}, 
 - {training['epochs_run']} epochs run (best epoch {training['best_epoch']}{", stopped early" if training['stopped_early'] else ""}),
   {training['train_seconds']:.0f} s, {training['samples_per_second']:.1f} samples/s.
 - Batch size {hp['batch_size']}, AdamW lr {hp['learning_rate']:g}, weight decay {hp['weight_decay']:g},
-  warm-up {hp['warmup_ratio']:.0%} then linear decay, gradient clipping {hp['max_grad_norm']:g}, max length {hp['max_length']} tokens.
+  warm-up {hp['warmup_ratio']:.0%} then linear decay, gradient clipping {hp['max_grad_norm']:g}, max length {hp['max_length']} tokens,
+  dropout {"as in the base model" if hp['dropout'] is None else f"{hp['dropout']:g}"}.
 - Device {environment['device']}, precision {environment['precision']}, {environment['threads']} CPU threads, seed {environment['seed']}.
 - torch {environment['libraries']['torch']}, transformers {environment['libraries']['transformers']}, peft {environment['libraries']['peft']}.
 

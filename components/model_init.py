@@ -84,6 +84,15 @@ def transformer_blocks(model):
     return lists[0]
 
 
+def set_dropout(model, rate: float) -> None:
+    """Every dropout layer of the model at `rate` (in BERT and GPT-2 the attention's dropout is one too)."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = rate
+
+
 def apply_strategy(model, strategy: str, trainable_blocks: int, lora: LoraConfig):
     """Freeze what the strategy keeps fixed; returns the model to train (a peft model for lora)."""
     if strategy == "full":

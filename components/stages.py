@@ -70,7 +70,8 @@ def environment_stage(config_json: str, tracking_uri: str, parent_run_id: str, o
     from components.tracking import flatten, stage_run
 
     cfg = _config(config_json)
-    hyperparameters = cfg.train.model_dump() | {"max_length": cfg.model.max_length, "strategy": cfg.model.strategy}
+    hyperparameters = cfg.train.model_dump() | {"max_length": cfg.model.max_length, "strategy": cfg.model.strategy,
+                                                "dropout": cfg.model.dropout}
     with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "3-environment"):
         env = describe_environment(cfg.train.device, cfg.train.precision, cfg.train.threads, cfg.seed,
                                    hyperparameters)

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import pandas as pd
 
 from components.config import ModelConfig, TrainConfig
-from components.model_init import apply_strategy, load_classifier, transformer_blocks
+from components.model_init import apply_strategy, load_classifier, set_dropout, transformer_blocks
 from components.pooled_block import first_token_only
 from components.text_batches import autocast, collate, encode, loss_and_accuracy, predict_logits, train_batches
 
@@ -64,6 +64,8 @@ def fine_tune(
     torch.manual_seed(seed)  # LoRA's initial weights and dropout; a resumed run restores the saved RNG state
     labels = json.loads((Path(data_dir) / "manifest.json").read_text())["labels"]
     model, tokenizer = load_classifier(init_dir, labels)
+    if model_cfg.dropout is not None:  # before LoRA adds its own dropout layers
+        set_dropout(model, model_cfg.dropout)
     model = apply_strategy(model, model_cfg.strategy, model_cfg.trainable_blocks, model_cfg.lora).to(device)
     train = _encode_split(tokenizer, data_dir, "train", labels, model_cfg.max_length, train_cfg.max_train_samples)
     val = _encode_split(tokenizer, data_dir, "val", labels, model_cfg.max_length)

@@ -42,3 +42,12 @@ def test_batch_size_and_learning_rate_default_per_strategy_unless_set():
     assert (cfg.train.batch_size, cfg.train.learning_rate) == (8, 5e-4)
     # The resolved values survive the trip through JSON to a KFP component.
     assert type(cfg).model_validate_json(cfg.model_dump_json()).train == cfg.train
+
+
+def test_full_fine_tuning_trains_without_dropout_unless_told():
+    assert load_config(BASE, []).model.dropout == 0.0
+    assert load_config(BASE, ["model.strategy=lora"]).model.dropout is None  # the base model's own rates
+    assert load_config(BASE, ["model.dropout=null"]).model.dropout is None
+    cfg = load_config(BASE, ["model.strategy=partial", "model.dropout=0.2"])
+    assert cfg.model.dropout == 0.2
+    assert type(cfg).model_validate_json(cfg.model_dump_json()).model == cfg.model

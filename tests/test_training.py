@@ -118,6 +118,25 @@ def test_the_last_block_runs_for_the_pooled_token_only_with_the_same_logits_and_
     assert rows[-1] == (6, 12)  # the block is whole again after the context
 
 
+def test_set_dropout_switches_off_every_dropout_layer(tiny_bert):
+    import torch
+
+    from components.model_init import set_dropout
+
+    model, _ = load_classifier(str(tiny_bert), LABELS)
+    model.train()
+    ids = torch.randint(5, 90, (4, 12))
+
+    def twice():
+        return model(input_ids=ids).logits, model(input_ids=ids).logits
+
+    first, second = twice()
+    assert not torch.equal(first, second)  # dropout draws new masks each pass
+    set_dropout(model, 0.0)
+    first, second = twice()
+    assert torch.equal(first, second)  # hidden, attention and head dropout all off
+
+
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_bert, data_dir, tmp_path):
     straight, _ = tune(tiny_bert, data_dir, tmp_path, epochs=3, name="straight")
 
