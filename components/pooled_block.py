@@ -33,7 +33,8 @@ def first_token_only(model):
 
 def _bert_layer_first_token(layer, hidden_states, attention_mask=None, *args, **kwargs):
     """BertLayer.forward for the first position: the output is (batch, 1, hidden)."""
-    from transformers.models.bert.modeling_bert import ALL_ATTENTION_FUNCTIONS, eager_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.bert.modeling_bert import eager_attention_forward
 
     attention = layer.attention.self
     first = hidden_states[:, :1]
