@@ -85,8 +85,8 @@ class MonitorOutcome:
 
 
 def run_monitor_locally(cfg: LifecycleConfig) -> MonitorOutcome:
-    """One run of the monitor pipeline (the window from cfg.monitor): drift check, and on drift an alert and (when allowed) a retraining, whose
-    MLflow parent run is closed here as FINISHED or FAILED."""
+    """One run of the monitor pipeline (the window from cfg.monitor): drift check, and on drift an alert and (when
+    allowed) a retraining, whose MLflow parent run is closed here as FINISHED or FAILED."""
     import mlflow
 
     from components.monitor_stages import open_monitor_run
