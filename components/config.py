@@ -8,8 +8,10 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from components.errors import LifecycleError
 
-class ConfigError(ValueError):
+
+class ConfigError(LifecycleError):
     """A configuration that cannot run: names the file, the key and what was expected."""
 
 
@@ -31,6 +33,7 @@ class SplitConfig(_Section):
 
 
 class DataConfig(_Section):
+    # Every path here is a file or a storage URI (s3://, gs://, abfs://, https://, file://; components/storage.py).
     path: Optional[str] = None  # one file to split; wins over url
     url: Optional[str] = None  # downloaded on request and cached under work_dir/downloads
     url_member: Optional[str] = None  # the file inside a downloaded zip
@@ -64,7 +67,7 @@ class DataConfig(_Section):
         if any(given) and not all(given):
             raise ValueError("give all of train_path, val_path and test_path, or none of them")
         if not (self.path or self.url or all(given)):
-            raise ValueError("no data: set data.path (a local file), data.url, or train_path/val_path/test_path")
+            raise ValueError("no data: set data.path (a file or storage URI), data.url, or train_path/val_path/test_path")
         if self.labels is not None and len(set(self.labels)) < 2:
             raise ValueError("labels must name at least two distinct classes")
         if self.min_text_chars > self.max_text_chars:
@@ -143,6 +146,9 @@ class GateConfig(_Section):
 
 class TrackingConfig(_Section):
     uri: Optional[str] = None  # MLFLOW_TRACKING_URI wins; default sqlite in work_dir
+    # Where a new experiment keeps its artifacts. None: the tracking server's own artifact store, or
+    # work_dir/mlartifacts with the local SQLite store.
+    artifact_location: Optional[str] = None
     experiment: str = "lifecycle"
     registered_model: str = "text-classifier"
 
@@ -161,6 +167,16 @@ class ServeConfig(_Section):
     port: int = Field(8080, ge=1, le=65534)  # HTTP; gRPC on the next port
     max_batch: int = Field(64, ge=1)  # texts per request
     max_text_chars: int = Field(2000, ge=1)
+    # The prediction log is written in shards (object stores have no append): one when this many texts wait,
+    # when the oldest has waited this long, and when the server stops. A crash loses at most what waits.
+    log_flush_texts: int = Field(100, ge=1)
+    log_flush_seconds: float = Field(30, gt=0)
+
+
+class StorageConfig(_Section):
+    """What outlives a task or a process, at storage URIs (on a cluster: an object-store prefix)."""
+    checkpoints: Optional[str] = None  # fine-tuning checkpoints, for --resume; None: work_dir/checkpoints
+    predictions: Optional[str] = None  # the prediction log serving writes and monitoring reads; None: work_dir/predictions
 
 
 class MonitorConfig(_Section):
@@ -175,6 +191,9 @@ class MonitorConfig(_Section):
     webhook_url: Optional[str] = None  # Slack/Teams incoming webhook for alerts
     cooldown_hours: float = Field(24, ge=0)  # at most one retraining started per cool-down
     retraining_timeout_hours: float = Field(6, gt=0)  # a retraining still running after this counts as crashed
+    # A claimer re-reads the claims this long after recording its own: longer than a claim takes to reach the
+    # tracking server plus the clock skew between monitor pods (monitoring/retraining.py).
+    claim_settle_seconds: float = Field(2, ge=0)
 
 
 class LifecycleConfig(_Section):
@@ -189,6 +208,13 @@ class LifecycleConfig(_Section):
     kfp: KfpConfig = KfpConfig()
     serve: ServeConfig = ServeConfig()
     monitor: MonitorConfig = MonitorConfig()
+    storage: StorageConfig = StorageConfig()
+
+    def checkpoints_uri(self) -> str:
+        return self.storage.checkpoints or str(Path(self.work_dir) / "checkpoints")
+
+    def predictions_uri(self) -> str:
+        return self.storage.predictions or str(Path(self.work_dir) / "predictions")
 
     @model_validator(mode="after")
     def _strategy_defaults(self) -> "LifecycleConfig":

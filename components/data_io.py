@@ -14,8 +14,10 @@ from typing import Optional
 
 import pandas as pd
 
+from components.errors import LifecycleError
 
-class DataError(ValueError):
+
+class DataError(LifecycleError):
     """Bad input data: the message names the file, row or field and what was expected."""
 
 
@@ -45,11 +47,20 @@ def format_of(path: str | Path, fmt: TableFormat) -> TableFormat:
     return TableFormat() if detect_format(Path(path), "auto") != "delimited" else fmt
 
 
-def read_table(path: str | Path, fmt: TableFormat) -> pd.DataFrame:
-    """Read one file into a DataFrame of strings; index = the 1-based line (or row) number in the file."""
+def read_source(uri: str, fmt: TableFormat, scratch_dir: str | Path) -> pd.DataFrame:
+    """read_table for a file or storage URI: a remote file is first copied into scratch_dir; errors name the URI."""
+    from components.storage import fetch_file
+
+    return read_table(fetch_file(uri, scratch_dir), fmt, name=str(uri))
+
+
+def read_table(path: str | Path, fmt: TableFormat, name: Optional[str] = None) -> pd.DataFrame:
+    """Read one file into a DataFrame of strings; index = the 1-based line (or row) number in the file. Errors
+    name the file as `name` (its URI) where given."""
     path = Path(path)
+    where = name or path
     if not path.is_file():
-        raise DataError(f"{path}: no such file")
+        raise DataError(f"{where}: no such file")
     kind = detect_format(path, fmt.format)
     try:
         if kind == "parquet":
@@ -57,25 +68,25 @@ def read_table(path: str | Path, fmt: TableFormat) -> pd.DataFrame:
         elif kind == "jsonl":
             frame = pd.read_json(path, lines=True, dtype=False, encoding=fmt.encoding)
         else:
-            frame = _read_delimited(path, fmt)
+            frame = _read_delimited(path, fmt, where)
     except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not valid {fmt.encoding} text at byte {err.start}; set data.encoding") from None
+        raise DataError(f"{where}: not valid {fmt.encoding} text at byte {err.start}; set data.encoding") from None
     except pd.errors.ParserError as err:
         raise DataError(
-            f"{path}: cannot parse as {kind} data: {str(err).strip()}. "
+            f"{where}: cannot parse as {kind} data: {str(err).strip()}. "
             f"Check data.separator (now {fmt.separator!r}), data.quoting (now {fmt.quoting}) and data.header"
         ) from None
     except ValueError as err:  # pandas' JSON and Parquet readers raise plain ValueErrors
-        raise DataError(f"{path}: cannot read as {kind}: {err}") from None
+        raise DataError(f"{where}: cannot read as {kind}: {err}") from None
     first_row = 2 if (kind == "delimited" and fmt.header) else 1
     frame.index = pd.RangeIndex(first_row, first_row + len(frame), name="row")
     # Labels may be numbers in JSONL/Parquet; compare them as the strings the config names.
     return frame.apply(lambda col: col.map(lambda v: v if v is None or isinstance(v, str) or pd.isna(v) else str(v)))
 
 
-def _read_delimited(path: Path, fmt: TableFormat) -> pd.DataFrame:
+def _read_delimited(path: Path, fmt: TableFormat, where) -> pd.DataFrame:
     if not fmt.header and not fmt.column_names:
-        raise DataError(f"{path}: a file without a header needs data.column_names")
+        raise DataError(f"{where}: a file without a header needs data.column_names")
     return pd.read_csv(
         path,
         sep=fmt.separator,

@@ -35,12 +35,19 @@ class PreparedData:
 
 def prepare_data(data: DataConfig, seed: int, cache_dir: str | Path, out_dir: str | Path) -> PreparedData:
     """Run stage 1; writes train/val/test.parquet, manifest.json, validation.json and validation.html to out_dir."""
+    import tempfile
+
+    from components.storage import fetch_file
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sources = resolve_sources(data, cache_dir)
-    # Feedback files may also be JSONL or Parquet, whatever the data's format (monitoring writes JSONL).
-    frames = {name: read_table(path, format_of(path, table_format(data)) if name.startswith(FEEDBACK)
-                               else table_format(data)) for name, path in sources.items()}
+    with tempfile.TemporaryDirectory(prefix="lifecycle-data-") as scratch:  # copies of remote files
+        files = {name: fetch_file(uri, Path(scratch) / name) for name, uri in sources.items()}
+        # Feedback files may also be JSONL or Parquet, whatever the data's format (monitoring writes JSONL).
+        frames = {name: read_table(files[name], format_of(uri, table_format(data)) if name.startswith(FEEDBACK)
+                                   else table_format(data), name=uri) for name, uri in sources.items()}
+        digests = [file_sha256(path) for path in files.values()]
     rules = ValidationRules(
         text_column=data.text_column,
         label_column=data.label_column,
@@ -84,8 +91,8 @@ def prepare_data(data: DataConfig, seed: int, cache_dir: str | Path, out_dir: st
         rows.to_parquet(out_dir / f"{name}.parquet", index=False)
     prepared = PreparedData(
         out_dir=str(out_dir),
-        source=", ".join(str(p) for p in sources.values()),
-        source_sha256=", ".join(file_sha256(p) for p in sources.values()),
+        source=", ".join(sources.values()),
+        source_sha256=", ".join(digests),
         labels=labels,
         counts={name: _class_counts(rows, labels) for name, rows in splits.items()},
         fingerprint=fingerprint(splits),
@@ -96,26 +103,28 @@ def prepare_data(data: DataConfig, seed: int, cache_dir: str | Path, out_dir: st
     return prepared
 
 
-def resolve_sources(data: DataConfig, cache_dir: str | Path) -> dict[str, Path]:
+def resolve_sources(data: DataConfig, cache_dir: str | Path) -> dict[str, str]:
+    """The files to read, by name ("all", or "train", "val", "test", and "feedback-..."), as URIs or paths."""
     if data.train_path:
-        sources = {"train": Path(data.train_path), "val": Path(data.val_path), "test": Path(data.test_path)}
+        sources = {"train": data.train_path, "val": data.val_path, "test": data.test_path}
     elif data.path:
-        sources = {"all": Path(data.path)}
+        sources = {"all": data.path}
     else:
-        sources = {"all": fetch(data.url, cache_dir, sha256=data.sha256, member=data.url_member)}
-    return sources | {f"{FEEDBACK}-{path.stem}": path for path in feedback_files(data.feedback_path)}
+        sources = {"all": str(fetch(data.url, cache_dir, sha256=data.sha256, member=data.url_member))}
+    return sources | {f"{FEEDBACK}-{Path(uri).stem}": uri for uri in feedback_files(data.feedback_path)}
 
 
-def feedback_files(feedback_path: str | None) -> list[Path]:
-    """The feedback file, or the files in the feedback folder (sorted; hidden files skipped)."""
+def feedback_files(feedback_path: str | None) -> list[str]:
+    """The feedback file, or the files in the feedback folder (sorted; hidden files skipped), as URIs."""
+    from components import storage
+
     if not feedback_path:
         return []
-    path = Path(feedback_path)
-    if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-    if not path.is_file():
-        raise DataError(f"data.feedback_path: {path} is neither a file nor a folder")
-    return [path]
+    if storage.is_folder(feedback_path):
+        return storage.list_files(feedback_path)
+    if not storage.exists(feedback_path):
+        raise DataError(f"data.feedback_path: {feedback_path} is neither a file nor a folder")
+    return [feedback_path]
 
 
 def table_format(data: DataConfig) -> TableFormat:
@@ -155,7 +164,7 @@ def stratified_split(rows: pd.DataFrame, train: float, val: float, seed: int) ->
     return {"train": train_rows, "val": val_rows, "test": test}
 
 
-def check_leakage(splits: dict[str, pd.DataFrame], sources: dict[str, Path]) -> None:
+def check_leakage(splits: dict[str, pd.DataFrame], sources: dict[str, str]) -> None:
     """No text may stand in two splits: that would score memorisation as generalisation."""
     seen: dict[str, str] = {}
     leaks = []
@@ -165,7 +174,7 @@ def check_leakage(splits: dict[str, pd.DataFrame], sources: dict[str, Path]) -> 
                 leaks.append((seen[text], name, text))
             seen.setdefault(text, name)
     if leaks:
-        where = ", ".join(str(p) for p in sources.values())
+        where = ", ".join(sources.values())
         samples = "\n".join(f"    in {a} and {b}: {t[:80]!r}" for a, b, t in leaks[:5])
         raise DataValidationError(f"leakage in {where}: {len(leaks)} texts stand in two splits, e.g.\n{samples}")
 

@@ -7,10 +7,12 @@ from typing import Optional
 
 import pandas as pd
 
+from components.errors import LifecycleError
+
 SAMPLE_ROWS = 5  # rows quoted per failed check
 
 
-class DataValidationError(ValueError):
+class DataValidationError(LifecycleError):
     """The data failed the gate; the message names each failed expectation with sample rows."""
 
 

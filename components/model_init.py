@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Optional
 
 from components.config import LoraConfig
+from components.errors import LifecycleError
 
 BUNDLED = "bundled"
 
 
-class ModelError(ValueError):
+class ModelError(LifecycleError):
     """A base model that cannot be used: names the model and what was expected."""
 
 

@@ -35,9 +35,9 @@ def open_monitor_run(cfg: LifecycleConfig, tracking_uri: str) -> str:
 
     import mlflow
 
-    from components.tracking import STAGE_TAG, use_experiment
+    from components.tracking import STAGE_TAG, use_config_experiment
 
-    experiment_id = use_experiment(tracking_uri, cfg.tracking.experiment, Path(cfg.work_dir) / "mlartifacts")
+    experiment_id = use_config_experiment(cfg, tracking_uri)
     name = f"{cfg.name}-monitor-{time.strftime('%Y%m%d-%H%M%S')}"
     return mlflow.MlflowClient().create_run(experiment_id, run_name=name, tags={STAGE_TAG: MONITOR_STAGE}).info.run_id
 
@@ -45,21 +45,23 @@ def open_monitor_run(cfg: LifecycleConfig, tracking_uri: str) -> str:
 def drift_check_stage(config_json: str, tracking_uri: str, current_path: str, monitor_run_id: str, out_dir: str,
                       act_on_drift: bool = True) -> str:
     """The champion against the current window. On drift (and `act_on_drift`): an alert, and a retraining when
-    the cool-down and the lock allow. Returns the retraining's parent run id, or '' when none starts."""
+    the cool-down and the other claimers allow. Returns the retraining's parent run id, or '' when none starts.
+    The champion is downloaded into a scratch folder; the alert is an MLflow artifact (and a local copy)."""
+    import tempfile
+
     import mlflow
 
     from components.serving import resolve_bundle
-    from components.tracking import use_experiment
+    from components.tracking import use_config_experiment
     from monitoring.alerts import new_alert, send_alert
     from monitoring.monitor import current_texts, drift_check, summary_lines
     from monitoring.retraining import claim_retraining
 
     cfg = LifecycleConfig.model_validate_json(config_json)
-    use_experiment(tracking_uri, cfg.tracking.experiment, Path(cfg.work_dir) / "mlartifacts")
+    use_config_experiment(cfg, tracking_uri)
     run_id = monitor_run_id or open_monitor_run(cfg, tracking_uri)
-    with mlflow.start_run(run_id=run_id):
-        bundle, name, version = resolve_bundle(f"models:/{cfg.tracking.registered_model}@champion",
-                                               Path(cfg.work_dir) / "monitoring" / "models")
+    with mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory(prefix="lifecycle-monitor-") as scratch:
+        bundle, name, version = resolve_bundle(f"models:/{cfg.tracking.registered_model}@champion", scratch)
         texts, source = current_texts(cfg, current_path or None)
         mlflow.set_tag("model_version", version)
         result = drift_check(bundle, texts, cfg, out_dir)

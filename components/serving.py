@@ -68,7 +68,8 @@ def check_texts(texts: list, limits: Limits) -> list[str]:
 
 
 class TextClassifierRuntime(MLModel):
-    """parameters.uri: an ONNX bundle directory; parameters.extra: prediction_log, max_batch, max_text_chars."""
+    """parameters.uri: an ONNX bundle directory; parameters.extra: prediction_log (a storage URI), log_flush_texts,
+    log_flush_seconds, max_batch, max_text_chars."""
 
     async def load(self) -> bool:
         from components.onnx_classifier import OnnxClassifier
@@ -77,7 +78,8 @@ class TextClassifierRuntime(MLModel):
         extra = self.settings.parameters.extra or {}
         self.classifier = OnnxClassifier(self.settings.parameters.uri)
         self.limits = Limits(extra.get("max_batch", 64), extra.get("max_text_chars", 2000))
-        self.log = PredictionLog(extra["prediction_log"]) if extra.get("prediction_log") else None
+        self.log = PredictionLog(extra["prediction_log"], extra.get("log_flush_texts", 100),
+                                 extra.get("log_flush_seconds", 30.0)) if extra.get("prediction_log") else None
         return True
 
     async def unload(self) -> bool:
@@ -135,8 +137,10 @@ def resolve_bundle(model_uri: str, download_dir: str | Path) -> tuple[str, str, 
     return str(bundle), name, version
 
 
-def serve(bundle_dir: str, name: str, version: str, port: int, prediction_log: str, limits: Limits) -> None:
-    """Run MLServer in this process until SIGINT/SIGTERM (it unloads the model, closing the log)."""
+def serve(bundle_dir: str, name: str, version: str, port: int, prediction_log: str, limits: Limits,
+          log_flush: tuple[int, float] = (100, 30.0)) -> None:
+    """Run MLServer in this process until SIGINT/SIGTERM (the prediction log writes its last shard at exit).
+    `log_flush`: (texts, seconds) after which waiting records are written as a shard."""
     import asyncio
 
     from mlserver import MLServer
@@ -154,8 +158,13 @@ def serve(bundle_dir: str, name: str, version: str, port: int, prediction_log: s
         outputs=[MetadataTensor(name="label", datatype="BYTES", shape=[-1, 1]),
                  MetadataTensor(name="probabilities", datatype="FP32", shape=[-1, classes])],
         parameters=ModelParameters(uri=bundle_dir, version=version, extra={
-            "prediction_log": prediction_log, "max_batch": limits.max_batch,
+            "prediction_log": prediction_log, "log_flush_texts": log_flush[0], "log_flush_seconds": log_flush[1],
+            "max_batch": limits.max_batch,
             "max_text_chars": limits.max_text_chars}),
     )
-    asyncio.run(MLServer(settings).start([model]))
+    async def run() -> None:
+        # Made inside the running loop: MLServer puts its SIGINT/SIGTERM handlers on the loop it finds.
+        await MLServer(settings).start([model])
+
+    asyncio.run(run())
 

@@ -91,6 +91,7 @@ def training_stage(config_json: str, tracking_uri: str, parent_run_id: str, data
     import torch
 
     from components.environment import seed_everything
+    from components.storage import join
     from components.tracking import stage_run
     from components.training import fine_tune
 
@@ -101,7 +102,7 @@ def training_stage(config_json: str, tracking_uri: str, parent_run_id: str, data
     with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "4-fine-tune"):
         result = fine_tune(
             init_dir, data_dir, out_dir,
-            checkpoint_dir=str(Path(cfg.work_dir) / "checkpoints" / parent_run_id),
+            checkpoint_uri=join(cfg.checkpoints_uri(), parent_run_id),
             model_cfg=cfg.model, train_cfg=cfg.train, device=env["device"], precision=env["precision"],
             seed=cfg.seed, log_metrics=lambda metrics, step: mlflow.log_metrics(metrics, step=step),
         )

@@ -13,8 +13,24 @@ def default_tracking_uri(work_dir: str | Path) -> str:
     return f"sqlite:///{Path(work_dir).resolve() / 'mlflow.db'}"
 
 
-def use_experiment(tracking_uri: str, experiment: str, artifact_root: Optional[str | Path] = None) -> str:
-    """Point MLflow at the store and the experiment (created with its artifacts under artifact_root)."""
+def artifact_location(cfg, tracking_uri: str) -> Optional[str]:
+    """Where a new experiment keeps its artifacts: the one configured; else, with a tracking server, none of the
+    client's (the server's own store, so no artifact lands on the disk of the pod that logged it); else, with a
+    local store, work_dir/mlartifacts."""
+    if cfg.tracking.artifact_location:
+        return cfg.tracking.artifact_location
+    if tracking_uri.startswith(("http://", "https://", "databricks")):
+        return None
+    return (Path(cfg.work_dir).resolve() / "mlartifacts").as_uri()
+
+
+def use_config_experiment(cfg, tracking_uri: str) -> str:
+    """use_experiment for the config's experiment and artifact location."""
+    return use_experiment(tracking_uri, cfg.tracking.experiment, artifact_location(cfg, tracking_uri))
+
+
+def use_experiment(tracking_uri: str, experiment: str, location: Optional[str] = None) -> str:
+    """Point MLflow at the store and the experiment (created with its artifacts at `location` when given)."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -22,7 +38,6 @@ def use_experiment(tracking_uri: str, experiment: str, artifact_root: Optional[s
     if found is not None:
         mlflow.set_experiment(experiment_id=found.experiment_id)
         return found.experiment_id
-    location = Path(artifact_root).resolve().as_uri() if artifact_root else None
     experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
@@ -61,7 +76,7 @@ def start_parent_run(cfg, tracking_uri: str, tags: Optional[dict] = None, run_ki
     `run_kind` goes into the run name (e.g. "retrain"); `tags` are added to the run's tags."""
     import mlflow
 
-    use_experiment(tracking_uri, cfg.tracking.experiment, Path(cfg.work_dir) / "mlartifacts")
+    use_config_experiment(cfg, tracking_uri)
     client = mlflow.MlflowClient()
     experiment_id = mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id
     tags = {"strategy": cfg.model.strategy, "base_model": cfg.model.base,

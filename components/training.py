@@ -47,7 +47,7 @@ def fine_tune(
     init_dir: str,
     data_dir: str,
     out_dir: str,
-    checkpoint_dir: str,
+    checkpoint_uri: str,
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
     device: str,
@@ -55,7 +55,8 @@ def fine_tune(
     seed: int,
     log_metrics: Optional[MetricsLogger] = None,
 ) -> TrainResult:
-    """Train the stage 2 model on the stage 1 splits; writes a merged safetensors model to out_dir."""
+    """Train the stage 2 model on the stage 1 splits; writes a merged safetensors model to out_dir. Checkpoints
+    go to checkpoint_uri (a folder or storage URI), where a later call with the same URI resumes."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
@@ -104,11 +105,11 @@ def fine_tune(
     total_steps = sum(map(len, epoch_batches))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(train_cfg.warmup_ratio * total_steps), total_steps)
 
-    checkpoint = Checkpoint(Path(checkpoint_dir))
+    checkpoint = Checkpoint(checkpoint_uri)
     state = checkpoint.load(model, optimizer, scheduler) or TrainingState()
     resumed_from = state.epoch
     if resumed_from:
-        print(f"resuming from the checkpoint after epoch {resumed_from} in {checkpoint_dir}")
+        print(f"resuming from the checkpoint after epoch {resumed_from} in {checkpoint_uri}")
 
     seen = 0
     with replacing, pooled:
@@ -187,6 +188,9 @@ def fine_tune(
     return result
 
 
+LATEST = "LATEST"  # in a remote checkpoint folder: the name of the newest complete checkpoint
+
+
 @dataclass
 class TrainingState:
     epoch: int = 0
@@ -197,10 +201,21 @@ class TrainingState:
 
 
 class Checkpoint:
-    """The last epoch's trainable weights, the best weights (safetensors), optimizer and scheduler state."""
+    """The last epoch's trainable weights, the best weights (safetensors), optimizer and scheduler state.
 
-    def __init__(self, root: Path):
-        self.root = root
+    Kept in a local folder. With a remote URI (an object store) the folder is this process's scratch space, and
+    each checkpoint is uploaded whole to `URI/epoch-NNNN/` before `URI/LATEST` names it, so a reader never sees
+    half a checkpoint and a run resumes from another machine."""
+
+    def __init__(self, uri: str):
+        import tempfile
+
+        from components.storage import local_path
+
+        local = local_path(uri)
+        self.remote = None if local is not None else uri
+        self._scratch = None if local is not None else tempfile.TemporaryDirectory(prefix="lifecycle-checkpoint-")
+        self.root = local if local is not None else Path(self._scratch.name) / "checkpoint"
 
     def save(self, model, optimizer, scheduler, state: TrainingState, improved: bool) -> None:
         import torch
@@ -225,11 +240,28 @@ class Checkpoint:
         if self.root.exists():
             shutil.rmtree(self.root)
         tmp.rename(self.root)
+        if self.remote:
+            self._upload(f"epoch-{state.epoch:04d}")
+
+    def _upload(self, name: str) -> None:
+        from components import storage
+
+        latest = storage.join(self.remote, LATEST)
+        previous = storage.read_bytes(latest).decode().strip() if storage.exists(latest) else None
+        storage.upload_folder(self.root, storage.join(self.remote, name))
+        storage.write_bytes(latest, name.encode())
+        if previous and previous != name:
+            storage.remove(storage.join(self.remote, previous))
 
     def load(self, model, optimizer, scheduler) -> Optional[TrainingState]:
         import torch
         from safetensors.torch import load_file
 
+        from components import storage
+
+        if self.remote and storage.exists(storage.join(self.remote, LATEST)):
+            name = storage.read_bytes(storage.join(self.remote, LATEST)).decode().strip()
+            storage.download_folder(storage.join(self.remote, name), self.root)
         if not (self.root / "state.json").is_file():
             return None
         model.load_state_dict(load_file(self.root / "last.safetensors"), strict=False)

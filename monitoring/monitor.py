@@ -11,24 +11,25 @@ import pandas as pd
 from components.config import LifecycleConfig
 from monitoring.drift import REFERENCE_FILE, DriftResult, check_drift, profile_texts, write_report
 
-PREDICTIONS_DIR = "predictions"  # under work_dir: where `lifecycle serve` logs
-
 
 def current_texts(cfg: LifecycleConfig, current_path: Optional[str] = None) -> tuple[list[str], str]:
     """(texts, where they came from): the file named (here or in monitor.current), else the prediction log's
-    last monitor.window_hours."""
-    from components.data_io import DataError, format_of, read_table
+    last monitor.window_hours. Either may be a storage URI."""
+    import tempfile
+
+    from components.data_io import DataError, format_of, read_source
     from components.data_prep import table_format
     from monitoring.prediction_log import read_window
 
     path = current_path or cfg.monitor.current
     if not path:
-        log_dir = Path(cfg.work_dir) / PREDICTIONS_DIR
-        window = read_window(log_dir, cfg.monitor.window_hours)
-        return window["text"].tolist(), f"prediction log {log_dir}, last {cfg.monitor.window_hours:g} h"
+        log = cfg.predictions_uri()
+        window = read_window(log, cfg.monitor.window_hours)
+        return window["text"].tolist(), f"prediction log {log}, last {cfg.monitor.window_hours:g} h"
     # A prediction log file or any JSONL/Parquet file is read as such; other files in the training data's format.
     data = cfg.data
-    frame = read_table(path, format_of(path, table_format(data)))
+    with tempfile.TemporaryDirectory(prefix="lifecycle-current-") as scratch:
+        frame = read_source(path, format_of(path, table_format(data)), scratch)
     column = next((c for c in (data.text_column, "text") if c in frame.columns), None)
     if column is None:
         raise DataError(f"{path}: no text column; expected {data.text_column!r} or 'text', found {list(frame.columns)}")

@@ -1,71 +1,110 @@
-"""The prediction log: one JSON line per served text, in daily files the monitoring stage reads."""
+"""The prediction log: one JSON line per served text, in shards at a storage URI that the monitor reads.
+
+Each serving replica writes its own shards, `predictions-YYYYMMDD-HHMMSS-<replica>-<n>.jsonl`, whole, because object
+stores have no append and several replicas must never write one file.
+"""
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import json
+import os
+import socket
 import threading
-from pathlib import Path
-from typing import Iterable
+import time
+import uuid
+from typing import Iterable, Optional
+
+SHARD_PREFIX = "predictions-"
 
 
 class PredictionLog:
-    """Appends records to <root>/predictions-YYYYMMDD.jsonl.
+    """Buffers records and writes them as one shard when `flush_texts` records wait, when the oldest has waited
+    `flush_seconds` (a background thread), and on close. A crash loses at most the records still waiting."""
 
-    Line-buffered appends: each record reaches the file when it is written (a few microseconds beside a
-    model call of milliseconds), so a clean shutdown, or even a crash of the server, loses none.
-    """
+    def __init__(self, root: str, flush_texts: int = 100, flush_seconds: float = 30.0,
+                 replica: Optional[str] = None):
+        from components.storage import filesystem
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        filesystem(root)  # a URI without a file system fails now, and fsspec is imported before any exit
+        self.root = str(root)
+        self.flush_texts, self.flush_seconds = flush_texts, flush_seconds
+        self.replica = replica or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._lock = threading.Lock()
-        self._day = None
-        self._file = None
+        self._waiting: list[str] = []
+        self._oldest = 0.0
+        self._shards = 0
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_when_old, name="prediction-log", daemon=True)
+        self._flusher.start()
+        atexit.register(self.close)  # MLServer stops on SIGTERM without unloading its models
 
     def write(self, texts: Iterable[str], labels: Iterable[str], probabilities: Iterable[dict], model: str,
               version: str) -> None:
-        now = dt.datetime.now(dt.timezone.utc)
-        stamp = now.isoformat(timespec="milliseconds")
-        lines = "".join(
-            json.dumps({"timestamp": stamp, "model": model, "model_version": version, "text": text,
-                        "label": label, "probabilities": probs}, ensure_ascii=False) + "\n"
-            for text, label, probs in zip(texts, labels, probabilities)
-        )
+        stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+        lines = [json.dumps({"timestamp": stamp, "model": model, "model_version": version, "text": text,
+                             "label": label, "probabilities": probs}, ensure_ascii=False) + "\n"
+                 for text, label, probs in zip(texts, labels, probabilities)]
         with self._lock:
-            self._file_for(now.date()).write(lines)
+            if not self._waiting:
+                self._oldest = time.monotonic()
+            self._waiting += lines
+            if len(self._waiting) >= self.flush_texts:
+                self._flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush()
 
     def close(self) -> None:
-        with self._lock:
-            if self._file:
-                self._file.close()
-                self._file = None
+        self._stop.set()
+        if self._flusher.is_alive():
+            self._flusher.join()
+        self.flush()
 
-    def _file_for(self, day: dt.date):
-        if day != self._day:
-            if self._file:
-                self._file.close()
-            self._file = open(self.root / f"predictions-{day:%Y%m%d}.jsonl", "a", encoding="utf-8", buffering=1)
-            self._day = day
-        return self._file
+    def _flush(self) -> None:
+        from components.storage import join, write_bytes
+
+        if not self._waiting:
+            return
+        self._shards += 1
+        now = dt.datetime.now(dt.timezone.utc)
+        name = f"{SHARD_PREFIX}{now:%Y%m%d-%H%M%S}-{self.replica}-{self._shards:06d}.jsonl"
+        write_bytes(join(self.root, name), "".join(self._waiting).encode())
+        self._waiting = []
+
+    def _flush_when_old(self) -> None:
+        while not self._stop.wait(min(1.0, self.flush_seconds)):
+            with self._lock:
+                if self._waiting and time.monotonic() - self._oldest >= self.flush_seconds:
+                    self._flush()
 
 
-def read_predictions(root: str | Path, files: list[Path] | None = None):
-    """The logged predictions under root (or in `files`) as a DataFrame, oldest file first."""
+def read_predictions(root: str, files: Optional[list[str]] = None):
+    """The logged predictions under root (or in `files`) as a DataFrame, oldest shard first."""
+    import io
+
     import pandas as pd
 
-    files = sorted(Path(root).glob("predictions-*.jsonl")) if files is None else files
-    frames = [pd.read_json(f, lines=True, dtype=False) for f in files if f.stat().st_size]  # texts stay text
+    from components.storage import exists, list_files, read_bytes
+
+    if files is None:
+        files = list_files(root, f"{SHARD_PREFIX}*.jsonl") if exists(root) else []
+    payloads = [read_bytes(f) for f in files]
+    frames = [pd.read_json(io.BytesIO(p), lines=True, dtype=False) for p in payloads if p]  # texts stay text
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["timestamp", "model", "model_version", "text", "label", "probabilities"])
 
 
-def read_window(root: str | Path, hours: float, now: dt.datetime | None = None):
-    """The predictions logged in the last `hours` (only the daily files that can hold them are read)."""
+def read_window(root: str, hours: float, now: dt.datetime | None = None):
+    """The predictions logged in the last `hours` (only the shards of the days that can hold them are read)."""
+    from components.storage import exists, list_files
+
     now = now or dt.datetime.now(dt.timezone.utc)
     since = now - dt.timedelta(hours=hours)
-    files = [f for f in sorted(Path(root).glob("predictions-*.jsonl"))
-             if f.stem.removeprefix("predictions-") >= f"{since:%Y%m%d}"]
+    shards = list_files(root, f"{SHARD_PREFIX}*.jsonl") if exists(root) else []
+    files = [f for f in shards if shard_day(f) >= f"{since:%Y%m%d}"]
     frame = read_predictions(root, files)
     if frame.empty:
         return frame
@@ -73,3 +112,8 @@ def read_window(root: str | Path, hours: float, now: dt.datetime | None = None):
 
     stamps = pd.to_datetime(frame["timestamp"], utc=True)
     return frame[(stamps >= since) & (stamps <= now)].reset_index(drop=True)
+
+
+def shard_day(uri: str) -> str:
+    """YYYYMMDD of a shard (or of a daily file of earlier versions), from its name."""
+    return uri.rsplit("/", 1)[-1].removeprefix(SHARD_PREFIX)[:8]

@@ -14,12 +14,11 @@ DEFAULT_CONFIG = "configs/sms_spam.yaml"
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from components.config import ConfigError
-    from components.data_io import DataError
+    from components.errors import LifecycleError
 
     try:
         return args.handler(args)
-    except (ConfigError, DataError) as err:
+    except LifecycleError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
@@ -67,15 +66,20 @@ def _parser() -> argparse.ArgumentParser:
     ui = with_config(commands.add_parser("ui", help="start the MLflow UI on the project's tracking store"))
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(handler=_ui)
+    server = commands.add_parser("tracking-server", help="an MLflow server on PostgreSQL here, as on a cluster")
+    server.add_argument("--dir", default="work/tracking-server", help="its database and artifacts (default %(default)s)")
+    server.add_argument("--port", type=int, default=5001, help="HTTP port (default %(default)s)")
+    server.set_defaults(handler=_tracking_server)
     return parser
 
 
-def load(args):
-    """The validated config, with work_dir made absolute (stages run in other processes)."""
+def load(args, absolute: bool = True):
+    """The validated config, with work_dir made absolute (stages run in other processes) unless `absolute` is
+    False (a compiled pipeline must hold no path of this machine)."""
     from components.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    return cfg.model_copy(update={"work_dir": str(Path(cfg.work_dir).resolve())})
+    return cfg.model_copy(update={"work_dir": str(Path(cfg.work_dir).resolve())}) if absolute else cfg
 
 
 def _run(args) -> int:
@@ -115,7 +119,7 @@ def _compile(args) -> int:
     from pipelines.monitor_pipeline import build_monitor_pipeline
     from pipelines.training_pipeline import build_training_pipeline
 
-    cfg = load(args)
+    cfg = load(args, absolute=False)
     for build, path in ((build_training_pipeline, args.output), (build_monitor_pipeline, args.monitor_output)):
         compiler.Compiler().compile(build(cfg), package_path=path,
                                     pipeline_parameters={"config_json": cfg.model_dump_json()})
@@ -175,10 +179,11 @@ def _serve(args) -> int:
     model_uri = args.model or f"models:/{cfg.tracking.registered_model}@champion"
     bundle, name, version = resolve_bundle(model_uri, Path(cfg.work_dir) / "serving")
     port = args.port or cfg.serve.port
-    log_dir = Path(cfg.work_dir) / "predictions"
+    log = cfg.predictions_uri()
     print(f"serving {model_uri} (version {version}) on http://127.0.0.1:{port}: POST /v2/models/{name}/infer, "
-          f"POST /predict; predictions logged to {log_dir}")
-    serve(bundle, name, version, port, str(log_dir), Limits(cfg.serve.max_batch, cfg.serve.max_text_chars))
+          f"POST /predict; predictions logged to {log}")
+    serve(bundle, name, version, port, log, Limits(cfg.serve.max_batch, cfg.serve.max_text_chars),
+          (cfg.serve.log_flush_texts, cfg.serve.log_flush_seconds))
     return 0
 
 
@@ -200,10 +205,20 @@ def _ui(args) -> int:
     from pipelines.local import tracking_uri_for
 
     cfg = load(args)
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri_for(cfg),
-               "--port", str(args.port)]
+    uri = tracking_uri_for(cfg)
+    if uri.startswith(("http://", "https://")):
+        print(f"the tracking server serves the MLflow UI itself: open {uri}")
+        return 0
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(args.port)]
     print(" ".join(command))
     os.execv(sys.executable, command)
+    return 0
+
+
+def _tracking_server(args) -> int:
+    from pipelines.tracking_server import run_tracking_server
+
+    run_tracking_server(args.dir, args.port)
     return 0
 
 

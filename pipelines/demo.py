@@ -95,6 +95,7 @@ def _replay(cfg: LifecycleConfig, texts: list[str], log_dir: Path) -> Path:
 
     from components.onnx_classifier import OnnxClassifier, label_probabilities
     from components.serving import resolve_bundle
+    from components.storage import list_files
     from monitoring.prediction_log import PredictionLog
 
     bundle, name, version = resolve_bundle(f"models:/{cfg.tracking.registered_model}@champion",
@@ -102,11 +103,12 @@ def _replay(cfg: LifecycleConfig, texts: list[str], log_dir: Path) -> Path:
     classifier = OnnxClassifier(bundle)
     probabilities = classifier.probabilities(texts)
     shutil.rmtree(log_dir, ignore_errors=True)
-    log = PredictionLog(log_dir)
+    log = PredictionLog(str(log_dir), flush_texts=len(texts))
     log.write(texts, [classifier.labels[i] for i in probabilities.argmax(1)],
               label_probabilities(classifier.labels, probabilities), name, version)
     log.close()
-    return next(log_dir.glob("predictions-*.jsonl"))
+    (shard,) = list_files(str(log_dir))
+    return Path(shard)
 
 
 def _say(line: str) -> None:

@@ -34,12 +34,12 @@ def run_locally(cfg: LifecycleConfig, resume_run_id: Optional[str] = None) -> Lo
     stage fails, and a resumed run reuses its parent run and its fine-tuning checkpoint."""
     import mlflow
 
-    from components.tracking import start_parent_run, use_experiment
+    from components.tracking import start_parent_run, use_config_experiment
     from pipelines.training_pipeline import build_training_pipeline
 
     pipeline_root = Path(cfg.work_dir) / "kfp"
     uri = tracking_uri_for(cfg)
-    experiment_id = use_experiment(uri, cfg.tracking.experiment, Path(cfg.work_dir) / "mlartifacts")
+    experiment_id = use_config_experiment(cfg, uri)
     client = mlflow.MlflowClient()
     if resume_run_id:
         _close_interrupted_stages(client, experiment_id, resume_run_id)
