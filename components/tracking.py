@@ -32,13 +32,19 @@ def use_config_experiment(cfg, tracking_uri: str) -> str:
 def use_experiment(tracking_uri: str, experiment: str, location: Optional[str] = None) -> str:
     """Point MLflow at the store and the experiment (created with its artifacts at `location` when given)."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     mlflow.set_tracking_uri(tracking_uri)
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         mlflow.set_experiment(experiment_id=found.experiment_id)
         return found.experiment_id
-    experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+    try:
+        experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+    except MlflowException as err:  # another pod created it at the same moment
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 

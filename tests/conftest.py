@@ -96,3 +96,22 @@ def tiny_bundle(tmp_path_factory, tiny_run):
     out = tmp_path_factory.mktemp("tiny_deploy")
     deploy_bundle(str(tiny_run[1]), str(tiny_run[0]), str(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def tracking_server():
+    """A real MLflow server on PostgreSQL with a proxied artifact store, as on a cluster (PostgreSQL's server
+    programs must be installed: .ci/run installs Debian's postgresql where they are missing)."""
+    import os
+    import shutil
+    import tempfile
+
+    from pipelines.tracking_server import start_tracking_server
+
+    # Under /tmp and readable by all: PostgreSQL runs as the postgres user, which must reach its folder.
+    root = tempfile.mkdtemp(prefix="lifecycle-tracking-", dir="/tmp")
+    os.chmod(root, 0o755)
+    server = start_tracking_server(root)
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)

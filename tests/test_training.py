@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -137,7 +138,12 @@ def test_set_dropout_switches_off_every_dropout_layer(tiny_bert):
     assert torch.equal(first, second)  # hidden, attention and head dropout all off
 
 
-def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_bert, data_dir, tmp_path):
+# A folder here, and an fsspec URI (in-memory: the code path of an object store, where the run resumes elsewhere).
+@pytest.mark.parametrize("where", ["folder", "uri"])
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(where, tiny_bert, data_dir, tmp_path):
+    from components import storage
+
+    checkpoints = str(tmp_path / "ckpt-r") if where == "folder" else f"memory://checkpoints/{tmp_path.name}"
     straight, _ = tune(tiny_bert, data_dir, tmp_path, epochs=3, name="straight")
 
     class Interrupt(Exception):
@@ -152,10 +158,13 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_bert, data_dir
     init = tmp_path / "init-straight"
     cfg = ModelConfig(strategy="full", max_length=32), TrainConfig(epochs=3, batch_size=16, learning_rate=3e-3)
     with pytest.raises(Interrupt):
-        fine_tune(str(init), str(data_dir), str(tmp_path / "r"), str(tmp_path / "ckpt-r"), *cfg, "cpu", "fp32", 0,
+        fine_tune(str(init), str(data_dir), str(tmp_path / "r"), checkpoints, *cfg, "cpu", "fp32", 0,
                   stop_in_epoch_two)
-    resumed = fine_tune(str(init), str(data_dir), str(tmp_path / "r"), str(tmp_path / "ckpt-r"), *cfg, "cpu",
-                        "fp32", 0)
+    if where == "uri":  # one complete checkpoint, named by LATEST
+        assert storage.read_bytes(storage.join(checkpoints, "LATEST")) == b"epoch-0001"
+        assert {Path(f).name for f in storage.list_files(storage.join(checkpoints, "epoch-0001"))} == {
+            "best.safetensors", "last.safetensors", "optim.pt", "state.json"}
+    resumed = fine_tune(str(init), str(data_dir), str(tmp_path / "r"), checkpoints, *cfg, "cpu", "fp32", 0)
     assert resumed.resumed_from_epoch == 1
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
     # Same batches, same weights: resuming gives the uninterrupted run's result.
