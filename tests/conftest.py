@@ -23,6 +23,19 @@ def make_texts(n: int, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def tiny_settings(work_dir, data_path, tiny_bert, *overrides: str) -> list[str]:
+    """`--set` values that run the default config's pipeline on make_texts data and the tiny BERT in seconds."""
+    return [f"work_dir={work_dir}", f"data.path={data_path}", "data.format=auto", "data.separator=','",
+            "data.header=true", "data.column_names=null", "data.quoting=true", "data.balance=none",
+            "data.min_rows_per_class=5", f"model.base={tiny_bert}", "model.max_length=32", "train.epochs=2",
+            "train.batch_size=16", "train.learning_rate=3e-3", "gate.min_accuracy=0.8", "gate.min_macro_f1=0.8",
+            "monitor.min_window=40", *overrides]
+
+
+def as_args(settings: list[str]) -> list[str]:
+    return [part for setting in settings for part in ("--set", setting)]
+
+
 @pytest.fixture
 def texts_csv(tmp_path) -> Path:
     path = tmp_path / "texts.csv"

@@ -1,10 +1,13 @@
 """The pipeline through the `lifecycle` command: compiled for a cluster, and run locally through kfp.local."""
 
+import json
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import make_texts
+from conftest import as_args, make_texts, tiny_settings
 from pipelines.cli import main
 
 
@@ -27,6 +30,11 @@ def test_compile_writes_yaml_that_kfp_loads_back_with_the_gpu_request(tmp_path):
     assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
     assert "resources" not in spec["deploymentSpec"]["executors"]["exec-prepare-data"]["container"]
     assert spec["deploymentSpec"]["executors"]["exec-fine-tune"]["container"]["image"] == "llm-lifecycle:0.1.0"
+    # The compiled pipelines hold no path of the machine that compiled them: each pod has its own disk.
+    for text in (out.read_text(), monitor_out.read_text()):
+        assert str(Path.cwd()) not in text and str(tmp_path) not in text
+    config = json.loads(spec["root"]["inputDefinitions"]["parameters"]["config_json"]["defaultValue"])
+    assert config["work_dir"] == "work"  # relative: each task's own scratch space
 
 
 @pytest.fixture
@@ -35,12 +43,7 @@ def run_args(tmp_path, tiny_bert, monkeypatch):
     make_texts(240).to_csv(tmp_path / "texts.csv", index=False)
 
     def args(*overrides):
-        settings = [f"work_dir={tmp_path / 'work'}", f"data.path={tmp_path / 'texts.csv'}", "data.format=auto",
-                    "data.separator=','", "data.header=true", "data.column_names=null", "data.quoting=true",
-                    "data.balance=none", "data.min_rows_per_class=5", f"model.base={tiny_bert}", "model.max_length=32",
-                    "train.epochs=2", "train.batch_size=16", "train.learning_rate=3e-3", "gate.min_accuracy=0.8",
-                    "gate.min_macro_f1=0.8", "monitor.min_window=40", *overrides]
-        return ["run", *(part for s in settings for part in ("--set", s))]
+        return ["run", *as_args(tiny_settings(tmp_path / "work", tmp_path / "texts.csv", tiny_bert, *overrides))]
 
     return args
 
@@ -116,8 +119,6 @@ def test_bad_data_stops_at_stage_1_and_registers_nothing(change, expected, run_a
 
 
 def test_drift_alerts_and_retrains_once_inside_the_cool_down_and_the_gate_decides_the_champion(run_args, tmp_path):
-    import json
-
     from monitoring.retraining import ALERT_TAG, TRIGGER_TAG
 
     assert main(run_args()) == 0  # the champion to watch: version 2
