@@ -73,7 +73,7 @@ def serve_in_a_pod(pod, settings: list[str], texts: list[str]) -> None:
 
 
 def test_train_deploy_serve_monitor_retrain_across_pods_that_share_only_the_server_and_a_bucket(
-        tracking_server, tiny_bert, tmp_path, monkeypatch):
+        tracking_server, tiny_bert, tmp_path, monkeypatch, capsys):
     import mlflow
 
     from components import storage
@@ -128,3 +128,15 @@ def test_train_deploy_serve_monitor_retrain_across_pods_that_share_only_the_serv
     assert not any(pod.exists() for pod in pods.used)
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
     assert model.predict(pd.DataFrame({"text": served[:2]}))["label"].tolist() == ["ham", "ham"]
+
+    # The operator's commands against the same server, each in a pod of its own.
+    with pods as pod:
+        assert main(["monitor", *as_args(settings(pod))]) == 0
+    assert len(client.search_runs([experiment.experiment_id], "tags.`lifecycle.stage` = '7-monitor' and "
+                                                              "tags.mlflow.parentRunId IS NULL")) == 2
+    with pods as pod:
+        assert main(["rollback", *as_args(settings(pod))]) == 0
+    assert client.get_model_version_by_alias(MODEL, "champion").version == first_champion
+    with pods as pod:
+        assert main(["ui", *as_args(settings(pod))]) == 0
+    assert f"open {tracking_server.uri}" in capsys.readouterr().out
