@@ -68,7 +68,8 @@ def runtimes(run: Path, threads: int):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from components.onnx_classifier import OnnxClassifier, read_labels
+    from components.handoff import read_labels
+    from components.onnx_classifier import OnnxClassifier
 
     model_dir = run / "fine-tune" / "model"
     torch.set_num_threads(threads)

@@ -123,13 +123,14 @@ def train_peer(args) -> dict:
                               TrainingArguments)
 
     from components.config import LoraConfig, load_config
+    from components.handoff import read_manifest
     from components.model_init import apply_strategy, resolve_base
     from components.text_batches import encode, predict_logits
 
     max_length = load_config(args.config, [f"data.path={args.data}"]).model.max_length  # as ours truncates
     precision = "bf16" if args.device == "cuda" else "fp32"
     torch.manual_seed(123)
-    labels = json.loads((Path(args.data) / "manifest.json").read_text())["labels"]
+    labels = read_manifest(args.data)["labels"]
     splits = {s: pd.read_parquet(Path(args.data) / f"{s}.parquet") for s in ("train", "val", "test")}
     started = time.perf_counter()
     source = resolve_base(args.model)

@@ -12,6 +12,7 @@ import pandas as pd
 from components.config import DataConfig
 from components.data_io import DataError, TableFormat, fetch, file_sha256, format_of, read_table
 from components.data_validation import DataValidationError, ValidationRules, validate_table
+from components.handoff import MANIFEST, write_json
 
 SPLITS = ("train", "val", "test")
 FEEDBACK = "feedback"  # the source names of feedback files start with this
@@ -99,7 +100,7 @@ def prepare_data(data: DataConfig, seed: int, cache_dir: str | Path, out_dir: st
         dropped_duplicates=sum(r.duplicate_rows for r in reports.values()),
         dropped_conflicting_texts=sum(r.conflicting_texts for r in reports.values()),
     )
-    (out_dir / "manifest.json").write_text(json.dumps(prepared.to_dict() | {"schema": SCHEMA}, indent=2))
+    write_json(out_dir, MANIFEST, prepared.to_dict() | {"schema": SCHEMA})
     return prepared
 
 

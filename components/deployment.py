@@ -3,7 +3,6 @@ costs no accuracy, and assemble the bundle that is registered and served."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,14 +11,15 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from components.onnx_classifier import BUNDLE_MODEL, EMBEDDING_OUTPUT, OnnxClassifier, read_labels, softmax
-from monitoring.drift import REFERENCE_FILE, profile_texts
+from components.handoff import BUNDLE_MODEL, DEPLOYMENT, LABEL_MAP, REFERENCE, bundle_dir, read_labels, write_json
+from components.onnx_classifier import EMBEDDING_OUTPUT, OnnxClassifier, softmax
+from monitoring.drift import profile_texts
 
 PARITY_TOLERANCE = 1e-4  # largest absolute logit difference allowed for fp32
 ONNX_OPSET = 23  # the first with the Attention op
 INT8_MAX_ACCURACY_DROP = 0.005  # int8 is served only within 0.5 points of fp32's test accuracy
 BUNDLE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
-                "merges.txt", "label_map.json", "config.json")
+                "merges.txt", LABEL_MAP, "config.json")
 
 
 class ParityError(RuntimeError):
@@ -82,7 +82,7 @@ def deploy_bundle(model_dir: str, data_dir: str, out_dir: str, reference_size: i
     from components.model_init import load_classifier
     from components.text_batches import encode, predict_logits
 
-    out, bundle = Path(out_dir), Path(out_dir) / "bundle"
+    out, bundle = Path(out_dir), bundle_dir(out_dir)
     bundle.mkdir(parents=True, exist_ok=True)
     for name in BUNDLE_FILES:
         if (Path(model_dir) / name).is_file():
@@ -128,11 +128,11 @@ def deploy_bundle(model_dir: str, data_dir: str, out_dir: str, reference_size: i
     # 3. the drift reference: training texts as the served graph sees them (stage 7 compares traffic with it)
     train = pd.read_parquet(Path(data_dir) / "train.parquet")
     sample = train.sample(min(reference_size, len(train)), random_state=seed)["text"].tolist()
-    profile_texts(OnnxClassifier(bundle), sample).to_parquet(bundle / REFERENCE_FILE, index=False)
+    profile_texts(OnnxClassifier(bundle), sample).to_parquet(bundle / REFERENCE, index=False)
     _write_report(out, report)
-    shutil.copy(out / "deployment.json", bundle / "deployment.json")
+    shutil.copy(out / DEPLOYMENT, bundle / DEPLOYMENT)
     return report
 
 
 def _write_report(out: Path, report: DeploymentReport) -> None:
-    (out / "deployment.json").write_text(json.dumps(report.to_dict(), indent=2))
+    write_json(out, DEPLOYMENT, report.to_dict())

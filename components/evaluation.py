@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -10,6 +9,7 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 
+from components.handoff import read_manifest
 from components.model_init import load_classifier
 from components.text_batches import encode, predict_logits
 
@@ -93,7 +93,7 @@ def evaluate_model(model_dir: str, data_dir: str, max_length: int, batch_size: i
     """Class probabilities of the fine-tuned model on the test split, with the true class indices."""
     import torch
 
-    labels = json.loads((Path(data_dir) / "manifest.json").read_text())["labels"]
+    labels = read_manifest(data_dir)["labels"]
     test = pd.read_parquet(Path(data_dir) / "test.parquet")
     model, tokenizer = load_classifier(model_dir, labels)
     model.to(device)

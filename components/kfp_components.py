@@ -91,10 +91,11 @@ def monitor(config_json: str, tracking_uri: str, parent_run_id: str, dataset: In
     import shutil
     from pathlib import Path
 
+    from components.handoff import bundle_dir
     from components.monitor_stages import monitoring_stage
 
     drift.metadata.update(monitoring_stage(config_json, tracking_uri, parent_run_id, dataset.path,
-                                           str(Path(onnx_model.path) / "bundle"), drift.path))
+                                           str(bundle_dir(onnx_model.path)), drift.path))
     if (Path(drift.path) / "drift_report.html").is_file():  # absent when the test split is below monitor.min_window
         shutil.copy(Path(drift.path) / "drift_report.html", drift_report.path)
 

@@ -3,13 +3,13 @@ of its parameters train under the chosen strategy (full, partial, lora, head).""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 from components.config import LoraConfig
 from components.errors import LifecycleError
+from components.handoff import MODEL_SPEC, write_json
 
 BUNDLED = "bundled"
 
@@ -166,7 +166,7 @@ def initialise_model(
         trainable_parameters=trainable,
         labels=labels,
     )
-    (out_dir / "model_spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
+    write_json(out_dir, MODEL_SPEC, spec.to_dict())
     return spec
 
 

@@ -5,12 +5,12 @@ A bundle is a directory with `model.onnx`, the tokenizer files and `label_map.js
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-BUNDLE_MODEL = "model.onnx"
+from components.handoff import BUNDLE_MODEL, read_labels
+
 EMBEDDING_OUTPUT = "sentence_embedding"  # the graph's second output, for embedding drift
 SUB_BATCH = 4  # texts per onnxruntime call; the fastest on this 2-core CPU for batches of 32
 
@@ -61,11 +61,6 @@ class OnnxClassifier:
         probabilities = self.probabilities(texts)
         return [{"label": self.labels[int(p.argmax())], "probabilities": by_label}
                 for p, by_label in zip(probabilities, label_probabilities(self.labels, probabilities))]
-
-
-def read_labels(model_dir: str | Path) -> list[str]:
-    """The class labels in index order, from the `label_map.json` that fine-tuning writes beside the model."""
-    return list(json.loads((Path(model_dir) / "label_map.json").read_text()).values())
 
 
 def label_probabilities(labels: list[str], probabilities) -> list[dict[str, float]]:

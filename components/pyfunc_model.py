@@ -16,7 +16,7 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from components.onnx_classifier import read_labels
+        from components.handoff import read_labels
 
         model_dir = context.artifacts["model_dir"]
         self.labels = read_labels(model_dir)

@@ -14,6 +14,8 @@ from mlserver.handlers import custom_handler
 from mlserver.types import InferenceRequest, InferenceResponse
 from pydantic import BaseModel
 
+from components.handoff import BUNDLE, BUNDLE_MODEL
+
 INPUT_NAME = "text"
 
 
@@ -130,8 +132,8 @@ def resolve_bundle(model_uri: str, download_dir: str | Path) -> tuple[str, str, 
         version = str(client.get_model_version_by_alias(name, alias).version)
     local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
                                                 dst_path=str(Path(download_dir) / f"{name}-{version}"))
-    bundle = Path(local) / "artifacts" / "bundle"
-    if not (bundle / "model.onnx").is_file():
+    bundle = Path(local) / "artifacts" / BUNDLE  # the pyfunc's artifact "bundle"
+    if not (bundle / BUNDLE_MODEL).is_file():
         raise ValueError(f"{model_uri} (version {version}) is not an ONNX bundle; serve a version that stage 6 "
                          f"registered (alias champion)")
     return str(bundle), name, version
@@ -147,7 +149,7 @@ def serve(bundle_dir: str, name: str, version: str, port: int, prediction_log: s
     from mlserver.settings import ModelParameters, ModelSettings, Settings
     from mlserver.types import MetadataTensor
 
-    from components.onnx_classifier import read_labels
+    from components.handoff import read_labels
 
     settings = Settings(http_port=port, grpc_port=port + 1, metrics_endpoint=None, parallel_workers=0,
                         debug=False, host="0.0.0.0")

@@ -4,18 +4,15 @@ run, call the core, log what people will look at later. Each returns a small dic
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from components.config import LifecycleConfig
+from components.handoff import (DEPLOYMENT, ENVIRONMENT, MANIFEST, MODEL_SPEC, TRAIN_RESULT, read_environment,
+                                read_manifest, read_model_spec, read_train_result, write_json)
 
 
 def _config(config_json: str) -> LifecycleConfig:
     return LifecycleConfig.model_validate_json(config_json)
-
-
-def _read(path: str | Path, name: str) -> dict:
-    return json.loads((Path(path) / name).read_text())
 
 
 def data_stage(config_json: str, tracking_uri: str, parent_run_id: str, out_dir: str) -> dict:
@@ -41,7 +38,7 @@ def data_stage(config_json: str, tracking_uri: str, parent_run_id: str, out_dir:
             mlflow.log_input(dataset, context=split)
             mlflow.log_metric(f"{split}_rows", sum(counts.values()))
         mlflow.log_params({"data_fingerprint": prepared.fingerprint, "labels": ",".join(prepared.labels)})
-        mlflow.log_dict(prepared.to_dict(), "manifest.json")
+        mlflow.log_dict(prepared.to_dict(), MANIFEST)
     mlflow.MlflowClient().set_tag(parent_run_id, "data_fingerprint", prepared.fingerprint)
     return {"fingerprint": prepared.fingerprint, "labels": prepared.labels, "counts": prepared.counts}
 
@@ -53,7 +50,7 @@ def model_stage(config_json: str, tracking_uri: str, parent_run_id: str, data_di
     from components.tracking import stage_run
 
     cfg = _config(config_json)
-    labels = _read(data_dir, "manifest.json")["labels"]
+    labels = read_manifest(data_dir)["labels"]
     with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "2-model"):
         spec = initialise_model(cfg.model.base, cfg.model.strategy, cfg.model.trainable_blocks, cfg.model.lora,
                                 labels, cfg.seed, out_dir)
@@ -79,9 +76,8 @@ def environment_stage(config_json: str, tracking_uri: str, parent_run_id: str, o
         mlflow.log_params(flatten({k: v for k, v in facts.items() if k != "hyperparameters"}))
         mlflow.log_params(flatten(hyperparameters, "hp."))
         mlflow.log_text(pip_freeze(), "pip_freeze.txt")
-        mlflow.log_dict(facts, "environment.json")
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / "environment.json").write_text(json.dumps(facts, indent=2))
+        mlflow.log_dict(facts, ENVIRONMENT)
+    write_json(out_dir, ENVIRONMENT, facts)
     return {"device": env.device, "precision": env.precision, "threads": env.threads}
 
 
@@ -96,7 +92,7 @@ def training_stage(config_json: str, tracking_uri: str, parent_run_id: str, data
     from components.training import fine_tune
 
     cfg = _config(config_json)
-    env = _read(env_dir, "environment.json")
+    env = read_environment(env_dir)
     torch.set_num_threads(env["threads"])
     seed_everything(cfg.seed)
     with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "4-fine-tune"):
@@ -109,8 +105,8 @@ def training_stage(config_json: str, tracking_uri: str, parent_run_id: str, data
         mlflow.log_metrics({"train_seconds": result.train_seconds, "samples_per_second": result.samples_per_second,
                             "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
                             "best_val_accuracy": result.best_val_accuracy})
-        mlflow.log_dict(result.to_dict(), "train_result.json")
-    shutil.copy(Path(init_dir) / "model_spec.json", Path(out_dir) / "model_spec.json")
+        mlflow.log_dict(result.to_dict(), TRAIN_RESULT)
+    write_json(out_dir, MODEL_SPEC, read_model_spec(init_dir))
     return {k: v for k, v in result.to_dict().items() if k != "history"}
 
 
@@ -125,8 +121,8 @@ def evaluation_stage(config_json: str, tracking_uri: str, parent_run_id: str, da
     from components.tracking import stage_run
 
     cfg = _config(config_json)
-    env, manifest = _read(env_dir, "environment.json"), _read(data_dir, "manifest.json")
-    training, spec = _read(model_dir, "train_result.json"), _read(model_dir, "model_spec.json")
+    env, manifest = read_environment(env_dir), read_manifest(data_dir)
+    training, spec = read_train_result(model_dir), read_model_spec(model_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "5-evaluate"):
@@ -183,7 +179,7 @@ def deployment_stage(config_json: str, tracking_uri: str, parent_run_id: str, da
     import pandas as pd
 
     from components.deployment import deploy_bundle
-    from components.onnx_classifier import read_labels
+    from components.handoff import bundle_dir, read_labels
     from components.pyfunc_model import OnnxTextClassifier
     from components.registry import promote, register_model
     from components.tracking import stage_run
@@ -194,14 +190,14 @@ def deployment_stage(config_json: str, tracking_uri: str, parent_run_id: str, da
         try:
             report = deploy_bundle(model_dir, data_dir, out_dir, cfg.monitor.reference_size, cfg.seed)
         finally:  # the parity report matters most when parity failed
-            if (Path(out_dir) / "deployment.json").is_file():
-                mlflow.log_artifact(str(Path(out_dir) / "deployment.json"))
+            if (Path(out_dir) / DEPLOYMENT).is_file():
+                mlflow.log_artifact(str(Path(out_dir) / DEPLOYMENT))
         mlflow.log_metrics({k: v for k, v in report.to_dict().items() if isinstance(v, float)})
         mlflow.log_params({"served": report.served, "served_reason": report.reason})
         source = mlflow.MlflowClient().get_model_version(name, challenger_version)
         test_texts = pd.read_parquet(Path(data_dir) / "test.parquet")["text"].head(3).tolist()
         version = register_model(
-            OnnxTextClassifier(), {"bundle": str(Path(out_dir) / "bundle")}, read_labels(model_dir), name,
+            OnnxTextClassifier(), {"bundle": str(bundle_dir(out_dir))}, read_labels(model_dir), name,
             source.description,
             source.tags | {"format": f"onnx-{report.served}", "source_version": challenger_version,
                            "parity_max_abs_logit_diff": f"{report.max_abs_logit_diff:.2e}"}, test_texts)

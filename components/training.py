@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import pandas as pd
 
 from components.config import ModelConfig, TrainConfig
+from components.handoff import TRAIN_RESULT, read_manifest, write_json, write_labels
 from components.model_init import apply_strategy, load_classifier, set_dropout, transformer_blocks
 from components.pooled_block import first_token_only
 from components.text_batches import autocast, collate, encode, loss_and_accuracy, predict_logits, train_batches
@@ -63,7 +64,7 @@ def fine_tune(
     train_cfg = train_cfg.for_strategy(model_cfg.strategy)
     log_metrics = log_metrics or (lambda metrics, step: None)
     torch.manual_seed(seed)  # LoRA's initial weights and dropout; a resumed run restores the saved RNG state
-    labels = json.loads((Path(data_dir) / "manifest.json").read_text())["labels"]
+    labels = read_manifest(data_dir)["labels"]
     model, tokenizer = load_classifier(init_dir, labels)
     if model_cfg.dropout is not None:  # before LoRA adds its own dropout layers
         set_dropout(model, model_cfg.dropout)
@@ -184,7 +185,7 @@ def fine_tune(
         samples_per_second=seen / elapsed if elapsed else 0.0,
         history=state.history,
     )
-    (Path(out_dir) / "train_result.json").write_text(json.dumps(result.to_dict(), indent=2))
+    write_json(out_dir, TRAIN_RESULT, result.to_dict())
     return result
 
 
@@ -306,7 +307,7 @@ def _save_model(model, tokenizer, labels: list[str], max_length: int, out_dir: P
     tokenizer.model_max_length = max_length  # so whoever serves it truncates as training did
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / "label_map.json").write_text(json.dumps(dict(enumerate(labels)), indent=2))
+    write_labels(out_dir, labels)
 
 
 def _progress(total: int, desc: str):

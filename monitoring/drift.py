@@ -12,7 +12,6 @@ import pandas as pd
 
 from components.config import MonitorConfig
 
-REFERENCE_FILE = "reference.parquet"  # in the deployment bundle: the served model's view of its training texts
 DESCRIPTORS = {"length": "TextLength", "word_count": "WordCount", "non_letter_share": "NonLetterCharacterPercentage"}
 EMBEDDING = "embedding"
 

@@ -9,7 +9,8 @@ from typing import Optional
 import pandas as pd
 
 from components.config import LifecycleConfig
-from monitoring.drift import REFERENCE_FILE, DriftResult, check_drift, profile_texts, write_report
+from components.handoff import REFERENCE
+from monitoring.drift import DriftResult, check_drift, profile_texts, write_report
 
 
 def current_texts(cfg: LifecycleConfig, current_path: Optional[str] = None) -> tuple[list[str], str]:
@@ -42,9 +43,9 @@ def drift_check(bundle_dir: str | Path, texts: list[str], cfg: LifecycleConfig, 
     from components.data_io import DataError
     from components.onnx_classifier import OnnxClassifier
 
-    reference_file = Path(bundle_dir) / REFERENCE_FILE
+    reference_file = Path(bundle_dir) / REFERENCE
     if not reference_file.is_file():
-        raise DataError(f"{bundle_dir}: no {REFERENCE_FILE}; this model was deployed before drift monitoring "
+        raise DataError(f"{bundle_dir}: no {REFERENCE}; this model was deployed before drift monitoring "
                         f"existed. Run `lifecycle run` to deploy one that carries its reference.")
     reference = pd.read_parquet(reference_file)
     current = profile_texts(OnnxClassifier(bundle_dir), texts) if texts else reference.iloc[:0]
