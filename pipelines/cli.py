@@ -88,8 +88,8 @@ def _run(args) -> int:
     # SIGTERM (a scheduler stopping us) ends the run like Ctrl-C: the parent run is marked FAILED, resumable.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cfg = load(args)
-    if args.resume:
-        cfg = config_of_run(args.resume, tracking_uri_for(cfg))
+    if args.resume:  # the run's own config, with this machine's work_dir (the checkpoints are at their URI)
+        cfg = config_of_run(args.resume, tracking_uri_for(cfg)).model_copy(update={"work_dir": cfg.work_dir})
     try:
         result = run_locally(cfg, resume_run_id=args.resume)
     except RuntimeError as err:  # kfp.local: a task failed; its own log above says why
@@ -134,6 +134,7 @@ def _monitor(args) -> int:
     from pipelines.local import tracking_uri_for
 
     cfg = load(args)
+    Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
     out_dir = tempfile.mkdtemp(prefix="drift-", dir=Path(cfg.work_dir))
     drift_check_stage(cfg.model_dump_json(), tracking_uri_for(cfg), args.current or "", "", out_dir,
                       act_on_drift=False)
@@ -155,7 +156,7 @@ def _watch(args) -> int:
 def _schedule(args) -> int:
     from pipelines.watch import schedule
 
-    cfg = load(args)
+    cfg = load(args, absolute=False)  # the recurring run's pods have their own disks
     print(schedule(cfg, args.host, args.cron, args.experiment))
     return 0
 

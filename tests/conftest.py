@@ -32,6 +32,24 @@ def tiny_settings(work_dir, data_path, tiny_bert, *overrides: str) -> list[str]:
             "monitor.min_window=40", *overrides]
 
 
+def wait_until_ready(url: str, process, seconds: float = 120) -> None:
+    """Until the server at `url` (KServe V2) is ready; fails when its process ends or the time runs out."""
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the server for {url} ended before it was ready"
+        try:
+            if requests.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            time.sleep(0.5)
+    process.kill()
+    pytest.fail(f"the server for {url} did not become ready in {seconds:g} s")
+
+
 def as_args(settings: list[str]) -> list[str]:
     return [part for setting in settings for part in ("--set", setting)]
 

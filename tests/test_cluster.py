@@ -6,14 +6,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
-import pytest
-import requests
 
-from conftest import as_args, make_texts, tiny_settings
+from conftest import as_args, make_texts, tiny_settings, wait_until_ready
 from pipelines.cli import main
 from pipelines.tracking_server import free_port
 
@@ -52,15 +49,7 @@ def serve_in_a_pod(pod, settings: list[str], texts: list[str]) -> None:
                *as_args(settings)]
     server = subprocess.Popen(command, cwd=pod, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(240):
-            assert server.poll() is None, "lifecycle serve ended before it was ready"
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("lifecycle serve did not become ready in 2 minutes")
+        wait_until_ready(f"http://127.0.0.1:{port}", server)
         client = httpclient.InferenceServerClient(url=f"127.0.0.1:{port}")
         for start in range(0, len(texts), 10):
             batch = texts[start:start + 10]

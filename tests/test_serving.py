@@ -6,13 +6,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import requests
 
 from components.serving import BadRequest, Limits, check_texts
+from conftest import wait_until_ready
 from monitoring.prediction_log import read_predictions
 
 MODEL = "tiny-classifier"
@@ -29,15 +29,7 @@ def server(tiny_bundle, tmp_path_factory):
             f"{port}, {str(log_dir)!r}, Limits(max_batch=8, max_text_chars=200))")
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            if requests.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("the server did not become ready in 60 s")
+    wait_until_ready(url, process)
     yield url, process, log_dir
     process.kill()
 
