@@ -74,9 +74,9 @@ def is_folder(uri: str) -> bool:
 def list_files(uri: str, pattern: str = "*") -> list[str]:
     """The files directly in a folder URI that match `pattern`, sorted, hidden files skipped, as URIs."""
     fs, path = filesystem(uri)
-    with errors_named(uri, "listing it"):
-        found = fs.glob(f"{path.rstrip('/')}/{pattern}")
-        files = [p for p in found if not Path(p).name.startswith(".") and fs.isfile(p)]
+    with errors_named(uri, "listing it"):  # one listing, not a request per file (an object store bills each)
+        found = fs.glob(f"{path.rstrip('/')}/{pattern}", detail=True)
+    files = [p for p, info in found.items() if info.get("type") == "file" and not Path(p).name.startswith(".")]
     return [join(uri, Path(p).name) for p in sorted(files)]
 
 
