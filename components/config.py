@@ -67,7 +67,8 @@ class DataConfig(_Section):
         if any(given) and not all(given):
             raise ValueError("give all of train_path, val_path and test_path, or none of them")
         if not (self.path or self.url or all(given)):
-            raise ValueError("no data: set data.path (a file or storage URI), data.url, or train_path/val_path/test_path")
+            raise ValueError("no data: set data.path (a file or storage URI), data.url, or "
+                             "train_path/val_path/test_path")
         if self.labels is not None and len(set(self.labels)) < 2:
             raise ValueError("labels must name at least two distinct classes")
         if self.min_text_chars > self.max_text_chars:
@@ -176,7 +177,8 @@ class ServeConfig(_Section):
 class StorageConfig(_Section):
     """What outlives a task or a process, at storage URIs (on a cluster: an object-store prefix)."""
     checkpoints: Optional[str] = None  # fine-tuning checkpoints, for --resume; None: work_dir/checkpoints
-    predictions: Optional[str] = None  # the prediction log serving writes and monitoring reads; None: work_dir/predictions
+    # The prediction log that serving writes and monitoring reads; None: work_dir/predictions.
+    predictions: Optional[str] = None
 
 
 class MonitorConfig(_Section):

@@ -67,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(handler=_ui)
     server = commands.add_parser("tracking-server", help="an MLflow server on PostgreSQL here, as on a cluster")
-    server.add_argument("--dir", default="work/tracking-server", help="its database and artifacts (default %(default)s)")
+    server.add_argument("--dir", default="work/tracking-server",
+                        help="its database and artifacts (default %(default)s)")
     server.add_argument("--port", type=int, default=5001, help="HTTP port (default %(default)s)")
     server.set_defaults(handler=_tracking_server)
     return parser
