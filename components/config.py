@@ -56,6 +56,9 @@ class DataConfig(_Section):
     min_text_chars: int = Field(1, ge=1)
     max_text_chars: int = Field(10_000, ge=1)
     balance: Literal["none", "undersample"] = "none"
+    # A text in two splits scores memorisation as generalisation. fail: stop and name them; drop: remove from val
+    # and test the texts train holds, and from test those val holds (counted in the manifest and the model card).
+    on_leakage: Literal["fail", "drop"] = "fail"
     split: SplitConfig = SplitConfig()
     name: str = "dataset"  # for the model card and MLflow inputs
     licence: str = "unknown"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -29,6 +29,7 @@ class PreparedData:
     fingerprint: str  # of the prepared splits: same fingerprint, same data
     dropped_duplicates: int
     dropped_conflicting_texts: int
+    dropped_leaking_texts: dict[str, int] = field(default_factory=dict)  # split -> texts an earlier split holds
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,14 +80,16 @@ def prepare_data(data: DataConfig, seed: int, cache_dir: str | Path, out_dir: st
     frames[main] = pd.concat([frames[main], *feedback])
     cleaned = {name: clean(frames[name], data.text_column, data.label_column) for name in (main, *SPLITS[1:])
                if name in frames}
+    dropped = sum(r.duplicate_rows + r.conflicting_texts for r in reports.values())
     if "all" in cleaned:
         rows = cleaned["all"]
+        check_class_sizes(rows, labels, data.min_rows_per_class, dropped, sources["all"])
         if data.balance == "undersample":
             rows = undersample(rows, seed)
-        splits = stratified_split(rows, data.split.train, data.split.val, seed)
+        splits = stratified_split(rows, data.split.train, data.split.val, seed, sources["all"])
     else:
         splits = {name: cleaned[name] for name in SPLITS}
-    check_leakage(splits, sources)
+    splits, leaking = resolve_leakage(splits, sources, data.on_leakage)
 
     for name, rows in splits.items():
         rows.to_parquet(out_dir / f"{name}.parquet", index=False)
@@ -99,6 +102,7 @@ def prepare_data(data: DataConfig, seed: int, cache_dir: str | Path, out_dir: st
         fingerprint=fingerprint(splits),
         dropped_duplicates=sum(r.duplicate_rows for r in reports.values()),
         dropped_conflicting_texts=sum(r.conflicting_texts for r in reports.values()),
+        dropped_leaking_texts=leaking,
     )
     write_json(out_dir, MANIFEST, prepared.to_dict() | {"schema": SCHEMA})
     return prepared
@@ -154,30 +158,64 @@ def undersample(rows: pd.DataFrame, seed: int) -> pd.DataFrame:
     return pd.concat(parts)
 
 
-def stratified_split(rows: pd.DataFrame, train: float, val: float, seed: int) -> dict[str, pd.DataFrame]:
+def check_class_sizes(rows: pd.DataFrame, labels: list[str], min_rows: int, dropped: int, source: str) -> None:
+    """Every class still has data.min_rows_per_class rows once duplicates and ambiguous texts are gone."""
+    counts = rows["label"].value_counts()
+    short = {label: int(counts.get(label, 0)) for label in labels if counts.get(label, 0) < min_rows}
+    if short:
+        listed = ", ".join(f"class {label!r} has {n} rows" for label, n in short.items())
+        raise DataValidationError(f"{source}: after dropping {dropped} duplicate rows and ambiguous texts, {listed}; "
+                                  f"data.min_rows_per_class needs {min_rows} of each")
+
+
+def stratified_split(rows: pd.DataFrame, train: float, val: float, seed: int,
+                     source: str = "the data") -> dict[str, pd.DataFrame]:
     from sklearn.model_selection import train_test_split
 
     # Whole row counts, rounded once: fractions like 0.7 + 0.1 are not exact in floating point.
     n_val = round(len(rows) * val)
     n_test = len(rows) - round(len(rows) * train) - n_val
-    rest, test = train_test_split(rows, test_size=n_test, stratify=rows["label"], random_state=seed)
-    train_rows, val_rows = train_test_split(rest, test_size=n_val, stratify=rest["label"], random_state=seed)
+    try:
+        rest, test = train_test_split(rows, test_size=n_test, stratify=rows["label"], random_state=seed)
+        train_rows, val_rows = train_test_split(rest, test_size=n_val, stratify=rest["label"], random_state=seed)
+    except ValueError as err:  # too few rows of a class for every split to hold one
+        raise DataValidationError(f"{source}: cannot split {len(rows)} rows into {len(rows) - n_val - n_test} "
+                                  f"train, {n_val} val and {n_test} test rows stratified by label: {err}. Use "
+                                  f"more data or other data.split fractions") from None
     return {"train": train_rows, "val": val_rows, "test": test}
 
 
-def check_leakage(splits: dict[str, pd.DataFrame], sources: dict[str, str]) -> None:
-    """No text may stand in two splits: that would score memorisation as generalisation."""
-    seen: dict[str, str] = {}
+def resolve_leakage(splits: dict[str, pd.DataFrame], sources: dict[str, str],
+                    policy: str) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
+    """No text may stand in two splits: with policy "fail" that stops stage 1, naming the rows; with "drop" the
+    later split loses the text. Returns the splits and how many texts each split lost."""
+    leaks = find_leaks(splits)
+    if not leaks:
+        return splits, {}
+    if policy == "fail":
+        where = ", ".join(sources.values())
+        samples = "\n".join(f"    row {ra} of {a} and row {rb} of {b}: {t[:80]!r}" for a, ra, b, rb, t in leaks[:5])
+        raise DataValidationError(f"leakage in {where}: {len(leaks)} texts stand in two splits (rows are lines of "
+                                  f"the file read), e.g.\n{samples}\nSet data.on_leakage=drop to drop them from "
+                                  f"val and test")
+    kept, held, lost = {"train": splits["train"]}, set(splits["train"]["text"]), {}
+    for name in SPLITS[1:]:
+        leaking = splits[name]["text"].isin(held)
+        kept[name], lost[name] = splits[name][~leaking], int(leaking.sum())
+        held |= set(kept[name]["text"])
+    return kept, {name: n for name, n in lost.items() if n}
+
+
+def find_leaks(splits: dict[str, pd.DataFrame]) -> list[tuple[str, object, str, object, str]]:
+    """(first split, its row, later split, its row, text) for each text of a later split that an earlier holds."""
+    first: dict[str, tuple[str, object]] = {}
     leaks = []
     for name in SPLITS:
-        for text in splits[name]["text"]:
-            if seen.get(text, name) != name:
-                leaks.append((seen[text], name, text))
-            seen.setdefault(text, name)
-    if leaks:
-        where = ", ".join(sources.values())
-        samples = "\n".join(f"    in {a} and {b}: {t[:80]!r}" for a, b, t in leaks[:5])
-        raise DataValidationError(f"leakage in {where}: {len(leaks)} texts stand in two splits, e.g.\n{samples}")
+        for row, text in splits[name]["text"].items():
+            if text in first and first[text][0] != name:
+                leaks.append((*first[text], name, row, text))
+            first.setdefault(text, (name, row))
+    return leaks
 
 
 def fingerprint(splits: dict[str, pd.DataFrame]) -> str:

@@ -29,6 +29,9 @@ def render_model_card(
     )
     auc = f"{metrics.test_roc_auc:.4f}" if metrics.test_roc_auc is not None else "n/a (more than two classes)"
     gate_lines = "\n".join(f"- {reason}" for reason in gate.reasons)
+    leaking = data.get("dropped_leaking_texts") or {}
+    leakage = ("\n- Leakage: " + " and ".join(f"{n} texts of {split}" for split, n in leaking.items())
+               + " that an earlier split also holds were dropped (data.on_leakage=drop).") if leaking else ""
     return f"""# Model card: {name}
 
 A text classifier for the labels {", ".join(f"`{label}`" for label in labels)}, fine-tuned from `{spec['base']}`
@@ -44,7 +47,7 @@ A text classifier for the labels {", ".join(f"`{label}`" for label in labels)}, 
 - Data set: {data_meta['name']} — source `{data['source']}` (sha256 `{data['source_sha256']}`).
 - Licence: {data_meta['licence']}.{f" Cite: {data_meta['citation']}" if data_meta['citation'] else ""}
 - Cleaning: texts stripped; {data['dropped_duplicates']} exact duplicate rows and
-  {data['dropped_conflicting_texts']} texts seen with conflicting labels dropped. Splits fingerprint `{data['fingerprint']}`.
+  {data['dropped_conflicting_texts']} texts seen with conflicting labels dropped. Splits fingerprint `{data['fingerprint']}`.{leakage}
 
 | split | {" | ".join(labels)} | total |
 |---|{"---|" * len(labels)}---|

@@ -38,6 +38,7 @@ def data_stage(config_json: str, tracking_uri: str, parent_run_id: str, out_dir:
             mlflow.log_input(dataset, context=split)
             mlflow.log_metric(f"{split}_rows", sum(counts.values()))
         mlflow.log_params({"data_fingerprint": prepared.fingerprint, "labels": ",".join(prepared.labels)})
+        mlflow.log_metrics({f"{split}_dropped_leaking_texts": n for split, n in prepared.dropped_leaking_texts.items()})
         mlflow.log_dict(prepared.to_dict(), MANIFEST)
     mlflow.MlflowClient().set_tag(parent_run_id, "data_fingerprint", prepared.fingerprint)
     return {"fingerprint": prepared.fingerprint, "labels": prepared.labels, "counts": prepared.counts}

@@ -5,7 +5,7 @@ import pytest
 
 from components.config import DataConfig
 from components.data_io import DataError
-from components.data_prep import prepare_data
+from components.data_prep import SPLITS, prepare_data
 from components.data_validation import DataValidationError
 from conftest import SHARED_SMS, make_texts
 
@@ -116,13 +116,33 @@ def test_wrong_separator_is_a_clear_error(tmp_path):
         prepare_data(config, 1, tmp_path, tmp_path / "out")
 
 
-def test_leakage_between_given_splits_stops(tmp_path):
+def test_leakage_between_given_splits_stops_by_default_and_is_dropped_on_request(tmp_path):
     rows = make_texts(60)
-    for name, part in (("train", rows[:40]), ("val", rows[40:50]), ("test", pd.concat([rows[50:], rows[:2]]))):
+    val = pd.concat([rows[40:50], rows[:1]])  # a train text
+    test = pd.concat([rows[50:], rows[:2], rows[40:41]])  # two train texts and a val text
+    for name, part in (("train", rows[:40]), ("val", val), ("test", test)):
         part.to_csv(tmp_path / f"{name}.csv", index=False)
     config = DataConfig(train_path=str(tmp_path / "train.csv"), val_path=str(tmp_path / "val.csv"),
                         test_path=str(tmp_path / "test.csv"), labels=["ham", "spam"], min_rows_per_class=2)
-    with pytest.raises(DataValidationError, match="2 texts stand in two splits"):
+    with pytest.raises(DataValidationError, match=r"4 texts stand in two splits(.|\n)*row 2 of train and row 12 of "
+                                                  r"val(.|\n)*data.on_leakage=drop"):
+        prepare_data(config, 1, tmp_path, tmp_path / "out")
+    prepared = prepare_data(config.model_copy(update={"on_leakage": "drop"}), 1, tmp_path, tmp_path / "out")
+    assert prepared.dropped_leaking_texts == {"val": 1, "test": 3}
+    assert {split: sum(c.values()) for split, c in prepared.counts.items()} == {"train": 40, "val": 10, "test": 10}
+    splits = {name: set(pd.read_parquet(tmp_path / "out" / f"{name}.parquet")["text"]) for name in SPLITS}
+    assert not (splits["train"] & splits["val"] or splits["train"] & splits["test"] or splits["val"] & splits["test"])
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["dropped_leaking_texts"] == {"val": 1, "test": 3}
+
+
+def test_a_class_left_too_small_by_its_duplicates_is_named_with_the_rows_it_needs(tmp_path):
+    rows = pd.DataFrame({"label": ["ham"] * 20 + ["spam"] * 20,
+                         "text": [f"see you at {i}" for i in range(20)] + ["WIN a prize now"] * 20})
+    rows.to_csv(tmp_path / "dupes.csv", index=False)
+    config = DataConfig(path=str(tmp_path / "dupes.csv"), labels=["ham", "spam"], min_rows_per_class=5)
+    with pytest.raises(DataValidationError, match=r"dupes.csv: after dropping 19 duplicate rows and ambiguous texts, "
+                                                  r"class 'spam' has 1 rows; data.min_rows_per_class needs 5"):
         prepare_data(config, 1, tmp_path, tmp_path / "out")
 
 

@@ -160,3 +160,17 @@ def test_drift_alerts_and_retrains_once_inside_the_cool_down_and_the_gate_decide
         assert str(champion) == retraining.data.tags["champion_version"] != "2"
     else:
         assert champion == 2
+
+
+def test_splits_that_share_texts_stop_by_default_and_train_with_on_leakage_drop(run_args, tmp_path, capsys):
+    rows = make_texts(240)
+    parts = {"train": rows[:160], "val": pd.concat([rows[160:190], rows[:1]]),
+             "test": pd.concat([rows[190:], rows[1:3], rows[160:161]])}
+    for name, part in parts.items():
+        part.to_csv(tmp_path / f"{name}.csv", index=False)
+    splits = ["data.path=null", *(f"data.{name}_path={tmp_path / f'{name}.csv'}" for name in parts)]
+    assert main(run_args(*splits)) == 1
+    assert "4 texts stand in two splits" in capsys.readouterr().out
+    assert main(run_args(*splits, "data.on_leakage=drop")) == 0
+    card = mlflow_client(tmp_path).get_model_version("sms-spam-classifier", "1").description
+    assert "Leakage: 1 texts of val and 3 texts of test that an earlier split also holds were dropped" in card
