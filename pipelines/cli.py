@@ -4,7 +4,6 @@ champion, watch it for drift, open the MLflow UI."""
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from pathlib import Path
@@ -205,16 +204,18 @@ def _rollback(args) -> int:
 
 def _ui(args) -> int:
     from pipelines.local import tracking_uri_for
+    from pipelines.processes import run_until_stopped
 
     cfg = load(args)
     uri = tracking_uri_for(cfg)
     if uri.startswith(("http://", "https://")):
         print(f"the tracking server serves the MLflow UI itself: open {uri}")
         return 0
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(args.port)]
-    print(" ".join(command))
-    os.execv(sys.executable, command)
-    return 0
+    # One worker on one machine; the UI runs in a process group of its own, which Ctrl-C and SIGTERM stop whole.
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(args.port),
+               "--workers", "1"]
+    print(" ".join(command), flush=True)
+    return run_until_stopped(command)
 
 
 def _tracking_server(args) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.errors import LifecycleError
+from pipelines.processes import start_group, stop_group
 
 DATABASE = "mlflow"
 USER = "mlflow"
@@ -34,15 +35,8 @@ class TrackingServer:
     process: subprocess.Popen
 
     def stop(self) -> None:
-        """Stop the MLflow server's whole process group (its job runner outlives a SIGTERM to the parent alone)
-        and then PostgreSQL."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-        _kill_group(self.process.pid)
+        """Stop the MLflow server's whole process group, then PostgreSQL."""
+        stop_group(self.process)
         _as_postgres([_pg_bin("pg_ctl"), "-D", str(self.postgres_dir / "data"), "-m", "fast", "-w", "stop"])
 
 
@@ -57,7 +51,7 @@ def start_tracking_server(root: str | Path, port: int = 0, db_port: int = 0) -> 
     log = open(root / "mlflow-server.log", "ab")
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination",
                str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = start_group(command, stdout=log, stderr=subprocess.STDOUT)
     server = TrackingServer(f"http://127.0.0.1:{port}", backend, artifacts, root / "postgres", process)
     _wait_until_healthy(server, root / "mlflow-server.log")
     return server
@@ -140,8 +134,3 @@ def _wait_until_healthy(server: TrackingServer, log: Path, timeout_s: float = 12
     raise ServerError(f"the MLflow server did not become healthy; its log: {log}")
 
 
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
