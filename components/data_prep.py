@@ -80,10 +80,11 @@ def prepare_data(data: DataConfig, seed: int, cache_dir: str | Path, out_dir: st
     frames[main] = pd.concat([frames[main], *feedback])
     cleaned = {name: clean(frames[name], data.text_column, data.label_column) for name in (main, *SPLITS[1:])
                if name in frames}
-    dropped = sum(r.duplicate_rows + r.conflicting_texts for r in reports.values())
+    duplicates = sum(r.duplicate_rows for r in reports.values())
+    conflicts = sum(r.conflicting_texts for r in reports.values())
     if "all" in cleaned:
         rows = cleaned["all"]
-        check_class_sizes(rows, labels, data.min_rows_per_class, dropped, sources["all"])
+        check_class_sizes(rows, labels, data.min_rows_per_class, duplicates + conflicts, sources["all"])
         if data.balance == "undersample":
             rows = undersample(rows, seed)
         splits = stratified_split(rows, data.split.train, data.split.val, seed, sources["all"])
@@ -100,8 +101,8 @@ def prepare_data(data: DataConfig, seed: int, cache_dir: str | Path, out_dir: st
         labels=labels,
         counts={name: _class_counts(rows, labels) for name, rows in splits.items()},
         fingerprint=fingerprint(splits),
-        dropped_duplicates=sum(r.duplicate_rows for r in reports.values()),
-        dropped_conflicting_texts=sum(r.conflicting_texts for r in reports.values()),
+        dropped_duplicates=duplicates,
+        dropped_conflicting_texts=conflicts,
         dropped_leaking_texts=leaking,
     )
     write_json(out_dir, MANIFEST, prepared.to_dict() | {"schema": SCHEMA})

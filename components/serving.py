@@ -161,9 +161,9 @@ def serve(bundle_dir: str, name: str, version: str, port: int, prediction_log: s
                  MetadataTensor(name="probabilities", datatype="FP32", shape=[-1, classes])],
         parameters=ModelParameters(uri=bundle_dir, version=version, extra={
             "prediction_log": prediction_log, "log_flush_texts": log_flush[0], "log_flush_seconds": log_flush[1],
-            "max_batch": limits.max_batch,
-            "max_text_chars": limits.max_text_chars}),
+            "max_batch": limits.max_batch, "max_text_chars": limits.max_text_chars}),
     )
+
     async def run() -> None:
         # Made inside the running loop: MLServer puts its SIGINT/SIGTERM handlers on the loop it finds.
         await MLServer(settings).start([model])

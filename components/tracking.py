@@ -13,13 +13,18 @@ def default_tracking_uri(work_dir: str | Path) -> str:
     return f"sqlite:///{Path(work_dir).resolve() / 'mlflow.db'}"
 
 
+def is_tracking_server(tracking_uri: str) -> bool:
+    """A remote MLflow server (which has its own artifact store and UI), not a local database."""
+    return tracking_uri.startswith(("http://", "https://", "databricks"))
+
+
 def artifact_location(cfg, tracking_uri: str) -> Optional[str]:
     """Where a new experiment keeps its artifacts: the one configured; else, with a tracking server, none of the
     client's (the server's own store, so no artifact lands on the disk of the pod that logged it); else, with a
     local store, work_dir/mlartifacts."""
     if cfg.tracking.artifact_location:
         return cfg.tracking.artifact_location
-    if tracking_uri.startswith(("http://", "https://", "databricks")):
+    if is_tracking_server(tracking_uri):
         return None
     return (Path(cfg.work_dir).resolve() / "mlartifacts").as_uri()
 
@@ -82,9 +87,8 @@ def start_parent_run(cfg, tracking_uri: str, tags: Optional[dict] = None, run_ki
     `run_kind` goes into the run name (e.g. "retrain"); `tags` are added to the run's tags."""
     import mlflow
 
-    use_config_experiment(cfg, tracking_uri)
+    experiment_id = use_config_experiment(cfg, tracking_uri)
     client = mlflow.MlflowClient()
-    experiment_id = mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id
     tags = {"strategy": cfg.model.strategy, "base_model": cfg.model.base,
             "mlflow.runName": parent_run_name(cfg, run_kind)} | (tags or {})
     run = client.create_run(experiment_id, tags=tags, run_name=tags["mlflow.runName"])

@@ -247,12 +247,18 @@ class Checkpoint:
     def _upload(self, name: str) -> None:
         from components import storage
 
-        latest = storage.join(self.remote, LATEST)
-        previous = storage.read_bytes(latest).decode().strip() if storage.exists(latest) else None
+        previous = self._latest()
         storage.upload_folder(self.root, storage.join(self.remote, name))
-        storage.write_bytes(latest, name.encode())
+        storage.write_bytes(storage.join(self.remote, LATEST), name.encode())
         if previous and previous != name:
             storage.remove(storage.join(self.remote, previous))
+
+    def _latest(self) -> Optional[str]:
+        """The newest complete checkpoint at the remote URI, or None."""
+        from components import storage
+
+        latest = storage.join(self.remote, LATEST)
+        return storage.read_bytes(latest).decode().strip() if storage.exists(latest) else None
 
     def load(self, model, optimizer, scheduler) -> Optional[TrainingState]:
         import torch
@@ -260,9 +266,9 @@ class Checkpoint:
 
         from components import storage
 
-        if self.remote and storage.exists(storage.join(self.remote, LATEST)):
-            name = storage.read_bytes(storage.join(self.remote, LATEST)).decode().strip()
-            storage.download_folder(storage.join(self.remote, name), self.root)
+        latest = self._latest() if self.remote else None
+        if latest:
+            storage.download_folder(storage.join(self.remote, latest), self.root)
         if not (self.root / "state.json").is_file():
             return None
         model.load_state_dict(load_file(self.root / "last.safetensors"), strict=False)

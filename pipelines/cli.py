@@ -203,12 +203,13 @@ def _rollback(args) -> int:
 
 
 def _ui(args) -> int:
+    from components.tracking import is_tracking_server
     from pipelines.local import tracking_uri_for
     from pipelines.processes import run_until_stopped
 
     cfg = load(args)
     uri = tracking_uri_for(cfg)
-    if uri.startswith(("http://", "https://")):
+    if is_tracking_server(uri):
         print(f"the tracking server serves the MLflow UI itself: open {uri}")
         return 0
     # One worker on one machine; the UI runs in a process group of its own, which Ctrl-C and SIGTERM stop whole.
