@@ -14,6 +14,7 @@ from mlserver.handlers import custom_handler
 from mlserver.types import InferenceRequest, InferenceResponse
 from pydantic import BaseModel
 
+from components.errors import LifecycleError
 from components.handoff import BUNDLE, BUNDLE_MODEL
 
 INPUT_NAME = "text"
@@ -134,8 +135,8 @@ def resolve_bundle(model_uri: str, download_dir: str | Path) -> tuple[str, str, 
                                                 dst_path=str(Path(download_dir) / f"{name}-{version}"))
     bundle = Path(local) / "artifacts" / BUNDLE  # the pyfunc's artifact "bundle"
     if not (bundle / BUNDLE_MODEL).is_file():
-        raise ValueError(f"{model_uri} (version {version}) is not an ONNX bundle; serve a version that stage 6 "
-                         f"registered (alias champion)")
+        raise LifecycleError(f"{model_uri} (version {version}) is not an ONNX bundle; serve a version that "
+                             f"stage 6 registered (alias champion)")
     return str(bundle), name, version
 
 

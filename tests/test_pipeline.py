@@ -61,7 +61,7 @@ def stage_runs(client, parent):
 
 
 def test_lifecycle_run_tracks_every_stage_registers_promotes_and_keeps_the_champion_on_a_failed_gate(run_args,
-                                                                                                     tmp_path):
+                                                                                                     tmp_path, capsys):
     assert main(run_args()) == 0
     client = mlflow_client(tmp_path)
     experiment = client.get_experiment_by_name("sms-spam").experiment_id
@@ -90,6 +90,10 @@ def test_lifecycle_run_tracks_every_stage_registers_promotes_and_keeps_the_champ
     champion = client.get_model_version_by_alias("sms-spam-classifier", "champion")
     assert champion.version == 2 and champion.tags["format"].startswith("onnx-")
     assert champion.tags["source_version"] == "1" and champion.description == challenger.description
+    # Serving the PyTorch version is a user mistake: one message, exit code 2, no traceback.
+    serve = ["serve" if a == "run" else a for a in run_args()] + ["--model", "models:/sms-spam-classifier/1"]
+    assert main(serve) == 2
+    assert "is not an ONNX bundle" in capsys.readouterr().err
 
     # A much worse model: registered, but its gate fails against the champion, so nothing moves.
     assert main(run_args("train.epochs=1", "train.learning_rate=1e-7", "gate.min_accuracy=0",
