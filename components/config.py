@@ -235,7 +235,7 @@ class LifecycleConfig(_Section):
 
 
 def apply_override(raw: dict, assignment: str) -> None:
-    """Apply one `dotted.key=value` to the raw mapping; the value is parsed as YAML (so 2, true, [a, b] work)."""
+    """Apply one `dotted.key=value` to the raw mapping; the value is read as YAML (so 2, true, [a, b] work)."""
     key, sep, value = assignment.partition("=")
     if not sep or not key:
         raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. train.epochs=2")
@@ -246,7 +246,15 @@ def apply_override(raw: dict, assignment: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"--set {assignment!r}: {part!r} is a value, not a section")
         node = child
-    node[leaf] = yaml.safe_load(value) if value.strip() else None
+    node[leaf] = _yaml_value(value) if value.strip() else None
+
+
+def _yaml_value(value: str):
+    """A value as YAML reads it (2, true, [a, b]); what YAML cannot read (a lone `,` or `|`) stays a string."""
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> LifecycleConfig:

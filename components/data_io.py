@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
 import shutil
 import urllib.request
 import zipfile
@@ -15,6 +16,9 @@ from typing import Optional
 import pandas as pd
 
 from components.errors import LifecycleError
+
+
+log = logging.getLogger(__name__)
 
 
 class DataError(LifecycleError):
@@ -108,7 +112,7 @@ def fetch(url: str, cache_dir: str | Path, sha256: Optional[str] = None, member:
     if target.is_file() and (sha256 is None or file_sha256(target) == sha256):
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    print(f"downloading {url}")
+    log.info("downloading %s", url)
     try:
         with urllib.request.urlopen(url, timeout=60) as response:
             payload = response.read()

@@ -34,6 +34,13 @@ class PreparedData:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def summary(self) -> str:
+        """Rows per split and rows dropped, in a line."""
+        rows = ", ".join(f"{split} {sum(counts.values()):,}" for split, counts in self.counts.items())
+        leaking = sum(self.dropped_leaking_texts.values())
+        return (f"{rows} rows; dropped {self.dropped_duplicates:,} duplicates, {self.dropped_conflicting_texts:,} "
+                f"texts with conflicting labels" + (f", {leaking:,} texts leaking across splits" if leaking else ""))
+
 
 def prepare_data(data: DataConfig, seed: int, cache_dir: str | Path, out_dir: str | Path) -> PreparedData:
     """Run stage 1; writes train/val/test.parquet, manifest.json, validation.json and validation.html to out_dir."""

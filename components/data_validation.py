@@ -90,7 +90,8 @@ def validate_table(frame: pd.DataFrame, rules: ValidationRules, source: str) -> 
     has_labels = rules.label_column in frame.columns
     counts = frame[rules.label_column].value_counts(dropna=True) if has_labels else pd.Series(dtype=int)
     checks.append(_min_rows_check(counts, rules))
-    duplicates, conflicts = _duplicates_and_conflicts(frame, rules) if has_labels else (pd.DataFrame(), pd.DataFrame())
+    has_both = has_labels and rules.text_column in frame.columns  # else ExpectColumnToExist says which is missing
+    duplicates, conflicts = _duplicates_and_conflicts(frame, rules) if has_both else (pd.DataFrame(), pd.DataFrame())
     labels = rules.labels or sorted(counts.index.tolist())
     report = ValidationReport(
         source=source,

@@ -29,10 +29,12 @@ class TrainingEnvironment:
 def resolve_device(requested: str) -> str:
     import torch
 
+    from components.config import ConfigError
+
     if requested != "auto":
         available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
         if not available[requested]:
-            raise RuntimeError(f"train.device={requested} but this machine has no {requested} device")
+            raise ConfigError(f"train.device={requested} but this machine has no {requested} device")
         return requested
     if torch.cuda.is_available():
         return "cuda"
@@ -44,9 +46,11 @@ def resolve_device(requested: str) -> str:
 def resolve_precision(requested: str, device: str) -> str:
     import torch
 
+    from components.config import ConfigError
+
     bf16_ok = device == "cuda" and torch.cuda.is_bf16_supported()
     if requested == "bf16" and not bf16_ok:
-        raise RuntimeError(f"train.precision=bf16 needs a CUDA GPU with bf16 support; the device is {device}")
+        raise ConfigError(f"train.precision=bf16 needs a CUDA GPU with bf16 support; the device is {device}")
     if requested == "auto":
         return "bf16" if bf16_ok else "fp32"
     return requested

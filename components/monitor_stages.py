@@ -3,12 +3,14 @@ raises alerts and claims retrainings. Both log to MLflow; the logic is in monito
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
 from components.config import LifecycleConfig
 
 MONITOR_STAGE = "7-monitor"
+log = logging.getLogger(__name__)
 
 
 def monitoring_stage(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: str, bundle_dir: str,
@@ -19,13 +21,14 @@ def monitoring_stage(config_json: str, tracking_uri: str, parent_run_id: str, da
     import pandas as pd
 
     from components.tracking import stage_run
-    from monitoring.monitor import drift_check
+    from monitoring.monitor import drift_check, verdict
 
     cfg = LifecycleConfig.model_validate_json(config_json)
     texts = pd.read_parquet(Path(data_dir) / "test.parquet")["text"].tolist()
-    with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, MONITOR_STAGE):
+    with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, MONITOR_STAGE) as stage:
         result = drift_check(bundle_dir, texts, cfg, out_dir)
         _log_drift(result, out_dir, "test split")
+        stage.result = f"the test split against the champion's reference: {verdict(result)}"
     mlflow.MlflowClient().set_tag(parent_run_id, "test_split_drift", str(result.drift_detected).lower())
     return {"drift_detected": result.drift_detected, "drifted_share": result.drifted_share, "reason": result.reason}
 
@@ -51,22 +54,25 @@ def drift_check_stage(config_json: str, tracking_uri: str, current_path: str, mo
 
     import mlflow
 
+    from components.console import reported_stage
     from components.serving import resolve_bundle
     from components.tracking import use_config_experiment
     from monitoring.alerts import new_alert, send_alert
-    from monitoring.monitor import current_texts, drift_check, summary_lines
+    from monitoring.monitor import current_texts, drift_check, feature_lines, verdict
     from monitoring.retraining import claim_retraining
 
     cfg = LifecycleConfig.model_validate_json(config_json)
     use_config_experiment(cfg, tracking_uri)
     run_id = monitor_run_id or open_monitor_run(cfg, tracking_uri)
-    with mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory(prefix="lifecycle-monitor-") as scratch:
+    with reported_stage("drift-check") as stage, mlflow.start_run(run_id=run_id), \
+            tempfile.TemporaryDirectory(prefix="lifecycle-monitor-") as scratch:
         bundle, name, version = resolve_bundle(f"models:/{cfg.tracking.registered_model}@champion", scratch)
         texts, source = current_texts(cfg, current_path or None)
         mlflow.set_tag("model_version", version)
         result = drift_check(bundle, texts, cfg, out_dir)
         _log_drift(result, out_dir, source)
-        print("\n".join(summary_lines(result)))
+        log.info("\n".join(feature_lines(result)))
+        stage.result = f"{len(texts)} texts of {source} against version {version}: {verdict(result)}"
         if not (result.drift_detected and act_on_drift):
             return ""
         alert = new_alert(name, version, result.reason, [asdict(f) for f in result.drifted()], out_dir, run_id)
@@ -74,7 +80,7 @@ def drift_check_stage(config_json: str, tracking_uri: str, current_path: str, mo
         mlflow.log_artifact(str(send_alert(alert, Path(cfg.work_dir) / "alerts", cfg.monitor.webhook_url)), "alert")
         mlflow.set_tags({"alert": alert.id, "retraining": alert.retraining, "webhook": alert.webhook,
                          "retraining_run_id": retraining_run or ""})
-        print(f"alert {alert.id}: {alert.retraining}")
+        log.info("alert %s: %s", alert.id, alert.retraining)
         return retraining_run or ""
 
 

@@ -23,7 +23,7 @@ def data_stage(config_json: str, tracking_uri: str, parent_run_id: str, out_dir:
     from components.tracking import stage_run
 
     cfg = _config(config_json)
-    with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "1-data"):
+    with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "1-data") as stage:
         mlflow.log_params({"source": cfg.data.path or cfg.data.url or cfg.data.train_path, "balance": cfg.data.balance,
                            "split": f"{cfg.data.split.train}/{cfg.data.split.val}/{cfg.data.split.test}"})
         try:
@@ -40,6 +40,7 @@ def data_stage(config_json: str, tracking_uri: str, parent_run_id: str, out_dir:
         mlflow.log_params({"data_fingerprint": prepared.fingerprint, "labels": ",".join(prepared.labels)})
         mlflow.log_metrics({f"{split}_dropped_leaking_texts": n for split, n in prepared.dropped_leaking_texts.items()})
         mlflow.log_dict(prepared.to_dict(), MANIFEST)
+        stage.result = prepared.summary()
     mlflow.MlflowClient().set_tag(parent_run_id, "data_fingerprint", prepared.fingerprint)
     return {"fingerprint": prepared.fingerprint, "labels": prepared.labels, "counts": prepared.counts}
 
@@ -52,12 +53,14 @@ def model_stage(config_json: str, tracking_uri: str, parent_run_id: str, data_di
 
     cfg = _config(config_json)
     labels = read_manifest(data_dir)["labels"]
-    with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "2-model"):
+    with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "2-model") as stage:
         spec = initialise_model(cfg.model.base, cfg.model.strategy, cfg.model.trainable_blocks, cfg.model.lora,
                                 labels, cfg.seed, out_dir)
         mlflow.log_params({k: v for k, v in spec.to_dict().items() if k not in ("labels", "source")})
         mlflow.log_metrics({"total_parameters": spec.total_parameters,
                             "trainable_parameters": spec.trainable_parameters})
+        stage.result = (f"{spec.architecture} ({spec.source}), {spec.strategy}: {spec.trainable_parameters:,} of "
+                        f"{spec.total_parameters:,} parameters train")
     return spec.to_dict()
 
 
@@ -70,7 +73,7 @@ def environment_stage(config_json: str, tracking_uri: str, parent_run_id: str, o
     cfg = _config(config_json)
     hyperparameters = cfg.train.model_dump() | {"max_length": cfg.model.max_length, "strategy": cfg.model.strategy,
                                                 "dropout": cfg.model.dropout}
-    with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "3-environment"):
+    with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "3-environment") as stage:
         env = describe_environment(cfg.train.device, cfg.train.precision, cfg.train.threads, cfg.seed,
                                    hyperparameters)
         facts = env.to_dict()
@@ -78,6 +81,7 @@ def environment_stage(config_json: str, tracking_uri: str, parent_run_id: str, o
         mlflow.log_params(flatten(hyperparameters, "hp."))
         mlflow.log_text(pip_freeze(), "pip_freeze.txt")
         mlflow.log_dict(facts, ENVIRONMENT)
+        stage.result = f"{env.device}, {env.precision}, {env.threads} threads"
     write_json(out_dir, ENVIRONMENT, facts)
     return {"device": env.device, "precision": env.precision, "threads": env.threads}
 
@@ -96,7 +100,7 @@ def training_stage(config_json: str, tracking_uri: str, parent_run_id: str, data
     env = read_environment(env_dir)
     torch.set_num_threads(env["threads"])
     seed_everything(cfg.seed)
-    with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "4-fine-tune"):
+    with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "4-fine-tune") as stage:
         result = fine_tune(
             init_dir, data_dir, out_dir,
             checkpoint_uri=join(cfg.checkpoints_uri(), parent_run_id),
@@ -107,6 +111,8 @@ def training_stage(config_json: str, tracking_uri: str, parent_run_id: str, data
                             "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
                             "best_val_accuracy": result.best_val_accuracy})
         mlflow.log_dict(result.to_dict(), TRAIN_RESULT)
+        stage.result = (f"best epoch {result.best_epoch} of {result.epochs_run}: val loss {result.best_val_loss:.4f}, "
+                        f"val accuracy {result.best_val_accuracy:.2%}; {result.samples_per_second:.0f} texts/s")
     write_json(out_dir, MODEL_SPEC, read_model_spec(init_dir))
     return {k: v for k, v in result.to_dict().items() if k != "history"}
 
@@ -126,7 +132,7 @@ def evaluation_stage(config_json: str, tracking_uri: str, parent_run_id: str, da
     training, spec = read_train_result(model_dir), read_model_spec(model_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "5-evaluate"):
+    with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "5-evaluate") as stage:
         probabilities, targets, labels, test = evaluate_model(
             model_dir, data_dir, cfg.model.max_length, cfg.train.eval_batch_size, env["device"], env["precision"])
         metrics = score(probabilities, targets, labels)
@@ -153,6 +159,9 @@ def evaluation_stage(config_json: str, tracking_uri: str, parent_run_id: str, da
         if gate.passed:
             set_alias(cfg.tracking.registered_model, CHALLENGER, version)
         mlflow.set_tags({"gate": tags["gate"], "model_version": version})
+        stage.result = (f"test accuracy {metrics.test_accuracy:.2%}, macro-F1 {metrics.test_macro_f1:.4f}, cross-entropy "
+                        f"{metrics.test_loss:.4f}; gate {tags['gate']} ({tags['gate_reasons']}); version {version}"
+                        + (" is the challenger" if gate.passed else ""))
     # What users compare across runs, on the parent run too.
     client = mlflow.MlflowClient()
     for key, value in metrics.scalars().items():
@@ -187,7 +196,7 @@ def deployment_stage(config_json: str, tracking_uri: str, parent_run_id: str, da
 
     cfg = _config(config_json)
     name = cfg.tracking.registered_model
-    with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "6-deploy"):
+    with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "6-deploy") as stage:
         try:
             report = deploy_bundle(model_dir, data_dir, out_dir, cfg.monitor.reference_size, cfg.seed)
         finally:  # the parity report matters most when parity failed
@@ -204,5 +213,8 @@ def deployment_stage(config_json: str, tracking_uri: str, parent_run_id: str, da
                            "parity_max_abs_logit_diff": f"{report.max_abs_logit_diff:.2e}"}, test_texts)
         demoted = promote(name, version)
         mlflow.set_tags({"model_version": version, "previous_champion": demoted or "none"})
+        stage.result = (f"ONNX parity max |logit diff| {report.max_abs_logit_diff:.1e}; serves {report.served} "
+                        f"({report.reason}); version {version} is the champion"
+                        + (f" (was {demoted})" if demoted else ""))
     mlflow.MlflowClient().set_tag(parent_run_id, "champion_version", version)
     return report.to_dict() | {"model_version": version, "previous_champion": demoted}

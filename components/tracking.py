@@ -56,12 +56,16 @@ def use_experiment(tracking_uri: str, experiment: str, location: Optional[str] =
 
 @contextlib.contextmanager
 def stage_run(tracking_uri: str, experiment: str, parent_run_id: str, stage: str) -> Iterator:
-    """A nested run under the pipeline's parent run; marked FAILED if the stage raises."""
+    """A nested run under the pipeline's parent run, marked FAILED if the stage raises; the stage's start, end
+    and failure are reported (components.console), and the StageReport it yields takes its key result."""
     import mlflow
 
-    use_experiment(tracking_uri, experiment)
-    with mlflow.start_run(run_name=stage, parent_run_id=parent_run_id, tags={STAGE_TAG: stage}) as run:
-        yield run
+    from components.console import reported_stage
+
+    with reported_stage(stage) as report:
+        use_experiment(tracking_uri, experiment)
+        with mlflow.start_run(run_name=stage, parent_run_id=parent_run_id, tags={STAGE_TAG: stage}):
+            yield report
 
 
 def flatten(mapping: dict, prefix: str = "") -> dict:

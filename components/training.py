@@ -6,10 +6,10 @@ only. Importable without MLflow or KFP."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -19,12 +19,14 @@ from typing import Callable, Optional
 import pandas as pd
 
 from components.config import ModelConfig, TrainConfig
+from components.console import Progress
 from components.handoff import TRAIN_RESULT, read_manifest, write_json, write_labels
 from components.model_init import apply_strategy, load_classifier, set_dropout, transformer_blocks
 from components.pooled_block import first_token_only
 from components.text_batches import autocast, collate, encode, loss_and_accuracy, predict_logits, train_batches
 
 MetricsLogger = Callable[[dict, int], None]  # (metrics, step)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,8 +83,8 @@ def fine_tune(
         cached = {name: frozen_outputs(model, split, frozen, train_cfg.eval_batch_size, train_cfg.max_batch_tokens,
                                        pad_id, device, precision) for name, split in (("train", train), ("val", val))}
         size_mb = sum(s.numel() * s.element_size() for states in cached.values() for s in states) / 2**20
-        print(f"cached the output of the {frozen} frozen blocks for {len(train) + len(val)} texts "
-              f"({size_mb:.0f} MB, {time.perf_counter() - started:.1f} s)")
+        log.info("cached the output of the %d frozen blocks for %d texts (%.0f MB, %.1f s)", frozen,
+                 len(train) + len(val), size_mb, time.perf_counter() - started)
         stand_in = CachedBlocks()
         replacing = standing_in(model, frozen, stand_in)
         feed_train = lambda indices: stand_in.feed(cached["train"], indices, device)  # noqa: E731
@@ -110,7 +112,7 @@ def fine_tune(
     state = checkpoint.load(model, optimizer, scheduler) or TrainingState()
     resumed_from = state.epoch
     if resumed_from:
-        print(f"resuming from the checkpoint after epoch {resumed_from} in {checkpoint_uri}")
+        log.info("resuming from the checkpoint after epoch %d in %s", resumed_from, checkpoint_uri)
 
     seen = 0
     with replacing, pooled:
@@ -123,7 +125,7 @@ def fine_tune(
             running = torch.zeros((), device=device)
             window, window_steps = torch.zeros((), device=device), 0
             batches, first_step = epoch_batches[epoch - 1], sum(map(len, epoch_batches[:epoch - 1]))
-            progress = _progress(len(batches), f"epoch {epoch}/{train_cfg.epochs}")
+            progress = Progress(len(batches), f"epoch {epoch}/{train_cfg.epochs}", log)
             for step, indices in enumerate(batches, start=1):
                 batch = collate(train, indices, pad_id, device)
                 if feed_train:
@@ -144,7 +146,6 @@ def fine_tune(
                                  "learning_rate": scheduler.get_last_lr()[0]}, first_step + step)
                     window, window_steps = torch.zeros((), device=device), 0
                 progress.update(1)
-            progress.close()
             # 2. validation, early stopping on the validation loss, best weights kept
             val_loss, val_accuracy = loss_and_accuracy(
                 predict_logits(model, val, train_cfg.eval_batch_size, pad_id, device, precision, feed_val,
@@ -153,8 +154,8 @@ def fine_tune(
                    "val_accuracy": val_accuracy, "seconds": time.perf_counter() - epoch_start}
             state.history.append(row)
             log_metrics({k: v for k, v in row.items() if k != "epoch"}, epoch)
-            print(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
-                  f"val accuracy {val_accuracy:.2%} ({row['seconds']:.0f} s)")
+            log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.2f%% (%.0f s)", epoch,
+                     train_cfg.epochs, row["train_loss"], val_loss, 100 * val_accuracy, row["seconds"])
             improved = val_loss < state.best_val_loss
             if improved:
                 state.best_val_loss, state.best_epoch, state.epochs_without_improvement = val_loss, epoch, 0
@@ -315,9 +316,3 @@ def _save_model(model, tokenizer, labels: list[str], max_length: int, out_dir: P
     tokenizer.save_pretrained(out_dir)
     write_labels(out_dir, labels)
 
-
-def _progress(total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    # Outside a terminal (a KFP task's log) refresh rarely: every refresh becomes a log line.
-    return tqdm(total=total, desc=desc, unit="step", file=sys.stdout, mininterval=1 if sys.stdout.isatty() else 15)

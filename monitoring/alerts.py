@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-log = logging.getLogger("lifecycle.monitor")
+log = logging.getLogger(__name__)
 WEBHOOK_TIMEOUT_S = 10
 
 

@@ -54,10 +54,13 @@ def drift_check(bundle_dir: str | Path, texts: list[str], cfg: LifecycleConfig, 
     return result
 
 
-def summary_lines(result: DriftResult, top: int = 5) -> list[str]:
-    """The verdict and the most drifted features, for people."""
-    lines = [f"drift {'DETECTED' if result.drift_detected else 'not detected'}: {result.reason}",
-             f"  {result.current_size} current texts vs {result.reference_size} reference texts"]
+def verdict(result: DriftResult) -> str:
+    return f"drift {'DETECTED' if result.drift_detected else 'not detected'} ({result.reason})"
+
+
+def feature_lines(result: DriftResult, top: int = 5) -> list[str]:
+    """The sizes compared and the most drifted features, for people."""
+    lines = [f"  {result.current_size} current texts vs {result.reference_size} reference texts"]
     for feature in (result.drifted() or result.features)[:top]:
         lines.append(f"  {'*' if feature.drifted else ' '} {feature.feature:<22} {feature.kind:<16} "
                      f"{feature.method} = {feature.score:.4g} (threshold {feature.threshold:g})")

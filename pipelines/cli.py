@@ -9,17 +9,28 @@ import sys
 from pathlib import Path
 
 DEFAULT_CONFIG = "configs/sms_spam.yaml"
+SERVERS = ("serve", "ui", "tracking-server")  # their output is their log: shown, not captured
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done (a gate that said no included), 1 a stage failed, 2 a mistake the user can fix."""
     args = _parser().parse_args(argv)
     from components.errors import LifecycleError
+    from pipelines.console import capturing
+    from pipelines.local import PipelineFailed
 
-    try:
-        return args.handler(args)
-    except LifecycleError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    with capturing(args.verbose, capture_output=args.command not in SERVERS) as console:
+        args.console = console
+        try:
+            return args.handler(args)
+        except LifecycleError as err:
+            console.error(f"error: {err}")
+            return 2
+        except PipelineFailed as err:  # the failing stage has said why, unless kfp.local itself failed
+            if not console.last_error:
+                console.error(f"error: {err}")
+            console.error(f"{args.command} failed: {err.outcome}. Full log: {console.log_path}")
+            return 2 if console.users_error else 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="command")
 
     def with_config(sub):
+        sub.add_argument("-v", "--verbose", action="store_true",
+                         help="stream everything (KFP's task logs, the libraries' messages) as well as the log file")
         sub.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                          help="override a config key by its dotted path, e.g. train.epochs=2 (repeatable)")
@@ -36,9 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_ID", help="resume an interrupted run from its last checkpoint")
     run.set_defaults(handler=_run)
     compile_ = with_config(commands.add_parser("compile", help="write the training and monitor pipelines' KFP YAML"))
-    compile_.add_argument("-o", "--output", default="pipeline.yaml", help="training pipeline (default pipeline.yaml)")
-    compile_.add_argument("--monitor-output", default="monitor_pipeline.yaml",
-                          help="monitor pipeline (default monitor_pipeline.yaml)")
+    compile_.add_argument("-o", "--output", default="pipeline.yaml",
+                          help="training pipeline: a .yaml file, or a directory for pipeline.yaml (default %(default)s)")
+    compile_.add_argument("--monitor-output",
+                          help="monitor pipeline (default: monitor_pipeline.yaml beside the training pipeline)")
     compile_.set_defaults(handler=_compile)
     monitor = with_config(commands.add_parser("monitor", help="one drift check of the champion, now"))
     monitor.add_argument("--current", metavar="FILE", help="texts to check (default: the prediction log window)")
@@ -69,16 +83,19 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--dir", default="work/tracking-server",
                         help="its database and artifacts (default %(default)s)")
     server.add_argument("--port", type=int, default=5001, help="HTTP port (default %(default)s)")
-    server.set_defaults(handler=_tracking_server)
+    server.set_defaults(handler=_tracking_server, verbose=False)
+    for name, sub in commands.choices.items():
+        sub.set_defaults(command=name)
     return parser
 
 
 def load(args, absolute: bool = True):
     """The validated config, with work_dir made absolute (stages run in other processes) unless `absolute` is
-    False (a compiled pipeline must hold no path of this machine)."""
+    False (a compiled pipeline must hold no path of this machine); the command's log file goes in work_dir."""
     from components.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    args.console.open_log(cfg.work_dir, args.command)
     return cfg.model_copy(update={"work_dir": str(Path(cfg.work_dir).resolve())}) if absolute else cfg
 
 
@@ -90,12 +107,8 @@ def _run(args) -> int:
     cfg = load(args)
     if args.resume:  # the run's own config, with this machine's work_dir (the checkpoints are at their URI)
         cfg = config_of_run(args.resume, tracking_uri_for(cfg)).model_copy(update={"work_dir": cfg.work_dir})
-    try:
-        result = run_locally(cfg, resume_run_id=args.resume)
-    except RuntimeError as err:  # kfp.local: a task failed; its own log above says why
-        print(f"\npipeline failed: {err}\nThe failing stage's log above gives the reason. Nothing was registered "
-              f"or promoted by this run.", file=sys.stderr)
-        return 1
+    args.console.show(f"log           {args.console.log_path}")
+    result = run_locally(cfg, resume_run_id=args.resume)
     name = result.registered_model
     alias = ", alias challenger" if result.gate == "passed" else ", no alias: the champion stays"
     lines = [
@@ -109,7 +122,7 @@ def _run(args) -> int:
         lines += [f"deployed      models:/{name}/{result.champion_version} (ONNX, alias champion)",
                   f"  serve it    lifecycle serve --model models:/{name}@champion"]
     lines.append(f"artifacts     {result.artifacts_dir}")
-    print("\n" + "\n".join(lines))
+    args.console.show("\n" + "\n".join(lines))
     return 0
 
 
@@ -120,11 +133,25 @@ def _compile(args) -> int:
     from pipelines.training_pipeline import build_training_pipeline
 
     cfg = load(args, absolute=False)
-    for build, path in ((build_training_pipeline, args.output), (build_monitor_pipeline, args.monitor_output)):
+    training = _yaml_path(args.output, "pipeline.yaml")
+    monitor = _yaml_path(args.monitor_output or str(Path(training).parent), "monitor_pipeline.yaml")
+    for build, path in ((build_training_pipeline, training), (build_monitor_pipeline, monitor)):
         compiler.Compiler().compile(build(cfg), package_path=path,
                                     pipeline_parameters={"config_json": cfg.model_dump_json()})
-        print(f"wrote {path}")
+        args.console.show(f"wrote {path}")
     return 0
+
+
+def _yaml_path(output: str, name: str) -> str:
+    """`compile -o` takes a file (.yaml or .yml) or a directory to write `name` in."""
+    from components.config import ConfigError
+
+    if output.endswith(("/", "\\")) or Path(output).is_dir():
+        Path(output).mkdir(parents=True, exist_ok=True)
+        return str(Path(output) / name)
+    if not output.endswith((".yaml", ".yml")):
+        raise ConfigError(f"{output}: expected a .yaml file or a directory to write {name} in")
+    return output
 
 
 def _monitor(args) -> int:
@@ -138,7 +165,7 @@ def _monitor(args) -> int:
     out_dir = tempfile.mkdtemp(prefix="drift-", dir=Path(cfg.work_dir))
     drift_check_stage(cfg.model_dump_json(), tracking_uri_for(cfg), args.current or "", "", out_dir,
                       act_on_drift=False)
-    print(f"report: {out_dir}/drift_report.html (also in MLflow under the monitor run's drift/ artifacts)")
+    args.console.show(f"report: {out_dir}/drift_report.html (also in MLflow under the monitor run's drift/ artifacts)")
     return 0
 
 
@@ -157,7 +184,7 @@ def _schedule(args) -> int:
     from pipelines.watch import schedule
 
     cfg = load(args, absolute=False)  # the recurring run's pods have their own disks
-    print(schedule(cfg, args.host, args.cron, args.experiment))
+    args.console.show(schedule(cfg, args.host, args.cron, args.experiment))
     return 0
 
 
@@ -181,7 +208,7 @@ def _serve(args) -> int:
     bundle, name, version = resolve_bundle(model_uri, Path(cfg.work_dir) / "serving")
     port = args.port or cfg.serve.port
     log = cfg.predictions_uri()
-    print(f"serving {model_uri} (version {version}) on http://127.0.0.1:{port}: POST /v2/models/{name}/infer, "
+    args.console.show(f"serving {model_uri} (version {version}) on http://127.0.0.1:{port}: POST /v2/models/{name}/infer, "
           f"POST /predict; predictions logged to {log}")
     serve(bundle, name, version, port, log, Limits(cfg.serve.max_batch, cfg.serve.max_text_chars),
           (cfg.serve.log_flush_texts, cfg.serve.log_flush_seconds))
@@ -197,7 +224,7 @@ def _rollback(args) -> int:
     cfg = load(args)
     mlflow.set_tracking_uri(tracking_uri_for(cfg))
     champion, demoted = rollback(cfg.tracking.registered_model)
-    print(f"{cfg.tracking.registered_model}: champion is version {champion} again; version {demoted} is now "
+    args.console.show(f"{cfg.tracking.registered_model}: champion is version {champion} again; version {demoted} is now "
           f"'previous' (a second rollback undoes this)")
     return 0
 
@@ -210,12 +237,12 @@ def _ui(args) -> int:
     cfg = load(args)
     uri = tracking_uri_for(cfg)
     if is_tracking_server(uri):
-        print(f"the tracking server serves the MLflow UI itself: open {uri}")
+        args.console.show(f"the tracking server serves the MLflow UI itself: open {uri}")
         return 0
     # One worker on one machine; the UI runs in a process group of its own, which Ctrl-C and SIGTERM stop whole.
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(args.port),
                "--workers", "1"]
-    print(" ".join(command), flush=True)
+    args.console.show(" ".join(command))
     return run_until_stopped(command)
 
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +19,7 @@ import pandas as pd
 from components.config import LifecycleConfig
 
 WINDOW = 200  # texts per replayed window
+log = logging.getLogger(__name__)
 
 
 def demo_drift(cfg: LifecycleConfig) -> None:
@@ -112,4 +114,4 @@ def _replay(cfg: LifecycleConfig, texts: list[str], log_dir: Path) -> Path:
 
 
 def _say(line: str) -> None:
-    print(f"\n=== {line}", flush=True)
+    log.info("\n=== %s", line)

@@ -12,6 +12,15 @@ from components.config import LifecycleConfig
 from components.tracking import default_tracking_uri
 
 
+class PipelineFailed(Exception):
+    """A task of a pipeline run through kfp.local failed (its own report says why); `outcome` says what the
+    failure left as it was."""
+
+    def __init__(self, message: str, outcome: str):
+        super().__init__(message)
+        self.outcome = outcome
+
+
 @dataclass
 class LocalRun:
     tracking_uri: str
@@ -48,9 +57,13 @@ def run_locally(cfg: LifecycleConfig, resume_run_id: Optional[str] = None) -> Lo
     else:
         parent = start_parent_run(cfg, uri)
     try:
-        run_pipeline(build_training_pipeline(cfg), cfg, tracking_uri=uri, parent_run_id=parent)
-    except BaseException:
+        run_pipeline(build_training_pipeline(cfg), cfg, parent, tracking_uri=uri, parent_run_id=parent)
+    except BaseException as err:
         client.set_terminated(parent, status="FAILED")
+        if isinstance(err, PipelineFailed):
+            promoted = client.get_run(parent).data.tags.get("champion_version")
+            err.outcome = (f"version {promoted} became the champion before the failure" if promoted else
+                           "the champion is unchanged") + f"; MLflow run {parent} is marked FAILED"
         raise
     client.set_terminated(parent, status="FINISHED")
     runs = sorted(pipeline_root.glob(f"{cfg.name}-training-*"), key=lambda p: p.stat().st_mtime)
@@ -67,14 +80,23 @@ def run_locally(cfg: LifecycleConfig, resume_run_id: Optional[str] = None) -> Lo
     )
 
 
-def run_pipeline(pipeline, cfg: LifecycleConfig, **arguments) -> None:
-    """Run a pipeline of this project with kfp.local's subprocess runner in this environment."""
+def run_pipeline(pipeline, cfg: LifecycleConfig, run_id: str, **arguments) -> None:
+    """Run a pipeline of this project with kfp.local's subprocess runner in this environment; the command's log
+    of it goes to the MLflow run `run_id`, whatever the outcome."""
     from kfp import local
 
+    from pipelines.console import active, log_since
+
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(Path(cfg.work_dir) / "kfp"))
-    with warnings.catch_warnings():  # kfp.local warns that our image is not a python image; it is not used
-        warnings.simplefilter("ignore", RuntimeWarning)
-        pipeline(config_json=cfg.model_dump_json(), **arguments)
+    start = active().position() if active() else 0
+    try:
+        with warnings.catch_warnings():  # kfp.local warns that our image is not a python image; it is not used
+            warnings.simplefilter("ignore", RuntimeWarning)
+            pipeline(config_json=cfg.model_dump_json(), **arguments)
+    except RuntimeError as err:  # how kfp.local says that a task failed
+        raise PipelineFailed(str(err), f"MLflow run {run_id} is marked FAILED") from err
+    finally:
+        log_since(run_id, start)
 
 
 @dataclass
@@ -97,7 +119,7 @@ def run_monitor_locally(cfg: LifecycleConfig) -> MonitorOutcome:
     client = mlflow.MlflowClient()
     status = "FINISHED"
     try:
-        run_pipeline(build_monitor_pipeline(cfg), cfg, tracking_uri=uri, monitor_run_id=monitor_run)
+        run_pipeline(build_monitor_pipeline(cfg), cfg, monitor_run, tracking_uri=uri, monitor_run_id=monitor_run)
     except BaseException:
         status = "FAILED"
         raise

@@ -4,6 +4,7 @@ PostgreSQL backend store and a proxied artifact store (`--artifacts-destination`
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import shutil
@@ -17,6 +18,8 @@ from pathlib import Path
 
 from components.errors import LifecycleError
 from pipelines.processes import start_group, stop_group
+
+log = logging.getLogger(__name__)
 
 DATABASE = "mlflow"
 USER = "mlflow"
@@ -84,8 +87,8 @@ def free_port() -> int:
 def run_tracking_server(root: str | Path, port: int) -> None:
     """Start the server, print how to use it, serve until Ctrl-C or SIGTERM, then stop both processes."""
     server = start_tracking_server(root, port)
-    print(f"MLflow server {server.uri} (backend {server.backend_uri}, artifacts {server.artifacts})\n"
-          f"  export MLFLOW_TRACKING_URI={server.uri}\nCtrl-C stops it.", flush=True)
+    log.info("MLflow server %s (backend %s, artifacts %s)\n  export MLFLOW_TRACKING_URI=%s\nCtrl-C stops it.",
+             server.uri, server.backend_uri, server.artifacts, server.uri)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while server.process.poll() is None:

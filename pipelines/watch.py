@@ -4,6 +4,7 @@ cluster (`lifecycle schedule`)."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 import signal
 import tempfile
@@ -12,6 +13,7 @@ from pathlib import Path
 from components.config import ConfigError, LifecycleConfig
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+log = logging.getLogger(__name__)
 
 
 def parse_interval(every: str) -> int:
@@ -38,16 +40,16 @@ def monitor_once(cfg: LifecycleConfig) -> None:
 
     outcome = run_monitor_locally(cfg)
     tags = outcome.tags
-    print(f"\nmonitor run {outcome.monitor_run_id}: drift {tags.get('drift_detected', '?')} "
-          f"({tags.get('drift_reason', 'no verdict')})")
+    log.info("monitor run %s: drift %s (%s)", outcome.monitor_run_id, tags.get("drift_detected", "?"),
+             tags.get("drift_reason", "no verdict"))
     if tags.get("alert"):
-        print(f"alert {tags['alert']} (webhook: {tags.get('webhook')}); retraining: {tags.get('retraining')}")
+        log.info("alert %s (webhook: %s); retraining: %s", tags["alert"], tags.get("webhook"), tags.get("retraining"))
     if outcome.retraining:
         r = outcome.retraining
         moved = f"champion is now version {r['champion_version']}" if r.get("champion_version") else \
             "champion unchanged"
-        print(f"retraining {tags['retraining_run_id']}: gate {r.get('gate', '?')} ({r.get('gate_reasons', '')}); "
-              f"{moved}")
+        log.info("retraining %s: gate %s (%s); %s", tags["retraining_run_id"], r.get("gate", "?"),
+                 r.get("gate_reasons", ""), moved)
 
 
 def watch(cfg: LifecycleConfig, every: str) -> None:
@@ -62,14 +64,14 @@ def watch(cfg: LifecycleConfig, every: str) -> None:
                       next_run_time=dt.datetime.now(dt.timezone.utc), id="monitor")
 
     def stop(signum, _frame):
-        print(f"\n{signal.Signals(signum).name}: stopping the watch after the run in progress, if any")
+        log.info("%s: stopping the watch after the run in progress, if any", signal.Signals(signum).name)
         scheduler.shutdown(wait=False)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stop)
-    print(f"watching: the monitor pipeline every {every}; Ctrl-C or SIGTERM stops")
+    log.info("watching: the monitor pipeline every %s; Ctrl-C or SIGTERM stops", every)
     scheduler.start()
-    print("watch stopped")
+    log.info("watch stopped")
 
 
 def schedule(cfg: LifecycleConfig, host: str, cron: str, experiment: str | None = None) -> str:

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from components.config import ConfigError
 from components.environment import describe_environment, pip_freeze, resolve_precision
 
 NO_GPU = not torch.cuda.is_available()
@@ -19,7 +20,7 @@ def test_environment_records_device_precision_versions_and_hardware():
 
 @pytest.mark.skipif(not NO_GPU, reason="checks the errors of a machine without a GPU")
 def test_asking_for_a_gpu_or_bf16_where_there_is_none_is_a_clear_error():
-    with pytest.raises(RuntimeError, match="train.device=cuda"):
+    with pytest.raises(ConfigError, match="train.device=cuda"):
         describe_environment("cuda", "auto", 1, 0, {})
-    with pytest.raises(RuntimeError, match="train.precision=bf16"):
+    with pytest.raises(ConfigError, match="train.precision=bf16"):
         resolve_precision("bf16", "cpu")
