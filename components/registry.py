@@ -7,9 +7,15 @@ from typing import Optional
 
 import numpy as np
 
+from components.errors import LifecycleError
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS = "previous"
+
+
+class RegistryError(LifecycleError):
+    """The registry lacks what a command needs: a model, a version, an alias."""
 
 
 def champion_predictor(model_name: str, labels: list[str]):
@@ -85,7 +91,8 @@ def rollback(model_name: str) -> tuple[str, str]:
     previous = alias_version(client, model_name, PREVIOUS)
     champion = alias_version(client, model_name, CHAMPION)
     if previous is None:
-        raise LookupError(f"registered model {model_name!r} has no version with the alias '{PREVIOUS}' to roll back to")
+        raise RegistryError(f"registered model {model_name!r} has no version with the alias '{PREVIOUS}' to roll "
+                            f"back to (a champion that replaced another has one)")
     client.set_registered_model_alias(model_name, CHAMPION, previous)
     if champion:
         client.set_registered_model_alias(model_name, PREVIOUS, champion)

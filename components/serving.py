@@ -125,12 +125,17 @@ def resolve_bundle(model_uri: str, download_dir: str | Path) -> tuple[str, str, 
     """Download a registered ONNX model (models:/NAME@ALIAS or models:/NAME/VERSION): (bundle dir, name, version)."""
     import mlflow
 
+    from components.registry import RegistryError, alias_version
+
     client = mlflow.MlflowClient()
     reference = model_uri.removeprefix("models:/")
     name, _, version = reference.partition("/")
     if "@" in name:
         name, alias = name.split("@", 1)
-        version = str(client.get_model_version_by_alias(name, alias).version)
+        version = alias_version(client, name, alias)
+        if version is None:
+            raise RegistryError(f"{model_uri}: the registry at {mlflow.get_tracking_uri()} has no version of "
+                                f"{name!r} with the alias {alias!r} (`lifecycle run` makes a champion)")
     local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
                                                 dst_path=str(Path(download_dir) / f"{name}-{version}"))
     bundle = Path(local) / "artifacts" / BUNDLE  # the pyfunc's artifact "bundle"

@@ -98,6 +98,8 @@ def fetch_file(uri: str, scratch_dir: str | Path) -> Path:
     """A local file with the content at `uri`: a local file as it is, anything else copied into scratch_dir."""
     local = local_path(uri)
     if local is not None:
+        if local.is_dir():
+            raise StorageError(f"{uri}: a folder; expected a file")
         if not local.is_file():
             raise StorageError(f"{uri}: no such file")
         return local

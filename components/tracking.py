@@ -18,6 +18,21 @@ def is_tracking_server(tracking_uri: str) -> bool:
     return tracking_uri.startswith(("http://", "https://", "databricks"))
 
 
+def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
+    """A tracking server that does not answer is a clear error now, not minutes of MLflow's retries later."""
+    import requests
+
+    from components.errors import LifecycleError
+
+    if not is_tracking_server(tracking_uri) or tracking_uri.startswith("databricks"):
+        return
+    try:
+        requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as err:
+        raise LifecycleError(f"the MLflow tracking server {tracking_uri} does not answer ({type(err).__name__}); "
+                             f"start it, or point MLFLOW_TRACKING_URI or tracking.uri at one that runs") from None
+
+
 def artifact_location(cfg, tracking_uri: str) -> Optional[str]:
     """Where a new experiment keeps its artifacts: the one configured; else, with a tracking server, none of the
     client's (the server's own store, so no artifact lands on the disk of the pod that logged it); else, with a

@@ -10,6 +10,7 @@ from pathlib import Path
 
 DEFAULT_CONFIG = "configs/sms_spam.yaml"
 SERVERS = ("serve", "ui", "tracking-server")  # their output is their log: shown, not captured
+OFFLINE = ("compile", "schedule")  # they need no tracking server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return args.handler(args)
         except LifecycleError as err:
-            console.error(f"error: {err}")
+            if not (console.last_error or "").endswith(str(err)):  # a stage run here has said it already
+                console.error(f"error: {err}")
             return 2
         except PipelineFailed as err:  # the failing stage has said why, unless kfp.local itself failed
             if not console.last_error:
@@ -94,8 +96,13 @@ def load(args, absolute: bool = True):
     False (a compiled pipeline must hold no path of this machine); the command's log file goes in work_dir."""
     from components.config import load_config
 
+    from components.tracking import check_reachable
+    from pipelines.local import tracking_uri_for
+
     cfg = load_config(args.config, args.overrides)
     args.console.open_log(cfg.work_dir, args.command)
+    if args.command not in OFFLINE:
+        check_reachable(tracking_uri_for(cfg))
     return cfg.model_copy(update={"work_dir": str(Path(cfg.work_dir).resolve())}) if absolute else cfg
 
 

@@ -64,10 +64,8 @@ class Console(io.TextIOBase):
 
     def error(self, text: str) -> None:
         """An error for the person, on stderr (and the log)."""
-        self._end_bar()
         self._log.write(text + "\n")
-        self.error_stream.write(text + "\n")
-        self.error_stream.flush()
+        self._print(text, self.error_stream)
 
     def close(self) -> None:
         self._end_bar()
@@ -85,16 +83,17 @@ class Console(io.TextIOBase):
         elif content.startswith((ERROR_MARK, USER_ERROR_MARK)):
             self.users_error = content.startswith(USER_ERROR_MARK)
             self.last_error = content.split("] ", 1)[1]
-            self._print(self.last_error)
+            self._print(self.last_error, self.error_stream)
         elif content.startswith(MARK):
             self._print(content[len(MARK):])
         elif self.verbose:
             self._print(line)
 
-    def _print(self, text: str) -> None:
+    def _print(self, text: str, stream: Optional[TextIO] = None) -> None:
         self._end_bar()
-        self.terminal.write(text + "\n")
-        self.terminal.flush()
+        stream = stream or self.terminal
+        stream.write(text + "\n")
+        stream.flush()
 
     def _progress(self, state: str) -> None:
         if not self.terminal.isatty():

@@ -114,7 +114,7 @@ def test_bad_data_stops_at_stage_1_and_registers_nothing(change, expected, run_a
     change(make_texts(240)).to_csv(tmp_path / "texts.csv", index=False)
     assert main(run_args("data.labels=[ham, spam]")) == 2  # a mistake in the data: the user's to fix
     printed = capsys.readouterr()
-    assert expected in printed.out and "1-data failed: data validation failed for" in printed.out
+    assert expected in printed.err and "1-data failed: data validation failed for" in printed.err
     assert "Traceback" not in printed.out + printed.err
     assert "run failed: the champion is unchanged" in printed.err and "Full log: " in printed.err
     log_file = printed.err.strip().rsplit("Full log: ", 1)[1]
@@ -179,7 +179,7 @@ def test_splits_that_share_texts_stop_by_default_and_train_with_on_leakage_drop(
         part.to_csv(tmp_path / f"{name}.csv", index=False)
     splits = ["data.path=null", *(f"data.{name}_path={tmp_path / f'{name}.csv'}" for name in parts)]
     assert main(run_args(*splits)) == 2
-    assert "4 texts stand in two splits" in capsys.readouterr().out
+    assert "4 texts stand in two splits" in capsys.readouterr().err
     assert main(run_args(*splits, "data.on_leakage=drop")) == 0
     card = mlflow_client(tmp_path).get_model_version("sms-spam-classifier", "1").description
     assert "Leakage: 1 texts of val and 3 texts of test that an earlier split also holds were dropped" in card
