@@ -168,9 +168,11 @@ class KfpConfig(_Section):
 
 
 class ServeConfig(_Section):
-    port: int = Field(8080, ge=1, le=65534)  # HTTP; gRPC on the next port
+    port: int = Field(8080, ge=1, le=65533)  # HTTP; gRPC on the next port, Prometheus metrics on the one after
+    host: str = "127.0.0.1"  # the address to listen on: this machine only; 0.0.0.0 in a container (KServe)
     max_batch: int = Field(64, ge=1)  # texts per request
     max_text_chars: int = Field(2000, ge=1)
+    max_request_bytes: int = Field(1 << 20, ge=1024)  # a request body over this gets 413
     # The prediction log is written in shards (object stores have no append): one when this many texts wait,
     # when the oldest has waited this long, and when the server stops. A crash loses at most what waits.
     log_flush_texts: int = Field(100, ge=1)

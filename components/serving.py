@@ -1,8 +1,11 @@
 """Serving the champion with MLServer (the server KServe runs): the Open Inference Protocol (KServe V2) on
-`/v2/...`, plus `POST /predict` with plain JSON for people. onnxruntime infers; tokenization happens here."""
+`/v2/...`, plus `POST /predict` with plain JSON for people. onnxruntime infers; tokenization happens here.
+Prometheus metrics on the HTTP port + 2 (MLServer's 8080/8081/8082 layout): MLServer's request counts and
+latencies, and the texts classified per model version and label."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,43 @@ class BadRequest(MLServerError):
 class Limits:
     max_batch: int = 64
     max_text_chars: int = 2000
+    max_request_bytes: int = 1 << 20  # a request's body; larger ones get 413 before they are read whole
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over `max_bytes`, told by its Content-Length or found while it
+    streams in, before the app parses it."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await _too_large(send, self.max_bytes)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                return await _too_large(send, self.max_bytes)
+            more = message.get("more_body", False)
+
+        async def replay():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+
+async def _too_large(send, max_bytes: int) -> None:
+    import json
+
+    content = json.dumps({"error": f"request body over {max_bytes} bytes (serve.max_request_bytes)"}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]})
+    await send({"type": "http.response.body", "body": content})
 
 
 class TextsRequest(BaseModel):
@@ -42,6 +82,8 @@ def texts_from_request(request: InferenceRequest, limits: Limits) -> list[str]:
     if len(request.inputs) != 1:
         raise BadRequest(f"expected exactly one input named '{INPUT_NAME}', got {len(request.inputs)}")
     tensor = request.inputs[0]
+    if tensor.name != INPUT_NAME:
+        raise BadRequest(f"input '{tensor.name}': expected the input named '{INPUT_NAME}' (the model's metadata)")
     if tensor.datatype != "BYTES":
         raise BadRequest(f"input '{tensor.name}': datatype must be BYTES (texts), got {tensor.datatype}")
     if not tensor.shape or tensor.shape[0] < 1 or any(d != 1 for d in tensor.shape[1:]):
@@ -118,6 +160,9 @@ class TextClassifierRuntime(MLModel):
         by_label = label_probabilities(self.classifier.labels, probabilities)
         if self.log:
             self.log.write(texts, labels, by_label, self.name, self.version or "")
+        classified = texts_classified()
+        for label in set(labels):
+            classified.labels(self.name, self.version or "", label).inc(labels.count(label))
         return labels, probabilities, by_label
 
 
@@ -145,10 +190,19 @@ def resolve_bundle(model_uri: str, download_dir: str | Path) -> tuple[str, str, 
     return str(bundle), name, version
 
 
+@functools.cache
+def texts_classified():
+    """The Prometheus counter of texts classified, per model, version and label (one per process)."""
+    from prometheus_client import Counter
+
+    return Counter("lifecycle_texts_classified", "Texts classified, by the label given",
+                   ["model_name", "model_version", "label"])
+
+
 def serve(bundle_dir: str, name: str, version: str, port: int, prediction_log: str, limits: Limits,
-          log_flush: tuple[int, float] = (100, 30.0)) -> None:
-    """Run MLServer in this process until SIGINT/SIGTERM (the prediction log writes its last shard at exit).
-    `log_flush`: (texts, seconds) after which waiting records are written as a shard."""
+          log_flush: tuple[int, float] = (100, 30.0), host: str = "127.0.0.1") -> None:
+    """Run MLServer in this process on `host` until SIGINT/SIGTERM (the prediction log writes its last shard at
+    exit). `log_flush`: (texts, seconds) after which waiting records are written as a shard."""
     import asyncio
 
     from mlserver import MLServer
@@ -157,8 +211,13 @@ def serve(bundle_dir: str, name: str, version: str, port: int, prediction_log: s
 
     from components.handoff import read_labels
 
-    settings = Settings(http_port=port, grpc_port=port + 1, metrics_endpoint=None, parallel_workers=0,
-                        debug=False, host="0.0.0.0")
+    class LimitedServer(MLServer):
+        def _create_servers(self):
+            super()._create_servers()
+            self._rest_server._app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes)
+
+    settings = Settings(http_port=port, grpc_port=port + 1, metrics_port=port + 2, metrics_endpoint="/metrics",
+                        parallel_workers=0, debug=False, host=host, grpc_max_message_length=limits.max_request_bytes)
     classes = len(read_labels(bundle_dir))
     model = ModelSettings(
         name=name, implementation=TextClassifierRuntime, platform="onnxruntime", versions=[version],
@@ -172,7 +231,7 @@ def serve(bundle_dir: str, name: str, version: str, port: int, prediction_log: s
 
     async def run() -> None:
         # Made inside the running loop: MLServer puts its SIGINT/SIGTERM handlers on the loop it finds.
-        await MLServer(settings).start([model])
+        await LimitedServer(settings).start([model])
 
     asyncio.run(run())
 

@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
     serve = with_config(commands.add_parser("serve", help="serve a registered ONNX model over HTTP (KServe V2)"))
     serve.add_argument("--model", help="models:/NAME@ALIAS or models:/NAME/VERSION (default: the champion)")
-    serve.add_argument("--port", type=int, help="HTTP port (default serve.port; gRPC on the next one)")
+    serve.add_argument("--port", type=int, help="HTTP port (default serve.port; gRPC on the next one, metrics on the one after)")
     serve.set_defaults(handler=_serve)
     rollback = with_config(commands.add_parser("rollback", help="put the previous champion back"))
     rollback.set_defaults(handler=_rollback)
@@ -215,10 +215,12 @@ def _serve(args) -> int:
     bundle, name, version = resolve_bundle(model_uri, Path(cfg.work_dir) / "serving")
     port = args.port or cfg.serve.port
     log = cfg.predictions_uri()
-    args.console.show(f"serving {model_uri} (version {version}) on http://127.0.0.1:{port}: POST /v2/models/{name}/infer, "
-          f"POST /predict; predictions logged to {log}")
-    serve(bundle, name, version, port, log, Limits(cfg.serve.max_batch, cfg.serve.max_text_chars),
-          (cfg.serve.log_flush_texts, cfg.serve.log_flush_seconds))
+    args.console.show(f"serving {model_uri} (version {version}) on http://{cfg.serve.host}:{port}: POST "
+                      f"/v2/models/{name}/infer, POST /predict; metrics on :{port + 2}/metrics; predictions logged "
+                      f"to {log}")
+    serve(bundle, name, version, port, log,
+          Limits(cfg.serve.max_batch, cfg.serve.max_text_chars, cfg.serve.max_request_bytes),
+          (cfg.serve.log_flush_texts, cfg.serve.log_flush_seconds), cfg.serve.host)
     return 0
 
 

@@ -26,12 +26,22 @@ def server(tiny_bundle, tmp_path_factory):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     code = (f"from components.serving import Limits, serve; serve({str(tiny_bundle / 'bundle')!r}, {MODEL!r}, '3', "
-            f"{port}, {str(log_dir)!r}, Limits(max_batch=8, max_text_chars=200))")
+            f"{port}, {str(log_dir)!r}, Limits(max_batch=8, max_text_chars=200, max_request_bytes=4096))")
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     wait_until_ready(url, process)
     yield url, process, log_dir
     process.kill()
+
+
+def metrics(url: str) -> dict[str, float]:
+    """The Prometheus samples on the metrics port (HTTP + 2) as {'name{labels}': value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    host, port = url.rsplit(":", 1)
+    page = requests.get(f"{host}:{int(port) + 2}/metrics", timeout=10).text
+    return {f"{s.name}{dict(sorted(s.labels.items()))}": s.value
+            for family in text_string_to_metric_families(page) for s in family.samples}
 
 
 def test_kserve_v2_clients_get_the_right_labels(server):
@@ -74,6 +84,8 @@ def malformed(i: int):
         ("batch too large", infer({"name": "text", "shape": [9], "datatype": "BYTES", "data": [HAM] * 9})),
         ("no inputs", {"json": {"inputs": []}}),
         ("inputs not a list", {"json": {"inputs": "text"}}),
+        ("input misnamed", infer({"name": "texts", "shape": [1], "datatype": "BYTES", "data": [HAM]})),
+        ("body too large", infer({"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x" * 5000]})),
     ]
     return kinds[i % len(kinds)]
 
@@ -94,6 +106,26 @@ def test_a_thousand_requests_with_ten_percent_malformed_get_no_5xx(server):
             body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}]}
             statuses["good"].append(session.post(f"{url}/v2/models/{MODEL}/infer", json=body, timeout=10).status_code)
     assert set(statuses["good"]) == {200} and len(statuses["bad"]) == 100
+
+
+def test_bad_requests_say_what_was_expected(server):
+    url, _, _ = server
+    for kind, status, message in (("input misnamed", 400, "expected the input named 'text'"),
+                                  ("body too large", 413, "request body over 4096 bytes")):
+        request = next(request for name, request in map(malformed, range(12)) if name == kind)
+        response = requests.post(f"{url}/v2/models/{MODEL}/infer", timeout=10, **request)
+        assert response.status_code == status and message in response.json()["error"], response.text
+
+
+def test_metrics_count_requests_and_the_texts_classified_per_label_and_version(server):
+    url, _, _ = server
+    before = metrics(url)
+    requests.post(f"{url}/predict", json={"texts": [SPAM, SPAM, HAM]}, timeout=10).raise_for_status()
+    after = metrics(url)
+    spam = f"lifecycle_texts_classified_total{{'label': 'spam', 'model_name': '{MODEL}', 'model_version': '3'}}"
+    ham = spam.replace("'spam'", "'ham'")
+    assert after[spam] - before.get(spam, 0) == 2 and after[ham] - before.get(ham, 0) == 1
+    assert any(name.startswith("rest_server_requests_total") and "/predict" in name for name in after)
 
 
 def test_every_served_text_is_logged_and_nothing_is_lost_on_shutdown(server):
