@@ -59,7 +59,7 @@ def model_stage(config_json: str, tracking_uri: str, parent_run_id: str, data_di
         mlflow.log_params({k: v for k, v in spec.to_dict().items() if k not in ("labels", "source")})
         mlflow.log_metrics({"total_parameters": spec.total_parameters,
                             "trainable_parameters": spec.trainable_parameters})
-        stage.result = (f"{spec.architecture} ({spec.source}), {spec.strategy}: {spec.trainable_parameters:,} of "
+        stage.result = (f"{spec.base} ({spec.architecture}), {spec.strategy}: {spec.trainable_parameters:,} of "
                         f"{spec.total_parameters:,} parameters train")
     return spec.to_dict()
 
