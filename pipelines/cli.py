@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
                 console.error(f"error: {err}")
             console.error(f"{args.command} failed: {err.outcome}. Full log: {console.log_path}")
             return 2 if console.users_error else 1
+        except KeyboardInterrupt:  # a run's MLflow runs are marked FAILED on the way out; `run --resume` goes on
+            console.error(f"{args.command}: interrupted. Full log: {console.log_path}")
+            return 130
 
 
 def _parser() -> argparse.ArgumentParser:

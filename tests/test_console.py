@@ -2,6 +2,7 @@
 
 import io
 import logging
+import warnings
 
 import pytest
 
@@ -53,7 +54,8 @@ def test_the_console_shows_marked_lines_draws_no_bar_off_a_terminal_and_logs_eve
     with capturing(verbose=False) as console:
         console.open_log(str(tmp_path), "try")
         terminal = console.terminal = console.error_stream = io.StringIO()
-        logging.getLogger("transformers").warning("a library's warning")
+        logging.getLogger("a_library").info("a library's message")
+        warnings.warn("a library's warning")
         print("a line of a task's output")
         with pytest.raises(LifecycleError), reported_stage("1-data") as stage:
             progress = Progress(2, "epoch 1/1", logging.getLogger("components.training"), every=0)
@@ -66,7 +68,7 @@ def test_the_console_shows_marked_lines_draws_no_bar_off_a_terminal_and_logs_eve
     assert shown[1:] == ["1-data failed: data.csv row 3: label is empty"]
     assert console.last_error == shown[1] and console.users_error
     log = console.log_path.read_text()
-    assert "a library's warning" in log and "a line of a task's output" in log and "epoch 1/1 2/2" in log
+    assert "a library's message" in log and "a library's warning" in log and "a line of a task's output" in log and "epoch 1/1 2/2" in log
 
 
 def test_compile_takes_a_directory_for_its_output_and_refuses_other_suffixes(tmp_path, capsys):

@@ -3,7 +3,7 @@
 import mlflow
 import pytest
 
-from components.registry import promote, rollback
+from components.registry import RegistryError, promote, rollback
 
 NAME = "clf"
 
@@ -34,6 +34,6 @@ def test_promotion_keeps_the_old_champion_as_previous_and_rollback_restores_it(c
 
 def test_rollback_without_a_previous_champion_is_a_clear_error(client):
     promote(NAME, "1")
-    with pytest.raises(LookupError, match="no version with the alias 'previous'"):
+    with pytest.raises(RegistryError, match="no version with the alias 'previous'"):
         rollback(NAME)
     assert alias(client, "champion") == "1"
