@@ -51,6 +51,8 @@ class DataConfig(_Section):
     encoding: str = "utf-8"
     text_column: str = "text"
     label_column: str = "label"
+    # A column to report metrics per value of (language, channel, ...): carried through stage 1 as `group`.
+    group_column: Optional[str] = None
     labels: Optional[list[str]] = None  # None: inferred from the data and reported
     min_rows_per_class: int = Field(10, ge=1)
     min_text_chars: int = Field(1, ge=1)
@@ -144,8 +146,14 @@ class GateConfig(_Section):
     min_accuracy: float = Field(0.9, ge=0, le=1)
     min_macro_f1: float = Field(0.0, ge=0, le=1)
     compare_with_champion: bool = True
-    # How much worse than the champion still passes (accuracy points as a fraction).
-    champion_tolerance: float = Field(0.0, ge=0, le=1)
+    # Against the champion, on the same test texts, an exact McNemar test on the texts where the two disagree:
+    # not_worse fails a challenger only when it is worse at this significance level; better passes it only when it
+    # is better at that level.
+    champion_rule: Literal["not_worse", "better"] = "not_worse"
+    significance: float = Field(0.05, gt=0, lt=1)
+    beat_baseline: bool = False  # require a higher test accuracy than the TF-IDF + logistic regression baseline
+    min_slice_accuracy: Optional[float] = Field(None, ge=0, le=1)  # a floor for the worst slice's accuracy
+    min_slice_size: int = Field(20, ge=1)  # slices smaller than this are reported but not judged (noise)
 
 
 class TrackingConfig(_Section):

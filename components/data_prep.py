@@ -16,7 +16,10 @@ from components.handoff import MANIFEST, write_json
 
 SPLITS = ("train", "val", "test")
 FEEDBACK = "feedback"  # the source names of feedback files start with this
-SCHEMA = {"text": "string", "label": "string"}  # of every split's Parquet file
+SOURCE = "_lifecycle_source"  # the column that stage 1 adds to each table read: "data" or "feedback"
+# Every split's Parquet file: the text, its label, where it came from ("data" or "feedback") and, with
+# data.group_column, the group it belongs to (for stage 5's slices).
+SCHEMA = {"text": "string", "label": "string", "source": "string", "group": "string (with data.group_column)"}
 
 
 @dataclass
@@ -64,8 +67,9 @@ def prepare_data(data: DataConfig, seed: int, cache_dir: str | Path, out_dir: st
         min_rows_per_class=data.min_rows_per_class,
         min_text_chars=data.min_text_chars,
         max_text_chars=data.max_text_chars,
+        group_column=data.group_column,
     )
-    feedback_rules = replace(rules, min_rows_per_class=0, min_classes=1)
+    feedback_rules = replace(rules, min_rows_per_class=0, min_classes=1, group_column=None)
     reports = {}
     for name, frame in frames.items():
         reports[name], html = validate_table(frame, feedback_rules if name.startswith(FEEDBACK) else rules,
@@ -82,11 +86,13 @@ def prepare_data(data: DataConfig, seed: int, cache_dir: str | Path, out_dir: st
     labels = sorted(set().union(*(r.labels for r in reports.values())))
     # Feedback joins the whole data set (then balanced and split like the rest), or the train split when the
     # splits are given.
+    frames = {name: frame.assign(**{SOURCE: "feedback" if name.startswith(FEEDBACK) else "data"})
+              for name, frame in frames.items()}
     feedback = [frames[name] for name in frames if name.startswith(FEEDBACK)]
     main = "all" if "all" in frames else "train"
     frames[main] = pd.concat([frames[main], *feedback])
-    cleaned = {name: clean(frames[name], data.text_column, data.label_column) for name in (main, *SPLITS[1:])
-               if name in frames}
+    cleaned = {name: clean(frames[name], data.text_column, data.label_column, data.group_column)
+               for name in (main, *SPLITS[1:]) if name in frames}
     duplicates = sum(r.duplicate_rows for r in reports.values())
     conflicts = sum(r.conflicting_texts for r in reports.values())
     if "all" in cleaned:
@@ -151,10 +157,15 @@ def table_format(data: DataConfig) -> TableFormat:
     )
 
 
-def clean(frame: pd.DataFrame, text_column: str, label_column: str) -> pd.DataFrame:
-    """Keep text and label, strip texts, drop exact duplicates and texts seen with two labels (ambiguous)."""
+def clean(frame: pd.DataFrame, text_column: str, label_column: str, group_column: str | None = None) -> pd.DataFrame:
+    """Keep text and label (and the source and group, when there), strip texts, drop exact duplicates (the first
+    kept: the data's before feedback's) and texts seen with two labels (ambiguous)."""
     rows = pd.DataFrame({"text": frame[text_column].str.strip(), "label": frame[label_column]})
-    rows = rows.drop_duplicates()
+    if SOURCE in frame:
+        rows["source"] = frame[SOURCE]
+    if group_column:
+        rows["group"] = frame[group_column].astype("string")
+    rows = rows.drop_duplicates(subset=["text", "label"])
     ambiguous = rows.groupby("text")["label"].transform("nunique") > 1
     return rows[~ambiguous]
 

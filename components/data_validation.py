@@ -25,6 +25,7 @@ class ValidationRules:
     min_text_chars: int
     max_text_chars: int
     min_classes: int = 2  # 1 for feedback files, which may add examples of one class only
+    group_column: Optional[str] = None  # must exist when set (feedback files need not have it)
 
 
 @dataclass
@@ -114,6 +115,8 @@ def validate_table(frame: pd.DataFrame, rules: ValidationRules, source: str) -> 
 def _expectations(ge, rules: ValidationRules, columns) -> list:
     text, label = rules.text_column, rules.label_column
     found = [ge.ExpectColumnToExist(column=text), ge.ExpectColumnToExist(column=label)]
+    if rules.group_column:
+        found.append(ge.ExpectColumnToExist(column=rules.group_column))
     if text in columns:  # column-map expectations skip nulls, hence the not-null check beside them
         found += [
             ge.ExpectColumnValuesToNotBeNull(column=text),

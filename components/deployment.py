@@ -11,8 +11,10 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from components.handoff import BUNDLE_MODEL, DEPLOYMENT, LABEL_MAP, REFERENCE, bundle_dir, read_labels, write_json
-from components.onnx_classifier import EMBEDDING_OUTPUT, OnnxClassifier, softmax
+from components.handoff import (BUNDLE_MODEL, CALIBRATION, DEPLOYMENT, LABEL_MAP, REFERENCE, bundle_dir, read_labels,
+                                write_json)
+from components.onnx_classifier import EMBEDDING_OUTPUT, OnnxClassifier
+from components.statistics import softmax
 from monitoring.drift import profile_texts
 
 PARITY_TOLERANCE = 1e-4  # largest absolute logit difference allowed for fp32
@@ -74,9 +76,10 @@ def export_onnx(model, tokenizer, path: str | Path) -> None:
 
 
 def deploy_bundle(model_dir: str, data_dir: str, out_dir: str, reference_size: int = 1000, seed: int = 0,
-                  batch_size: int = 64) -> DeploymentReport:
-    """Run stage 6 up to the bundle: out_dir/bundle holds the model to serve and its monitoring reference,
-    out_dir/deployment.json the report. Raises ParityError when the fp32 export does not give the PyTorch model's
+                  batch_size: int = 64, temperature: float = 1.0) -> DeploymentReport:
+    """Run stage 6 up to the bundle: out_dir/bundle holds the model to serve (its probabilities scaled by the
+    `temperature` stage 5 kept) and its monitoring reference, out_dir/deployment.json the report. Raises
+    ParityError when the fp32 export does not give the PyTorch model's
     answers."""
     from components.evaluation import score
     from components.model_init import load_classifier
@@ -87,6 +90,8 @@ def deploy_bundle(model_dir: str, data_dir: str, out_dir: str, reference_size: i
     for name in BUNDLE_FILES:
         if (Path(model_dir) / name).is_file():
             shutil.copy(Path(model_dir) / name, bundle / name)
+    if temperature != 1.0:
+        write_json(bundle, CALIBRATION, {"temperature": temperature})
     labels = read_labels(bundle)
     model, tokenizer = load_classifier(model_dir, labels)
     test = pd.read_parquet(Path(data_dir) / "test.parquet")

@@ -1,16 +1,20 @@
-"""Stage 5, evaluation and validation: test-split metrics, figures, and the gate (thresholds and champion)."""
+"""Stage 5, evaluation and validation: test-split metrics and how sure they are, the baseline, calibration, slices,
+robustness, mistakes, and the gate (floors, the paired test against the champion)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
 
+from components.config import GateConfig
 from components.handoff import read_manifest
 from components.model_init import load_classifier
+from components.statistics import Calibration, PairedComparison, cross_entropy, softmax
 from components.text_batches import encode, predict_logits
 
 # Texts -> class probabilities (rows in the order of `labels`); how a registered champion is scored.
@@ -37,7 +41,6 @@ class TestMetrics:
 class GateDecision:
     passed: bool
     reasons: list[str] = field(default_factory=list)  # why it failed, or what it checked when it passed
-    champion_metrics: Optional[dict] = None
 
 
 def score(probabilities: np.ndarray, targets: np.ndarray, labels: list[str]) -> TestMetrics:
@@ -45,7 +48,6 @@ def score(probabilities: np.ndarray, targets: np.ndarray, labels: list[str]) -> 
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
     predicted = probabilities.argmax(axis=1)
-    picked = np.clip(probabilities[np.arange(len(targets)), targets], 1e-12, 1.0)
     precision, recall, f1, support = precision_recall_fscore_support(
         targets, predicted, labels=range(len(labels)), zero_division=0
     )
@@ -53,7 +55,7 @@ def score(probabilities: np.ndarray, targets: np.ndarray, labels: list[str]) -> 
     if len(labels) == 2 and len(set(targets.tolist())) == 2:
         auc = float(roc_auc_score(targets, probabilities[:, 1]))
     return TestMetrics(
-        test_loss=float(-np.log(picked).mean()),
+        test_loss=cross_entropy(probabilities, targets),
         test_accuracy=float((predicted == targets).mean()),
         test_macro_precision=float(precision.mean()),
         test_macro_recall=float(recall.mean()),
@@ -68,77 +70,162 @@ def score(probabilities: np.ndarray, targets: np.ndarray, labels: list[str]) -> 
     )
 
 
-def decide_gate(metrics: TestMetrics, min_accuracy: float, min_macro_f1: float,
-                champion: Optional[TestMetrics], champion_tolerance: float) -> GateDecision:
-    """Does this model pass? The configured floors, and no worse than the champion on the same test data."""
+def decide_gate(metrics: TestMetrics, gate: GateConfig, champion: Optional[PairedComparison] = None,
+                baseline: Optional[TestMetrics] = None, worst: Optional[dict] = None) -> GateDecision:
+    """Does this model pass? The configured floors; against the champion on the same test texts, the paired test
+    under gate.champion_rule; optionally above the baseline and the worst slice's floor."""
     failures, checked = [], []
-    for name, value, floor in (("test_accuracy", metrics.test_accuracy, min_accuracy),
-                               ("test_macro_f1", metrics.test_macro_f1, min_macro_f1)):
-        line = f"{name} {value:.4f} vs minimum {floor:.4f}"
-        (checked if value >= floor else failures).append(line)
+
+    def check(passed: bool, line: str) -> None:
+        (checked if passed else failures).append(line)
+
+    for name, value, floor in (("test_accuracy", metrics.test_accuracy, gate.min_accuracy),
+                               ("test_macro_f1", metrics.test_macro_f1, gate.min_macro_f1)):
+        check(value >= floor, f"{name} {value:.4f} vs minimum {floor:.4f}")
     if champion is not None:
-        floor = champion.test_accuracy - champion_tolerance
-        line = f"test_accuracy {metrics.test_accuracy:.4f} vs champion {champion.test_accuracy:.4f}"
-        if champion_tolerance:
-            line += f" (tolerance {champion_tolerance:.4f})"
-        (checked if metrics.test_accuracy >= floor else failures).append(line)
-    return GateDecision(
-        passed=not failures,
-        reasons=failures or checked,
-        champion_metrics=champion.scalars() if champion else None,
-    )
+        significant = champion.p_value < gate.significance
+        worse = champion.champion_only_right > champion.challenger_only_right and significant
+        better = champion.challenger_only_right > champion.champion_only_right and significant
+        verdict = "better" if better else "worse" if worse else "no significant difference"
+        check(better if gate.champion_rule == "better" else not worse,
+              f"vs champion version {champion.champion_version} ({champion.champion_accuracy:.4f}): right alone on "
+              f"{champion.challenger_only_right} texts, the champion alone on {champion.champion_only_right}; exact "
+              f"McNemar p = {champion.p_value:.3g} at level {gate.significance:g}: {verdict} (rule "
+              f"{gate.champion_rule})")
+    if gate.beat_baseline and baseline is not None:
+        check(metrics.test_accuracy > baseline.test_accuracy,
+              f"test_accuracy {metrics.test_accuracy:.4f} vs linear baseline {baseline.test_accuracy:.4f}")
+    if gate.min_slice_accuracy is not None and worst is not None:
+        check(worst["accuracy"] >= gate.min_slice_accuracy,
+              f"worst slice {worst['slicing']}={worst['slice']} ({worst['size']} texts) accuracy "
+              f"{worst['accuracy']:.4f} vs minimum {gate.min_slice_accuracy:.4f}")
+    return GateDecision(passed=not failures, reasons=failures or checked)
+
+
+def load_logits_predictor(model_dir: str, labels: list[str], max_length: int, batch_size: int, device: str,
+                          precision: str) -> Callable[[list[str]], np.ndarray]:
+    """The fine-tuned model as texts -> logits (rows in the order of the texts)."""
+    model, tokenizer = load_classifier(model_dir, labels)
+    model.to(device)
+
+    def logits(texts: list[str]) -> np.ndarray:
+        split = encode(tokenizer, texts, max_length)
+        return predict_logits(model, split, batch_size, tokenizer.pad_token_id, device, precision).float().numpy()
+
+    return logits
 
 
 def evaluate_model(model_dir: str, data_dir: str, max_length: int, batch_size: int, device: str, precision: str):
     """Class probabilities of the fine-tuned model on the test split, with the true class indices."""
-    import torch
-
     labels = read_manifest(data_dir)["labels"]
     test = pd.read_parquet(Path(data_dir) / "test.parquet")
-    model, tokenizer = load_classifier(model_dir, labels)
-    model.to(device)
-    split = encode(tokenizer, test["text"].tolist(), max_length, [labels.index(v) for v in test["label"]])
-    logits = predict_logits(model, split, batch_size, tokenizer.pad_token_id, device, precision)
-    return torch.softmax(logits, dim=-1).numpy(), split.labels, labels, test
+    logits = load_logits_predictor(model_dir, labels, max_length, batch_size, device, precision)(test["text"].tolist())
+    return softmax(logits), class_indices(test, labels), labels, test
 
 
-def plot_confusion(metrics: TestMetrics, labels: list[str], path: str | Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    matrix = np.asarray(metrics.confusion)
-    fig, ax = plt.subplots(figsize=(4 + len(labels) * 0.4, 3.5 + len(labels) * 0.4))
-    ax.imshow(matrix, cmap="Blues")
-    for (i, j), count in np.ndenumerate(matrix):
-        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"Test confusion matrix (n={metrics.test_size}, accuracy {metrics.test_accuracy:.2%})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def class_indices(rows: pd.DataFrame, labels: list[str]) -> np.ndarray:
+    return np.array([labels.index(v) for v in rows["label"]])
 
 
-def plot_curves(history: list[dict], path: str | Path) -> None:
-    import matplotlib
+@dataclass
+class Evaluation:
+    """Everything stage 5 finds about a model on the test split (probabilities as served: calibrated when the
+    temperature was kept)."""
+    labels: list[str]
+    metrics: TestMetrics
+    loss_before_calibration: float
+    intervals: dict[str, tuple[float, float]]  # accuracy, macro_f1: bootstrap 95%
+    calibration: Calibration
+    ece_before: float
+    ece: float
+    reliability_before: list[dict]
+    reliability: list[dict]
+    baseline: TestMetrics
+    slices: list[dict]
+    worst_slice: Optional[dict]
+    robustness: list[dict]
+    mistakes: pd.DataFrame  # the most confident: text, true, predicted, probability
+    champion: Optional[PairedComparison]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def scalars(self) -> dict[str, float]:
+        """The MLflow metrics, beside the test metrics."""
+        found = self.metrics.scalars() | {
+            "test_loss_before_calibration": self.loss_before_calibration,
+            "temperature": self.calibration.temperature, "fitted_temperature": self.calibration.fitted_temperature,
+            "val_loss_before_calibration": self.calibration.val_loss_before,
+            "val_loss_after_calibration": self.calibration.val_loss_after,
+            "test_ece_before_calibration": self.ece_before, "test_ece": self.ece,
+            "baseline_test_accuracy": self.baseline.test_accuracy,
+            "baseline_test_macro_f1": self.baseline.test_macro_f1,
+            "gain_over_baseline": self.metrics.test_accuracy - self.baseline.test_accuracy,
+        }
+        for name, (low, high) in self.intervals.items():
+            found |= {f"test_{name}_ci_low": low, f"test_{name}_ci_high": high}
+        found |= {metric_name(f"slice.{r['slicing']}.{r['slice']}.accuracy"): r["accuracy"] for r in self.slices}
+        found |= {f"robustness.{r['perturbation']}.accuracy": r["accuracy"] for r in self.robustness}
+        found |= {f"robustness.{r['perturbation']}.drop": r["drop"] for r in self.robustness}
+        if self.worst_slice:
+            found["worst_slice_accuracy"] = self.worst_slice["accuracy"]
+        if self.champion:
+            found |= {"champion_test_accuracy": self.champion.champion_accuracy,
+                      "champion_mcnemar_p_value": self.champion.p_value,
+                      "challenger_only_right": self.champion.challenger_only_right,
+                      "champion_only_right": self.champion.champion_only_right}
+        return found
 
-    epochs = [row["epoch"] for row in history]
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
-    loss_ax.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train")
-    loss_ax.plot(epochs, [r["val_loss"] for r in history], marker="o", label="validation")
-    loss_ax.set_title("Cross-entropy loss")
-    loss_ax.set_xlabel("epoch")
-    loss_ax.legend()
-    acc_ax.plot(epochs, [r["val_accuracy"] for r in history], marker="o", color="tab:green")
-    acc_ax.set_title("Validation accuracy")
-    acc_ax.set_xlabel("epoch")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """What the MLflow UI shows as tables (artifacts evaluation/<name>.json)."""
+        return {"slices": pd.DataFrame(self.slices), "robustness": pd.DataFrame(self.robustness),
+                "most_confident_mistakes": self.mistakes, "reliability": pd.DataFrame(self.reliability)}
+
+    def to_dict(self) -> dict:
+        found = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: asdict(value) if is_dataclass(value) else value for name, value in found.items()} | {
+            "mistakes": self.mistakes.to_dict("records")}
+
+
+def metric_name(text: str) -> str:
+    """`text` with what MLflow refuses in a metric name (a user's group value may hold anything) as `_`."""
+    return re.sub(r"[^\w\-. :/]", "_", text)
+
+
+def evaluate(model_dir: str, data_dir: str, max_length: int, batch_size: int, device: str, precision: str,
+             seed: int, min_slice_size: int, champion: Optional[tuple[str, Predictor]] = None,
+             top_mistakes: int = 20) -> Evaluation:
+    """Stage 5's findings: test metrics with bootstrap intervals, temperature scaling fitted on the validation
+    split, the linear baseline, the paired comparison with the champion (version, predictor), slices, robustness
+    and the most confident mistakes."""
+    from components.baseline import baseline_probabilities
+    from components.robustness import robustness
+    from components.slices import slice_metrics, worst_slice
+    from components.statistics import bootstrap_intervals, calibrate, compare_paired, reliability
+
+    labels = read_manifest(data_dir)["labels"]
+    splits = {name: pd.read_parquet(Path(data_dir) / f"{name}.parquet") for name in ("train", "val", "test")}
+    targets = {name: class_indices(rows, labels) for name, rows in splits.items()}
+    texts = splits["test"]["text"].tolist()
+    logits_of = load_logits_predictor(model_dir, labels, max_length, batch_size, device, precision)
+    test_logits = logits_of(texts)
+    calibration = calibrate(logits_of(splits["val"]["text"].tolist()), targets["val"])
+    raw, served = softmax(test_logits), softmax(test_logits, calibration.temperature)
+    truth, metrics = targets["test"], score(served, targets["test"], labels)
+    predicted = served.argmax(axis=1)
+    ece_before, bins_before = reliability(raw, truth)
+    ece, bins = reliability(served, truth)
+    wrong = np.flatnonzero(predicted != truth)
+    wrong = wrong[np.argsort(-served[wrong, predicted[wrong]], kind="stable")][:top_mistakes]
+    slices = slice_metrics(splits["test"], truth, predicted)
+    return Evaluation(
+        labels=labels, metrics=metrics, loss_before_calibration=cross_entropy(raw, truth),
+        intervals=bootstrap_intervals(truth, predicted, len(labels), seed), calibration=calibration,
+        ece_before=ece_before, ece=ece, reliability_before=bins_before, reliability=bins,
+        baseline=score(baseline_probabilities(splits["train"]["text"].tolist(), targets["train"], texts, len(labels),
+                                              seed), truth, labels),
+        slices=slices, worst_slice=worst_slice(slices, min_slice_size),
+        robustness=robustness(logits_of, texts, truth, metrics.test_accuracy, seed),
+        mistakes=pd.DataFrame({"text": [texts[i] for i in wrong], "true": [labels[truth[i]] for i in wrong],
+                               "predicted": [labels[predicted[i]] for i in wrong],
+                               "probability": served[wrong, predicted[wrong]].round(4)}),
+        champion=compare_paired(predicted == truth, champion[1](texts).argmax(axis=1) == truth, champion[0])
+        if champion else None,
+    )

@@ -15,6 +15,8 @@ DEPLOYMENT = "deployment.json"  # stage 6: the parity and int8 report (also in t
 BUNDLE = "bundle"  # stage 6: the folder that is registered and served
 BUNDLE_MODEL = "model.onnx"  # in the bundle: the graph that is served
 REFERENCE = "reference.parquet"  # in the bundle: training texts as the served graph sees them (drift reference)
+CALIBRATION = "calibration.json"  # in the bundle: the temperature stage 5 fitted, when it kept one
+TEMPERATURE_TAG = "temperature"  # stage 5's tag on the registered version, which stage 6 puts in the bundle
 
 
 def write_json(folder: str | Path, name: str, content: dict) -> Path:
@@ -51,6 +53,11 @@ def write_labels(model_dir: str | Path, labels: list[str]) -> None:
 def read_labels(model_dir: str | Path) -> list[str]:
     """The class labels in index order."""
     return list(_read_json(model_dir, LABEL_MAP).values())
+
+
+def read_temperature(bundle: str | Path) -> float:
+    """The served logits are divided by this before the softmax (1.0: no calibration)."""
+    return _read_json(bundle, CALIBRATION)["temperature"] if (Path(bundle) / CALIBRATION).is_file() else 1.0
 
 
 def bundle_dir(deploy_dir: str | Path) -> Path:

@@ -1,6 +1,7 @@
 """Text in, label and probabilities out, through onnxruntime: what the registered model and the server run.
 
-A bundle is a directory with `model.onnx`, the tokenizer files and `label_map.json`. Needs no torch.
+A bundle is a directory with `model.onnx`, the tokenizer files, `label_map.json` and, when stage 5 kept a
+temperature, `calibration.json`. Needs no torch.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from components.handoff import BUNDLE_MODEL, read_labels
+from components.handoff import BUNDLE_MODEL, read_labels, read_temperature
+from components.statistics import softmax
 
 EMBEDDING_OUTPUT = "sentence_embedding"  # the graph's second output, for embedding drift
 SUB_BATCH = 4  # texts per onnxruntime call; the fastest on this 2-core CPU for batches of 32
@@ -22,6 +24,7 @@ class OnnxClassifier:
 
         bundle_dir = Path(bundle_dir)
         self.labels = read_labels(bundle_dir)
+        self.temperature = read_temperature(bundle_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(bundle_dir)
         options = ort.SessionOptions()
         if threads:
@@ -54,7 +57,7 @@ class OnnxClassifier:
         return results
 
     def probabilities(self, texts: list[str], batch_size: int = SUB_BATCH) -> np.ndarray:
-        return softmax(self.logits(texts, batch_size))
+        return softmax(self.logits(texts, batch_size), self.temperature)
 
     def predict(self, texts: list[str]) -> list[dict]:
         """[{"label": ..., "probabilities": {label: p}}] for each text."""
@@ -67,7 +70,3 @@ def label_probabilities(labels: list[str], probabilities) -> list[dict[str, floa
     """One {label: probability} mapping per row of class probabilities."""
     return [dict(zip(labels, map(float, row))) for row in probabilities]
 
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)

@@ -120,8 +120,11 @@ def training_stage(config_json: str, tracking_uri: str, parent_run_id: str, data
 def evaluation_stage(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: str, env_dir: str,
                      model_dir: str, out_dir: str) -> dict:
     import mlflow
+    import pandas as pd
 
-    from components.evaluation import decide_gate, evaluate_model, plot_confusion, plot_curves, score
+    from components.evaluation import decide_gate, evaluate
+    from components.evaluation_plots import plot_confusion, plot_curves, plot_reliability
+    from components.handoff import TEMPERATURE_TAG
     from components.model_card import render_model_card
     from components.pyfunc_model import TextClassifier
     from components.registry import CHALLENGER, champion_predictor, register_model, set_alias
@@ -133,35 +136,43 @@ def evaluation_stage(config_json: str, tracking_uri: str, parent_run_id: str, da
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "5-evaluate") as stage:
-        probabilities, targets, labels, test = evaluate_model(
-            model_dir, data_dir, cfg.model.max_length, cfg.train.eval_batch_size, env["device"], env["precision"])
-        metrics = score(probabilities, targets, labels)
+        labels = manifest["labels"]
         champion = champion_predictor(cfg.tracking.registered_model, labels) if cfg.gate.compare_with_champion else None
-        champion_metrics = score(champion[1](test["text"].tolist()), targets, labels) if champion else None
-        gate = decide_gate(metrics, cfg.gate.min_accuracy, cfg.gate.min_macro_f1, champion_metrics,
-                           cfg.gate.champion_tolerance)
+        found = evaluate(model_dir, data_dir, cfg.model.max_length, cfg.train.eval_batch_size, env["device"],
+                         env["precision"], cfg.seed, cfg.gate.min_slice_size, champion)
+        metrics = found.metrics
+        gate = decide_gate(metrics, cfg.gate, found.champion, found.baseline, found.worst_slice)
         plot_confusion(metrics, labels, out / "confusion_matrix.png")
         plot_curves(training["history"], out / "training_curves.png")
+        plot_reliability(found.reliability_before, found.reliability, found.calibration.temperature,
+                         out / "reliability_diagram.png")
         card = render_model_card(cfg.tracking.registered_model, spec, manifest,
                                  {"name": cfg.data.name, "licence": cfg.data.licence, "citation": cfg.data.citation,
-                                  "balance": cfg.data.balance}, env, training, metrics, gate)
+                                  "balance": cfg.data.balance, "group_column": cfg.data.group_column},
+                                 env, training, found, gate)
         (out / "model_card.md").write_text(card)
-        (out / "metrics.json").write_text(json.dumps(metrics.__dict__ | {"gate": gate.__dict__}, indent=2))
-        mlflow.log_metrics(metrics.scalars())
-        for name in ("confusion_matrix.png", "training_curves.png", "model_card.md", "metrics.json"):
+        (out / "metrics.json").write_text(json.dumps(found.to_dict() | {"gate": gate.__dict__}, indent=2))
+        mlflow.log_metrics(found.scalars())
+        for name in ("confusion_matrix.png", "training_curves.png", "reliability_diagram.png", "model_card.md",
+                     "metrics.json"):
             mlflow.log_artifact(str(out / name))
+        for name, table in found.tables().items():
+            mlflow.log_table(table, f"evaluation/{name}.json")
         tags = {"gate": "passed" if gate.passed else "failed", "gate_reasons": "; ".join(gate.reasons),
                 "data_fingerprint": manifest["fingerprint"], "strategy": spec["strategy"], "base_model": spec["base"],
                 "test_accuracy": f"{metrics.test_accuracy:.4f}", "test_loss": f"{metrics.test_loss:.4f}",
-                "champion_version": champion[0] if champion else "none"}
+                "champion_version": champion[0] if champion else "none",
+                TEMPERATURE_TAG: f"{found.calibration.temperature:.6g}"}
+        test_texts = pd.read_parquet(Path(data_dir) / "test.parquet")["text"].head(3).tolist()
         version = register_model(TextClassifier(), {"model_dir": model_dir}, labels, cfg.tracking.registered_model,
-                                 card, tags | {"format": "pytorch"}, test["text"].head(3).tolist())
+                                 card, tags | {"format": "pytorch"}, test_texts)
         if gate.passed:
             set_alias(cfg.tracking.registered_model, CHALLENGER, version)
         mlflow.set_tags({"gate": tags["gate"], "model_version": version})
-        stage.result = (f"test accuracy {metrics.test_accuracy:.2%}, macro-F1 {metrics.test_macro_f1:.4f}, cross-entropy "
-                        f"{metrics.test_loss:.4f}; gate {tags['gate']} ({tags['gate_reasons']}); version {version}"
-                        + (" is the challenger" if gate.passed else ""))
+        stage.result = (f"test accuracy {metrics.test_accuracy:.2%} (95% CI {found.intervals['accuracy'][0]:.2%}-"
+                        f"{found.intervals['accuracy'][1]:.2%}; baseline {found.baseline.test_accuracy:.2%}), macro-F1 "
+                        f"{metrics.test_macro_f1:.4f}, cross-entropy {metrics.test_loss:.4f}; gate {tags['gate']} "
+                        f"({tags['gate_reasons']}); version {version}" + (" is the challenger" if gate.passed else ""))
     # What users compare across runs, on the parent run too.
     client = mlflow.MlflowClient()
     for key, value in metrics.scalars().items():
@@ -189,7 +200,7 @@ def deployment_stage(config_json: str, tracking_uri: str, parent_run_id: str, da
     import pandas as pd
 
     from components.deployment import deploy_bundle
-    from components.handoff import bundle_dir, read_labels
+    from components.handoff import TEMPERATURE_TAG, bundle_dir, read_labels
     from components.pyfunc_model import OnnxTextClassifier
     from components.registry import promote, register_model
     from components.tracking import stage_run
@@ -197,14 +208,16 @@ def deployment_stage(config_json: str, tracking_uri: str, parent_run_id: str, da
     cfg = _config(config_json)
     name = cfg.tracking.registered_model
     with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "6-deploy") as stage:
+        source = mlflow.MlflowClient().get_model_version(name, challenger_version)
+        temperature = float(source.tags.get(TEMPERATURE_TAG, 1.0))  # stage 5's calibration, served as it decided
         try:
-            report = deploy_bundle(model_dir, data_dir, out_dir, cfg.monitor.reference_size, cfg.seed)
+            report = deploy_bundle(model_dir, data_dir, out_dir, cfg.monitor.reference_size, cfg.seed,
+                                   temperature=temperature)
         finally:  # the parity report matters most when parity failed
             if (Path(out_dir) / DEPLOYMENT).is_file():
                 mlflow.log_artifact(str(Path(out_dir) / DEPLOYMENT))
         mlflow.log_metrics({k: v for k, v in report.to_dict().items() if isinstance(v, float)})
-        mlflow.log_params({"served": report.served, "served_reason": report.reason})
-        source = mlflow.MlflowClient().get_model_version(name, challenger_version)
+        mlflow.log_params({"served": report.served, "served_reason": report.reason, "temperature": temperature})
         test_texts = pd.read_parquet(Path(data_dir) / "test.parquet")["text"].head(3).tolist()
         version = register_model(
             OnnxTextClassifier(), {"bundle": str(bundle_dir(out_dir))}, read_labels(model_dir), name,

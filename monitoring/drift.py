@@ -45,10 +45,11 @@ class DriftResult:
 def profile_texts(classifier, texts: list[str]) -> pd.DataFrame:
     """Texts as the model sees them: predicted label, class probabilities (all but the first label's, which the
     others determine) and the sentence embedding, from one pass of the ONNX graph."""
-    from components.onnx_classifier import EMBEDDING_OUTPUT, softmax
+    from components.onnx_classifier import EMBEDDING_OUTPUT
+    from components.statistics import softmax
 
     logits, embeddings = classifier.run(texts, ["logits", EMBEDDING_OUTPUT])
-    probabilities = softmax(logits)
+    probabilities = softmax(logits, classifier.temperature)  # as served
     frame = pd.DataFrame({"text": texts, "predicted_label": [classifier.labels[i] for i in probabilities.argmax(1)]})
     for k, label in enumerate(classifier.labels[1:], start=1):
         frame[f"probability_{label}"] = probabilities[:, k]

@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
     compile_ = with_config(commands.add_parser("compile", help="write the training and monitor pipelines' KFP YAML"))
     compile_.add_argument("-o", "--output", default="pipeline.yaml",
-                          help="training pipeline: a .yaml file, or a directory for pipeline.yaml (default %(default)s)")
+                          help="training pipeline: a .yaml file, or a directory for pipeline.yaml "
+                               "(default %(default)s)")
     compile_.add_argument("--monitor-output",
                           help="monitor pipeline (default: monitor_pipeline.yaml beside the training pipeline)")
     compile_.set_defaults(handler=_compile)
@@ -77,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
     serve = with_config(commands.add_parser("serve", help="serve a registered ONNX model over HTTP (KServe V2)"))
     serve.add_argument("--model", help="models:/NAME@ALIAS or models:/NAME/VERSION (default: the champion)")
-    serve.add_argument("--port", type=int, help="HTTP port (default serve.port; gRPC on the next one, metrics on the one after)")
+    serve.add_argument("--port", type=int,
+                       help="HTTP port (default serve.port; gRPC on the next one, metrics on the one after)")
     serve.set_defaults(handler=_serve)
     rollback = with_config(commands.add_parser("rollback", help="put the previous champion back"))
     rollback.set_defaults(handler=_rollback)
@@ -236,8 +238,8 @@ def _rollback(args) -> int:
     cfg = load(args)
     mlflow.set_tracking_uri(tracking_uri_for(cfg))
     champion, demoted = rollback(cfg.tracking.registered_model)
-    args.console.show(f"{cfg.tracking.registered_model}: champion is version {champion} again; version {demoted} is now "
-          f"'previous' (a second rollback undoes this)")
+    args.console.show(f"{cfg.tracking.registered_model}: champion is version {champion} again; version {demoted} is "
+                      "now 'previous' (a second rollback undoes this)")
     return 0
 
 

@@ -75,7 +75,7 @@ def test_train_deploy_serve_monitor_retrain_across_pods_that_share_only_the_serv
     def settings(pod, *more: str) -> list[str]:
         return tiny_settings(pod, f"{bucket}/data/texts.csv", tiny_bert, f"storage.checkpoints={bucket}/checkpoints",
                              f"storage.predictions={bucket}/predictions", "serve.log_flush_texts=20",
-                             "gate.champion_tolerance=0.2", "train.epochs=3", *more)
+                             "gate.significance=0.001", "train.epochs=3", *more)
 
     pods = Pods(tmp_path / "pods")
     client = mlflow.MlflowClient(tracking_server.uri)

@@ -68,7 +68,8 @@ def test_the_console_shows_marked_lines_draws_no_bar_off_a_terminal_and_logs_eve
     assert shown[1:] == ["1-data failed: data.csv row 3: label is empty"]
     assert console.last_error == shown[1] and console.users_error
     log = console.log_path.read_text()
-    assert "a library's message" in log and "a library's warning" in log and "a line of a task's output" in log and "epoch 1/1 2/2" in log
+    for line in ("a library's message", "a library's warning", "a line of a task's output", "epoch 1/1 2/2"):
+        assert line in log
 
 
 def test_compile_takes_a_directory_for_its_output_and_refuses_other_suffixes(tmp_path, capsys):

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from components.config import GateConfig
 from components.evaluation import decide_gate, score
 
 LABELS = ["ham", "spam"]
@@ -34,18 +35,16 @@ def metrics_with_accuracy(accuracy: float):
 
 
 def test_gate_refuses_a_model_below_the_configured_floor():
-    decision = decide_gate(metrics_with_accuracy(0.90), 0.95, 0.0, None, 0.0)
+    decision = decide_gate(metrics_with_accuracy(0.90), GateConfig(min_accuracy=0.95))
     assert not decision.passed and "test_accuracy 0.9000 vs minimum 0.9500" in decision.reasons
 
 
-def test_gate_refuses_a_model_worse_than_the_champion_on_the_same_data():
-    decision = decide_gate(metrics_with_accuracy(0.96), 0.9, 0.0, metrics_with_accuracy(0.98), 0.0)
+def test_gate_can_require_beating_the_baseline_and_a_floor_for_the_worst_slice():
+    worst = {"slicing": "length", "slice": "short (<= 20 chars)", "size": 30, "accuracy": 0.8}
+    strict = GateConfig(min_accuracy=0.9, beat_baseline=True, min_slice_accuracy=0.85)
+    decision = decide_gate(metrics_with_accuracy(0.95), strict, baseline=metrics_with_accuracy(0.96), worst=worst)
     assert not decision.passed
-    assert decision.reasons == ["test_accuracy 0.9600 vs champion 0.9800"]
-    assert decision.champion_metrics["test_accuracy"] == pytest.approx(0.98)
-
-
-def test_gate_passes_a_model_as_good_as_the_champion_or_within_tolerance():
-    assert decide_gate(metrics_with_accuracy(0.98), 0.9, 0.9, metrics_with_accuracy(0.98), 0.0).passed
-    assert decide_gate(metrics_with_accuracy(0.97), 0.9, 0.0, metrics_with_accuracy(0.98), 0.02).passed
-    assert decide_gate(metrics_with_accuracy(0.97), 0.9, 0.0, None, 0.0).passed
+    assert decision.reasons == ["test_accuracy 0.9500 vs linear baseline 0.9600",
+                                "worst slice length=short (<= 20 chars) (30 texts) accuracy 0.8000 vs minimum 0.8500"]
+    lenient = GateConfig(min_accuracy=0.9)  # by default neither rule applies
+    assert decide_gate(metrics_with_accuracy(0.95), lenient, baseline=metrics_with_accuracy(0.96), worst=worst).passed
