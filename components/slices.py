@@ -28,8 +28,10 @@ def slice_metrics(test: pd.DataFrame, targets: np.ndarray, predicted: np.ndarray
             slicings[column] = test[column].fillna("(none)").astype(str)
     rows = []
     for slicing, values in slicings.items():
-        for value in sorted(values.unique()):
+        for value in list(ranges) if slicing == "length" else sorted(values.unique()):
             inside = (values == value).to_numpy()
+            if not inside.any():  # a length bucket that ties left empty
+                continue
             rows.append({"slicing": slicing, "slice": value, "range": ranges.get(value, "") if slicing == "length" else "",
                          "size": int(inside.sum()),
                          "accuracy": float((predicted[inside] == targets[inside]).mean()),

@@ -147,6 +147,16 @@ def test_a_class_left_too_small_by_its_duplicates_is_named_with_the_rows_it_need
 
 
 @pytest.mark.skipif(not SHARED_SMS.is_file(), reason="the shared SMS Spam Collection is not beside the project")
+def test_a_group_column_is_carried_to_the_splits_and_a_missing_one_is_named(tmp_path):
+    rows = make_texts(120).assign(channel=["sms", "email", "web"] * 40)
+    rows.to_csv(tmp_path / "texts.csv", index=False)
+    prepare_data(data_config(tmp_path / "texts.csv", group_column="channel"), 1, tmp_path, tmp_path / "out")
+    test = pd.read_parquet(tmp_path / "out" / "test.parquet")
+    assert set(test["group"]) == {"sms", "email", "web"} and set(test["source"]) == {"data"}
+    with pytest.raises(DataValidationError, match="column 'language' is missing"):
+        prepare_data(data_config(tmp_path / "texts.csv", group_column="language"), 1, tmp_path, tmp_path / "out2")
+
+
 def test_sms_spam_collection_with_the_ch06_protocol(tmp_path):
     from components.config import load_config
 
@@ -187,6 +197,8 @@ def test_feedback_files_of_one_class_join_the_data_and_a_bad_one_is_named(tmp_pa
     prepared = prepare_data(data, 1, tmp_path, tmp_path / "out")
     assert sum(counts["ham"] for counts in prepared.counts.values()) == 120 + 30
     assert (tmp_path / "out" / "validation_feedback-labelled.html").is_file()
+    splits = pd.concat(pd.read_parquet(tmp_path / "out" / f"{name}.parquet") for name in SPLITS)
+    assert splits["source"].value_counts().to_dict() == {"data": 240, "feedback": 30}  # for stage 5's slices
 
     new.assign(label="junk").to_json(feedback / "more.jsonl", orient="records", lines=True)
     with pytest.raises(DataValidationError, match=r"more\.jsonl(.|\n)*not in \['ham', 'spam'\]"):

@@ -73,7 +73,14 @@ def test_lifecycle_run_tracks_every_stage_registers_promotes_and_keeps_the_champ
     assert all(r.info.status == "FINISHED" for r in stages.values())
     evaluation = stages["5-evaluate"]
     assert evaluation.data.metrics["test_accuracy"] >= 0.8 and evaluation.data.metrics["test_loss"] > 0
-    assert "model_card.md" in {a.path for a in client.list_artifacts(evaluation.info.run_id)}
+    evaluated = {a.path for a in client.list_artifacts(evaluation.info.run_id)}
+    assert {"model_card.md", "reliability_diagram.png", "confusion_matrix.png"} <= evaluated
+    assert {"evaluation/slices.json", "evaluation/robustness.json", "evaluation/most_confident_mistakes.json"} <= {
+        a.path for a in client.list_artifacts(evaluation.info.run_id, "evaluation")}
+    found = evaluation.data.metrics
+    assert found["test_accuracy_ci_low"] <= found["test_accuracy"] <= found["test_accuracy_ci_high"]
+    assert {"baseline_test_accuracy", "test_ece", "temperature", "robustness.typos.drop",
+            "slice.length.short.accuracy", "slice.source.data.accuracy"} <= set(found)
     assert len(stages["1-data"].inputs.dataset_inputs) == 3
     assert "train_loss" in stages["4-fine-tune"].data.metrics
     assert parent.data.params["model.strategy"] == "full" and parent.data.tags["data_fingerprint"]
@@ -87,6 +94,9 @@ def test_lifecycle_run_tracks_every_stage_registers_promotes_and_keeps_the_champ
     challenger = client.get_model_version_by_alias("sms-spam-classifier", "challenger")
     assert challenger.version == 1 and challenger.tags["gate"] == "passed" and challenger.tags["format"] == "pytorch"
     assert challenger.description.startswith("# Model card: sms-spam-classifier")
+    for section in ("## Against a linear baseline", "## Calibration", "## Slices", "## Robustness",
+                    "## Most confident mistakes", "95% interval (bootstrap)"):
+        assert section in challenger.description, section
     champion = client.get_model_version_by_alias("sms-spam-classifier", "champion")
     assert champion.version == 2 and champion.tags["format"].startswith("onnx-")
     assert champion.tags["source_version"] == "1" and champion.description == challenger.description
@@ -99,7 +109,8 @@ def test_lifecycle_run_tracks_every_stage_registers_promotes_and_keeps_the_champ
     assert main(run_args("train.epochs=1", "train.learning_rate=1e-7", "gate.min_accuracy=0",
                          "gate.min_macro_f1=0")) == 0
     worse = client.get_model_version("sms-spam-classifier", "3")
-    assert worse.tags["gate"] == "failed" and "vs champion" in worse.tags["gate_reasons"]
+    assert worse.tags["gate"] == "failed" and "exact McNemar p = " in worse.tags["gate_reasons"]
+    assert "worse (rule not_worse)" in worse.tags["gate_reasons"]
     assert client.get_model_version_by_alias("sms-spam-classifier", "challenger").version == 1
     assert client.get_model_version_by_alias("sms-spam-classifier", "champion").version == 2
     assert len(client.search_model_versions("name = 'sms-spam-classifier'")) == 3  # no deployment ran
