@@ -37,3 +37,15 @@ def test_rollback_without_a_previous_champion_is_a_clear_error(client):
     with pytest.raises(RegistryError, match="no version with the alias 'previous'"):
         rollback(NAME)
     assert alias(client, "champion") == "1"
+
+
+def test_a_card_too_long_for_the_registry_keeps_the_sections_that_fit_and_says_where_the_whole_is():
+    from components.registry import DESCRIPTION_LIMIT, registry_description
+
+    card = "# Model card: x\n\nintro\n## Model\nshort\n## Slices\n" + "| row |\n" * 800 + "## Validation gate: PASSED\n- ok\n"
+    assert len(card) > DESCRIPTION_LIMIT
+    shortened = registry_description(card, "run123")
+    assert len(shortened) <= DESCRIPTION_LIMIT
+    assert "## Model\nshort" in shortened and "## Validation gate: PASSED\n- ok" in shortened
+    assert "## Slices" not in shortened and "left out: Slices" in shortened and "MLflow run run123" in shortened
+    assert registry_description("# short card\n", "run123") == "# short card\n"
