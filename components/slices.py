@@ -32,8 +32,8 @@ def slice_metrics(test: pd.DataFrame, targets: np.ndarray, predicted: np.ndarray
             inside = (values == value).to_numpy()
             if not inside.any():  # a length bucket that ties left empty
                 continue
-            rows.append({"slicing": slicing, "slice": value, "range": ranges.get(value, "") if slicing == "length" else "",
-                         "size": int(inside.sum()),
+            rows.append({"slicing": slicing, "slice": value, "size": int(inside.sum()),
+                         "range": ranges[value] if slicing == "length" else "",
                          "accuracy": float((predicted[inside] == targets[inside]).mean()),
                          "macro_f1": float(f1_score(targets[inside], predicted[inside], average="macro",
                                                     zero_division=0))})
