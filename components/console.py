@@ -45,8 +45,12 @@ def configure_task_logging() -> None:
     """In a KFP task's process (kfp.local's subprocess, a pod): the project's loggers to stdout, marked. Any other
     process keeps its own set-up: the CLI's (a stage called in-process, as `lifecycle monitor` does), a test's."""
     main = sys.modules.get("__main__")
-    if getattr(getattr(main, "__spec__", None), "name", "") != "kfp.dsl.executor_main":
-        return
+    if getattr(getattr(main, "__spec__", None), "name", "") == "kfp.dsl.executor_main":
+        mark_project_logs()
+
+
+def mark_project_logs() -> None:
+    """The project's loggers to stdout, marked (unless something configured them already)."""
     for name in PACKAGES:
         logger = logging.getLogger(name)
         if logger.handlers:

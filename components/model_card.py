@@ -42,7 +42,7 @@ A text classifier for the labels {", ".join(f"`{label}`" for label in labels)}, 
 - Base model: `{spec['base']}` (loaded from `{spec['source']}`), {"decoder, last-token pooling" if spec['is_decoder'] else "encoder"}.
 - Fine-tuning strategy: **{spec['strategy']}**{_strategy_detail(spec)}; {spec['trainable_parameters']:,} of
   {spec['total_parameters']:,} parameters trained ({spec['trainable_parameters'] / spec['total_parameters']:.1%}).
-- Saved as safetensors with its tokenizer and label map{"; LoRA weights merged into the base" if spec['strategy'] == 'lora' else ""}.
+- Saved as safetensors with its tokenizer and label map{MERGED.get(spec['strategy'], "")}.
 
 ## Data
 - Data set: {data_meta['name']} — source `{data['source']}` (sha256 `{data['source_sha256']}`).
@@ -173,10 +173,14 @@ def _cell(text: str, width: int = 80) -> str:
     return flat if len(flat) <= width else flat[:width - 1] + "…"
 
 
+MERGED = {"lora": "; LoRA weights merged into the base",
+          "qlora": "; trained on a 4-bit NF4 base, LoRA weights merged into the full-precision base"}
+
+
 def _strategy_detail(spec: dict) -> str:
     if spec["strategy"] == "partial":
         return f" (last {spec['trainable_blocks']} blocks, final norm and head)"
-    if spec["strategy"] == "lora":
+    if spec["strategy"] in ("lora", "qlora"):
         return f" (LoRA on {', '.join(spec['lora_target_modules'] or [])}, plus the head)"
     if spec["strategy"] == "head":
         return " (head only)"

@@ -45,8 +45,9 @@ def resolve_base(base: str) -> str:
     return base
 
 
-def load_classifier(source: str, labels: list[str]):
-    """Load tokenizer and model with a classification head for `labels`, fp32 master weights, safetensors only."""
+def load_classifier(source: str, labels: list[str], quantized: bool = False):
+    """Load tokenizer and model with a classification head for `labels`, fp32 master weights, safetensors only;
+    `quantized`: the base in 4-bit NF4 with double quantization and bf16 compute (QLoRA; a CUDA GPU)."""
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -65,10 +66,17 @@ def load_classifier(source: str, labels: list[str]):
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     config.pad_token_id = tokenizer.pad_token_id
+    quantization = {}
+    if quantized:
+        from transformers import BitsAndBytesConfig
+
+        quantization = {"quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16), "device_map": {"": torch.cuda.current_device()}}
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            source, config=config, dtype=torch.float32, use_safetensors=True, trust_remote_code=False
-        )
+            source, config=config, dtype=torch.float32, use_safetensors=True, trust_remote_code=False,
+            **quantization)
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot load weights of {source!r} (safetensors required): {err}") from None
     return model, tokenizer
@@ -99,16 +107,20 @@ def apply_strategy(model, strategy: str, trainable_blocks: int, lora: LoraConfig
     if strategy == "full":
         model.requires_grad_(True)
         return model
-    if strategy == "lora":
+    if strategy in ("lora", "qlora"):
         from peft import LoraConfig as PeftLoraConfig
-        from peft import TaskType, get_peft_model
+        from peft import TaskType, get_peft_model, prepare_model_for_kbit_training
 
+        if strategy == "qlora":  # norms and head in fp32, gradient checkpointing, inputs that carry gradients
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
+                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
         peft_config = PeftLoraConfig(
             task_type=TaskType.SEQ_CLS,  # also trains and saves the new head (classifier/score)
             r=lora.r,
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
-            target_modules=lora.target_modules,  # None: peft's default for the architecture
+            # None: peft's default for the architecture; QLoRA adapts every linear layer
+            target_modules="all-linear" if strategy == "qlora" else lora.target_modules,
         )
         try:
             return get_peft_model(model, peft_config)
@@ -161,7 +173,7 @@ def initialise_model(
         is_decoder=bool(getattr(model.config, "is_decoder", False)) or model.config.model_type in DECODER_TYPES,
         strategy=strategy,
         trainable_blocks=trainable_blocks if strategy == "partial" else None,
-        lora_target_modules=_lora_targets(trained) if strategy == "lora" else None,
+        lora_target_modules=_lora_targets(trained) if strategy in ("lora", "qlora") else None,
         total_parameters=total,
         trainable_parameters=trainable,
         labels=labels,

@@ -91,6 +91,7 @@ def training_stage(config_json: str, tracking_uri: str, parent_run_id: str, data
     import mlflow
     import torch
 
+    from components.distributed import fine_tune_in_processes
     from components.environment import seed_everything
     from components.storage import join
     from components.tracking import stage_run
@@ -100,13 +101,17 @@ def training_stage(config_json: str, tracking_uri: str, parent_run_id: str, data
     env = read_environment(env_dir)
     torch.set_num_threads(env["threads"])
     seed_everything(cfg.seed)
+    processes = cfg.train.processes or (cfg.kfp.gpu.count if env["device"] == "cuda" else 1) or 1
+    arguments = dict(init_dir=init_dir, data_dir=data_dir, out_dir=out_dir,
+                     checkpoint_uri=join(cfg.checkpoints_uri(), parent_run_id), model_cfg=cfg.model,
+                     train_cfg=cfg.train, device=env["device"], precision=env["precision"], seed=cfg.seed)
     with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "4-fine-tune") as stage:
-        result = fine_tune(
-            init_dir, data_dir, out_dir,
-            checkpoint_uri=join(cfg.checkpoints_uri(), parent_run_id),
-            model_cfg=cfg.model, train_cfg=cfg.train, device=env["device"], precision=env["precision"],
-            seed=cfg.seed, log_metrics=lambda metrics, step: mlflow.log_metrics(metrics, step=step),
-        )
+        mlflow.log_param("processes", processes)
+        if processes > 1:
+            result = fine_tune_in_processes(processes, **arguments, threads=env["threads"],
+                                            mlflow_run=(tracking_uri, mlflow.active_run().info.run_id))
+        else:
+            result = fine_tune(**arguments, log_metrics=lambda metrics, step: mlflow.log_metrics(metrics, step=step))
         mlflow.log_metrics({"train_seconds": result.train_seconds, "samples_per_second": result.samples_per_second,
                             "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
                             "best_val_accuracy": result.best_val_accuracy})

@@ -5,6 +5,7 @@ only. Importable without MLflow or KFP."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from typing import Callable, Optional
 
 import pandas as pd
 
-from components.config import ModelConfig, TrainConfig
+from components.config import ConfigError, ModelConfig, TrainConfig
 from components.console import Progress
 from components.handoff import TRAIN_RESULT, read_manifest, write_json, write_labels
 from components.model_init import apply_strategy, load_classifier, set_dropout, transformer_blocks
@@ -46,6 +47,57 @@ class TrainResult:
         return asdict(self)
 
 
+@dataclass
+class Ranks:
+    """This process among the training processes (torch.distributed under torchrun); alone, rank 0 of 1."""
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def leader(self) -> bool:  # validates, checkpoints, logs and saves
+        return self.rank == 0
+
+    @classmethod
+    def current(cls) -> "Ranks":
+        import torch.distributed as dist
+
+        return cls(dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else cls()
+
+    def share(self, batches: list) -> list:
+        """This rank's share of an epoch's batches: every rank the same number (the list wrapped round to a
+        multiple of the ranks, as PyTorch's DistributedSampler pads), rank r taking every world-th from r."""
+        padded = batches + batches[:(-len(batches)) % self.world]
+        return padded[self.rank::self.world]
+
+
+@dataclass
+class Session:
+    """What the phases of fine-tuning share: the model (DDP-wrapped across processes), its data and its state."""
+    model: object
+    tokenizer: object
+    labels: list[str]
+    train: object  # EncodedSplit
+    val: object
+    optimizer: object
+    scheduler: object
+    epoch_batches: list[list[list[int]]]  # this rank's batches, per epoch
+    checkpoint: "Checkpoint"
+    state: "TrainingState"
+    ranks: Ranks
+    device: str
+    precision: str
+    feed_train: Optional[Callable] = None  # partial and head: puts the cached frozen outputs in place
+    feed_val: Optional[Callable] = None
+    contexts: list = field(default_factory=list)  # what stands in for the frozen blocks, the pooled last block
+    resumed_from: int = 0
+    seen: int = 0  # training texts seen by this rank
+
+    @property
+    def trained(self):
+        """The model without its DDP wrapper: what validates and saves."""
+        return getattr(self.model, "module", self.model)
+
+
 def fine_tune(
     init_dir: str,
     data_dir: str,
@@ -57,42 +109,59 @@ def fine_tune(
     precision: str,
     seed: int,
     log_metrics: Optional[MetricsLogger] = None,
-) -> TrainResult:
+) -> Optional[TrainResult]:
     """Train the stage 2 model on the stage 1 splits; writes a merged safetensors model to out_dir. Checkpoints
-    go to checkpoint_uri (a folder or storage URI), where a later call with the same URI resumes."""
+    go to checkpoint_uri (a folder or storage URI), where a later call with the same URI resumes. Under torchrun
+    (components/distributed.py) each process trains on its share of the batches with DDP; rank 0 validates,
+    checkpoints, saves and returns the result, the others return None."""
+    train_cfg = train_cfg.for_strategy(model_cfg.strategy)
+    log_metrics = log_metrics or (lambda metrics, step: None)
+    started = time.perf_counter()
+    session = set_up(init_dir, data_dir, checkpoint_uri, model_cfg, train_cfg, device, precision, seed)
+    with contextlib.ExitStack() as stack:
+        for context in session.contexts:
+            stack.enter_context(context)
+        for epoch in range(session.state.epoch + 1, train_cfg.epochs + 1):
+            if session.state.epochs_without_improvement >= train_cfg.early_stopping_patience:
+                break
+            epoch_start = time.perf_counter()
+            train_loss = train_epoch(session, epoch, train_cfg, log_metrics)
+            val_loss, val_accuracy = validate(session, train_cfg)
+            end_epoch(session, epoch, train_cfg, log_metrics, {
+                "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_accuracy,
+                "seconds": time.perf_counter() - epoch_start})
+    if not session.ranks.leader:
+        return None
+    return finish(session, model_cfg, train_cfg, init_dir, out_dir, time.perf_counter() - started)
+
+
+def set_up(init_dir: str, data_dir: str, checkpoint_uri: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
+           device: str, precision: str, seed: int) -> Session:
+    """The model under its strategy, the encoded splits, the cached frozen blocks, AdamW and its schedule, every
+    epoch's batches, and the checkpoint's state when there is one to resume from."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    train_cfg = train_cfg.for_strategy(model_cfg.strategy)
-    log_metrics = log_metrics or (lambda metrics, step: None)
+    ranks = Ranks.current()
+    quantized = model_cfg.strategy == "qlora"
+    if quantized and device != "cuda":
+        raise ConfigError(f"model.strategy=qlora needs a CUDA GPU (bitsandbytes 4-bit); this machine trains on "
+                          f"{device}: use model.strategy=lora")
     torch.manual_seed(seed)  # LoRA's initial weights and dropout; a resumed run restores the saved RNG state
     labels = read_manifest(data_dir)["labels"]
-    model, tokenizer = load_classifier(init_dir, labels)
+    model, tokenizer = load_classifier(init_dir, labels, quantized)
     if model_cfg.dropout is not None:  # before LoRA adds its own dropout layers
         set_dropout(model, model_cfg.dropout)
-    model = apply_strategy(model, model_cfg.strategy, model_cfg.trainable_blocks, model_cfg.lora).to(device)
+    model = apply_strategy(model, model_cfg.strategy, model_cfg.trainable_blocks, model_cfg.lora)
+    if not quantized:  # bitsandbytes placed the 4-bit model already
+        model = model.to(device)
     train = _encode_split(tokenizer, data_dir, "train", labels, model_cfg.max_length, train_cfg.max_train_samples)
     val = _encode_split(tokenizer, data_dir, "val", labels, model_cfg.max_length)
-    pad_id = tokenizer.pad_token_id
-    started = time.perf_counter()
-    frozen = frozen_block_count(model, model_cfg)
-    if frozen:
-        # The frozen blocks give the same output every epoch: compute it once, train the top on it.
-        from components.frozen_blocks import CachedBlocks, frozen_outputs, standing_in
-
-        cached = {name: frozen_outputs(model, split, frozen, train_cfg.eval_batch_size, train_cfg.max_batch_tokens,
-                                       pad_id, device, precision) for name, split in (("train", train), ("val", val))}
-        size_mb = sum(s.numel() * s.element_size() for states in cached.values() for s in states) / 2**20
-        log.info("cached the output of the %d frozen blocks for %d texts (%.0f MB, %.1f s)", frozen,
-                 len(train) + len(val), size_mb, time.perf_counter() - started)
-        stand_in = CachedBlocks()
-        replacing = standing_in(model, frozen, stand_in)
-        feed_train = lambda indices: stand_in.feed(cached["train"], indices, device)  # noqa: E731
-        feed_val = lambda indices: stand_in.feed(cached["val"], indices, device)  # noqa: E731
-    else:
-        replacing, feed_train, feed_val = nullcontext(), None, None
-    # The last block, when it trains, runs for the pooled position only (where the architecture allows).
-    pooled = first_token_only(model) if frozen < len(transformer_blocks(model)) else nullcontext()
+    session_feeds, contexts = _frozen_and_pooled(model, model_cfg, train_cfg, train, val, tokenizer.pad_token_id,
+                                                 device, precision)
+    if ranks.world > 1:  # gradients all-reduced across the processes; every rank starts from rank 0's weights
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[torch.cuda.current_device()] if device == "cuda" else None)
 
     # AdamW without decay on biases and norms, linear warm-up then linear decay to zero.
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -101,78 +170,130 @@ def fine_tune(
         {"params": [p for n, p in trainable if p.ndim <= 1], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=train_cfg.learning_rate, fused=device in ("cuda", "cpu"))
-    # Every epoch's batches up front: the schedule needs the number of steps, and a resumed run the same order.
+    # Every epoch's batches up front, the same on every rank: the schedule needs the number of steps, and a
+    # resumed run the same order.
     rng = random.Random(seed)
-    epoch_batches = [train_batches(train, train_cfg.batch_size, rng, train_cfg.max_batch_tokens)
+    epoch_batches = [ranks.share(train_batches(train, train_cfg.batch_size, rng, train_cfg.max_batch_tokens))
                      for _ in range(train_cfg.epochs)]
     total_steps = sum(map(len, epoch_batches))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(train_cfg.warmup_ratio * total_steps), total_steps)
 
     checkpoint = Checkpoint(checkpoint_uri)
-    state = checkpoint.load(model, optimizer, scheduler) or TrainingState()
-    resumed_from = state.epoch
-    if resumed_from:
-        log.info("resuming from the checkpoint after epoch %d in %s", resumed_from, checkpoint_uri)
+    state = checkpoint.load(getattr(model, "module", model), optimizer, scheduler) or TrainingState()
+    if state.epoch and ranks.leader:
+        log.info("resuming from the checkpoint after epoch %d in %s", state.epoch, checkpoint_uri)
+    return Session(model, tokenizer, labels, train, val, optimizer, scheduler, epoch_batches, checkpoint, state,
+                   ranks, device, precision, *session_feeds, contexts=contexts, resumed_from=state.epoch)
 
-    seen = 0
-    with replacing, pooled:
-        for epoch in range(state.epoch + 1, train_cfg.epochs + 1):
-            if state.epochs_without_improvement >= train_cfg.early_stopping_patience:
-                break
-            # 1. one pass over the training split, loss kept on the device (no host sync per step)
-            model.train()
-            epoch_start = time.perf_counter()
-            running = torch.zeros((), device=device)
+
+def _frozen_and_pooled(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train, val, pad_id: int, device: str,
+                       precision: str) -> tuple[tuple, list]:
+    """((feed_train, feed_val), contexts): the frozen blocks give the same output every epoch, so it is computed
+    once and the top trains on it; a trained last block runs for the pooled position only (where the architecture
+    allows)."""
+    frozen = frozen_block_count(model, model_cfg)
+    pooled = first_token_only(model) if frozen < len(transformer_blocks(model)) else nullcontext()
+    if not frozen:
+        return (None, None), [pooled]
+    from components.frozen_blocks import CachedBlocks, frozen_outputs, standing_in
+
+    started = time.perf_counter()
+    cached = {name: frozen_outputs(model, split, frozen, train_cfg.eval_batch_size, train_cfg.max_batch_tokens,
+                                   pad_id, device, precision) for name, split in (("train", train), ("val", val))}
+    size_mb = sum(s.numel() * s.element_size() for states in cached.values() for s in states) / 2**20
+    log.info("cached the output of the %d frozen blocks for %d texts (%.0f MB, %.1f s)", frozen,
+             len(train) + len(val), size_mb, time.perf_counter() - started)
+    stand_in = CachedBlocks()
+    feeds = (lambda indices: stand_in.feed(cached["train"], indices, device),
+             lambda indices: stand_in.feed(cached["val"], indices, device))
+    return feeds, [standing_in(model, frozen, stand_in), pooled]
+
+
+def train_epoch(session: Session, epoch: int, train_cfg: TrainConfig, log_metrics: MetricsLogger) -> float:
+    """One pass over this rank's batches; the loss stays on the device (no host sync per step). Returns the
+    epoch's mean training loss over all ranks."""
+    import torch
+
+    model, device = session.model, session.device
+    model.train()
+    running = torch.zeros((), device=device)
+    window, window_steps = torch.zeros((), device=device), 0
+    batches = session.epoch_batches[epoch - 1]
+    first_step = sum(map(len, session.epoch_batches[:epoch - 1]))
+    progress = Progress(len(batches), f"epoch {epoch}/{train_cfg.epochs}", log) if session.ranks.leader else None
+    for step, indices in enumerate(batches, start=1):
+        batch = collate(session.train, indices, session.tokenizer.pad_token_id, device)
+        if session.feed_train:
+            session.feed_train(indices)
+        with autocast(device, session.precision):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
+        session.optimizer.step()
+        session.scheduler.step()
+        session.optimizer.zero_grad(set_to_none=True)
+        running += loss.detach()
+        window += loss.detach()
+        window_steps += 1
+        session.seen += len(indices)
+        if window_steps == train_cfg.log_every_steps or step == len(batches):
+            if session.ranks.leader:
+                log_metrics({"train_loss": window.item() / window_steps,
+                             "learning_rate": session.scheduler.get_last_lr()[0]}, first_step + step)
             window, window_steps = torch.zeros((), device=device), 0
-            batches, first_step = epoch_batches[epoch - 1], sum(map(len, epoch_batches[:epoch - 1]))
-            progress = Progress(len(batches), f"epoch {epoch}/{train_cfg.epochs}", log)
-            for step, indices in enumerate(batches, start=1):
-                batch = collate(train, indices, pad_id, device)
-                if feed_train:
-                    feed_train(indices)
-                with autocast(device, precision):
-                    loss = model(**batch).loss
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                running += loss.detach()
-                window += loss.detach()
-                window_steps += 1
-                seen += len(indices)
-                if window_steps == train_cfg.log_every_steps or step == len(batches):
-                    log_metrics({"train_loss": window.item() / window_steps,
-                                 "learning_rate": scheduler.get_last_lr()[0]}, first_step + step)
-                    window, window_steps = torch.zeros((), device=device), 0
-                progress.update(1)
-            # 2. validation, early stopping on the validation loss, best weights kept
-            val_loss, val_accuracy = loss_and_accuracy(
-                predict_logits(model, val, train_cfg.eval_batch_size, pad_id, device, precision, feed_val,
-                               train_cfg.max_batch_tokens), val.labels)
-            row = {"epoch": epoch, "train_loss": running.item() / len(batches), "val_loss": val_loss,
-                   "val_accuracy": val_accuracy, "seconds": time.perf_counter() - epoch_start}
-            state.history.append(row)
-            log_metrics({k: v for k, v in row.items() if k != "epoch"}, epoch)
-            log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.2f%% (%.0f s)", epoch,
-                     train_cfg.epochs, row["train_loss"], val_loss, 100 * val_accuracy, row["seconds"])
-            improved = val_loss < state.best_val_loss
-            if improved:
-                state.best_val_loss, state.best_epoch, state.epochs_without_improvement = val_loss, epoch, 0
-            else:
-                state.epochs_without_improvement += 1
-            state.epoch = epoch
-            # 3. checkpoint, so an interrupted run resumes here (after the last epoch only saving is left); the
-            # best weights wait on disk, not in memory
-            if epoch < train_cfg.epochs:
-                checkpoint.save(model, optimizer, scheduler, state, improved)
+        if progress:
+            progress.update(1)
+    return _mean_over_ranks(running / len(batches), session.ranks)
 
-    elapsed = time.perf_counter() - started
+
+def validate(session: Session, train_cfg: TrainConfig) -> tuple[float, float]:
+    """Validation loss and accuracy, computed by rank 0 and shared with the others (which wait for it)."""
+    result = [None]
+    if session.ranks.leader:
+        result[0] = loss_and_accuracy(
+            predict_logits(session.trained, session.val, train_cfg.eval_batch_size, session.tokenizer.pad_token_id,
+                           session.device, session.precision, session.feed_val, train_cfg.max_batch_tokens),
+            session.val.labels)
+    if session.ranks.world > 1:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(result, src=0)
+    return result[0]
+
+
+def end_epoch(session: Session, epoch: int, train_cfg: TrainConfig, log_metrics: MetricsLogger, row: dict) -> None:
+    """The epoch in the history, early stopping on the validation loss, and the checkpoint (by rank 0, which the
+    others wait for), so an interrupted run resumes here; the best weights wait on disk, not in memory."""
+    state = session.state
+    state.history.append(row)
+    if session.ranks.leader:
+        log_metrics({k: v for k, v in row.items() if k != "epoch"}, epoch)
+        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.2f%% (%.0f s)", epoch,
+                 train_cfg.epochs, row["train_loss"], row["val_loss"], 100 * row["val_accuracy"], row["seconds"])
+    improved = row["val_loss"] < state.best_val_loss
+    if improved:
+        state.best_val_loss, state.best_epoch, state.epochs_without_improvement = row["val_loss"], epoch, 0
+    else:
+        state.epochs_without_improvement += 1
+    state.epoch = epoch
+    if epoch < train_cfg.epochs:  # after the last epoch only saving is left
+        if session.ranks.leader:
+            session.checkpoint.save(session.trained, session.optimizer, session.scheduler, state, improved)
+        _barrier(session.ranks)
+
+
+def finish(session: Session, model_cfg: ModelConfig, train_cfg: TrainConfig, init_dir: str, out_dir: str,
+           elapsed: float) -> TrainResult:
+    """The best weights back in the model, LoRA merged (into the full-precision base for QLoRA), the model saved
+    with its result."""
+    state, model = session.state, session.trained
     if state.best_epoch != state.epoch:  # else the weights in the model are the best
-        model.load_state_dict(checkpoint.best_weights(), strict=False)
+        model.load_state_dict(session.checkpoint.best_weights(), strict=False)
     if model_cfg.strategy == "lora":
         model = model.merge_and_unload()
-    _save_model(model, tokenizer, labels, model_cfg.max_length, Path(out_dir))
+    elif model_cfg.strategy == "qlora":
+        model = _merged_into_full_precision(model, init_dir, session.labels)
+    _save_model(model, session.tokenizer, session.labels, model_cfg.max_length, Path(out_dir))
     best = next(r for r in state.history if r["epoch"] == state.best_epoch)
     result = TrainResult(
         model_dir=str(out_dir),
@@ -181,13 +302,41 @@ def fine_tune(
         best_val_loss=state.best_val_loss,
         best_val_accuracy=best["val_accuracy"],
         stopped_early=state.epoch < train_cfg.epochs,
-        resumed_from_epoch=resumed_from,
+        resumed_from_epoch=session.resumed_from,
         train_seconds=elapsed,
-        samples_per_second=seen / elapsed if elapsed else 0.0,
+        samples_per_second=session.seen * session.ranks.world / elapsed if elapsed else 0.0,
         history=state.history,
     )
     write_json(out_dir, TRAIN_RESULT, result.to_dict())
     return result
+
+
+def _merged_into_full_precision(peft_model, init_dir: str, labels: list[str]):
+    """QLoRA's adapters and head on the unquantized base, merged: the model to export is not 4-bit."""
+    import tempfile
+
+    from peft import PeftModel
+
+    with tempfile.TemporaryDirectory(prefix="lifecycle-qlora-") as adapter:
+        peft_model.save_pretrained(adapter)
+        base, _ = load_classifier(init_dir, labels)
+        return PeftModel.from_pretrained(base, adapter).merge_and_unload()
+
+
+def _mean_over_ranks(value, ranks: Ranks) -> float:
+    if ranks.world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value = value / ranks.world
+    return float(value.item())
+
+
+def _barrier(ranks: Ranks) -> None:
+    if ranks.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 LATEST = "LATEST"  # in a remote checkpoint folder: the name of the newest complete checkpoint

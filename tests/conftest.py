@@ -101,6 +101,27 @@ def tiny_gpt2(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_decoders(tmp_path_factory, tiny_gpt2) -> dict[str, Path]:
+    """2-block Llama (also SmolLM's architecture) and Qwen2 decoders with random weights and tiny_gpt2's tokenizer,
+    which has no pad token: family -> folder."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    import torch
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
+    shape = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                 bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    folders = {}
+    for family, config, model in (("llama", LlamaConfig, LlamaForCausalLM), ("qwen2", Qwen2Config, Qwen2ForCausalLM)):
+        torch.manual_seed(0)
+        folders[family] = tmp_path_factory.mktemp(f"tiny_{family}")
+        model(config(**shape)).save_pretrained(folders[family], safe_serialization=True)
+        tokenizer.save_pretrained(folders[family])
+    return folders
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_bert):
     """Stages 1, 2 and 4 on the tiny BERT: (data dir, fine-tuned model dir)."""
     from components.config import DataConfig, ModelConfig, TrainConfig

@@ -3,22 +3,32 @@ from pathlib import Path
 
 import pytest
 
-from components.config import DataConfig, LoraConfig, ModelConfig, TrainConfig
-from components.data_prep import prepare_data
+from components.config import LoraConfig, ModelConfig, TrainConfig
 from components.evaluation import evaluate_model, score
 from components.model_init import initialise_model, load_classifier
 
+from conftest import make_texts
+
 LABELS = ["ham", "spam"]
+NO_GPU = not __import__("torch").cuda.is_available()
 
 
 @pytest.fixture
-def data_dir(tmp_path, texts_csv):
+def data_dir(tmp_path):
+    """Stage 1's hand-off written directly (training needs no validation; the GPU machine has no
+    great-expectations): 168/24/48 rows, half of each class."""
+    from components.handoff import MANIFEST, write_json
+
     out = tmp_path / "data"
-    prepare_data(DataConfig(path=str(texts_csv), labels=LABELS, min_rows_per_class=5), 1, tmp_path, out)
+    out.mkdir()
+    rows = make_texts(240)
+    for name, part in (("train", rows[:168]), ("val", rows[168:192]), ("test", rows[192:])):
+        part.to_parquet(out / f"{name}.parquet", index=False)
+    write_json(out, MANIFEST, {"labels": LABELS})
     return out
 
 
-def tune(base, data_dir, tmp_path, strategy="full", epochs=3, name="tuned", **train):
+def tune(base, data_dir, tmp_path, strategy="full", epochs=3, name="tuned", device="cpu", precision="fp32", **train):
     from components.training import fine_tune
 
     model_cfg = ModelConfig(strategy=strategy, max_length=32, lora=LoraConfig(r=4))
@@ -27,7 +37,7 @@ def tune(base, data_dir, tmp_path, strategy="full", epochs=3, name="tuned", **tr
     train_cfg = TrainConfig(epochs=epochs, batch_size=16, learning_rate=train.pop("learning_rate", 3e-3), **train)
     logged = []
     result = fine_tune(str(init), str(data_dir), str(tmp_path / name), str(tmp_path / f"ckpt-{name}"), model_cfg,
-                       train_cfg, "cpu", "fp32", 0, lambda metrics, step: logged.append((step, metrics)))
+                       train_cfg, device, precision, 0, lambda metrics, step: logged.append((step, metrics)))
     return result, logged
 
 
@@ -48,6 +58,49 @@ def test_fine_tuning_lowers_the_loss_and_learns_the_task(fixture, strategy, requ
     assert score(probabilities, targets, labels).test_accuracy >= 0.85
     assert not (tmp_path / "tuned" / "adapter_config.json").exists()
     assert json.loads((tmp_path / "tuned" / "label_map.json").read_text()) == {"0": "ham", "1": "spam"}
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("strategy", ["full", "partial", "lora", "head"])
+def test_llama_and_qwen2_decoders_fine_tune_with_every_strategy(family, strategy, tiny_decoders, data_dir, tmp_path):
+    """Causal LMs loaded for sequence classification: a pad token set (they have none), last-token pooling."""
+    from components.model_init import initialise_model as initialise
+
+    spec = initialise(str(tiny_decoders[family]), strategy, 1, LoraConfig(r=4), LABELS, 0, tmp_path / "spec")
+    assert spec.is_decoder and spec.model_type == family
+    result, _ = tune(tiny_decoders[family], data_dir, tmp_path, strategy, epochs=2,
+                     learning_rate=2e-2 if strategy in ("lora", "head") else 3e-3)
+    losses = [r["train_loss"] for r in result.history]
+    assert losses[-1] < losses[0]
+    probabilities, targets, labels, _ = evaluate_model(result.model_dir, str(data_dir), 32, 64, "cpu", "fp32")
+    assert probabilities.shape == (len(targets), 2)  # the saved model reloads and classifies
+
+
+@pytest.mark.skipif(not NO_GPU, reason="checks the error of a machine without a GPU")
+def test_qlora_without_a_gpu_is_a_clear_error(tiny_decoders, data_dir, tmp_path):
+    from components.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.strategy=qlora needs a CUDA GPU"):
+        tune(tiny_decoders["llama"], data_dir, tmp_path, "qlora", epochs=1)
+
+
+@pytest.mark.skipif(NO_GPU, reason="needs a CUDA GPU (bitsandbytes 4-bit)")
+def test_qlora_trains_a_4bit_decoder_and_saves_it_merged_in_full_precision(tiny_decoders, data_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from components.model_init import load_classifier as load
+
+    quantized, _ = load(str(tiny_decoders["llama"]), LABELS, quantized=True)
+    assert any("4bit" in type(m).__name__ for m in quantized.modules())  # bitsandbytes' Linear4bit
+    result, _ = tune(tiny_decoders["llama"], data_dir, tmp_path, "qlora", epochs=3, device="cuda", precision="bf16",
+                     learning_rate=2e-2)
+    losses = [r["train_loss"] for r in result.history]
+    assert losses[-1] < losses[0]
+    weights = load_file(Path(result.model_dir) / "model.safetensors")
+    assert all(w.dtype == torch.float32 for w in weights.values()) and not any("lora" in k for k in weights)
+    probabilities, targets, labels, _ = evaluate_model(result.model_dir, str(data_dir), 32, 64, "cpu", "fp32")
+    assert probabilities.shape == (len(targets), 2)
 
 
 @pytest.mark.parametrize("fixture, strategy", [("tiny_bert", "head"), ("tiny_gpt2", "partial")])
@@ -182,7 +235,7 @@ def test_early_stopping_restores_the_best_epoch(tiny_bert, data_dir, tmp_path):
     assert model is not None
 
 
-@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.skipif(NO_GPU, reason="needs a CUDA GPU")
 # partial: the cached outputs of the frozen blocks are fed to the GPU
 @pytest.mark.parametrize("fixture, strategy", [("tiny_bert", "full"), ("tiny_gpt2", "partial")])
 def test_fine_tuning_on_a_gpu_in_bf16(fixture, strategy, request, data_dir, tmp_path):
@@ -226,3 +279,51 @@ def test_checkpoints_work_where_the_filesystem_has_no_hard_links(tiny_bert, data
     result, _ = tune(tiny_bert, data_dir, tmp_path, epochs=3)
     assert (tmp_path / "ckpt-tuned" / "best.safetensors").is_file()
     assert result.best_val_accuracy >= 0.9
+
+
+def test_two_processes_train_with_ddp_and_an_interrupted_run_resumes_with_two(tiny_bert, data_dir, tmp_path):
+    """torchrun with 2 ranks (gloo on CPU): the loss falls, accuracy clears a floor; stopped after its first
+    checkpoint, the run resumes from it with 2 ranks again."""
+    import signal
+    import subprocess
+    import time
+
+    from components.distributed import fine_tune_in_processes, torchrun_command
+
+    init = tmp_path / "init"
+    model_cfg = ModelConfig(strategy="full", max_length=32)
+    initialise_model(str(tiny_bert), "full", 1, model_cfg.lora, LABELS, 0, init)
+    train_cfg = TrainConfig(epochs=6, batch_size=16, learning_rate=3e-3, early_stopping_patience=6)
+    arguments = (str(init), str(data_dir), str(tmp_path / "tuned"), str(tmp_path / "ckpt"), model_cfg, train_cfg,
+                 "cpu", "fp32", 0)
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"init_dir": arguments[0], "data_dir": arguments[1], "out_dir": arguments[2],
+                               "checkpoint_uri": arguments[3], "model_cfg": model_cfg.model_dump(mode="json"),
+                               "train_cfg": train_cfg.model_dump(mode="json"), "device": "cpu",
+                               "precision": "fp32", "seed": 0, "threads": 1, "mlflow_run": None}))
+    first = subprocess.Popen(torchrun_command(2, job), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "ckpt" / "state.json"
+    deadline = time.monotonic() + 120
+    while not state.is_file() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGTERM)  # as a pod's end does: torchrun passes it on to the ranks
+    first.wait(timeout=60)
+    interrupted_after = json.loads(state.read_text())["epoch"]  # 1, unless this machine was slow to stop it
+    assert not (tmp_path / "tuned" / "train_result.json").exists()
+
+    resumed = fine_tune_in_processes(2, *arguments, threads=2)
+    assert resumed.resumed_from_epoch == interrupted_after >= 1
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4, 5, 6]
+    losses = [r["train_loss"] for r in resumed.history]
+    assert losses[-1] < losses[0] and resumed.best_val_accuracy >= 0.9
+    probabilities, targets, labels, _ = evaluate_model(resumed.model_dir, str(data_dir), 32, 64, "cpu", "fp32")
+    assert score(probabilities, targets, labels).test_accuracy >= 0.85
+
+
+def test_each_rank_takes_an_equal_share_of_the_same_batches():
+    from components.training import Ranks
+
+    batches = [[i] for i in range(7)]
+    shares = [Ranks(rank, 2).share(batches) for rank in range(2)]
+    assert shares == [[[0], [2], [4], [6]], [[1], [3], [5], [0]]]  # wrapped round: 8 = 4 steps each
+    assert Ranks().share(batches) == batches
