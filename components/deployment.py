@@ -81,7 +81,7 @@ def deploy_bundle(model_dir: str, data_dir: str, out_dir: str, reference_size: i
     `temperature` stage 5 kept) and its monitoring reference, out_dir/deployment.json the report. Raises
     ParityError when the fp32 export does not give the PyTorch model's
     answers."""
-    from components.evaluation import score
+    from components.evaluation import class_indices, score
     from components.model_init import load_classifier
     from components.text_batches import encode, predict_logits
 
@@ -95,7 +95,7 @@ def deploy_bundle(model_dir: str, data_dir: str, out_dir: str, reference_size: i
     labels = read_labels(bundle)
     model, tokenizer = load_classifier(model_dir, labels)
     test = pd.read_parquet(Path(data_dir) / "test.parquet")
-    texts, targets = test["text"].tolist(), np.array([labels.index(v) for v in test["label"]])
+    texts, targets = test["text"].tolist(), class_indices(test, labels)
 
     # 1. fp32 export and parity with PyTorch on the whole test split
     export_onnx(model, tokenizer, bundle / BUNDLE_MODEL)
