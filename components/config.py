@@ -138,6 +138,9 @@ class TrainConfig(_Section):
     # Training processes (torchrun, DDP; gloo on CPU, one GPU each with NCCL). None: one per GPU the task asks
     # for (kfp.gpu.count) on a GPU machine, else one.
     processes: Optional[int] = Field(None, ge=1)
+    # Nodes, each running `processes` ranks: more than one is a Kubeflow Trainer TrainJob (kfp.trainjob) that the
+    # fine-tune task submits and follows; its pods reach the task's files only through storage.checkpoints.
+    nodes: int = Field(1, ge=1)
     log_every_steps: int = Field(10, ge=1)
 
     def for_strategy(self, strategy: str) -> "TrainConfig":
@@ -175,9 +178,21 @@ class GpuConfig(_Section):  # what a cluster task that trains asks for
     count: int = Field(1, ge=0)
 
 
+class TrainJobConfig(_Section):
+    """The Kubeflow Trainer TrainJob of a fine-tuning on several nodes (train.nodes > 1)."""
+    runtime: str = "torch-distributed"  # a ClusterTrainingRuntime of the torch framework
+    namespace: Optional[str] = None  # None: the fine-tune task's own namespace
+    # A Secret whose keys give the job's pods the bucket's credentials (the keys of infra/README.md, step 5; each
+    # optional). None: the pods' service account reaches the bucket (IRSA, Workload Identity).
+    storage_secret: Optional[str] = "lifecycle-s3"
+    deadline_hours: Optional[float] = Field(None, gt=0)  # the job fails when still running after this
+    poll_seconds: float = Field(20, gt=0)  # how often the task reads the job's status
+
+
 class KfpConfig(_Section):
     image: str = "llm-lifecycle:0.1.0"  # built from infra/Dockerfile; push it where the cluster pulls from
     gpu: GpuConfig = GpuConfig()
+    trainjob: TrainJobConfig = TrainJobConfig()
 
 
 class ServeConfig(_Section):
@@ -241,6 +256,14 @@ class LifecycleConfig(_Section):
         self.train = self.train.for_strategy(self.model.strategy)
         return self
 
+    @model_validator(mode="after")
+    def _nodes_share_storage(self) -> "LifecycleConfig":
+        if self.train.nodes > 1 and "://" not in self.checkpoints_uri():
+            raise ValueError(f"train.nodes={self.train.nodes} trains in the pods of a Kubeflow Trainer TrainJob, "
+                             "which share no disk with this task: set storage.checkpoints to a storage URI they all "
+                             f"reach (s3://, gs://, ..., or file:// on a shared volume), not {self.checkpoints_uri()}")
+        return self
+
     @field_validator("name")
     @classmethod
     def _name_is_simple(cls, value: str) -> str:
@@ -293,6 +316,7 @@ def validate_config(raw: dict, source: str = "config") -> LifecycleConfig:
         problems = []
         for e in err.errors():
             where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
-            problems.append(f"  {where}: {e['msg']}{got}")
+            # A section's own rule names its keys: repeating the whole section would drown the message.
+            got = "" if e["type"] == "missing" or isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
+            problems.append(f"  {where}: {e['msg'].removeprefix('Value error, ')}{got}")
         raise ConfigError(f"{source}: invalid configuration:\n" + "\n".join(problems)) from None

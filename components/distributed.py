@@ -33,25 +33,40 @@ def fine_tune_in_processes(processes: int, init_dir: str, data_dir: str, out_dir
         if processes > torch.cuda.device_count():
             raise ConfigError(f"train.processes={processes}: one GPU per process, and this machine has "
                               f"{torch.cuda.device_count()}")
-    job = {"init_dir": init_dir, "data_dir": data_dir, "out_dir": out_dir, "checkpoint_uri": checkpoint_uri,
-           "model_cfg": model_cfg.model_dump(mode="json"), "train_cfg": train_cfg.model_dump(mode="json"),
-           "device": device, "precision": precision, "seed": seed, "threads": max(1, threads // processes),
-           "mlflow_run": mlflow_run}
-    with tempfile.TemporaryDirectory(prefix="lifecycle-ddp-") as scratch:
-        job_file = Path(scratch) / "job.json"
-        job_file.write_text(json.dumps(job))
-        finished = subprocess.run(torchrun_command(processes, job_file),
-                                  env=os.environ | {"OMP_NUM_THREADS": str(job["threads"])})
-    if finished.returncode != 0:
-        raise DistributedTrainingError(f"train.processes={processes}: torchrun ended with exit code "
-                                       f"{finished.returncode}; the ranks' own errors are above it in the log")
+    job = rank_job(init_dir, data_dir, out_dir, checkpoint_uri, model_cfg, train_cfg, device, precision, seed,
+                   max(1, threads // processes), mlflow_run)
+    run_ranks(job, processes)
     return TrainResult(**read_train_result(out_dir))
 
 
-def torchrun_command(processes: int, job_file: str | Path) -> list[str]:
-    """torchrun on this machine (a rendezvous of its own), `processes` ranks of this module with the job."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-            "-m", "components.distributed", str(job_file)]
+def rank_job(init_dir: str, data_dir: str, out_dir: str, checkpoint_uri: str, model_cfg: ModelConfig,
+             train_cfg: TrainConfig, device: str, precision: str, seed: int, threads: int,
+             mlflow_run: Optional[tuple[str, str]]) -> dict:
+    """What every rank is given: `fine_tune`'s arguments, its CPU threads and the MLflow run rank 0 logs to."""
+    return {"init_dir": init_dir, "data_dir": data_dir, "out_dir": out_dir, "checkpoint_uri": checkpoint_uri,
+            "model_cfg": model_cfg.model_dump(mode="json"), "train_cfg": train_cfg.model_dump(mode="json"),
+            "device": device, "precision": precision, "seed": seed, "threads": threads, "mlflow_run": mlflow_run}
+
+
+def run_ranks(job: dict, processes: Optional[int] = None) -> None:
+    """torchrun with the job: `processes` ranks on this machine alone, or with None the nodes, ranks and rendezvous
+    that Kubeflow Trainer's torch runtime gives in PET_* variables (torchrun reads them)."""
+    with tempfile.TemporaryDirectory(prefix="lifecycle-ddp-") as scratch:
+        job_file = Path(scratch) / "job.json"
+        job_file.write_text(json.dumps(job))
+        finished = subprocess.run(torchrun_command(job_file, processes),
+                                  env=os.environ | {"OMP_NUM_THREADS": str(job["threads"])})
+    if finished.returncode != 0:
+        ranks = f"train.processes={processes}" if processes else "this node's ranks"
+        raise DistributedTrainingError(f"{ranks}: torchrun ended with exit code {finished.returncode}; the ranks' "
+                                       "own errors are above it in the log")
+
+
+def torchrun_command(job_file: str | Path, processes: Optional[int] = None) -> list[str]:
+    """torchrun with ranks of this module: `processes` on this machine (a rendezvous of its own), or with None as
+    the PET_* environment says."""
+    alone = ["--standalone", f"--nproc-per-node={processes}"] if processes else []
+    return [sys.executable, "-m", "torch.distributed.run", *alone, "-m", "components.distributed", str(job_file)]
 
 
 def main(job_file: str) -> None:

@@ -95,6 +95,7 @@ def training_stage(config_json: str, tracking_uri: str, parent_run_id: str, data
     from components.environment import seed_everything
     from components.storage import join
     from components.tracking import stage_run
+    from components.trainjob import fine_tune_on_train_job
     from components.training import fine_tune
 
     cfg = _config(config_json)
@@ -106,10 +107,12 @@ def training_stage(config_json: str, tracking_uri: str, parent_run_id: str, data
                      checkpoint_uri=join(cfg.checkpoints_uri(), parent_run_id), model_cfg=cfg.model,
                      train_cfg=cfg.train, device=env["device"], precision=env["precision"], seed=cfg.seed)
     with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, "4-fine-tune") as stage:
-        mlflow.log_param("processes", processes)
-        if processes > 1:
-            result = fine_tune_in_processes(processes, **arguments, threads=env["threads"],
-                                            mlflow_run=(tracking_uri, mlflow.active_run().info.run_id))
+        mlflow.log_params({"processes": processes, "nodes": cfg.train.nodes})
+        mlflow_run = (tracking_uri, mlflow.active_run().info.run_id)
+        if cfg.train.nodes > 1:
+            result = fine_tune_on_train_job(cfg, parent_run_id, processes, **arguments, mlflow_run=mlflow_run)
+        elif processes > 1:
+            result = fine_tune_in_processes(processes, **arguments, threads=env["threads"], mlflow_run=mlflow_run)
         else:
             result = fine_tune(**arguments, log_metrics=lambda metrics, step: mlflow.log_metrics(metrics, step=step))
         mlflow.log_metrics({"train_seconds": result.train_seconds, "samples_per_second": result.samples_per_second,

@@ -42,5 +42,7 @@ def configure_task(task, cfg: LifecycleConfig) -> None:
     # Stages log to MLflow and read the registry: a cached result would skip both.
     task.set_caching_options(False)
     task.set_container_image(cfg.kfp.image)
-    if task.name in GPU_STAGES and cfg.kfp.gpu.count:
+    # On several nodes the TrainJob's pods train: the fine-tune task only submits and follows them.
+    trains_elsewhere = task.name == "fine-tune" and cfg.train.nodes > 1
+    if task.name in GPU_STAGES and cfg.kfp.gpu.count and not trains_elsewhere:
         task.set_accelerator_type(cfg.kfp.gpu.accelerator).set_accelerator_limit(cfg.kfp.gpu.count)

@@ -37,6 +37,15 @@ def test_compile_writes_yaml_that_kfp_loads_back_with_the_gpu_request(tmp_path):
     assert config["work_dir"] == "work"  # relative: each task's own scratch space
 
 
+def test_on_several_nodes_the_fine_tune_task_asks_for_no_gpu_its_trainjob_does(tmp_path):
+    out = tmp_path / "pipeline.yaml"
+    assert main(["compile", "--set", "data.path=s3://b/x.tsv", "--set", "kfp.gpu.count=2", "--set", "train.nodes=2",
+                 "--set", "storage.checkpoints=s3://b/checkpoints", "-o", str(out)]) == 0
+    executors = yaml.safe_load(out.read_text())["deploymentSpec"]["executors"]
+    assert "resources" not in executors["exec-fine-tune"]["container"]
+    assert executors["exec-evaluate"]["container"]["resources"]["accelerator"]["resourceCount"] == "2"
+
+
 @pytest.fixture
 def run_args(tmp_path, tiny_bert, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -288,7 +288,7 @@ def test_two_processes_train_with_ddp_and_an_interrupted_run_resumes_with_two(ti
     import subprocess
     import time
 
-    from components.distributed import fine_tune_in_processes, torchrun_command
+    from components.distributed import fine_tune_in_processes, rank_job, torchrun_command
 
     init = tmp_path / "init"
     model_cfg = ModelConfig(strategy="full", max_length=32)
@@ -297,11 +297,8 @@ def test_two_processes_train_with_ddp_and_an_interrupted_run_resumes_with_two(ti
     arguments = (str(init), str(data_dir), str(tmp_path / "tuned"), str(tmp_path / "ckpt"), model_cfg, train_cfg,
                  "cpu", "fp32", 0)
     job = tmp_path / "job.json"
-    job.write_text(json.dumps({"init_dir": arguments[0], "data_dir": arguments[1], "out_dir": arguments[2],
-                               "checkpoint_uri": arguments[3], "model_cfg": model_cfg.model_dump(mode="json"),
-                               "train_cfg": train_cfg.model_dump(mode="json"), "device": "cpu",
-                               "precision": "fp32", "seed": 0, "threads": 1, "mlflow_run": None}))
-    first = subprocess.Popen(torchrun_command(2, job), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    job.write_text(json.dumps(rank_job(*arguments, threads=1, mlflow_run=None)))
+    first = subprocess.Popen(torchrun_command(job, 2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "ckpt" / "state.json"
     deadline = time.monotonic() + 120
     while not state.is_file() and first.poll() is None and time.monotonic() < deadline:

@@ -1,0 +1,218 @@
+"""Stage 4 on several nodes: a Kubeflow Trainer TrainJob (a torch runtime) runs `train.nodes` pods of the project's
+image, each torchrun with its ranks (components.distributed). The pods share no disk with the fine-tune task that
+submits the job: the task puts the splits, the stage 2 model and the job at a storage URI; every node fetches them;
+the node of rank 0 puts the fine-tuned model back; the task follows the job to its end and takes the model.
+Importable without MLflow or KFP: the module is also the node's entry point."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from components import storage
+from components.config import LifecycleConfig, ModelConfig, TrainConfig
+from components.distributed import DistributedTrainingError, rank_job, run_ranks
+from components.errors import LifecycleError
+from components.handoff import read_train_result
+from components.training import TrainResult
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
+JOB = "job.json"  # at the job's URI: what every rank is given, with the splits, the model and the output as URIs
+# The Secret's keys (infra/README.md, step 5) as the variables s3fs and boto read.
+STORAGE_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "access-key-id", "AWS_SECRET_ACCESS_KEY": "secret-access-key",
+                       "AWS_ENDPOINT_URL": "endpoint-url"}
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+class TrainJobError(DistributedTrainingError):
+    """The TrainJob could not be created, or it failed: names the job, its namespace and the reason."""
+
+
+def fine_tune_on_train_job(cfg: LifecycleConfig, parent_run_id: str, processes: int, init_dir: str, data_dir: str,
+                           out_dir: str, checkpoint_uri: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                           device: str, precision: str, seed: int, mlflow_run: Optional[tuple[str, str]] = None,
+                           api=None) -> TrainResult:
+    """`fine_tune` on `cfg.train.nodes` nodes of `processes` ranks each, in a TrainJob that `cfg.kfp` describes;
+    `api`: a kubernetes CustomObjectsApi (default: the cluster this task runs in, else the kubeconfig's). Returns
+    rank 0's result, the model in out_dir."""
+    job_uri = storage.join(cfg.checkpoints_uri(), "trainjobs", parent_run_id)
+    inputs = {"init_dir": storage.join(job_uri, "init"), "data_dir": storage.join(job_uri, "data")}
+    try:
+        storage.upload_folder(init_dir, inputs["init_dir"])
+        storage.upload_folder(data_dir, inputs["data_dir"])
+        job = rank_job(**inputs, out_dir=storage.join(job_uri, "model"), checkpoint_uri=checkpoint_uri,
+                       model_cfg=model_cfg, train_cfg=train_cfg, device=device, precision=precision, seed=seed,
+                       threads=0, mlflow_run=mlflow_run)  # each node counts its own threads
+        storage.write_bytes(storage.join(job_uri, JOB), json.dumps(job).encode())
+        api = api or kubernetes_api()
+        namespace = cfg.kfp.trainjob.namespace or current_namespace()
+        name = submit(api, namespace, train_job_manifest(cfg, job_uri, processes, parent_run_id))
+        follow(api, namespace, name, cfg.kfp.trainjob.poll_seconds)
+        storage.download_folder(job["out_dir"], out_dir)
+    finally:
+        storage.remove(job_uri)
+    return TrainResult(**read_train_result(out_dir))
+
+
+def train_job_manifest(cfg: LifecycleConfig, job_uri: str, processes: int, parent_run_id: str) -> dict:
+    """The TrainJob (trainer.kubeflow.org/v1alpha1): the runtime, the image, the nodes, the ranks and GPUs of each,
+    and the node's command with the job's URI."""
+    settings = cfg.kfp.trainjob
+    trainer = {"image": cfg.kfp.image, "command": ["python", "-m", "components.trainjob"], "args": [job_uri],
+               "numNodes": cfg.train.nodes, "numProcPerNode": processes,
+               "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}]}
+    if settings.storage_secret:
+        trainer["env"] += [{"name": variable, "valueFrom": {"secretKeyRef": {
+            "name": settings.storage_secret, "key": key, "optional": True}}}
+            for variable, key in STORAGE_SECRET_KEYS.items()]
+    if cfg.kfp.gpu.count:
+        trainer["resourcesPerNode"] = {"limits": {cfg.kfp.gpu.accelerator: cfg.kfp.gpu.count}}
+    spec = {"runtimeRef": {"name": settings.runtime}, "trainer": trainer}
+    if settings.deadline_hours:
+        spec["activeDeadlineSeconds"] = round(settings.deadline_hours * 3600)
+    # A DNS label that starts with a letter; the API server appends 5 characters.
+    prefix = "".join(c if c.isalnum() else "-" for c in cfg.name.lower())[:40]
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainJob",
+            "metadata": {"generateName": f"ft-{prefix}-".replace("--", "-"),
+                         "labels": {"app.kubernetes.io/part-of": "llm-lifecycle",
+                                    "lifecycle.mlflow/parent-run": parent_run_id}},
+            "spec": spec}
+
+
+def kubernetes_api():
+    """The custom-objects API of the cluster this task runs in, else of the kubeconfig's current context."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, OSError) as err:
+            raise TrainJobError(f"train.nodes > 1 submits a Kubeflow Trainer TrainJob, and there is no Kubernetes "
+                                f"API here: not in a pod with a service account, and no usable kubeconfig ({err})"
+                                ) from None
+    return client.CustomObjectsApi()
+
+
+def current_namespace() -> str:
+    """The namespace of this task's pod, else of the kubeconfig's current context, else Kubernetes' default."""
+    if SERVICE_ACCOUNT_NAMESPACE.is_file():
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    from kubernetes import config
+
+    try:
+        _, context = config.list_kube_config_contexts()
+    except (config.ConfigException, OSError):
+        return "default"
+    return context["context"].get("namespace", "default")
+
+
+def submit(api, namespace: str, manifest: dict) -> str:
+    """Create the TrainJob; returns the name the API server gave it."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        created = api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
+    except ApiException as err:
+        hint = {404: " (is Kubeflow Trainer installed? its TrainJob API was not found)",
+                403: " (the task's service account may not create trainjobs: infra/README.md, step 4)"}
+        raise TrainJobError(f"cannot create a TrainJob in namespace {namespace}: {err.status} "
+                            f"{_api_message(err)}{hint.get(err.status, '')}") from None
+    name = created["metadata"]["name"]
+    log.info("TrainJob %s/%s: %d nodes x %d ranks; the pods' logs: kubectl -n %s logs -f -l "
+             "jobset.sigs.k8s.io/jobset-name=%s", namespace, name, manifest["spec"]["trainer"]["numNodes"],
+             manifest["spec"]["trainer"]["numProcPerNode"], namespace, name)
+    return name
+
+
+def follow(api, namespace: str, name: str, poll_seconds: float) -> dict:
+    """Read the job's status until it completes (returned) or fails (TrainJobError), logging each change. When
+    following stops for any other reason (the task is stopped, the API fails), the job is deleted: nobody would
+    take its model."""
+    shown, ended = None, False
+    try:
+        while True:
+            job = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            state = describe(job)
+            if state != shown:
+                log.info("TrainJob %s: %s", name, state)
+                shown = state
+            condition = _ended(job)
+            if condition is not None:
+                ended = True
+                if condition["type"] == "Failed":
+                    raise TrainJobError(f"TrainJob {namespace}/{name} failed: {condition.get('reason', '')}: "
+                                        f"{condition.get('message', '')}; its pods' logs: kubectl -n {namespace} "
+                                        f"logs -l jobset.sigs.k8s.io/jobset-name={name}")
+                return job
+            time.sleep(poll_seconds)
+    finally:
+        if not ended:
+            log.warning("TrainJob %s: deleted, as this task no longer follows it", name)
+            api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+
+def describe(job: dict) -> str:
+    """One line: the newest condition that holds, the child jobs' pods, the trainer's progress if it reports it."""
+    status = job.get("status") or {}
+    holding = [c for c in status.get("conditions") or [] if c.get("status") == "True"]
+    parts = [f"{holding[-1]['type']} ({holding[-1].get('reason', '')})" if holding else "created"]
+    for child in status.get("jobsStatus") or []:
+        counts = ", ".join(f"{child.get(k, 0)} {k}" for k in ("active", "ready", "succeeded", "failed"))
+        parts.append(f"{child['name']}: {counts}")
+    progress = (status.get("trainerStatus") or {}).get("progressPercentage")
+    if progress is not None:
+        parts.append(f"{progress}% done")
+    return "; ".join(parts)
+
+
+def _ended(job: dict) -> Optional[dict]:
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
+            return condition
+    return None
+
+
+def _api_message(err) -> str:
+    try:
+        return json.loads(err.body)["message"]
+    except (TypeError, ValueError, KeyError):
+        return err.reason or ""
+
+
+def run_node(job_uri: str) -> None:
+    """One node of the TrainJob: fetch the job's files, run this node's ranks; the node of rank 0 puts the model
+    at the job's output URI."""
+    job = json.loads(storage.read_bytes(storage.join(job_uri, JOB)))
+    out_uri, ranks = job["out_dir"], int(os.environ.get("PET_NPROC_PER_NODE", "1"))
+    with tempfile.TemporaryDirectory(prefix="lifecycle-node-") as scratch:
+        local = {"init_dir": str(storage.download_folder(job["init_dir"], Path(scratch) / "init")),
+                 "data_dir": str(storage.download_folder(job["data_dir"], Path(scratch) / "data")),
+                 "out_dir": str(Path(scratch) / "model"),
+                 "threads": max(1, (job["train_cfg"]["threads"] or os.cpu_count() or 1) // ranks)}
+        run_ranks(job | local)
+        if os.environ.get("PET_NODE_RANK", "0") == "0":  # global rank 0 is local rank 0 of node 0
+            storage.upload_folder(local["out_dir"], out_uri)
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run_node(argv[0])
+    except LifecycleError as err:
+        log.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
