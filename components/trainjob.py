@@ -6,14 +6,17 @@ Importable without MLflow or KFP: the module is also the node's entry point."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from components import storage
 from components.config import LifecycleConfig, ModelConfig, TrainConfig
@@ -140,25 +143,40 @@ def follow(api, namespace: str, name: str, poll_seconds: float) -> dict:
     take its model."""
     shown, ended = None, False
     try:
-        while True:
-            job = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-            state = describe(job)
-            if state != shown:
-                log.info("TrainJob %s: %s", name, state)
-                shown = state
-            condition = _ended(job)
-            if condition is not None:
-                ended = True
-                if condition["type"] == "Failed":
-                    raise TrainJobError(f"TrainJob {namespace}/{name} failed: {condition.get('reason', '')}: "
-                                        f"{condition.get('message', '')}; its pods' logs: kubectl -n {namespace} "
-                                        f"logs -l jobset.sigs.k8s.io/jobset-name={name}")
-                return job
-            time.sleep(poll_seconds)
+        with _sigterm_as_exit():
+            while True:
+                job = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+                state = describe(job)
+                if state != shown:
+                    log.info("TrainJob %s: %s", name, state)
+                    shown = state
+                condition = _ended(job)
+                if condition is not None:
+                    ended = True
+                    if condition["type"] == "Failed":
+                        raise TrainJobError(f"TrainJob {namespace}/{name} failed: {condition.get('reason', '')}: "
+                                            f"{condition.get('message', '')}; its pods' logs: kubectl -n {namespace} "
+                                            f"logs -l jobset.sigs.k8s.io/jobset-name={name}")
+                    return job
+                time.sleep(poll_seconds)
     finally:
         if not ended:
             log.warning("TrainJob %s: deleted, as this task no longer follows it", name)
             api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM (Kubeflow stopping the run ends the task's pod so) exits through `finally` blocks, as Ctrl-C does;
+    Python's default would end the process at once and leave the job's GPUs busy."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def describe(job: dict) -> str:

@@ -264,19 +264,34 @@ def test_a_refused_train_job_names_the_namespace_and_what_to_grant(tiny_bert, tm
     assert not (tmp_path / "bucket" / "checkpoints" / "trainjobs" / "run1").exists()
 
 
-def test_a_train_job_nobody_follows_any_more_is_deleted():
-    from components.trainjob import follow
+STOPPED_TASK = """
+import sys
+from pathlib import Path
+from components.trainjob import follow
 
-    class InterruptedWhileRunning:
-        deleted = []
+class RunningJob:
+    def get_namespaced_custom_object(self, *args):
+        Path(sys.argv[1]).touch()  # following
+        return {"status": {"jobsStatus": [{"name": "node", "active": 2}]}}
 
-        def get_namespaced_custom_object(self, *args):
-            raise KeyboardInterrupt
+    def delete_namespaced_custom_object(self, group, version, namespace, plural, name):
+        Path(sys.argv[1]).write_text(f"deleted {namespace}/{name}")
 
-        def delete_namespaced_custom_object(self, group, version, namespace, plural, name):
-            self.deleted.append((namespace, name))
+follow(RunningJob(), "team-a", "ft-x-abcde", 0.05)
+"""
 
-    cluster = InterruptedWhileRunning()
-    with pytest.raises(KeyboardInterrupt):
-        follow(cluster, "team-a", "ft-x-abcde", 0.01)
-    assert cluster.deleted == [("team-a", "ft-x-abcde")]
+
+def test_a_stopped_task_deletes_the_train_job_it_follows(tmp_path):
+    """Kubeflow stops a run's pods with SIGTERM: the task deletes its job rather than leave its nodes training."""
+    import signal
+    import time
+
+    record = tmp_path / "record"
+    task = subprocess.Popen([sys.executable, "-c", STOPPED_TASK, str(record)],
+                            env=os.environ | {"PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 60
+    while not record.exists() and task.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    task.send_signal(signal.SIGTERM)
+    assert task.wait(timeout=30) == 143
+    assert record.read_text() == "deleted team-a/ft-x-abcde"
