@@ -46,6 +46,9 @@ def fine_tune_on_train_job(cfg: LifecycleConfig, parent_run_id: str, processes: 
     """`fine_tune` on `cfg.train.nodes` nodes of `processes` ranks each, in a TrainJob that `cfg.kfp` describes;
     `api`: a kubernetes CustomObjectsApi (default: the cluster this task runs in, else the kubeconfig's). Returns
     rank 0's result, the model in out_dir."""
+    if mlflow_run and not mlflow_run[0].startswith(("http://", "https://", "databricks")):
+        raise TrainJobError(f"train.nodes={cfg.train.nodes}: rank 0 logs from a TrainJob pod to the stage's MLflow "
+                            f"run, which needs a tracking server (http://...), not {mlflow_run[0]}")
     job_uri = storage.join(cfg.checkpoints_uri(), "trainjobs", parent_run_id)
     inputs = {"init_dir": storage.join(job_uri, "init"), "data_dir": storage.join(job_uri, "data")}
     try:

@@ -244,6 +244,15 @@ def test_a_failed_train_job_fails_the_stage_naming_the_job_and_leaves_no_model(t
     assert not (tmp_path / "bucket" / "checkpoints" / "trainjobs" / "run1").exists()
 
 
+def test_a_train_job_needs_an_mlflow_server_its_pods_reach(tmp_path):
+    from components.trainjob import TrainJobError, fine_tune_on_train_job
+
+    cfg = lifecycle_config(tmp_path, "unused")
+    with pytest.raises(TrainJobError, match="needs a tracking server .*not sqlite:///work/mlflow.db"):
+        fine_tune_on_train_job(cfg, "run1", 1, "init", "data", "out", "ckpt", cfg.model, cfg.train, "cpu", "fp32", 0,
+                               mlflow_run=("sqlite:///work/mlflow.db", "abc"), api=RefusingCluster())
+
+
 class RefusingCluster:
     def create_namespaced_custom_object(self, *args):
         from kubernetes.client.exceptions import ApiException
