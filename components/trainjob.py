@@ -22,7 +22,7 @@ from components import storage
 from components.config import LifecycleConfig, ModelConfig, TrainConfig
 from components.distributed import DistributedTrainingError, rank_job, run_ranks
 from components.errors import LifecycleError
-from components.handoff import read_train_result
+from components.handoff import TRAIN_RESULT, read_train_result, write_json
 from components.training import TrainResult
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ def fine_tune_on_train_job(cfg: LifecycleConfig, parent_run_id: str, processes: 
     if mlflow_run and not mlflow_run[0].startswith(("http://", "https://", "databricks")):
         raise TrainJobError(f"train.nodes={cfg.train.nodes}: rank 0 logs from a TrainJob pod to the stage's MLflow "
                             f"run, which needs a tracking server (http://...), not {mlflow_run[0]}")
+    api = api or kubernetes_api()
+    namespace = cfg.kfp.trainjob.namespace or current_namespace()
     job_uri = storage.join(cfg.checkpoints_uri(), "trainjobs", parent_run_id)
     inputs = {"init_dir": storage.join(job_uri, "init"), "data_dir": storage.join(job_uri, "data")}
     try:
@@ -58,14 +60,15 @@ def fine_tune_on_train_job(cfg: LifecycleConfig, parent_run_id: str, processes: 
                        model_cfg=model_cfg, train_cfg=train_cfg, device=device, precision=precision, seed=seed,
                        threads=0, mlflow_run=mlflow_run)  # each node counts its own threads
         storage.write_bytes(storage.join(job_uri, JOB), json.dumps(job).encode())
-        api = api or kubernetes_api()
-        namespace = cfg.kfp.trainjob.namespace or current_namespace()
         name = submit(api, namespace, train_job_manifest(cfg, job_uri, processes, parent_run_id))
         follow(api, namespace, name, cfg.kfp.trainjob.poll_seconds)
         storage.download_folder(job["out_dir"], out_dir)
     finally:
         storage.remove(job_uri)
-    return TrainResult(**read_train_result(out_dir))
+    # The node wrote its own scratch folder as the model's place.
+    result = TrainResult(**read_train_result(out_dir) | {"model_dir": str(out_dir)})
+    write_json(out_dir, TRAIN_RESULT, result.to_dict())
+    return result
 
 
 def train_job_manifest(cfg: LifecycleConfig, job_uri: str, processes: int, parent_run_id: str) -> dict:

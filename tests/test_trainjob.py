@@ -216,6 +216,8 @@ def test_two_nodes_sharing_only_the_bucket_fine_tune_and_hand_back_the_model(tin
     with caplog.at_level(logging.INFO, logger="components.trainjob"):
         result = fine_tune_on_train_job(cfg, "run1", 1, **arguments, api=trainer)
     (name,) = trainer.nodes
+    assert result.model_dir == arguments["out_dir"]
+    assert json.loads(Path(arguments["out_dir"], "train_result.json").read_text())["model_dir"] == result.model_dir
     assert name.startswith("ft-sms-spam-") and trainer.deleted == []
     assert "2 nodes x 1 ranks" in caplog.text and "Complete (JobsCompleted)" in caplog.text
     losses = [r["train_loss"] for r in result.history]
