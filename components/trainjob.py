@@ -143,15 +143,28 @@ def submit(api, namespace: str, manifest: dict) -> str:
     return name
 
 
-def follow(api, namespace: str, name: str, poll_seconds: float) -> dict:
-    """Read the job's status until it completes (returned) or fails (TrainJobError), logging each change. When
-    following stops for any other reason (the task is stopped, the API fails), the job is deleted: nobody would
-    take its model."""
-    shown, ended = None, False
+def follow(api, namespace: str, name: str, poll_seconds: float, tolerated_errors: int = 5) -> dict:
+    """Read the job's status until it completes (returned) or fails (TrainJobError), logging each change. Up to
+    `tolerated_errors` API failures in a row are waited out (a job may run for hours; the API server may restart).
+    When following stops for any other reason (the task is stopped, the API stays down), the job is deleted:
+    nobody would take its model."""
+    from kubernetes.client.exceptions import ApiException
+
+    shown, ended, errors = None, False, 0
     try:
         with _sigterm_as_exit():
             while True:
-                job = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+                try:
+                    job = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+                    errors = 0
+                except Exception as err:  # the API server or the network between; a deleted job ends here
+                    errors += 1
+                    if errors > tolerated_errors or (isinstance(err, ApiException) and err.status == 404):
+                        raise TrainJobError(f"TrainJob {namespace}/{name}: cannot read its status: "
+                                            f"{type(err).__name__}: {err}") from None
+                    log.warning("TrainJob %s: cannot read its status (%s); trying again", name, type(err).__name__)
+                    time.sleep(poll_seconds)
+                    continue
                 state = describe(job)
                 if state != shown:
                     log.info("TrainJob %s: %s", name, state)
@@ -167,8 +180,16 @@ def follow(api, namespace: str, name: str, poll_seconds: float) -> dict:
                 time.sleep(poll_seconds)
     finally:
         if not ended:
-            log.warning("TrainJob %s: deleted, as this task no longer follows it", name)
-            api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            _delete(api, namespace, name)
+
+
+def _delete(api, namespace: str, name: str) -> None:
+    try:
+        api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        log.warning("TrainJob %s: deleted, as this task no longer follows it", name)
+    except Exception as err:  # the error that stopped the following is the one to report
+        log.warning("TrainJob %s: this task no longer follows it and could not delete it (%s): delete it with "
+                    "kubectl -n %s delete trainjob %s", name, err, namespace, name)
 
 
 @contextlib.contextmanager

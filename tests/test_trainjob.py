@@ -275,6 +275,36 @@ def test_a_refused_train_job_names_the_namespace_and_what_to_grant(tiny_bert, tm
     assert not (tmp_path / "bucket" / "checkpoints" / "trainjobs" / "run1").exists()
 
 
+class RestartingApiServer:
+    """Answers `failures` reads with 503, then with the job complete."""
+
+    def __init__(self, failures):
+        self.failures, self.deleted = failures, []
+
+    def get_namespaced_custom_object(self, *args):
+        from kubernetes.client.exceptions import ApiException
+
+        if self.failures:
+            self.failures -= 1
+            raise ApiException(status=503, reason="Service Unavailable")
+        return {"status": {"conditions": [{"type": "Complete", "status": "True", "reason": "JobsCompleted"}]}}
+
+    def delete_namespaced_custom_object(self, group, version, namespace, plural, name):
+        self.deleted.append(name)
+
+
+def test_following_waits_out_a_restarting_api_server_but_not_one_that_stays_down():
+    from components.trainjob import TrainJobError, follow
+
+    restarting = RestartingApiServer(failures=3)
+    assert follow(restarting, "team-a", "ft-x-abcde", 0.01)["status"]["conditions"][0]["type"] == "Complete"
+    assert restarting.deleted == []
+    down = RestartingApiServer(failures=100)
+    with pytest.raises(TrainJobError, match="team-a/ft-x-abcde: cannot read its status: ApiException"):
+        follow(down, "team-a", "ft-x-abcde", 0.01)
+    assert down.failures == 100 - 6 and down.deleted == ["ft-x-abcde"]
+
+
 STOPPED_TASK = """
 import sys
 from pathlib import Path
