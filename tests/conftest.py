@@ -23,6 +23,21 @@ def make_texts(n: int, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def write_splits(out: Path, labels: list[str], train_rows: pd.DataFrame | None = None) -> Path:
+    """Stage 1's hand-off written directly (training needs no validation; the GPU machine has no
+    great-expectations): 168/24/48 rows of make_texts(240), half of each class; `train_rows` replaces the train
+    split."""
+    from components.handoff import MANIFEST, write_json
+
+    out.mkdir(parents=True)
+    rows = make_texts(240)
+    for name, part in (("train", rows[:168] if train_rows is None else train_rows), ("val", rows[168:192]),
+                       ("test", rows[192:])):
+        part.to_parquet(out / f"{name}.parquet", index=False)
+    write_json(out, MANIFEST, {"labels": labels})
+    return out
+
+
 def tiny_settings(work_dir, data_path, tiny_bert, *overrides: str) -> list[str]:
     """`--set` values that run the default config's pipeline on make_texts data and the tiny BERT in seconds."""
     return [f"work_dir={work_dir}", f"data.path={data_path}", "data.format=auto", "data.separator=','",

@@ -7,7 +7,7 @@ from components.config import LoraConfig, ModelConfig, TrainConfig
 from components.evaluation import evaluate_model, score
 from components.model_init import initialise_model, load_classifier
 
-from conftest import make_texts
+from conftest import write_splits
 
 LABELS = ["ham", "spam"]
 NO_GPU = not __import__("torch").cuda.is_available()
@@ -15,17 +15,7 @@ NO_GPU = not __import__("torch").cuda.is_available()
 
 @pytest.fixture
 def data_dir(tmp_path):
-    """Stage 1's hand-off written directly (training needs no validation; the GPU machine has no
-    great-expectations): 168/24/48 rows, half of each class."""
-    from components.handoff import MANIFEST, write_json
-
-    out = tmp_path / "data"
-    out.mkdir()
-    rows = make_texts(240)
-    for name, part in (("train", rows[:168]), ("val", rows[168:192]), ("test", rows[192:])):
-        part.to_parquet(out / f"{name}.parquet", index=False)
-    write_json(out, MANIFEST, {"labels": LABELS})
-    return out
+    return write_splits(tmp_path / "data", LABELS)
 
 
 def tune(base, data_dir, tmp_path, strategy="full", epochs=3, name="tuned", device="cpu", precision="fp32", **train):

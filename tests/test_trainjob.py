@@ -21,7 +21,7 @@ from components.config import validate_config
 from components.evaluation import evaluate_model, score
 from components.model_init import initialise_model
 
-from conftest import make_texts
+from conftest import make_texts, write_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD = Path(__file__).parent / "data" / "trainer.kubeflow.org_trainjobs-v2.3.0.yaml.gz"
@@ -190,15 +190,7 @@ def trainer(tmp_path):
 
 def task_inputs(tmp_path, base, train_rows=None):
     """What the fine-tune task's pod has: stage 1's splits and stage 2's model, in its own folders."""
-    from components.handoff import MANIFEST, write_json
-
-    data = tmp_path / "task" / "data"
-    data.mkdir(parents=True)
-    rows = make_texts(240)
-    for name, part in (("train", rows[:168] if train_rows is None else train_rows), ("val", rows[168:192]),
-                       ("test", rows[192:])):
-        part.to_parquet(data / f"{name}.parquet", index=False)
-    write_json(data, MANIFEST, {"labels": LABELS})
+    data = write_splits(tmp_path / "task" / "data", LABELS, train_rows)
     init = tmp_path / "task" / "init"
     cfg = lifecycle_config(tmp_path, base)
     initialise_model(str(base), "full", 1, cfg.model.lora, LABELS, 0, init)
