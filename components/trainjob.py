@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -87,10 +88,10 @@ def train_job_manifest(cfg: LifecycleConfig, job_uri: str, processes: int, paren
     spec = {"runtimeRef": {"name": settings.runtime}, "trainer": trainer}
     if settings.deadline_hours:
         spec["activeDeadlineSeconds"] = round(settings.deadline_hours * 3600)
-    # A DNS label that starts with a letter; the API server appends 5 characters.
-    prefix = "".join(c if c.isalnum() else "-" for c in cfg.name.lower())[:40]
+    # A DNS label (ASCII letters, digits, '-') that starts with a letter; the API server appends 5 characters.
+    prefix = re.sub(r"[^a-z0-9]+", "-", cfg.name.lower())[:40].strip("-")
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainJob",
-            "metadata": {"generateName": f"ft-{prefix}-".replace("--", "-"),
+            "metadata": {"generateName": f"ft-{prefix}-" if prefix else "ft-",
                          "labels": {"app.kubernetes.io/part-of": "llm-lifecycle",
                                     "lifecycle.mlflow/parent-run": parent_run_id}},
             "spec": spec}

@@ -104,6 +104,16 @@ def test_the_train_job_is_a_valid_trainjob_of_trainer_v2_3(settings):
         assert "resourcesPerNode" not in trainer and all("valueFrom" not in e for e in trainer["env"])
 
 
+@pytest.mark.parametrize("name", ["SMS_Spam", "modèle-é", "x" * 80])
+def test_any_pipeline_name_gives_a_valid_job_name_prefix(name):
+    from components.trainjob import train_job_manifest
+
+    cfg = validate_config({"name": name, "data": {"path": "x.csv"}, "storage": {"checkpoints": "s3://b/c"},
+                           "train": {"nodes": 2}})
+    prefix = train_job_manifest(cfg, "s3://b/c/trainjobs/r", 1, "r")["metadata"]["generateName"]
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?-", prefix) and len(prefix) + 5 <= 63, prefix
+
+
 def test_the_schema_check_refuses_a_misspelt_field_and_a_wrong_type():
     manifest = {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob", "metadata": {"name": "a"},
                 "spec": {"runtimeRef": {"name": "torch-distributed"},
