@@ -24,6 +24,7 @@ from components.config import LifecycleConfig, ModelConfig, TrainConfig
 from components.distributed import DistributedTrainingError, rank_job, run_ranks
 from components.errors import LifecycleError
 from components.handoff import TRAIN_RESULT, read_train_result, write_json
+from components.tracking import is_tracking_server
 from components.training import TrainResult
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def fine_tune_on_train_job(cfg: LifecycleConfig, parent_run_id: str, processes: 
     """`fine_tune` on `cfg.train.nodes` nodes of `processes` ranks each, in a TrainJob that `cfg.kfp` describes;
     `api`: a kubernetes CustomObjectsApi (default: the cluster this task runs in, else the kubeconfig's). Returns
     rank 0's result, the model in out_dir."""
-    if mlflow_run and not mlflow_run[0].startswith(("http://", "https://", "databricks")):
+    if mlflow_run and not is_tracking_server(mlflow_run[0]):
         raise TrainJobError(f"train.nodes={cfg.train.nodes}: rank 0 logs from a TrainJob pod to the stage's MLflow "
                             f"run, which needs a tracking server (http://...), not {mlflow_run[0]}")
     api = api or kubernetes_api()
