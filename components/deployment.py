@@ -79,8 +79,7 @@ def deploy_bundle(model_dir: str, data_dir: str, out_dir: str, reference_size: i
                   batch_size: int = 64, temperature: float = 1.0) -> DeploymentReport:
     """Run stage 6 up to the bundle: out_dir/bundle holds the model to serve (its probabilities scaled by the
     `temperature` stage 5 kept) and its monitoring reference, out_dir/deployment.json the report. Raises
-    ParityError when the fp32 export does not give the PyTorch model's
-    answers."""
+    ParityError when the fp32 export does not give the PyTorch model's answers."""
     from components.evaluation import class_indices, score
     from components.model_init import load_classifier
     from components.text_batches import encode, predict_logits
