@@ -28,15 +28,17 @@ def main() -> None:
     import mlflow
 
     from components.config import load_config
-    from components.serving import resolve_bundle
-    from monitoring.monitor import drift_check
+    from components.deploy.serving import resolve_bundle
+    from components.handoff import model_uri
+    from components.monitor.core import monitor
+    from components.registry import CHAMPION
     from pipelines.demo import champion_splits, unseen_rows
     from pipelines.local import tracking_uri_for
 
     cfg = load_config(args.config, args.overrides)
     cfg = cfg.model_copy(update={"work_dir": str(Path(cfg.work_dir).resolve())})
     mlflow.set_tracking_uri(tracking_uri_for(cfg))
-    bundle, _, version = resolve_bundle(f"models:/{cfg.tracking.registered_model}@champion",
+    bundle, _, version = resolve_bundle(model_uri(cfg.tracking.registered_model, CHAMPION),
                                         Path(cfg.work_dir) / "monitoring" / "models")
     splits = champion_splits(cfg)
     held_out = pd.concat([splits["val"], splits["test"]])
@@ -63,7 +65,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, window, count in kinds:
-            results = [drift_check(bundle, window(seed)["text"].tolist(), cfg, Path(tmp) / f"{name}-{seed}")
+            results = [monitor(bundle, window(seed)["text"].tolist(), cfg, Path(tmp) / f"{name}-{seed}")
                        for seed in range(count)]
             alerts = sum(r.drift_detected for r in results)
             rows.append((name, count, alerts, sum(r.drifted_share for r in results) / count))

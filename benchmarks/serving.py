@@ -14,18 +14,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+
+from components.handoff import bundle_dir, read_split
+from components.stages import DATA, DEPLOY, FINE_TUNE
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", help="a KFP run folder with fine-tune/model, prepare-data/dataset, deploy/")
+    parser.add_argument("--run-dir", help="a KFP run folder with data/dataset, fine-tune/model, deploy/")
     parser.add_argument("--single", type=int, default=300, help="one-text requests timed per runtime in all")
     parser.add_argument("--batches", type=int, default=10, help="batches of 32 timed per runtime and round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
     args = parser.parse_args()
     run = Path(args.run_dir) if args.run_dir else newest_run(Path("work/kfp"))
-    test = pd.read_parquet(run / "prepare-data" / "dataset" / "test.parquet")
+    test = read_split(run / DATA.task_name / "dataset", "test")
     texts, labels = test["text"].tolist(), test["label"].tolist()
     threads = os.cpu_count()
     print(f"run {run}\n{len(texts)} test texts, {threads} CPU threads\n")
@@ -69,9 +71,9 @@ def runtimes(run: Path, threads: int):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from components.handoff import read_labels
-    from components.onnx_classifier import OnnxClassifier
+    from components.deploy.onnx_classifier import OnnxClassifier
 
-    model_dir = run / "fine-tune" / "model"
+    model_dir = run / FINE_TUNE.task_name / "model"
     torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -83,15 +85,15 @@ def runtimes(run: Path, threads: int):
             return [labels[i] for i in model(**batch).logits.argmax(-1).tolist()]
 
     yield "PyTorch eager (transformers)", eager
-    deploy = (run / "deploy" / "onnx_model").resolve()
-    bundle = deploy / "bundle"
+    deploy = (run / DEPLOY.task_name / "onnx_model").resolve()
+    bundle = bundle_dir(deploy)
     for precision in ("fp32", "int8"):
         classifier = OnnxClassifier(bundle, onnx_file=str(deploy / f"model_{precision}.onnx"), threads=threads)
         yield f"onnxruntime {precision}", lambda texts, c=classifier: [p["label"] for p in c.predict(texts)]
 
 
 def newest_run(root: Path) -> Path:
-    runs = sorted((p for p in root.glob("*-training-*") if (p / "deploy").is_dir()), key=lambda p: p.stat().st_mtime)
+    runs = sorted((p for p in root.glob("*-training-*") if (p / DEPLOY.task_name).is_dir()), key=lambda p: p.stat().st_mtime)
     if not runs:
         raise SystemExit(f"no deployed run under {root}: run `lifecycle run` first, or pass --run-dir")
     return runs[-1]

@@ -78,60 +78,62 @@ def prepare_split(args, tmp: Path) -> Path:
     """Stages 1 and 2 as `lifecycle run` does them, once for every run: the split (validation, undersampling,
     stratified split) and the base model with its seeded new head, which our side starts from."""
     from components.config import load_config
-    from components.data_prep import prepare_data
-    from components.model_init import initialise_model
+    from components.data import core as data_stage
+    from components.model import core as model_stage
 
     cfg = load_config(args.config, [f"data.path={Path(args.data).resolve()}", f"model.base={args.model}"])
-    prepared = prepare_data(cfg.data, cfg.seed, tmp / "downloads", tmp / "data")
-    initialise_model(cfg.model.base, "full", 1, cfg.model.lora, prepared.labels, cfg.seed, tmp / "data" / "init")
+    manifest = data_stage.data(cfg.data, cfg.seed, tmp / "downloads", tmp / "data")
+    model_stage.model(cfg.model.base, "full", 1, cfg.model.lora, manifest.labels, cfg.seed, tmp / "data" / "init")
     return tmp / "data"
 
 
 def train_ours(args) -> dict:
     """Stage 4 with the strategy's defaults, timed, then the test split through stage 5's evaluation."""
-    import pandas as pd
     import torch
 
     from components.config import load_config
-    from components.environment import describe_environment
-    from components.evaluation import evaluate_model
-    from components.training import fine_tune
+    from components.environment import core as environment_stage
+    from components.evaluate.core import class_indices, load_logits_predictor
+    from components.fine_tune.core import fine_tune
+    from components.handoff import FineTuneJob, read_manifest, read_split
+    from components.statistics import softmax
 
     cfg = load_config(args.config, [f"data.path={args.data}", f"model.base={args.model}",
                                     f"model.strategy={args.strategy}", f"train.epochs={args.epochs}",
                                     f"train.device={args.device}"])
-    env = describe_environment(cfg.train.device, cfg.train.precision, cfg.train.threads, cfg.seed, {})
+    env = environment_stage.environment(cfg.train.device, cfg.train.precision, cfg.train.threads, cfg.seed, {})
     work = Path(args.work)
     started = time.perf_counter()
-    result = fine_tune(str(Path(args.data) / "init"), args.data, str(work / "model"), str(work / "checkpoint"),
-                       cfg.model, cfg.train, env.device, env.precision, cfg.seed)
+    result = fine_tune(FineTuneJob(str(Path(args.data) / "init"), args.data, str(work / "model"),
+                                   str(work / "checkpoint"), cfg.model, cfg.train, env.device, env.precision, cfg.seed))
     train_s, memory = time.perf_counter() - started, peak_memory(args.device)
-    probabilities, targets, _, _ = evaluate_model(str(work / "model"), args.data, cfg.model.max_length,
-                                                  cfg.train.eval_batch_size, env.device, env.precision)
+    labels, test = read_manifest(args.data).labels, read_split(args.data, "test")
+    logits = load_logits_predictor(str(work / "model"), labels, cfg.model.max_length, cfg.train.eval_batch_size,
+                                   env.device, env.precision)(test["text"].tolist())
+    probabilities, targets = softmax(logits), class_indices(test, labels)
     settings = {"batch_size": cfg.train.batch_size, "learning_rate": cfg.train.learning_rate,
                 "epochs_run": result.epochs_run, "precision": env.precision}
-    train_rows = len(pd.read_parquet(Path(args.data) / "train.parquet"))
+    train_rows = len(read_split(args.data, "train"))
     return side_result(train_s, train_rows * result.epochs_run, torch.log(torch.from_numpy(probabilities)), targets,
                        memory, settings)
 
 
 def train_peer(args) -> dict:
     """A plain Trainer script: tokenize with the tokenizer, pad per batch, train, evaluate each epoch."""
-    import pandas as pd
     import torch
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                               TrainingArguments)
 
     from components.config import LoraConfig, load_config
-    from components.handoff import read_manifest
-    from components.model_init import apply_strategy, resolve_base
+    from components.handoff import SPLITS, read_manifest, read_split
+    from components.model.core import apply_strategy, resolve_base
     from components.text_batches import encode, predict_logits
 
     max_length = load_config(args.config, [f"data.path={args.data}"]).model.max_length  # as ours truncates
     precision = "bf16" if args.device == "cuda" else "fp32"
     torch.manual_seed(123)
-    labels = read_manifest(args.data)["labels"]
-    splits = {s: pd.read_parquet(Path(args.data) / f"{s}.parquet") for s in ("train", "val", "test")}
+    labels = read_manifest(args.data).labels
+    splits = {s: read_split(args.data, s) for s in SPLITS}
     started = time.perf_counter()
     source = resolve_base(args.model)
     tokenizer = AutoTokenizer.from_pretrained(source)

@@ -1,22 +1,170 @@
-"""The files stages hand each other inside their output folders (KFP artifacts), and one reader for each. A stage
-that needs another's output reads it here, never by a file name of its own."""
+"""Every file that crosses a stage or a process, and one typed reader for each. A stage that needs another's
+output, a rank that needs its job, a command that needs a run's config, reads it here, never by a name of its
+own. The records are plain dataclasses: what a file holds is declared once, here."""
 
 from __future__ import annotations
 
+import html
 import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
-MANIFEST = "manifest.json"  # stage 1, beside the splits: labels, counts per split, fingerprint, schema
-MODEL_SPEC = "model_spec.json"  # stage 2: which weights, which layers train (copied beside the fine-tuned model)
-ENVIRONMENT = "environment.json"  # stage 3: device, precision, threads, versions
-TRAIN_RESULT = "train_result.json"  # stage 4, beside the fine-tuned model: epochs, losses, times
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from components.config import ModelConfig, TrainConfig
+
+# Stage 1, in the data folder
+SPLITS = ("train", "val", "test")
+MANIFEST = "manifest.json"  # labels, counts per split, fingerprint, schema
+VALIDATION_REPORT = "validation.json"  # great-expectations' results, per file read
+DATA_DOCS = "validation_{source}.html"  # great-expectations' data docs, one page per file read
+# Stage 2, in the initial model's folder (copied beside the fine-tuned model by stage 4)
+MODEL_SPEC = "model_spec.json"
+# Stage 3
+ENVIRONMENT = "environment.json"
+# Stage 4, beside the fine-tuned model
+TRAIN_RESULT = "train_result.json"
 LABEL_MAP = "label_map.json"  # beside every model and in the bundle: class index -> label
-DEPLOYMENT = "deployment.json"  # stage 6: the parity and int8 report (also in the bundle)
-BUNDLE = "bundle"  # stage 6: the folder that is registered and served
+JOB = "job.json"  # what each rank (or each TrainJob node) is given: fine_tune's arguments
+# Stage 5
+MODEL_CARD = "model_card.md"
+METRICS = "metrics.json"
+GATE = "gate.json"  # the gate's verdict and the version registered (stage 6 deploys that one)
+TEMPERATURE_TAG = "temperature"  # stage 5's tag on the registered version, which stage 6 puts in the bundle
+# Stage 6
+DEPLOYMENT = "deployment.json"  # the parity and int8 report (also in the bundle)
+BUNDLE = "bundle"  # the folder that is registered and served
 BUNDLE_MODEL = "model.onnx"  # in the bundle: the graph that is served
 REFERENCE = "reference.parquet"  # in the bundle: training texts as the served graph sees them (drift reference)
 CALIBRATION = "calibration.json"  # in the bundle: the temperature stage 5 fitted, when it kept one
-TEMPERATURE_TAG = "temperature"  # stage 5's tag on the registered version, which stage 6 puts in the bundle
+# In the bundle, from the fine-tuned model's folder where present: the tokenizer's files, the label map, the
+# transformers config
+BUNDLE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+                "merges.txt", LABEL_MAP, "config.json")
+# Stage 7
+DRIFT_REPORT = "drift_report.html"  # Evidently's report; absent when the window was too small for a verdict
+DRIFT_SUMMARY = "drift_summary.json"
+ALERT = "{id}.json"  # a drift alert, in the monitor run's alert/ artifacts and a local copy
+# The pipeline run
+CONFIG = "config.json"  # the whole config, an artifact of the MLflow parent run (what --resume reads)
+
+
+@dataclass
+class Manifest:
+    """Stage 1's account of the splits."""
+    out_dir: str
+    source: str  # the file(s) read, for the model card and MLflow inputs
+    source_sha256: str
+    labels: list[str]
+    counts: dict[str, dict[str, int]]  # split -> label -> rows
+    fingerprint: str  # of the prepared splits: same fingerprint, same data
+    dropped_duplicates: int
+    dropped_conflicting_texts: int
+    dropped_leaking_texts: dict[str, int] = field(default_factory=dict)  # split -> texts an earlier split holds
+    schema: dict[str, str] = field(default_factory=dict)  # the splits' columns
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """Rows per split and rows dropped, in a line."""
+        rows = ", ".join(f"{split} {sum(counts.values()):,}" for split, counts in self.counts.items())
+        leaking = sum(self.dropped_leaking_texts.values())
+        return (f"{rows} rows; dropped {self.dropped_duplicates:,} duplicates, {self.dropped_conflicting_texts:,} "
+                f"texts with conflicting labels" + (f", {leaking:,} texts leaking across splits" if leaking else ""))
+
+
+@dataclass
+class ModelSpec:
+    """Stage 2: which weights, which layers train."""
+    base: str  # as configured
+    source: str  # the directory or hub id loaded
+    architecture: str
+    model_type: str
+    is_decoder: bool
+    strategy: str
+    trainable_blocks: Optional[int]
+    lora_target_modules: Optional[list[str]]
+    total_parameters: int
+    trainable_parameters: int
+    labels: list[str]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Environment:
+    """Stage 3: where and how training runs, and what reproduces it."""
+    device: str
+    precision: str  # bf16 (autocast over fp32 master weights) or fp32
+    threads: int
+    seed: int
+    hyperparameters: dict
+    libraries: dict[str, str]
+    hardware: dict
+    python: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """Stage 4: how fine-tuning went."""
+    model_dir: str
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    best_val_accuracy: float
+    stopped_early: bool
+    resumed_from_epoch: int  # 0: started fresh
+    train_seconds: float
+    samples_per_second: float
+    history: list[dict] = field(default_factory=list)  # one row per epoch
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FineTuneJob:
+    """Stage 4's arguments, the same in process, in each rank and on each TrainJob node (where the folders are
+    storage URIs): what `job.json` holds."""
+    init_dir: str  # stage 2's model
+    data_dir: str  # stage 1's splits
+    out_dir: str  # the fine-tuned model
+    checkpoint_uri: str  # a folder or storage URI; a later job with the same URI resumes
+    model_cfg: "ModelConfig"
+    train_cfg: "TrainConfig"
+    device: str
+    precision: str
+    seed: int
+    threads: int = 0  # CPU threads of each rank (0: as many as the machine has, shared by its ranks)
+    mlflow_run: Optional[tuple[str, str]] = None  # (tracking URI, run id) that rank 0 logs metrics to
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self) | {"model_cfg": self.model_cfg.model_dump(mode="json"),
+                                          "train_cfg": self.train_cfg.model_dump(mode="json")})
+
+    @classmethod
+    def from_json(cls, text: str) -> "FineTuneJob":
+        from components.config import ModelConfig, TrainConfig
+
+        fields_ = json.loads(text)
+        return cls(**fields_ | {"model_cfg": ModelConfig(**fields_["model_cfg"]),
+                                "train_cfg": TrainConfig(**fields_["train_cfg"]),
+                                "mlflow_run": tuple(fields_["mlflow_run"]) if fields_["mlflow_run"] else None})
+
+
+@dataclass
+class GateOutcome:
+    """Stage 5's verdict on the model it registered."""
+    passed: bool
+    reasons: list[str]
+    model_version: str  # the registered version (the challenger when the gate passed)
 
 
 def write_json(folder: str | Path, name: str, content: dict) -> Path:
@@ -30,20 +178,58 @@ def _read_json(folder: str | Path, name: str) -> dict:
     return json.loads((Path(folder) / name).read_text())
 
 
-def read_manifest(data_dir: str | Path) -> dict:
-    return _read_json(data_dir, MANIFEST)
+def split_path(data_dir: str | Path, split: str) -> Path:
+    return Path(data_dir) / f"{split}.parquet"
 
 
-def read_model_spec(model_dir: str | Path) -> dict:
-    return _read_json(model_dir, MODEL_SPEC)
+def read_split(data_dir: str | Path, split: str) -> "pd.DataFrame":
+    """One of stage 1's splits: text, label, source (and group with data.group_column)."""
+    import pandas as pd
+
+    return pd.read_parquet(split_path(data_dir, split))
 
 
-def read_environment(env_dir: str | Path) -> dict:
-    return _read_json(env_dir, ENVIRONMENT)
+def read_texts(data_dir: str | Path, split: str, limit: Optional[int] = None) -> list[str]:
+    return read_split(data_dir, split)["text"].head(limit).tolist()
 
 
-def read_train_result(model_dir: str | Path) -> dict:
-    return _read_json(model_dir, TRAIN_RESULT)
+def read_manifest(data_dir: str | Path) -> Manifest:
+    return Manifest(**_read_json(data_dir, MANIFEST))
+
+
+def data_docs_path(data_dir: str | Path, source: str) -> Path:
+    return Path(data_dir) / DATA_DOCS.format(source=source)
+
+
+def data_docs_page(data_dir: str | Path) -> str:
+    """The data docs as one page: the only page, or every page (in file order) framed in one."""
+    pages = sorted(Path(data_dir).glob(DATA_DOCS.format(source="*")))
+    if len(pages) == 1:
+        return pages[0].read_text()
+    frames = "".join(f"<h2>{page.stem.removeprefix('validation_')}</h2><iframe style='width:100%;height:80vh' "
+                     f"srcdoc=\"{html.escape(page.read_text())}\"></iframe>" for page in pages)
+    return f"<!doctype html><html><body>{frames}</body></html>"
+
+
+def stage_reports(data_dir: str | Path) -> list[Path]:
+    """Stage 1's validation report and data docs (what MLflow keeps under validation/)."""
+    return sorted([*Path(data_dir).glob(DATA_DOCS.format(source="*")), Path(data_dir) / VALIDATION_REPORT])
+
+
+def read_model_spec(model_dir: str | Path) -> ModelSpec:
+    return ModelSpec(**_read_json(model_dir, MODEL_SPEC))
+
+
+def read_environment(env_dir: str | Path) -> Environment:
+    return Environment(**_read_json(env_dir, ENVIRONMENT))
+
+
+def read_train_result(model_dir: str | Path) -> TrainResult:
+    return TrainResult(**_read_json(model_dir, TRAIN_RESULT))
+
+
+def read_gate(evaluation_dir: str | Path) -> GateOutcome:
+    return GateOutcome(**_read_json(evaluation_dir, GATE))
 
 
 def write_labels(model_dir: str | Path, labels: list[str]) -> None:
@@ -55,10 +241,51 @@ def read_labels(model_dir: str | Path) -> list[str]:
     return list(_read_json(model_dir, LABEL_MAP).values())
 
 
+def write_job(folder: str | Path, job: FineTuneJob) -> Path:
+    path = Path(folder) / JOB
+    path.write_text(job.to_json())
+    return path
+
+
+def read_job(path: str | Path) -> FineTuneJob:
+    """A rank's job, from the file torchrun's command names."""
+    return FineTuneJob.from_json(Path(path).read_text())
+
+
 def read_temperature(bundle: str | Path) -> float:
     """The served logits are divided by this before the softmax (1.0: no calibration)."""
     return _read_json(bundle, CALIBRATION)["temperature"] if (Path(bundle) / CALIBRATION).is_file() else 1.0
 
 
+def model_card_path(evaluation_dir: str | Path) -> Path:
+    return Path(evaluation_dir) / MODEL_CARD
+
+
 def bundle_dir(deploy_dir: str | Path) -> Path:
     return Path(deploy_dir) / BUNDLE
+
+
+def drift_report_path(drift_dir: str | Path) -> Path:
+    return Path(drift_dir) / DRIFT_REPORT
+
+
+def copy_drift_report(drift_dir: str | Path, destination: str | Path) -> None:
+    """The report as its own artifact, when there is one (not when the window was too small for a verdict)."""
+    import shutil
+
+    if drift_report_path(drift_dir).is_file():
+        shutil.copy(drift_report_path(drift_dir), destination)
+
+
+def model_uri(name: str, alias: str) -> str:
+    """The registered model's version that `alias` names now: what is served and compared with."""
+    return f"models:/{name}@{alias}"
+
+
+def version_uri(name: str, version: str) -> str:
+    return f"models:/{name}/{version}"
+
+
+def run_config_uri(run_id: str) -> str:
+    """The config a pipeline run used, logged on its MLflow parent run."""
+    return f"runs:/{run_id}/{CONFIG}"

@@ -40,7 +40,7 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
     """The ONNX bundle (graph, tokenizer, label map) from the artifact `bundle`, run by onnxruntime."""
 
     def load_context(self, context) -> None:
-        from components.onnx_classifier import OnnxClassifier
+        from components.deploy.onnx_classifier import OnnxClassifier
 
         self.classifier = OnnxClassifier(context.artifacts["bundle"])
 
@@ -50,7 +50,7 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
 
 
 def as_frame(labels: list[str], probabilities) -> pd.DataFrame:
-    from components.onnx_classifier import label_probabilities
+    from components.deploy.onnx_classifier import label_probabilities
 
     return pd.DataFrame({
         "label": [labels[int(p.argmax())] for p in probabilities],

@@ -1,4 +1,5 @@
-"""The MLflow model registry: the champion as a predictor for the gate, and registering a new version."""
+"""The MLflow model registry: the champion as a predictor for the gate, registering stage 5's challenger and
+publishing stage 6's champion, rollback. The registry is the source of truth for what is served."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Optional
 import numpy as np
 
 from components.errors import LifecycleError
+from components.handoff import model_uri
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -25,7 +27,7 @@ def champion_predictor(model_name: str, labels: list[str]):
     version = alias_version(mlflow.MlflowClient(), model_name, CHAMPION)
     if version is None:
         return None
-    model = mlflow.pyfunc.load_model(f"models:/{model_name}@{CHAMPION}")
+    model = mlflow.pyfunc.load_model(model_uri(model_name, CHAMPION))
 
     def predict(texts: list[str]) -> np.ndarray:
         import pandas as pd
@@ -64,10 +66,38 @@ def register_model(python_model, artifacts: dict[str, str], labels: list[str], m
     return version
 
 
-def set_alias(model_name: str, alias: str, version: str) -> None:
+def register_challenger(model_name: str, model_dir: str, labels: list[str], card: str, tags: dict[str, str],
+                        example_texts: list[str], gate_passed: bool) -> str:
+    """Stage 5: the fine-tuned PyTorch model as a new version with the card and the gate's tags; `challenger` when it
+    passed the gate. Returns the version."""
     import mlflow
 
-    mlflow.MlflowClient().set_registered_model_alias(model_name, alias, version)
+    from components.pyfunc_model import TextClassifier
+
+    version = register_model(TextClassifier(), {"model_dir": model_dir}, labels, model_name, card,
+                             tags | {"format": "pytorch"}, example_texts)
+    if gate_passed:
+        mlflow.MlflowClient().set_registered_model_alias(model_name, CHALLENGER, version)
+    return version
+
+
+def publish_champion(model_name: str, challenger_version: str, bundle: str, labels: list[str], tags: dict[str, str],
+                     example_texts: list[str]) -> tuple[str, Optional[str]]:
+    """Stage 6: the ONNX bundle of the challenger as a new version (the challenger's card and tags, and `tags`),
+    then `champion`. Returns (the new version, the champion it replaced or None)."""
+    from components.pyfunc_model import OnnxTextClassifier
+
+    source = challenger(model_name, challenger_version)
+    version = register_model(OnnxTextClassifier(), {"bundle": bundle}, labels, model_name, source.description,
+                             source.tags | tags | {"source_version": challenger_version}, example_texts)
+    return version, promote(model_name, version)
+
+
+def challenger(model_name: str, version: str):
+    """The registered version stage 5 made (its description is the card, its tags the gate's)."""
+    import mlflow
+
+    return mlflow.MlflowClient().get_model_version(model_name, version)
 
 
 def promote(model_name: str, version: str) -> Optional[str]:

@@ -6,6 +6,8 @@ import contextlib
 from pathlib import Path
 from typing import Iterator, Optional
 
+from components.handoff import CONFIG
+
 STAGE_TAG = "lifecycle.stage"
 
 
@@ -113,5 +115,5 @@ def start_parent_run(cfg, tracking_uri: str, tags: Optional[dict] = None, run_ki
     run = client.create_run(experiment_id, tags=tags, run_name=tags["mlflow.runName"])
     params = flatten(cfg.model_dump(mode="json"))
     client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()])
-    client.log_text(run.info.run_id, cfg.model_dump_json(indent=2), "config.json")
+    client.log_text(run.info.run_id, cfg.model_dump_json(indent=2), CONFIG)
     return run.info.run_id

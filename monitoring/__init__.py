@@ -1,1 +1,2 @@
-"""Stage 7, monitoring and maintenance (drift, alerts, retraining): not built yet."""
+"""What stage 7 (components/monitor/) uses: drift detection with Evidently (drift.py), the prediction log that
+serving writes (prediction_log.py), alerts (alerts.py) and the retraining claim (retraining.py)."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
+
+from components.handoff import ALERT, write_json
 
 log = logging.getLogger(__name__)
 WEBHOOK_TIMEOUT_S = 10
@@ -58,7 +59,4 @@ def send_alert(alert: Alert, alerts_dir: str | Path, webhook_url: Optional[str] 
         except requests.RequestException as err:
             alert.webhook = f"failed: {err}"
             log.error("alert %s: the webhook failed: %s", alert.id, err)
-    path = Path(alerts_dir) / f"{alert.id}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(alert.to_dict(), indent=2))
-    return path
+    return write_json(alerts_dir, ALERT.format(id=alert.id), alert.to_dict())

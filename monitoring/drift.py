@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from components.config import MonitorConfig
+from components.handoff import DRIFT_REPORT, DRIFT_SUMMARY
 
 DESCRIPTORS = {"length": "TextLength", "word_count": "WordCount", "non_letter_share": "NonLetterCharacterPercentage"}
 EMBEDDING = "embedding"
@@ -45,7 +46,7 @@ class DriftResult:
 def profile_texts(classifier, texts: list[str]) -> pd.DataFrame:
     """Texts as the model sees them: predicted label, class probabilities (all but the first label's, which the
     others determine) and the sentence embedding, from one pass of the ONNX graph."""
-    from components.onnx_classifier import EMBEDDING_OUTPUT
+    from components.deploy.onnx_classifier import EMBEDDING_OUTPUT
     from components.statistics import softmax
 
     logits, embeddings = classifier.run(texts, ["logits", EMBEDDING_OUTPUT])
@@ -131,7 +132,7 @@ def write_report(result: DriftResult, snapshot, out_dir: str | Path) -> Path:
     """drift_summary.json (the verdict, each feature's score and method) and drift_report.html (Evidently)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "drift_summary.json").write_text(json.dumps(result.to_dict(), indent=2))
+    (out / DRIFT_SUMMARY).write_text(json.dumps(result.to_dict(), indent=2))
     if snapshot is not None:
-        snapshot.save_html(str(out / "drift_report.html"))
-    return out / "drift_summary.json"
+        snapshot.save_html(str(out / DRIFT_REPORT))
+    return out / DRIFT_SUMMARY

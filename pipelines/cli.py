@@ -16,7 +16,7 @@ OFFLINE = ("compile", "schedule")  # they need no tracking server
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done (a gate that said no included), 1 a stage failed, 2 a mistake the user can fix."""
     args = _parser().parse_args(argv)
-    from components.errors import LifecycleError
+    from components.errors import LifecycleError, RunFailure
     from pipelines.console import capturing
     from pipelines.local import PipelineFailed
 
@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
             if not (console.last_error or "").endswith(str(err)):  # a stage run here has said it already
                 console.error(f"error: {err}")
             return 2
+        except RunFailure as err:  # a stage run in this process (`monitor`) failed, through no mistake of the user
+            console.error(f"{args.command} failed: {err}. Full log: {console.log_path}")
+            return 1
         except PipelineFailed as err:  # the failing stage has said why, unless kfp.local itself failed
             if not console.last_error:
                 console.error(f"error: {err}")
@@ -112,6 +115,8 @@ def load(args, absolute: bool = True):
 
 
 def _run(args) -> int:
+    from components.handoff import model_uri, version_uri
+    from components.registry import CHAMPION
     from pipelines.local import config_of_run, run_locally, tracking_uri_for
 
     # SIGTERM (a scheduler stopping us) ends the run like Ctrl-C: the parent run is marked FAILED, resumable.
@@ -128,11 +133,11 @@ def _run(args) -> int:
         f"  experiment  {cfg.tracking.experiment} (id {result.experiment_id}); parent run {result.parent_run_id}",
         f"  UI          lifecycle ui  ->  http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/"
         f"{result.parent_run_id}",
-        f"registered    models:/{name}/{result.model_version} (PyTorch; gate {result.gate}{alias})",
+        f"registered    {version_uri(name, result.model_version)} (PyTorch; gate {result.gate}{alias})",
     ]
     if result.champion_version:
-        lines += [f"deployed      models:/{name}/{result.champion_version} (ONNX, alias champion)",
-                  f"  serve it    lifecycle serve --model models:/{name}@champion"]
+        lines += [f"deployed      {version_uri(name, result.champion_version)} (ONNX, alias {CHAMPION})",
+                  f"  serve it    lifecycle serve --model {model_uri(name, CHAMPION)}"]
     lines.append(f"artifacts     {result.artifacts_dir}")
     args.console.show("\n" + "\n".join(lines))
     return 0
@@ -169,15 +174,15 @@ def _yaml_path(output: str, name: str) -> str:
 def _monitor(args) -> int:
     import tempfile
 
-    from components.monitor_stages import drift_check_stage
+    from components.handoff import drift_report_path
+    from components.monitor.adapter import monitor_traffic
     from pipelines.local import tracking_uri_for
 
     cfg = load(args)
     Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
     out_dir = tempfile.mkdtemp(prefix="drift-", dir=Path(cfg.work_dir))
-    drift_check_stage(cfg.model_dump_json(), tracking_uri_for(cfg), args.current or "", "", out_dir,
-                      act_on_drift=False)
-    args.console.show(f"report: {out_dir}/drift_report.html (also in MLflow under the monitor run's drift/ artifacts)")
+    monitor_traffic(cfg.model_dump_json(), tracking_uri_for(cfg), args.current or "", "", out_dir, act_on_drift=False)
+    args.console.show(f"report: {drift_report_path(out_dir)} (also in MLflow under the monitor run's drift/ artifacts)")
     return 0
 
 
@@ -211,16 +216,18 @@ def _demo(args) -> int:
 def _serve(args) -> int:
     import mlflow
 
-    from components.serving import Limits, resolve_bundle, serve
+    from components.deploy.serving import Limits, resolve_bundle, serve
+    from components.handoff import model_uri
+    from components.registry import CHAMPION
     from pipelines.local import tracking_uri_for
 
     cfg = load(args)
     mlflow.set_tracking_uri(tracking_uri_for(cfg))
-    model_uri = args.model or f"models:/{cfg.tracking.registered_model}@champion"
-    bundle, name, version = resolve_bundle(model_uri, Path(cfg.work_dir) / "serving")
+    served = args.model or model_uri(cfg.tracking.registered_model, CHAMPION)
+    bundle, name, version = resolve_bundle(served, Path(cfg.work_dir) / "serving")
     port = args.port or cfg.serve.port
     log = cfg.predictions_uri()
-    args.console.show(f"serving {model_uri} (version {version}) on http://{cfg.serve.host}:{port}: POST "
+    args.console.show(f"serving {served} (version {version}) on http://{cfg.serve.host}:{port}: POST "
                       f"/v2/models/{name}/infer, POST /predict; metrics on :{port + 2}/metrics; predictions logged "
                       f"to {log}")
     serve(bundle, name, version, port, log,

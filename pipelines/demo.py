@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 def demo_drift(cfg: LifecycleConfig) -> None:
     import mlflow
 
-    from components.data_io import DataError
+    from components.data.tables import DataError
     from components.registry import CHAMPION, alias_version
     from pipelines.local import run_locally, tracking_uri_for
 
@@ -74,15 +74,18 @@ def monitor_once_on(cfg: LifecycleConfig, current: Path) -> None:
 
 def champion_splits(cfg: LifecycleConfig) -> dict[str, pd.DataFrame]:
     """The splits the champion was trained on: stage 1's output of the newest run that deployed it."""
-    runs = sorted((p for p in (Path(cfg.work_dir) / "kfp").glob(f"{cfg.name}-training-*") if (p / "deploy").is_dir()),
-                  key=lambda p: p.stat().st_mtime)
-    data_dir = runs[-1] / "prepare-data" / "dataset"
-    return {name: pd.read_parquet(data_dir / f"{name}.parquet") for name in ("train", "val", "test")}
+    from components.handoff import SPLITS, read_split
+    from components.stages import DATA, DEPLOY
+
+    runs = sorted((p for p in (Path(cfg.work_dir) / "kfp").glob(f"{cfg.name}-training-*")
+                   if (p / DEPLOY.task_name).is_dir()), key=lambda p: p.stat().st_mtime)
+    data_dir = runs[-1] / DATA.task_name / "dataset"
+    return {name: read_split(data_dir, name) for name in SPLITS}
 
 
 def unseen_rows(cfg: LifecycleConfig, splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    from components.data_io import read_table
-    from components.data_prep import clean, resolve_sources, table_format
+    from components.data.tables import read_table
+    from components.data.core import clean, resolve_sources, table_format
 
     sources = resolve_sources(cfg.data.model_copy(update={"feedback_path": None}), Path(cfg.work_dir) / "downloads")
     rows = pd.concat([clean(read_table(path, table_format(cfg.data)), cfg.data.text_column, cfg.data.label_column)
@@ -95,12 +98,14 @@ def _replay(cfg: LifecycleConfig, texts: list[str], log_dir: Path) -> Path:
     """The server's path without HTTP: the champion's ONNX bundle classifies, the prediction log records."""
     import shutil
 
-    from components.onnx_classifier import OnnxClassifier, label_probabilities
-    from components.serving import resolve_bundle
+    from components.deploy.onnx_classifier import OnnxClassifier, label_probabilities
+    from components.deploy.serving import resolve_bundle
+    from components.handoff import model_uri
+    from components.registry import CHAMPION
     from components.storage import list_files
     from monitoring.prediction_log import PredictionLog
 
-    bundle, name, version = resolve_bundle(f"models:/{cfg.tracking.registered_model}@champion",
+    bundle, name, version = resolve_bundle(model_uri(cfg.tracking.registered_model, CHAMPION),
                                            Path(cfg.work_dir) / "serving")
     classifier = OnnxClassifier(bundle)
     probabilities = classifier.probabilities(texts)

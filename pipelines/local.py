@@ -111,7 +111,7 @@ def run_monitor_locally(cfg: LifecycleConfig) -> MonitorOutcome:
     allowed) a retraining, whose MLflow parent run is closed here as FINISHED or FAILED."""
     import mlflow
 
-    from components.monitor_stages import open_monitor_run
+    from components.monitor.adapter import open_monitor_run
     from pipelines.monitor_pipeline import build_monitor_pipeline
 
     uri = tracking_uri_for(cfg)
@@ -140,7 +140,9 @@ def config_of_run(run_id: str, tracking_uri: str) -> LifecycleConfig:
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
-    return LifecycleConfig.model_validate_json(mlflow.artifacts.load_text(f"runs:/{run_id}/config.json"))
+    from components.handoff import run_config_uri
+
+    return LifecycleConfig.model_validate_json(mlflow.artifacts.load_text(run_config_uri(run_id)))
 
 
 def _close_interrupted_stages(client, experiment_id: str, parent_run_id: str) -> None:

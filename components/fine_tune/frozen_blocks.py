@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from components.model_init import transformer_blocks
+from components.model.core import transformer_blocks
 from components.text_batches import EncodedSplit, autocast, collate, eval_batches
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from components.config import GateConfig
-from components.handoff import read_manifest
-from components.model_init import load_classifier
+from components.handoff import SPLITS, read_manifest, read_split
+from components.model.core import load_classifier
 from components.statistics import Calibration, PairedComparison, cross_entropy, softmax
 from components.text_batches import encode, predict_logits
 
@@ -115,14 +115,6 @@ def load_logits_predictor(model_dir: str, labels: list[str], max_length: int, ba
     return logits
 
 
-def evaluate_model(model_dir: str, data_dir: str, max_length: int, batch_size: int, device: str, precision: str):
-    """Class probabilities of the fine-tuned model on the test split, with the true class indices."""
-    labels = read_manifest(data_dir)["labels"]
-    test = pd.read_parquet(Path(data_dir) / "test.parquet")
-    logits = load_logits_predictor(model_dir, labels, max_length, batch_size, device, precision)(test["text"].tolist())
-    return softmax(logits), class_indices(test, labels), labels, test
-
-
 def class_indices(rows: pd.DataFrame, labels: list[str]) -> np.ndarray:
     return np.array([labels.index(v) for v in rows["label"]])
 
@@ -195,13 +187,13 @@ def evaluate(model_dir: str, data_dir: str, max_length: int, batch_size: int, de
     """Stage 5's findings: test metrics with bootstrap intervals, temperature scaling fitted on the validation
     split, the linear baseline, the paired comparison with the champion (version, predictor), slices, robustness
     and the most confident mistakes."""
-    from components.baseline import baseline_probabilities
-    from components.robustness import robustness
-    from components.slices import slice_metrics, worst_slice
+    from components.evaluate.baseline import baseline_probabilities
+    from components.evaluate.robustness import robustness
+    from components.evaluate.slices import slice_metrics, worst_slice
     from components.statistics import bootstrap_intervals, calibrate, compare_paired, reliability
 
-    labels = read_manifest(data_dir)["labels"]
-    splits = {name: pd.read_parquet(Path(data_dir) / f"{name}.parquet") for name in ("train", "val", "test")}
+    labels = read_manifest(data_dir).labels
+    splits = {name: read_split(data_dir, name) for name in SPLITS}
     targets = {name: class_indices(rows, labels) for name, rows in splits.items()}
     texts = splits["test"]["text"].tolist()
     logits_of = load_logits_predictor(model_dir, labels, max_length, batch_size, device, precision)

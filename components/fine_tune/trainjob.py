@@ -1,5 +1,5 @@
 """Stage 4 on several nodes: a Kubeflow Trainer TrainJob (a torch runtime) runs `train.nodes` pods of the project's
-image, each torchrun with its ranks (components.distributed). The pods share no disk with the fine-tune task that
+image, each torchrun with its ranks (components.fine_tune.processes). The pods share no disk with the fine-tune task that
 submits the job: the task puts the splits, the stage 2 model and the job at a storage URI; every node fetches them;
 the node of rank 0 puts the fine-tuned model back; the task follows the job to its end and takes the model.
 Importable without MLflow or KFP: the module is also the node's entry point."""
@@ -16,60 +16,61 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Optional
 
 from components import storage
-from components.config import LifecycleConfig, ModelConfig, TrainConfig
-from components.distributed import DistributedTrainingError, rank_job, run_ranks
-from components.errors import LifecycleError
-from components.handoff import TRAIN_RESULT, read_train_result, write_json
+from components.config import LifecycleConfig
+from components.errors import LifecycleError, RunFailure
+from components.fine_tune.processes import run_ranks
+from components.handoff import JOB, TRAIN_RESULT, FineTuneJob, TrainResult, read_train_result, write_json
 from components.tracking import is_tracking_server
-from components.training import TrainResult
 
 log = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
-JOB = "job.json"  # at the job's URI: what every rank is given, with the splits, the model and the output as URIs
 # The Secret's keys (infra/README.md, step 5) as the variables s3fs and boto read.
 STORAGE_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "access-key-id", "AWS_SECRET_ACCESS_KEY": "secret-access-key",
                        "AWS_ENDPOINT_URL": "endpoint-url"}
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
-class TrainJobError(DistributedTrainingError):
-    """The TrainJob could not be created, or it failed: names the job, its namespace and the reason."""
+class TrainJobError(RunFailure):
+    """The TrainJob failed, or following it did: names the job, its namespace and the reason."""
 
 
-def fine_tune_on_train_job(cfg: LifecycleConfig, parent_run_id: str, processes: int, init_dir: str, data_dir: str,
-                           out_dir: str, checkpoint_uri: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
-                           device: str, precision: str, seed: int, mlflow_run: Optional[tuple[str, str]] = None,
+class TrainJobRefused(LifecycleError):
+    """No TrainJob can be submitted from here as configured: no Kubernetes API, no right to create one, no
+    Trainer, or a tracking URI the job's pods cannot reach."""
+
+
+def fine_tune_on_train_job(cfg: LifecycleConfig, parent_run_id: str, processes: int, job: FineTuneJob,
                            api=None) -> TrainResult:
     """`fine_tune` on `cfg.train.nodes` nodes of `processes` ranks each, in a TrainJob that `cfg.kfp` describes;
     `api`: a kubernetes CustomObjectsApi (default: the cluster this task runs in, else the kubeconfig's). Returns
-    rank 0's result, the model in out_dir."""
-    if mlflow_run and not is_tracking_server(mlflow_run[0]):
-        raise TrainJobError(f"train.nodes={cfg.train.nodes}: rank 0 logs from a TrainJob pod to the stage's MLflow "
-                            f"run, which needs a tracking server (http://...), not {mlflow_run[0]}")
+    rank 0's result, the model in job.out_dir."""
+    if job.mlflow_run and not is_tracking_server(job.mlflow_run[0]):
+        raise TrainJobRefused(f"train.nodes={cfg.train.nodes}: rank 0 logs from a TrainJob pod to the stage's "
+                              f"MLflow run, which needs a tracking server (http://...), not {job.mlflow_run[0]}")
     api = api or kubernetes_api()
     namespace = cfg.kfp.trainjob.namespace or current_namespace()
     job_uri = storage.join(cfg.checkpoints_uri(), "trainjobs", parent_run_id)
-    inputs = {"init_dir": storage.join(job_uri, "init"), "data_dir": storage.join(job_uri, "data")}
+    # Each node counts its own threads.
+    remote = replace(job, init_dir=storage.join(job_uri, "init"), data_dir=storage.join(job_uri, "data"),
+                     out_dir=storage.join(job_uri, "model"), threads=0)
     try:
-        storage.upload_folder(init_dir, inputs["init_dir"])
-        storage.upload_folder(data_dir, inputs["data_dir"])
-        job = rank_job(**inputs, out_dir=storage.join(job_uri, "model"), checkpoint_uri=checkpoint_uri,
-                       model_cfg=model_cfg, train_cfg=train_cfg, device=device, precision=precision, seed=seed,
-                       threads=0, mlflow_run=mlflow_run)  # each node counts its own threads
-        storage.write_bytes(storage.join(job_uri, JOB), json.dumps(job).encode())
+        storage.upload_folder(job.init_dir, remote.init_dir)
+        storage.upload_folder(job.data_dir, remote.data_dir)
+        storage.write_bytes(storage.join(job_uri, JOB), remote.to_json().encode())
         name = submit(api, namespace, train_job_manifest(cfg, job_uri, processes, parent_run_id))
         follow(api, namespace, name, cfg.kfp.trainjob.poll_seconds)
-        storage.download_folder(job["out_dir"], out_dir)
+        storage.download_folder(remote.out_dir, job.out_dir)
     finally:
         storage.remove(job_uri)
     # The node wrote its own scratch folder as the model's place.
-    result = TrainResult(**read_train_result(out_dir) | {"model_dir": str(out_dir)})
-    write_json(out_dir, TRAIN_RESULT, result.to_dict())
+    result = replace(read_train_result(job.out_dir), model_dir=str(job.out_dir))
+    write_json(job.out_dir, TRAIN_RESULT, result.to_dict())
     return result
 
 
@@ -77,7 +78,7 @@ def train_job_manifest(cfg: LifecycleConfig, job_uri: str, processes: int, paren
     """The TrainJob (trainer.kubeflow.org/v1alpha1): the runtime, the image, the nodes, the ranks and GPUs of each,
     and the node's command with the job's URI."""
     settings = cfg.kfp.trainjob
-    trainer = {"image": cfg.kfp.image, "command": ["python", "-m", "components.trainjob"], "args": [job_uri],
+    trainer = {"image": cfg.kfp.image, "command": ["python", "-m", "components.fine_tune.trainjob"], "args": [job_uri],
                "numNodes": cfg.train.nodes, "numProcPerNode": processes,
                "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}]}
     if settings.storage_secret:
@@ -108,8 +109,8 @@ def kubernetes_api():
         try:
             config.load_kube_config()
         except (config.ConfigException, OSError) as err:
-            raise TrainJobError(f"train.nodes > 1 submits a Kubeflow Trainer TrainJob, and there is no Kubernetes "
-                                f"API here: not in a pod with a service account, and no usable kubeconfig ({err})"
+            raise TrainJobRefused(f"train.nodes > 1 submits a Kubeflow Trainer TrainJob, and there is no "
+                                  f"Kubernetes API here: not in a pod with a service account, and no usable kubeconfig ({err})"
                                 ) from None
     return client.CustomObjectsApi()
 
@@ -136,8 +137,8 @@ def submit(api, namespace: str, manifest: dict) -> str:
     except ApiException as err:
         hint = {404: " (is Kubeflow Trainer installed? its TrainJob API was not found)",
                 403: " (the task's service account may not create trainjobs: infra/README.md, step 4)"}
-        raise TrainJobError(f"cannot create a TrainJob in namespace {namespace}: {err.status} "
-                            f"{_api_message(err)}{hint.get(err.status, '')}") from None
+        raise TrainJobRefused(f"cannot create a TrainJob in namespace {namespace}: {err.status} "
+                              f"{_api_message(err)}{hint.get(err.status, '')}") from None
     name = created["metadata"]["name"]
     log.info("TrainJob %s/%s: %d nodes x %d ranks; the pods' logs: kubectl -n %s logs -f -l "
              "jobset.sigs.k8s.io/jobset-name=%s", namespace, name, manifest["spec"]["trainer"]["numNodes"],
@@ -239,23 +240,23 @@ def _api_message(err) -> str:
 def run_node(job_uri: str) -> None:
     """One node of the TrainJob: fetch the job's files, run this node's ranks; the node of rank 0 puts the model
     at the job's output URI."""
-    job = json.loads(storage.read_bytes(storage.join(job_uri, JOB)))
-    out_uri, ranks = job["out_dir"], int(os.environ.get("PET_NPROC_PER_NODE", "1"))
+    job = FineTuneJob.from_json(storage.read_bytes(storage.join(job_uri, JOB)).decode())
+    ranks = int(os.environ.get("PET_NPROC_PER_NODE", "1"))
     with tempfile.TemporaryDirectory(prefix="lifecycle-node-") as scratch:
-        local = {"init_dir": str(storage.download_folder(job["init_dir"], Path(scratch) / "init")),
-                 "data_dir": str(storage.download_folder(job["data_dir"], Path(scratch) / "data")),
-                 "out_dir": str(Path(scratch) / "model"),
-                 "threads": max(1, (job["train_cfg"]["threads"] or os.cpu_count() or 1) // ranks)}
-        run_ranks(job | local)
+        local = replace(job, init_dir=str(storage.download_folder(job.init_dir, Path(scratch) / "init")),
+                        data_dir=str(storage.download_folder(job.data_dir, Path(scratch) / "data")),
+                        out_dir=str(Path(scratch) / "model"),
+                        threads=max(1, (job.train_cfg.threads or os.cpu_count() or 1) // ranks))
+        run_ranks(local)
         if os.environ.get("PET_NODE_RANK", "0") == "0":  # global rank 0 is local rank 0 of node 0
-            storage.upload_folder(local["out_dir"], out_uri)
+            storage.upload_folder(local.out_dir, job.out_dir)
 
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         run_node(argv[0])
-    except LifecycleError as err:
+    except (LifecycleError, RunFailure) as err:
         log.error("%s", err)
         return 1
     return 0

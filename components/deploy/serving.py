@@ -18,7 +18,7 @@ from mlserver.types import InferenceRequest, InferenceResponse
 from pydantic import BaseModel
 
 from components.errors import LifecycleError
-from components.handoff import BUNDLE, BUNDLE_MODEL
+from components.handoff import BUNDLE, BUNDLE_MODEL, version_uri
 
 INPUT_NAME = "text"
 
@@ -117,7 +117,7 @@ class TextClassifierRuntime(MLModel):
     log_flush_seconds, max_batch, max_text_chars."""
 
     async def load(self) -> bool:
-        from components.onnx_classifier import OnnxClassifier
+        from components.deploy.onnx_classifier import OnnxClassifier
         from monitoring.prediction_log import PredictionLog
 
         extra = self.settings.parameters.extra or {}
@@ -153,7 +153,7 @@ class TextClassifierRuntime(MLModel):
 
     def _classify(self, texts: list[str]) -> tuple[list[str], np.ndarray, list[dict[str, float]]]:
         """Labels, the probability matrix and the same as {label: probability} per text; logs every text."""
-        from components.onnx_classifier import label_probabilities
+        from components.deploy.onnx_classifier import label_probabilities
 
         probabilities = self.classifier.probabilities(texts)
         labels = [self.classifier.labels[int(i)] for i in probabilities.argmax(axis=1)]
@@ -181,7 +181,7 @@ def resolve_bundle(model_uri: str, download_dir: str | Path) -> tuple[str, str, 
         if version is None:
             raise RegistryError(f"{model_uri}: the registry at {mlflow.get_tracking_uri()} has no version of "
                                 f"{name!r} with the alias {alias!r} (`lifecycle run` makes a champion)")
-    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
+    local = mlflow.artifacts.download_artifacts(artifact_uri=version_uri(name, version),
                                                 dst_path=str(Path(download_dir) / f"{name}-{version}"))
     bundle = Path(local) / "artifacts" / BUNDLE  # the pyfunc's artifact "bundle"
     if not (bundle / BUNDLE_MODEL).is_file():

@@ -5,25 +5,11 @@ from __future__ import annotations
 import os
 import platform
 import random
-from dataclasses import asdict, dataclass
 from importlib import metadata
 
+from components.handoff import Environment
+
 LIBRARIES = ("torch", "transformers", "peft", "tokenizers", "kfp", "mlflow", "great-expectations", "pandas")
-
-
-@dataclass
-class TrainingEnvironment:
-    device: str
-    precision: str  # bf16 (autocast over fp32 master weights) or fp32
-    threads: int
-    seed: int
-    hyperparameters: dict
-    libraries: dict[str, str]
-    hardware: dict
-    python: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def resolve_device(requested: str) -> str:
@@ -65,8 +51,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def describe_environment(device: str, precision: str, threads: int | None, seed: int,
-                         hyperparameters: dict) -> TrainingEnvironment:
+def environment(device: str, precision: str, threads: int | None, seed: int,
+                         hyperparameters: dict) -> Environment:
     """Resolve and apply device, precision, threads and seeds; collect versions and hardware."""
     import torch
 
@@ -75,7 +61,7 @@ def describe_environment(device: str, precision: str, threads: int | None, seed:
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     seed_everything(seed)
-    return TrainingEnvironment(
+    return Environment(
         device=device,
         precision=precision,
         threads=threads,

@@ -6,45 +6,25 @@ only. Importable without MLflow or KFP."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 import random
-import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-import pandas as pd
-
 from components.config import ConfigError, ModelConfig, TrainConfig
 from components.console import Progress
-from components.handoff import TRAIN_RESULT, read_manifest, write_json, write_labels
-from components.model_init import apply_strategy, load_classifier, set_dropout, transformer_blocks
-from components.pooled_block import first_token_only
+from components.fine_tune.checkpoint import Checkpoint, TrainingState
+from components.fine_tune.pooled_block import first_token_only
+from components.handoff import (TRAIN_RESULT, FineTuneJob, TrainResult, read_manifest, read_split, write_json,
+                                write_labels)
+from components.model.core import apply_strategy, load_classifier, set_dropout, transformer_blocks
 from components.text_batches import autocast, collate, encode, loss_and_accuracy, predict_logits, train_batches
 
 MetricsLogger = Callable[[dict, int], None]  # (metrics, step)
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainResult:
-    model_dir: str
-    epochs_run: int
-    best_epoch: int
-    best_val_loss: float
-    best_val_accuracy: float
-    stopped_early: bool
-    resumed_from_epoch: int  # 0: started fresh
-    train_seconds: float
-    samples_per_second: float
-    history: list[dict] = field(default_factory=list)  # one row per epoch
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -98,26 +78,15 @@ class Session:
         return getattr(self.model, "module", self.model)
 
 
-def fine_tune(
-    init_dir: str,
-    data_dir: str,
-    out_dir: str,
-    checkpoint_uri: str,
-    model_cfg: ModelConfig,
-    train_cfg: TrainConfig,
-    device: str,
-    precision: str,
-    seed: int,
-    log_metrics: Optional[MetricsLogger] = None,
-) -> Optional[TrainResult]:
-    """Train the stage 2 model on the stage 1 splits; writes a merged safetensors model to out_dir. Checkpoints
-    go to checkpoint_uri (a folder or storage URI), where a later call with the same URI resumes. Under torchrun
-    (components/distributed.py) each process trains on its share of the batches with DDP; rank 0 validates,
-    checkpoints, saves and returns the result, the others return None."""
-    train_cfg = train_cfg.for_strategy(model_cfg.strategy)
+def fine_tune(job: FineTuneJob, log_metrics: Optional[MetricsLogger] = None) -> Optional[TrainResult]:
+    """Train the stage 2 model on the stage 1 splits; writes a merged safetensors model to job.out_dir.
+    Checkpoints go to job.checkpoint_uri, where a later job with the same URI resumes. Under torchrun
+    (components/fine_tune/processes.py) each process trains on its share of the batches with DDP; rank 0
+    validates, checkpoints, saves and returns the result, the others return None."""
+    train_cfg = job.train_cfg.for_strategy(job.model_cfg.strategy)
     log_metrics = log_metrics or (lambda metrics, step: None)
     started = time.perf_counter()
-    session = set_up(init_dir, data_dir, checkpoint_uri, model_cfg, train_cfg, device, precision, seed)
+    session = set_up(job, train_cfg)
     with contextlib.ExitStack() as stack:
         for context in session.contexts:
             stack.enter_context(context)
@@ -132,58 +101,63 @@ def fine_tune(
                 "seconds": time.perf_counter() - epoch_start})
     if not session.ranks.leader:
         return None
-    return finish(session, model_cfg, train_cfg, init_dir, out_dir, time.perf_counter() - started)
+    return finish(session, job, train_cfg, time.perf_counter() - started)
 
 
-def set_up(init_dir: str, data_dir: str, checkpoint_uri: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
-           device: str, precision: str, seed: int) -> Session:
+def set_up(job: FineTuneJob, train_cfg: TrainConfig) -> Session:
     """The model under its strategy, the encoded splits, the cached frozen blocks, AdamW and its schedule, every
     epoch's batches, and the checkpoint's state when there is one to resume from."""
     import torch
-    from transformers import get_linear_schedule_with_warmup
 
+    model_cfg, device, precision = job.model_cfg, job.device, job.precision
     ranks = Ranks.current()
     quantized = model_cfg.strategy == "qlora"
     if quantized and device != "cuda":
         raise ConfigError(f"model.strategy=qlora needs a CUDA GPU (bitsandbytes 4-bit); this machine trains on "
                           f"{device}: use model.strategy=lora")
-    torch.manual_seed(seed)  # LoRA's initial weights and dropout; a resumed run restores the saved RNG state
-    labels = read_manifest(data_dir)["labels"]
-    model, tokenizer = load_classifier(init_dir, labels, quantized)
+    torch.manual_seed(job.seed)  # LoRA's initial weights and dropout; a resumed run restores the saved RNG state
+    labels = read_manifest(job.data_dir).labels
+    model, tokenizer = load_classifier(job.init_dir, labels, quantized)
     if model_cfg.dropout is not None:  # before LoRA adds its own dropout layers
         set_dropout(model, model_cfg.dropout)
     model = apply_strategy(model, model_cfg.strategy, model_cfg.trainable_blocks, model_cfg.lora)
     if not quantized:  # bitsandbytes placed the 4-bit model already
         model = model.to(device)
-    train = _encode_split(tokenizer, data_dir, "train", labels, model_cfg.max_length, train_cfg.max_train_samples)
-    val = _encode_split(tokenizer, data_dir, "val", labels, model_cfg.max_length)
+    train = _encode_split(tokenizer, job.data_dir, "train", labels, model_cfg.max_length, train_cfg.max_train_samples)
+    val = _encode_split(tokenizer, job.data_dir, "val", labels, model_cfg.max_length)
     session_feeds, contexts = _frozen_and_pooled(model, model_cfg, train_cfg, train, val, tokenizer.pad_token_id,
                                                  device, precision)
     if ranks.world > 1:  # gradients all-reduced across the processes; every rank starts from rank 0's weights
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[torch.cuda.current_device()] if device == "cuda" else None)
 
-    # AdamW without decay on biases and norms, linear warm-up then linear decay to zero.
+    # Every epoch's batches up front, the same on every rank: the schedule needs the number of steps, and a
+    # resumed run the same order.
+    rng = random.Random(job.seed)
+    epoch_batches = [ranks.share(train_batches(train, train_cfg.batch_size, rng, train_cfg.max_batch_tokens))
+                     for _ in range(train_cfg.epochs)]
+    optimizer, scheduler = _optimizer(model, train_cfg, device, sum(map(len, epoch_batches)))
+    checkpoint = Checkpoint(job.checkpoint_uri)
+    state = checkpoint.load(getattr(model, "module", model), optimizer, scheduler) or TrainingState()
+    if state.epoch and ranks.leader:
+        log.info("resuming from the checkpoint after epoch %d in %s", state.epoch, job.checkpoint_uri)
+    return Session(model, tokenizer, labels, train, val, optimizer, scheduler, epoch_batches, checkpoint, state,
+                   ranks, device, precision, *session_feeds, contexts=contexts, resumed_from=state.epoch)
+
+
+def _optimizer(model, train_cfg: TrainConfig, device: str, total_steps: int):
+    """AdamW without decay on biases and norms, linear warm-up then linear decay to zero."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [
         {"params": [p for n, p in trainable if p.ndim > 1], "weight_decay": train_cfg.weight_decay},
         {"params": [p for n, p in trainable if p.ndim <= 1], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=train_cfg.learning_rate, fused=device in ("cuda", "cpu"))
-    # Every epoch's batches up front, the same on every rank: the schedule needs the number of steps, and a
-    # resumed run the same order.
-    rng = random.Random(seed)
-    epoch_batches = [ranks.share(train_batches(train, train_cfg.batch_size, rng, train_cfg.max_batch_tokens))
-                     for _ in range(train_cfg.epochs)]
-    total_steps = sum(map(len, epoch_batches))
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(train_cfg.warmup_ratio * total_steps), total_steps)
-
-    checkpoint = Checkpoint(checkpoint_uri)
-    state = checkpoint.load(getattr(model, "module", model), optimizer, scheduler) or TrainingState()
-    if state.epoch and ranks.leader:
-        log.info("resuming from the checkpoint after epoch %d in %s", state.epoch, checkpoint_uri)
-    return Session(model, tokenizer, labels, train, val, optimizer, scheduler, epoch_batches, checkpoint, state,
-                   ranks, device, precision, *session_feeds, contexts=contexts, resumed_from=state.epoch)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, int(train_cfg.warmup_ratio * total_steps),
+                                                      total_steps)
 
 
 def _frozen_and_pooled(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train, val, pad_id: int, device: str,
@@ -195,7 +169,7 @@ def _frozen_and_pooled(model, model_cfg: ModelConfig, train_cfg: TrainConfig, tr
     pooled = first_token_only(model) if frozen < len(transformer_blocks(model)) else nullcontext()
     if not frozen:
         return (None, None), [pooled]
-    from components.frozen_blocks import CachedBlocks, frozen_outputs, standing_in
+    from components.fine_tune.frozen_blocks import CachedBlocks, frozen_outputs, standing_in
 
     started = time.perf_counter()
     cached = {name: frozen_outputs(model, split, frozen, train_cfg.eval_batch_size, train_cfg.max_batch_tokens,
@@ -282,18 +256,17 @@ def end_epoch(session: Session, epoch: int, train_cfg: TrainConfig, log_metrics:
         _barrier(session.ranks)
 
 
-def finish(session: Session, model_cfg: ModelConfig, train_cfg: TrainConfig, init_dir: str, out_dir: str,
-           elapsed: float) -> TrainResult:
+def finish(session: Session, job: FineTuneJob, train_cfg: TrainConfig, elapsed: float) -> TrainResult:
     """The best weights back in the model, LoRA merged (into the full-precision base for QLoRA), the model saved
     with its result."""
-    state, model = session.state, session.trained
+    state, model, strategy, out_dir = session.state, session.trained, job.model_cfg.strategy, job.out_dir
     if state.best_epoch != state.epoch:  # else the weights in the model are the best
         model.load_state_dict(session.checkpoint.best_weights(), strict=False)
-    if model_cfg.strategy == "lora":
+    if strategy == "lora":
         model = model.merge_and_unload()
-    elif model_cfg.strategy == "qlora":
-        model = _merged_into_full_precision(model, init_dir, session.labels)
-    _save_model(model, session.tokenizer, session.labels, model_cfg.max_length, Path(out_dir))
+    elif strategy == "qlora":
+        model = _merged_into_full_precision(model, job.init_dir, session.labels)
+    _save_model(model, session.tokenizer, session.labels, job.model_cfg.max_length, Path(out_dir))
     best = next(r for r in state.history if r["epoch"] == state.best_epoch)
     result = TrainResult(
         model_dir=str(out_dir),
@@ -339,103 +312,6 @@ def _barrier(ranks: Ranks) -> None:
         dist.barrier()
 
 
-LATEST = "LATEST"  # in a remote checkpoint folder: the name of the newest complete checkpoint
-
-
-@dataclass
-class TrainingState:
-    epoch: int = 0
-    best_epoch: int = 0
-    best_val_loss: float = float("inf")
-    epochs_without_improvement: int = 0
-    history: list = field(default_factory=list)
-
-
-class Checkpoint:
-    """The last epoch's trainable weights, the best weights (safetensors), optimizer and scheduler state.
-
-    Kept in a local folder. With a remote URI (an object store) the folder is this process's scratch space, and
-    each checkpoint is uploaded whole to `URI/epoch-NNNN/` before `URI/LATEST` names it, so a reader never sees
-    half a checkpoint and a run resumes from another machine."""
-
-    def __init__(self, uri: str):
-        import tempfile
-
-        from components.storage import local_path
-
-        local = local_path(uri)
-        self.remote = None if local is not None else uri
-        self._scratch = None if local is not None else tempfile.TemporaryDirectory(prefix="lifecycle-checkpoint-")
-        self.root = local if local is not None else Path(self._scratch.name) / "checkpoint"
-
-    def save(self, model, optimizer, scheduler, state: TrainingState, improved: bool) -> None:
-        import torch
-        from safetensors.torch import save_file
-
-        tmp = self.root.with_name(self.root.name + ".tmp")
-        if tmp.exists():  # left by a run that died while saving
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        save_file(_trainable_state(model), tmp / "last.safetensors")
-        # The best weights are this epoch's or those of the previous checkpoint: a link, where the disk allows.
-        best = tmp / "last.safetensors" if improved else self.root / "best.safetensors"
-        try:
-            os.link(best, tmp / "best.safetensors")
-        except OSError:  # a filesystem without hard links
-            shutil.copyfile(best, tmp / "best.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "optim.pt")
-        (tmp / "state.json").write_text(json.dumps(asdict(state)))
-        # Replace the old checkpoint only once the new one is complete.
-        if self.root.exists():
-            shutil.rmtree(self.root)
-        tmp.rename(self.root)
-        if self.remote:
-            self._upload(f"epoch-{state.epoch:04d}")
-
-    def _upload(self, name: str) -> None:
-        from components import storage
-
-        previous = self._latest()
-        storage.upload_folder(self.root, storage.join(self.remote, name))
-        storage.write_bytes(storage.join(self.remote, LATEST), name.encode())
-        if previous and previous != name:
-            storage.remove(storage.join(self.remote, previous))
-
-    def _latest(self) -> Optional[str]:
-        """The newest complete checkpoint at the remote URI, or None."""
-        from components import storage
-
-        latest = storage.join(self.remote, LATEST)
-        return storage.read_bytes(latest).decode().strip() if storage.exists(latest) else None
-
-    def load(self, model, optimizer, scheduler) -> Optional[TrainingState]:
-        import torch
-        from safetensors.torch import load_file
-
-        from components import storage
-
-        latest = self._latest() if self.remote else None
-        if latest:
-            storage.download_folder(storage.join(self.remote, latest), self.root)
-        if not (self.root / "state.json").is_file():
-            return None
-        model.load_state_dict(load_file(self.root / "last.safetensors"), strict=False)
-        optim = torch.load(self.root / "optim.pt", weights_only=True)
-        optimizer.load_state_dict(optim["optimizer"])
-        scheduler.load_state_dict(optim["scheduler"])
-        torch.set_rng_state(optim["rng"])
-        if optim["cuda_rng"]:
-            torch.cuda.set_rng_state_all(optim["cuda_rng"])
-        return TrainingState(**json.loads((self.root / "state.json").read_text()))
-
-    def best_weights(self) -> dict:
-        from safetensors.torch import load_file
-
-        return load_file(self.root / "best.safetensors")
-
-
 def frozen_block_count(model, model_cfg: ModelConfig) -> int:
     """How many blocks at the bottom train nothing: partial trains the last N, head none, full and LoRA all."""
     if model_cfg.strategy == "head":
@@ -445,15 +321,9 @@ def frozen_block_count(model, model_cfg: ModelConfig) -> int:
     return 0
 
 
-def _trainable_state(model) -> dict:
-    return {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
-
-
 def _encode_split(tokenizer, data_dir: str, split: str, labels: list[str], max_length: int,
                   max_samples: Optional[int] = None):
-    rows = pd.read_parquet(Path(data_dir) / f"{split}.parquet")
-    if max_samples:
-        rows = rows.head(max_samples)
+    rows = read_split(data_dir, split).head(max_samples)
     index = {label: i for i, label in enumerate(labels)}
     return encode(tokenizer, rows["text"].tolist(), max_length, [index[v] for v in rows["label"]])
 

@@ -9,22 +9,21 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import pandas as pd
 
-from components.handoff import (BUNDLE_MODEL, CALIBRATION, DEPLOYMENT, LABEL_MAP, REFERENCE, bundle_dir, read_labels,
-                                write_json)
-from components.onnx_classifier import EMBEDDING_OUTPUT, OnnxClassifier
+from components.decision import Decision
+from components.errors import RunFailure
+from components.deploy.onnx_classifier import EMBEDDING_OUTPUT, OnnxClassifier
+from components.handoff import (BUNDLE_FILES, BUNDLE_MODEL, CALIBRATION, DEPLOYMENT, REFERENCE, bundle_dir,
+                                read_labels, read_split, write_json)
 from components.statistics import softmax
 from monitoring.drift import profile_texts
 
 PARITY_TOLERANCE = 1e-4  # largest absolute logit difference allowed for fp32
 ONNX_OPSET = 23  # the first with the Attention op
 INT8_MAX_ACCURACY_DROP = 0.005  # int8 is served only within 0.5 points of fp32's test accuracy
-BUNDLE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
-                "merges.txt", LABEL_MAP, "config.json")
 
 
-class ParityError(RuntimeError):
+class ParityError(RunFailure):
     """The ONNX export does not give the PyTorch model's answers."""
 
 
@@ -75,42 +74,86 @@ def export_onnx(model, tokenizer, path: str | Path) -> None:
     onnx.checker.check_model(str(path))
 
 
-def deploy_bundle(model_dir: str, data_dir: str, out_dir: str, reference_size: int = 1000, seed: int = 0,
-                  batch_size: int = 64, temperature: float = 1.0) -> DeploymentReport:
-    """Run stage 6 up to the bundle: out_dir/bundle holds the model to serve (its probabilities scaled by the
+def deploy(model_dir: str, data_dir: str, out_dir: str, reference_size: int = 1000, seed: int = 0,
+           batch_size: int = 64, temperature: float = 1.0) -> DeploymentReport:
+    """Stage 6 up to the registry: out_dir/bundle holds the model to serve (its probabilities scaled by the
     `temperature` stage 5 kept) and its monitoring reference, out_dir/deployment.json the report. Raises
     ParityError when the fp32 export does not give the PyTorch model's answers."""
-    from components.evaluation import class_indices, score
-    from components.model_init import load_classifier
-    from components.text_batches import encode, predict_logits
+    from components.evaluate.core import class_indices
+    from components.model.core import load_classifier
 
     out, bundle = Path(out_dir), bundle_dir(out_dir)
+    _assemble_bundle(model_dir, bundle, temperature)
+    labels = read_labels(bundle)
+    model, tokenizer = load_classifier(model_dir, labels)
+    test = read_split(data_dir, "test")
+    texts, targets = test["text"].tolist(), class_indices(test, labels)
+    # 1. fp32 export and parity with PyTorch on the whole test split
+    export_onnx(model, tokenizer, bundle / BUNDLE_MODEL)
+    fp32_logits = OnnxClassifier(bundle).logits(texts, batch_size)
+    report = parity_report(_torch_logits(model, tokenizer, texts, batch_size), fp32_logits)
+    if not report.parity_passed:
+        _write_report(out, report)
+        raise ParityError(report.reason)
+    # 2. int8 dynamic quantization, served only when it keeps fp32's accuracy
+    _quantize_and_choose(out, bundle, texts, targets, labels, fp32_logits, batch_size, report)
+    # 3. the drift reference: training texts as the served graph sees them (stage 7 compares traffic with it)
+    train = read_split(data_dir, "train")
+    sample = train.sample(min(reference_size, len(train)), random_state=seed)["text"].tolist()
+    profile_texts(OnnxClassifier(bundle), sample).to_parquet(bundle / REFERENCE, index=False)
+    _write_report(out, report)
+    shutil.copy(out / DEPLOYMENT, bundle / DEPLOYMENT)
+    return report
+
+
+def decide_parity(max_abs_logit_diff: float, agreement: float, test_size: int,
+                  tolerance: float = PARITY_TOLERANCE) -> Decision[bool]:
+    """Does the fp32 export give the PyTorch model's answers? Every prediction the same and every logit within
+    `tolerance`."""
+    passed = max_abs_logit_diff <= tolerance and agreement == 1.0
+    return Decision(passed, f"ONNX parity {'passed' if passed else 'failed'} on {test_size} test texts: largest "
+                            f"logit difference {max_abs_logit_diff:.2e} (allowed {tolerance:.0e}), predictions agree "
+                            f"on {agreement:.2%} (needed 100%)")
+
+
+def choose_served_format(fp32_accuracy: float, int8_accuracy: float,
+                         max_drop: float = INT8_MAX_ACCURACY_DROP) -> Decision[str]:
+    """int8 when it costs at most `max_drop` of fp32's test accuracy, else fp32."""
+    served = "int8" if fp32_accuracy - int8_accuracy <= max_drop else "fp32"
+    return Decision(served, f"int8 test accuracy {int8_accuracy:.4f} vs fp32 {fp32_accuracy:.4f}: "
+                            + ("within" if served == "int8" else "more than")
+                            + f" {max_drop:.1%} lower, so {served} is served")
+
+
+def parity_report(torch_logits: np.ndarray, onnx_logits: np.ndarray) -> DeploymentReport:
+    diff = float(np.abs(onnx_logits - torch_logits).max())
+    agreement = float((onnx_logits.argmax(1) == torch_logits.argmax(1)).mean())
+    parity = decide_parity(diff, agreement, len(torch_logits))
+    return DeploymentReport(len(torch_logits), diff, agreement, parity.value, reason=parity.reason)
+
+
+def _assemble_bundle(model_dir: str, bundle: Path, temperature: float) -> None:
     bundle.mkdir(parents=True, exist_ok=True)
     for name in BUNDLE_FILES:
         if (Path(model_dir) / name).is_file():
             shutil.copy(Path(model_dir) / name, bundle / name)
     if temperature != 1.0:
         write_json(bundle, CALIBRATION, {"temperature": temperature})
-    labels = read_labels(bundle)
-    model, tokenizer = load_classifier(model_dir, labels)
-    test = pd.read_parquet(Path(data_dir) / "test.parquet")
-    texts, targets = test["text"].tolist(), class_indices(test, labels)
 
-    # 1. fp32 export and parity with PyTorch on the whole test split
-    export_onnx(model, tokenizer, bundle / BUNDLE_MODEL)
+
+def _torch_logits(model, tokenizer, texts: list[str], batch_size: int) -> np.ndarray:
+    from components.text_batches import encode, predict_logits
+
     split = encode(tokenizer, texts, tokenizer.model_max_length)
-    torch_logits = predict_logits(model, split, batch_size, tokenizer.pad_token_id, "cpu", "fp32").numpy()
-    fp32_logits = OnnxClassifier(bundle).logits(texts, batch_size)
-    diff = float(np.abs(fp32_logits - torch_logits).max())
-    agreement = float((fp32_logits.argmax(1) == torch_logits.argmax(1)).mean())
-    report = DeploymentReport(len(texts), diff, agreement, diff <= PARITY_TOLERANCE and agreement == 1.0)
-    if not report.parity_passed:
-        _write_report(out, report)
-        raise ParityError(f"ONNX parity failed on {len(texts)} test texts: largest logit difference {diff:.2e} "
-                          f"(allowed {PARITY_TOLERANCE:.0e}), predictions agree on {agreement:.2%} (needed 100%)")
+    return predict_logits(model, split, batch_size, tokenizer.pad_token_id, "cpu", "fp32").numpy()
 
-    # 2. int8 dynamic quantization, served only when it keeps fp32's accuracy
+
+def _quantize_and_choose(out: Path, bundle: Path, texts: list[str], targets: np.ndarray, labels: list[str],
+                         fp32_logits: np.ndarray, batch_size: int, report: DeploymentReport) -> None:
+    """Both graphs beside the bundle, the one choose_served_format picks in it, the figures in the report."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from components.evaluate.core import score
 
     shutil.move(bundle / BUNDLE_MODEL, out / "model_fp32.onnx")
     # Not the attention op: the quantizer would turn the ONNX Attention op into a QAttention that cannot load.
@@ -122,20 +165,9 @@ def deploy_bundle(model_dir: str, data_dir: str, out_dir: str, reference_size: i
     report.int8_accuracy = score(int8_probabilities, targets, labels).test_accuracy
     report.fp32_size_mb = (out / "model_fp32.onnx").stat().st_size / 2**20
     report.int8_size_mb = (out / "model_int8.onnx").stat().st_size / 2**20
-    drop = report.fp32_accuracy - report.int8_accuracy
-    report.served = "int8" if drop <= INT8_MAX_ACCURACY_DROP else "fp32"
-    report.reason = (f"int8 test accuracy {report.int8_accuracy:.4f} vs fp32 {report.fp32_accuracy:.4f}: "
-                     + ("within" if report.served == "int8" else "more than")
-                     + f" {INT8_MAX_ACCURACY_DROP:.1%} lower, so {report.served} is served")
+    choice = choose_served_format(report.fp32_accuracy, report.int8_accuracy)
+    report.served, report.reason = choice.value, choice.reason
     shutil.copy(out / f"model_{report.served}.onnx", bundle / BUNDLE_MODEL)
-
-    # 3. the drift reference: training texts as the served graph sees them (stage 7 compares traffic with it)
-    train = pd.read_parquet(Path(data_dir) / "train.parquet")
-    sample = train.sample(min(reference_size, len(train)), random_state=seed)["text"].tolist()
-    profile_texts(OnnxClassifier(bundle), sample).to_parquet(bundle / REFERENCE, index=False)
-    _write_report(out, report)
-    shutil.copy(out / DEPLOYMENT, bundle / DEPLOYMENT)
-    return report
 
 
 def _write_report(out: Path, report: DeploymentReport) -> None:

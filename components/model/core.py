@@ -1,39 +1,19 @@
 """Stage 2, model initialisation: a pretrained encoder or decoder with a new classification head, and which
-of its parameters train under the chosen strategy (full, partial, lora, head)."""
+of its parameters train under the chosen strategy (full, partial, lora, head, qlora)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 from components.config import LoraConfig
 from components.errors import LifecycleError
-from components.handoff import MODEL_SPEC, write_json
+from components.handoff import MODEL_SPEC, ModelSpec, write_json
 
 BUNDLED = "bundled"
 
 
 class ModelError(LifecycleError):
     """A base model that cannot be used: names the model and what was expected."""
-
-
-@dataclass
-class ModelSpec:
-    base: str  # as configured
-    source: str  # the directory or hub id loaded
-    architecture: str
-    model_type: str
-    is_decoder: bool
-    strategy: str
-    trainable_blocks: Optional[int]
-    lora_target_modules: Optional[list[str]]
-    total_parameters: int
-    trainable_parameters: int
-    labels: list[str]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def resolve_base(base: str) -> str:
@@ -151,10 +131,10 @@ def count_parameters(model) -> tuple[int, int]:
     return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
 
-def initialise_model(
+def model(
     base: str, strategy: str, trainable_blocks: int, lora: LoraConfig, labels: list[str], seed: int, out_dir
 ) -> ModelSpec:
-    """Run stage 2: save the base model with its new head (seeded) and the spec of what trains."""
+    """Stage 2: save the base model with its new head (seeded) and the spec of what trains."""
     import torch
 
     source = resolve_base(base)

@@ -1,5 +1,5 @@
 """One drift check, as plain functions: which texts to check, and the check of those texts against the served
-model's reference. MLflow, alerts and retraining are added by the stage adapters (components/monitor_stages.py)."""
+model's reference. MLflow, alerts and retraining are added by the adapter (components/monitor/adapter.py)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ def current_texts(cfg: LifecycleConfig, current_path: Optional[str] = None) -> t
     last monitor.window_hours. Either may be a storage URI."""
     import tempfile
 
-    from components.data_io import DataError, format_of, read_source
-    from components.data_prep import table_format
+    from components.data.tables import DataError, format_of, read_source
+    from components.data.core import table_format
     from monitoring.prediction_log import read_window
 
     path = current_path or cfg.monitor.current
@@ -38,10 +38,10 @@ def current_texts(cfg: LifecycleConfig, current_path: Optional[str] = None) -> t
     return texts[texts.str.strip() != ""].tolist(), str(path)
 
 
-def drift_check(bundle_dir: str | Path, texts: list[str], cfg: LifecycleConfig, out_dir: str | Path) -> DriftResult:
+def monitor(bundle_dir: str | Path, texts: list[str], cfg: LifecycleConfig, out_dir: str | Path) -> DriftResult:
     """Profile `texts` with the bundle's model, compare them with the bundle's reference, write the report."""
-    from components.data_io import DataError
-    from components.onnx_classifier import OnnxClassifier
+    from components.data.tables import DataError
+    from components.deploy.onnx_classifier import OnnxClassifier
 
     reference_file = Path(bundle_dir) / REFERENCE
     if not reference_file.is_file():

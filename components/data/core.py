@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pandas as pd
 
 from components.config import DataConfig
-from components.data_io import DataError, TableFormat, fetch, file_sha256, format_of, read_table
-from components.data_validation import DataValidationError, ValidationRules, validate_table
-from components.handoff import MANIFEST, write_json
+from components.data.tables import DataError, TableFormat, fetch, file_sha256, format_of, read_table
+from components.data.validation import DataValidationError, ValidationRules, validate_table
+from components.handoff import (MANIFEST, SPLITS, VALIDATION_REPORT, Manifest, data_docs_path, split_path,
+                                write_json)
 
-SPLITS = ("train", "val", "test")
 FEEDBACK = "feedback"  # the source names of feedback files start with this
 SOURCE = "_lifecycle_source"  # the column that stage 1 adds to each table read: "data" or "feedback"
 # Every split's Parquet file: the text, its label, where it came from ("data" or "feedback") and, with
@@ -22,92 +21,22 @@ SOURCE = "_lifecycle_source"  # the column that stage 1 adds to each table read:
 SCHEMA = {"text": "string", "label": "string", "source": "string", "group": "string (with data.group_column)"}
 
 
-@dataclass
-class PreparedData:
-    out_dir: str
-    source: str  # the file(s) read, for the model card and MLflow inputs
-    source_sha256: str
-    labels: list[str]
-    counts: dict[str, dict[str, int]]  # split -> label -> rows
-    fingerprint: str  # of the prepared splits: same fingerprint, same data
-    dropped_duplicates: int
-    dropped_conflicting_texts: int
-    dropped_leaking_texts: dict[str, int] = field(default_factory=dict)  # split -> texts an earlier split holds
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def summary(self) -> str:
-        """Rows per split and rows dropped, in a line."""
-        rows = ", ".join(f"{split} {sum(counts.values()):,}" for split, counts in self.counts.items())
-        leaking = sum(self.dropped_leaking_texts.values())
-        return (f"{rows} rows; dropped {self.dropped_duplicates:,} duplicates, {self.dropped_conflicting_texts:,} "
-                f"texts with conflicting labels" + (f", {leaking:,} texts leaking across splits" if leaking else ""))
-
-
-def prepare_data(data: DataConfig, seed: int, cache_dir: str | Path, out_dir: str | Path) -> PreparedData:
-    """Run stage 1; writes train/val/test.parquet, manifest.json, validation.json and validation.html to out_dir."""
-    import tempfile
-
-    from components.storage import fetch_file
-
+def data(config: DataConfig, seed: int, cache_dir: str | Path, out_dir: str | Path) -> Manifest:
+    """Stage 1: read, validate (a gate), clean, balance, split, check for leakage; writes the splits, the
+    manifest, the validation report and the data docs to out_dir (components.handoff names them)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sources = resolve_sources(data, cache_dir)
-    with tempfile.TemporaryDirectory(prefix="lifecycle-data-") as scratch:  # copies of remote files
-        files = {name: fetch_file(uri, Path(scratch) / name) for name, uri in sources.items()}
-        # Feedback files may also be JSONL or Parquet, whatever the data's format (monitoring writes JSONL).
-        frames = {name: read_table(files[name], format_of(uri, table_format(data)) if name.startswith(FEEDBACK)
-                                   else table_format(data), name=uri) for name, uri in sources.items()}
-        digests = [file_sha256(path) for path in files.values()]
-    rules = ValidationRules(
-        text_column=data.text_column,
-        label_column=data.label_column,
-        labels=data.labels,
-        min_rows_per_class=data.min_rows_per_class,
-        min_text_chars=data.min_text_chars,
-        max_text_chars=data.max_text_chars,
-        group_column=data.group_column,
-    )
-    feedback_rules = replace(rules, min_rows_per_class=0, min_classes=1, group_column=None)
-    reports = {}
-    for name, frame in frames.items():
-        reports[name], html = validate_table(frame, feedback_rules if name.startswith(FEEDBACK) else rules,
-                                             source=str(sources[name]))
-        # great-expectations data docs: one page per file read
-        (out_dir / f"validation_{name}.html").write_text(html)
-    (out_dir / "validation.json").write_text(
-        json.dumps({name: report.to_dict() for name, report in reports.items()}, indent=2, default=str)
-    )
-    failed = [r for r in reports.values() if not r.success]
-    if failed:
-        raise DataValidationError("\n".join(r.failure_message() for r in failed))
-
+    sources = resolve_sources(config, cache_dir)
+    frames, digests = read_sources(config, sources)
+    reports = validate_sources(config, frames, sources, out_dir)
     labels = sorted(set().union(*(r.labels for r in reports.values())))
-    # Feedback joins the whole data set (then balanced and split like the rest), or the train split when the
-    # splits are given.
-    frames = {name: frame.assign(**{SOURCE: "feedback" if name.startswith(FEEDBACK) else "data"})
-              for name, frame in frames.items()}
-    feedback = [frames[name] for name in frames if name.startswith(FEEDBACK)]
-    main = "all" if "all" in frames else "train"
-    frames[main] = pd.concat([frames[main], *feedback])
-    cleaned = {name: clean(frames[name], data.text_column, data.label_column, data.group_column)
-               for name in (main, *SPLITS[1:]) if name in frames}
     duplicates = sum(r.duplicate_rows for r in reports.values())
     conflicts = sum(r.conflicting_texts for r in reports.values())
-    if "all" in cleaned:
-        rows = cleaned["all"]
-        check_class_sizes(rows, labels, data.min_rows_per_class, duplicates + conflicts, sources["all"])
-        if data.balance == "undersample":
-            rows = undersample(rows, seed)
-        splits = stratified_split(rows, data.split.train, data.split.val, seed, sources["all"])
-    else:
-        splits = {name: cleaned[name] for name in SPLITS}
-    splits, leaking = resolve_leakage(splits, sources, data.on_leakage)
-
+    splits = split_sources(config, frames, sources, labels, duplicates + conflicts, seed)
+    splits, leaking = resolve_leakage(splits, sources, config.on_leakage)
     for name, rows in splits.items():
-        rows.to_parquet(out_dir / f"{name}.parquet", index=False)
-    prepared = PreparedData(
+        rows.to_parquet(split_path(out_dir, name), index=False)
+    manifest = Manifest(
         out_dir=str(out_dir),
         source=", ".join(sources.values()),
         source_sha256=", ".join(digests),
@@ -117,9 +46,62 @@ def prepare_data(data: DataConfig, seed: int, cache_dir: str | Path, out_dir: st
         dropped_duplicates=duplicates,
         dropped_conflicting_texts=conflicts,
         dropped_leaking_texts=leaking,
+        schema=SCHEMA,
     )
-    write_json(out_dir, MANIFEST, prepared.to_dict() | {"schema": SCHEMA})
-    return prepared
+    write_json(out_dir, MANIFEST, manifest.to_dict())
+    return manifest
+
+
+def read_sources(config: DataConfig, sources: dict[str, str]) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """Each source as a table (feedback files may also be JSONL or Parquet, whatever the data's format:
+    monitoring writes JSONL), and each file's sha256."""
+    import tempfile
+
+    from components.storage import fetch_file
+
+    with tempfile.TemporaryDirectory(prefix="lifecycle-data-") as scratch:  # copies of remote files
+        files = {name: fetch_file(uri, Path(scratch) / name) for name, uri in sources.items()}
+        frames = {name: read_table(files[name], format_of(uri, table_format(config)) if name.startswith(FEEDBACK)
+                                   else table_format(config), name=uri) for name, uri in sources.items()}
+        return frames, [file_sha256(path) for path in files.values()]
+
+
+def validate_sources(config: DataConfig, frames: dict[str, pd.DataFrame], sources: dict[str, str],
+                     out_dir: Path) -> dict:
+    """The great-expectations gate on every table read (feedback needs no class sizes); the report and one page of
+    data docs per table are written before a failure stops the stage."""
+    rules = _from_config(ValidationRules, config)
+    feedback_rules = replace(rules, min_rows_per_class=0, min_classes=1, group_column=None)
+    reports = {}
+    for name, frame in frames.items():
+        reports[name], page = validate_table(frame, feedback_rules if name.startswith(FEEDBACK) else rules,
+                                             source=str(sources[name]))
+        data_docs_path(out_dir, name).write_text(page)
+    write_json(out_dir, VALIDATION_REPORT, {name: report.to_dict() for name, report in reports.items()})
+    failed = [r for r in reports.values() if not r.success]
+    if failed:
+        raise DataValidationError("\n".join(r.failure_message() for r in failed))
+    return reports
+
+
+def split_sources(config: DataConfig, frames: dict[str, pd.DataFrame], sources: dict[str, str], labels: list[str],
+                  dropped: int, seed: int) -> dict[str, pd.DataFrame]:
+    """Cleaned train/val/test: the whole data set balanced and split, or the given splits. Feedback joins the whole
+    data set (then balanced and split like the rest), or the train split when the splits are given."""
+    frames = {name: frame.assign(**{SOURCE: "feedback" if name.startswith(FEEDBACK) else "data"})
+              for name, frame in frames.items()}
+    feedback = [frames[name] for name in frames if name.startswith(FEEDBACK)]
+    main = "all" if "all" in frames else "train"
+    frames[main] = pd.concat([frames[main], *feedback])
+    cleaned = {name: clean(frames[name], config.text_column, config.label_column, config.group_column)
+               for name in (main, *SPLITS[1:]) if name in frames}
+    if "all" not in cleaned:
+        return {name: cleaned[name] for name in SPLITS}
+    rows = cleaned["all"]
+    check_class_sizes(rows, labels, config.min_rows_per_class, dropped, sources["all"])
+    if config.balance == "undersample":
+        rows = undersample(rows, seed)
+    return stratified_split(rows, config.split.train, config.split.val, seed, sources["all"])
 
 
 def resolve_sources(data: DataConfig, cache_dir: str | Path) -> dict[str, str]:
@@ -147,14 +129,12 @@ def feedback_files(feedback_path: str | None) -> list[str]:
 
 
 def table_format(data: DataConfig) -> TableFormat:
-    return TableFormat(
-        format=data.format,
-        separator=data.separator,
-        header=data.header,
-        column_names=data.column_names,
-        quoting=data.quoting,
-        encoding=data.encoding,
-    )
+    return _from_config(TableFormat, data)
+
+
+def _from_config(kind, config: DataConfig):
+    """A dataclass of plain values from the data config's keys of the same names."""
+    return kind(**{f.name: getattr(config, f.name) for f in fields(kind) if f.name in DataConfig.model_fields})
 
 
 def clean(frame: pd.DataFrame, text_column: str, label_column: str, group_column: str | None = None) -> pd.DataFrame:

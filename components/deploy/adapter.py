@@ -1,0 +1,43 @@
+"""Stage 6's MLflow adapter (it runs only when stage 5's gate passed): the nested run `6-deploy` with the parity
+and int8 report; the bundle published as the champion (components.registry)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from components.config import LifecycleConfig
+from components.stages import DEPLOY
+
+
+def deploy(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: str, model_dir: str,
+           challenger_version: str, out_dir: str) -> dict:
+    import mlflow
+
+    from components.deploy import core
+    from components.handoff import DEPLOYMENT, TEMPERATURE_TAG, bundle_dir, read_labels, read_texts
+    from components.registry import challenger, publish_champion
+    from components.tracking import stage_run
+
+    cfg = LifecycleConfig.model_validate_json(config_json)
+    name = cfg.tracking.registered_model
+    with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, DEPLOY.run_name) as stage:
+        # stage 5's calibration, served as it decided
+        temperature = float(challenger(name, challenger_version).tags.get(TEMPERATURE_TAG, 1.0))
+        try:
+            report = core.deploy(model_dir, data_dir, out_dir, cfg.monitor.reference_size, cfg.seed,
+                                 temperature=temperature)
+        finally:  # the parity report matters most when parity failed
+            if (Path(out_dir) / DEPLOYMENT).is_file():
+                mlflow.log_artifact(str(Path(out_dir) / DEPLOYMENT))
+        mlflow.log_metrics({k: v for k, v in report.to_dict().items() if isinstance(v, float)})
+        mlflow.log_params({"served": report.served, "served_reason": report.reason, "temperature": temperature})
+        version, demoted = publish_champion(
+            name, challenger_version, str(bundle_dir(out_dir)), read_labels(model_dir),
+            {"format": f"onnx-{report.served}", "parity_max_abs_logit_diff": f"{report.max_abs_logit_diff:.2e}"},
+            read_texts(data_dir, "test", 3))
+        mlflow.set_tags({"model_version": version, "previous_champion": demoted or "none"})
+        stage.result = (f"ONNX parity max |logit diff| {report.max_abs_logit_diff:.1e}; serves {report.served} "
+                        f"({report.reason}); version {version} is the champion"
+                        + (f" (was {demoted})" if demoted else ""))
+    mlflow.MlflowClient().set_tag(parent_run_id, "champion_version", version)
+    return report.to_dict() | {"model_version": version, "previous_champion": demoted}

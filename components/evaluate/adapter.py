@@ -1,0 +1,105 @@
+"""Stage 5's MLflow adapter: the nested run `5-evaluate` with the metrics, figures, tables and the model card;
+the model registered as the challenger when it passed the gate (components.registry), the verdict in gate.json."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from components.config import LifecycleConfig
+from components.stages import EVALUATE
+
+FIGURES = ("confusion_matrix.png", "training_curves.png", "reliability_diagram.png")
+
+
+def evaluate(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: str, env_dir: str, model_dir: str,
+             out_dir: str) -> dict:
+    import mlflow
+
+    from components.evaluate import core
+    from components.evaluate.model_card import CardFacts, render_model_card
+    from components.handoff import (GATE, MODEL_CARD, GateOutcome, read_environment, read_manifest, read_model_spec,
+                                    read_texts, read_train_result, write_json)
+    from components.registry import champion_predictor, register_challenger
+    from components.tracking import stage_run
+
+    cfg = LifecycleConfig.model_validate_json(config_json)
+    env, manifest = read_environment(env_dir), read_manifest(data_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, EVALUATE.run_name) as stage:
+        champion = (champion_predictor(cfg.tracking.registered_model, manifest.labels)
+                    if cfg.gate.compare_with_champion else None)
+        found = core.evaluate(model_dir, data_dir, cfg.model.max_length, cfg.train.eval_batch_size, env.device,
+                              env.precision, cfg.seed, cfg.gate.min_slice_size, champion)
+        gate = core.decide_gate(found.metrics, cfg.gate, found.champion, found.baseline, found.worst_slice)
+        facts = CardFacts(cfg.tracking.registered_model, read_model_spec(model_dir), manifest,
+                          cfg.data.model_dump(include={"name", "licence", "citation", "balance", "group_column"}),
+                          env, read_train_result(model_dir), found, gate)
+        card = render_model_card(facts)
+        (out / MODEL_CARD).write_text(card)
+        _log_findings(facts, out)
+        tags = version_tags(facts, champion[0] if champion else None)
+        version = register_challenger(cfg.tracking.registered_model, model_dir, manifest.labels, card, tags,
+                                      read_texts(data_dir, "test", 3), gate.passed)
+        mlflow.set_tags({"gate": tags["gate"], "model_version": version})
+        stage.result = summary(found, gate, version)
+    _log_on_parent(parent_run_id, found, tags, version)
+    write_json(out, GATE, asdict(GateOutcome(gate.passed, gate.reasons, version)))
+    return {"gate_passed": gate.passed, "gate_reasons": gate.reasons, "model_version": version,
+            "metrics": found.metrics.scalars(), "confusion": found.metrics.confusion, "labels": manifest.labels}
+
+
+def _log_findings(facts, out: Path) -> None:
+    """The figures, the card, the metrics and the tables, in the active run."""
+    import json
+
+    import mlflow
+
+    from components.evaluate.plots import plot_confusion, plot_curves, plot_reliability
+    from components.handoff import METRICS, MODEL_CARD
+
+    found = facts.found
+    plot_confusion(found.metrics, found.labels, out / FIGURES[0])
+    plot_curves(facts.training.history, out / FIGURES[1])
+    plot_reliability(found.reliability_before, found.reliability, found.calibration.temperature, out / FIGURES[2])
+    (out / METRICS).write_text(json.dumps(found.to_dict() | {"gate": facts.gate.__dict__}, indent=2))
+    mlflow.log_metrics(found.scalars())
+    for name in (*FIGURES, MODEL_CARD, METRICS):
+        mlflow.log_artifact(str(out / name))
+    for name, table in found.tables().items():
+        mlflow.log_table(table, f"evaluation/{name}.json")
+
+
+def version_tags(facts, champion_version: str | None) -> dict[str, str]:
+    """The registered version's tags: the gate, what the model is, its key metrics, the calibration stage 6
+    serves."""
+    from components.handoff import TEMPERATURE_TAG
+
+    metrics = facts.found.metrics
+    return {"gate": "passed" if facts.gate.passed else "failed", "gate_reasons": "; ".join(facts.gate.reasons),
+            "data_fingerprint": facts.manifest.fingerprint, "strategy": facts.spec.strategy,
+            "base_model": facts.spec.base, "test_accuracy": f"{metrics.test_accuracy:.4f}",
+            "test_loss": f"{metrics.test_loss:.4f}", "champion_version": champion_version or "none",
+            TEMPERATURE_TAG: f"{facts.found.calibration.temperature:.6g}"}
+
+
+def summary(found, gate, version: str) -> str:
+    """The stage's closing line."""
+    metrics, (low, high) = found.metrics, found.intervals["accuracy"]
+    return (f"test accuracy {metrics.test_accuracy:.2%} (95% CI {low:.2%}-{high:.2%}; baseline "
+            f"{found.baseline.test_accuracy:.2%}), macro-F1 {metrics.test_macro_f1:.4f}, cross-entropy "
+            f"{metrics.test_loss:.4f}; gate {'passed' if gate.passed else 'failed'} ({'; '.join(gate.reasons)}); "
+            f"version {version}" + (" is the challenger" if gate.passed else ""))
+
+
+def _log_on_parent(parent_run_id: str, found, tags: dict, version: str) -> None:
+    """What users compare across runs, on the parent run too."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for key, value in found.metrics.scalars().items():
+        client.log_metric(parent_run_id, key, value)
+    for key in ("gate", "gate_reasons"):
+        client.set_tag(parent_run_id, key, tags[key])
+    client.set_tag(parent_run_id, "model_version", version)

@@ -1,0 +1,209 @@
+"""The model card (markdown): what the model is, what it learned from, how well it does, and its limits. One
+helper per section; the registry's shortened description keeps whole sections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from components.evaluate.core import Evaluation, GateDecision
+from components.handoff import Environment, Manifest, ModelSpec, TrainResult
+
+
+@dataclass
+class CardFacts:
+    """Everything the card tells: the stages' hand-offs, the data's description and stage 5's findings."""
+    name: str  # the registered model
+    spec: ModelSpec
+    manifest: Manifest
+    data_meta: dict  # name, licence, citation, balance, group_column (the data config)
+    environment: Environment
+    training: TrainResult
+    found: Evaluation
+    gate: GateDecision
+
+
+def render_model_card(facts: CardFacts) -> str:
+    sections = (_model, _data, _training, _metrics, _baseline, _calibration, _slices, _robustness, _mistakes, _gate,
+                _intended_use, _limitations, _ethics)
+    return _title(facts) + "".join(f"\n## {section(facts).strip()}\n" for section in sections)
+
+
+def _title(f: CardFacts) -> str:
+    return (f"# Model card: {f.name}\n\nA text classifier for the labels "
+            f"{', '.join(f'`{label}`' for label in f.spec.labels)}, fine-tuned from `{f.spec.base}`\n"
+            f"({f.spec.architecture}, {f.spec.total_parameters:,} parameters).\n")
+
+
+def _model(f: CardFacts) -> str:
+    spec = f.spec
+    kind = "decoder, last-token pooling" if spec.is_decoder else "encoder"
+    return f"""Model
+- Base model: `{spec.base}` (loaded from `{spec.source}`), {kind}.
+- Fine-tuning strategy: **{spec.strategy}**{_strategy_detail(spec)}; {spec.trainable_parameters:,} of
+  {spec.total_parameters:,} parameters trained ({spec.trainable_parameters / spec.total_parameters:.1%}).
+- Saved as safetensors with its tokenizer and label map{MERGED.get(spec.strategy, "")}."""
+
+
+def _data(f: CardFacts) -> str:
+    data, meta, labels = f.manifest, f.data_meta, f.spec.labels
+    counts = "\n".join(f"| {split} | " + " | ".join(str(c.get(label, 0)) for label in labels) + f" | {sum(c.values())} |"
+                       for split, c in data.counts.items())
+    leaking = data.dropped_leaking_texts
+    leakage = ("\n- Leakage: " + " and ".join(f"{n} texts of {split}" for split, n in leaking.items())
+               + " that an earlier split also holds were dropped (data.on_leakage=drop).") if leaking else ""
+    return f"""Data
+- Data set: {meta['name']} — source `{data.source}` (sha256 `{data.source_sha256}`).
+- Licence: {meta['licence']}.{f" Cite: {meta['citation']}" if meta['citation'] else ""}
+- Cleaning: texts stripped; {data.dropped_duplicates} exact duplicate rows and
+  {data.dropped_conflicting_texts} texts seen with conflicting labels dropped. Splits fingerprint `{data.fingerprint}`.{leakage}
+
+| split | {" | ".join(labels)} | total |
+|---|{"---|" * len(labels)}---|
+{counts}"""
+
+
+def _training(f: CardFacts) -> str:
+    training, env, hp = f.training, f.environment, f.environment.hyperparameters
+    dropout = "as in the base model" if hp['dropout'] is None else f"{hp['dropout']:g}"
+    return f"""Training set-up
+- {training.epochs_run} epochs run (best epoch {training.best_epoch}{", stopped early" if training.stopped_early else ""}),
+  {training.train_seconds:.0f} s, {training.samples_per_second:.1f} samples/s.
+- Batch size {hp['batch_size']}, AdamW lr {hp['learning_rate']:g}, weight decay {hp['weight_decay']:g},
+  warm-up {hp['warmup_ratio']:.0%} then linear decay, gradient clipping {hp['max_grad_norm']:g}, max length {hp['max_length']} tokens,
+  dropout {dropout}.
+- Device {env.device}, precision {env.precision}, {env.threads} CPU threads, seed {env.seed}.
+- torch {env.libraries['torch']}, transformers {env.libraries['transformers']}, peft {env.libraries['peft']}."""
+
+
+def _metrics(f: CardFacts) -> str:
+    metrics, found = f.found.metrics, f.found
+    (acc_low, acc_high), (f1_low, f1_high) = found.intervals["accuracy"], found.intervals["macro_f1"]
+    auc = f"{metrics.test_roc_auc:.4f}" if metrics.test_roc_auc is not None else "n/a (more than two classes)"
+    per_class = "\n".join(f"| {label} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |"
+                          for label, m in metrics.per_class.items())
+    return f"""Metrics (test split, {metrics.test_size} texts)
+| metric | value | 95% interval (bootstrap) |
+|---|---|---|
+| accuracy | {metrics.test_accuracy:.4f} | {acc_low:.4f} – {acc_high:.4f} |
+| macro F1 | {metrics.test_macro_f1:.4f} | {f1_low:.4f} – {f1_high:.4f} |
+| cross-entropy | {metrics.test_loss:.4f} (before calibration {found.loss_before_calibration:.4f}) | |
+| macro precision | {metrics.test_macro_precision:.4f} | |
+| macro recall | {metrics.test_macro_recall:.4f} | |
+| ROC-AUC | {auc} | |
+
+| class | precision | recall | F1 | support |
+|---|---|---|---|---|
+{per_class}"""
+
+
+def _baseline(f: CardFacts) -> str:
+    baseline, accuracy = f.found.baseline, f.found.metrics.test_accuracy
+    return f"""Against a linear baseline
+TF-IDF of word 1–2-grams and character 2–5-grams with logistic regression, trained on the same train split:
+test accuracy {baseline.test_accuracy:.4f}, macro F1 {baseline.test_macro_f1:.4f}. Fine-tuning gained
+**{100 * (accuracy - baseline.test_accuracy):+.2f} points** of accuracy over it."""
+
+
+def _calibration(f: CardFacts) -> str:
+    found, calibration = f.found, f.found.calibration
+    decision = (f"kept in the served model: it lowered the validation cross-entropy from "
+                f"{calibration.val_loss_before:.4f} to {calibration.val_loss_after:.4f}" if calibration.kept else
+                f"not kept: it did not lower the validation cross-entropy ({calibration.val_loss_before:.4f})")
+    return ("Calibration\n"
+            f"Expected calibration error (10 confidence bins) on the test split: {found.ece_before:.4f} as trained, "
+            f"{found.ece:.4f} as served. Temperature scaling fitted on the validation split gave T = "
+            f"{calibration.fitted_temperature:.3f}, {decision}. The reliability diagram is `reliability_diagram.png`.")
+
+
+def _slices(f: CardFacts) -> str:
+    found, group_column = f.found, f.data_meta.get("group_column")
+    rows = "\n".join(f"| {r['slicing']} | {_slice_name(r)} | {r['size']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} |"
+                     for r in found.slices)
+    worst = found.worst_slice
+    summary = (f"Worst slice: {worst['slicing']} = {_slice_name(worst)}, accuracy {worst['accuracy']:.4f} on "
+               f"{worst['size']} texts, {100 * (found.metrics.test_accuracy - worst['accuracy']):.2f} points below "
+               f"the whole." if worst else "No slice is large enough to judge.")
+    grouping = f" and by `{group_column}`" if group_column else ""
+    return (f"Slices\nBy text length (the test texts' tertiles), by source (the data or monitoring's feedback)"
+            f"{grouping}.\n\n| slicing | slice | texts | accuracy | macro F1 |\n|---|---|---|---|---|\n{rows}\n\n"
+            f"{summary}")
+
+
+def _slice_name(row: dict) -> str:
+    return _cell(row["slice"]) + (f" ({row['range']})" if row["range"] else "")
+
+
+def _robustness(f: CardFacts) -> str:
+    rows = "\n".join(f"| {r['perturbation'].replace('_', ' ')} | {r['changed_share']:.0%} | {r['accuracy']:.4f} | "
+                     f"{100 * r['drop']:+.2f} |" for r in f.found.robustness)
+    return (f"Robustness\nAccuracy on the test texts as real traffic alters them (seeded), against "
+            f"{f.found.metrics.test_accuracy:.4f} on the clean texts:\n\n"
+            f"| perturbation | texts changed | accuracy | drop (points) |\n|---|---|---|---|\n{rows}")
+
+
+def _mistakes(f: CardFacts, shown: int = 5) -> str:
+    mistakes = f.found.mistakes
+    if mistakes.empty:
+        return "Most confident mistakes\nNone: every test text was classified correctly."
+    rows = "\n".join(f"| {_cell(row.text)} | {row.true} | {row.predicted} | {row.probability:.3f} |"
+                     for row in mistakes.head(shown).itertuples())
+    return (f"Most confident mistakes\nThe {min(shown, len(mistakes))} most confident of {len(mistakes)} listed in "
+            f"MLflow (`evaluation/most_confident_mistakes.json`):\n\n| text | true | predicted | probability |\n"
+            f"|---|---|---|---|\n{rows}")
+
+
+def _gate(f: CardFacts) -> str:
+    return (f"Validation gate: {'PASSED' if f.gate.passed else 'FAILED'}\n"
+            + "\n".join(f"- {reason}" for reason in f.gate.reasons))
+
+
+def _intended_use(f: CardFacts) -> str:
+    return f"""Intended use
+Sorting short texts like those of the training data into {", ".join(f.spec.labels)}, as a filter or a triage aid whose
+decisions a person can review. Not for texts in other languages, domains or eras than the training data without
+evaluating it there first."""
+
+
+def _limitations(f: CardFacts) -> str:
+    metrics, (low, high) = f.found.metrics, f.found.intervals["accuracy"]
+    balance = " was forced by undersampling" if f.data_meta.get("balance") == "undersample" else " follows the data"
+    return f"""Limitations
+- Measured on {metrics.test_size} held-out texts from the same source as the training data: the figures above do not
+  carry over to other sources, and at this size the 95% interval of accuracy spans
+  {100 * (high - low):.1f} points.
+- Class balance in training{balance}; real
+  traffic may have another mix, which shifts precision per class.
+- Texts longer than {f.environment.hyperparameters['max_length']} tokens are truncated."""
+
+
+def _ethics(f: CardFacts) -> str:
+    group_column = f.data_meta.get("group_column")
+    groups = (" and by " + group_column if group_column else
+              "; name a column of groups (language, channel) as data.group_column to see errors per group")
+    return f"""Ethical considerations
+- Bias: the data reflects the people, places and period it was collected from; the model may treat dialects,
+  slang or non-native writing differently. The slices above show errors by length and source{groups}.
+- Privacy: training texts can be personal messages. Do not publish the model's inputs or predictions, and keep
+  served texts only as long as monitoring needs them.
+- A wrong label has a cost (a lost legitimate message, a missed harmful one): keep a person in the loop where
+  that cost is high."""
+
+
+def _cell(text: str, width: int = 80) -> str:
+    """A text as one markdown table cell."""
+    flat = " ".join(text.split()).replace("|", "\\|")
+    return flat if len(flat) <= width else flat[:width - 1] + "…"
+
+
+MERGED = {"lora": "; LoRA weights merged into the base",
+          "qlora": "; trained on a 4-bit NF4 base, LoRA weights merged into the full-precision base"}
+
+
+def _strategy_detail(spec: ModelSpec) -> str:
+    if spec.strategy == "partial":
+        return f" (last {spec.trainable_blocks} blocks, final norm and head)"
+    if spec.strategy in ("lora", "qlora"):
+        return f" (LoRA on {', '.join(spec.lora_target_modules or [])}, plus the head)"
+    if spec.strategy == "head":
+        return " (head only)"
+    return ""
