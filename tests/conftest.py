@@ -27,15 +27,39 @@ def write_splits(out: Path, labels: list[str], train_rows: pd.DataFrame | None =
     """Stage 1's hand-off written directly (training needs no validation; the GPU machine has no
     great-expectations): 168/24/48 rows of make_texts(240), half of each class; `train_rows` replaces the train
     split."""
-    from components.handoff import MANIFEST, write_json
+    from components.handoff import MANIFEST, split_path, write_json
 
     out.mkdir(parents=True)
     rows = make_texts(240)
-    for name, part in (("train", rows[:168] if train_rows is None else train_rows), ("val", rows[168:192]),
-                       ("test", rows[192:])):
-        part.to_parquet(out / f"{name}.parquet", index=False)
-    write_json(out, MANIFEST, {"labels": labels})
+    splits = {"train": rows[:168] if train_rows is None else train_rows, "val": rows[168:192], "test": rows[192:]}
+    for name, part in splits.items():
+        part.to_parquet(split_path(out, name), index=False)
+    write_json(out, MANIFEST, {"out_dir": str(out), "source": "make_texts(240)", "source_sha256": "", "labels": labels,
+                               "counts": {name: part.get("label", pd.Series()).value_counts().to_dict()
+                                          for name, part in splits.items()},
+                               "fingerprint": "", "dropped_duplicates": 0, "dropped_conflicting_texts": 0})
     return out
+
+
+def job_for(init_dir, data_dir, out_dir, checkpoint_uri, model_cfg, train_cfg, device: str = "cpu",
+            precision: str = "fp32", seed: int = 0, **rest):
+    """Stage 4's arguments for a test."""
+    from components.handoff import FineTuneJob
+
+    return FineTuneJob(str(init_dir), str(data_dir), str(out_dir), str(checkpoint_uri), model_cfg, train_cfg, device,
+                       precision, seed, **rest)
+
+
+def predict_test_split(model_dir, data_dir, max_length: int = 32):
+    """(probabilities, true class indices, labels) of a fine-tuned model on the test split, as stage 5 computes
+    them."""
+    from components.evaluate.core import class_indices, load_logits_predictor
+    from components.handoff import read_manifest, read_split
+    from components.statistics import softmax
+
+    labels, test = read_manifest(data_dir).labels, read_split(data_dir, "test")
+    logits = load_logits_predictor(str(model_dir), labels, max_length, 64, "cpu", "fp32")(test["text"].tolist())
+    return softmax(logits), class_indices(test, labels), labels
 
 
 def tiny_settings(work_dir, data_path, tiny_bert, *overrides: str) -> list[str]:
@@ -140,28 +164,28 @@ def tiny_decoders(tmp_path_factory, tiny_gpt2) -> dict[str, Path]:
 def tiny_run(tmp_path_factory, tiny_bert):
     """Stages 1, 2 and 4 on the tiny BERT: (data dir, fine-tuned model dir)."""
     from components.config import DataConfig, ModelConfig, TrainConfig
-    from components.data_prep import prepare_data
-    from components.model_init import initialise_model
-    from components.training import fine_tune
+    from components.data import core as data_stage
+    from components.fine_tune.core import fine_tune
+    from components.model import core as model_stage
 
     root = tmp_path_factory.mktemp("tiny_run")
     make_texts(240).to_csv(root / "texts.csv", index=False)
-    prepare_data(DataConfig(path=str(root / "texts.csv"), labels=["ham", "spam"], min_rows_per_class=5), 1,
-                 root, root / "data")
+    data_stage.data(DataConfig(path=str(root / "texts.csv"), labels=["ham", "spam"], min_rows_per_class=5), 1,
+                    root, root / "data")
     model_cfg = ModelConfig(max_length=32)
-    initialise_model(str(tiny_bert), "full", 1, model_cfg.lora, ["ham", "spam"], 0, root / "init")
-    fine_tune(str(root / "init"), str(root / "data"), str(root / "model"), str(root / "ckpt"), model_cfg,
-              TrainConfig(epochs=3, batch_size=16, learning_rate=3e-3), "cpu", "fp32", 0)
+    model_stage.model(str(tiny_bert), "full", 1, model_cfg.lora, ["ham", "spam"], 0, root / "init")
+    fine_tune(job_for(root / "init", root / "data", root / "model", root / "ckpt", model_cfg,
+                      TrainConfig(epochs=3, batch_size=16, learning_rate=3e-3)))
     return root / "data", root / "model"
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, tiny_run):
     """Stage 6's ONNX bundle of the tiny fine-tuned model."""
-    from components.deployment import deploy_bundle
+    from components.deploy.core import deploy
 
     out = tmp_path_factory.mktemp("tiny_deploy")
-    deploy_bundle(str(tiny_run[1]), str(tiny_run[0]), str(out))
+    deploy(str(tiny_run[1]), str(tiny_run[0]), str(out))
     return out
 
 

@@ -58,7 +58,7 @@ def test_the_console_shows_marked_lines_draws_no_bar_off_a_terminal_and_logs_eve
         warnings.warn("a library's warning")
         print("a line of a task's output")
         with pytest.raises(LifecycleError), reported_stage("1-data") as stage:
-            progress = Progress(2, "epoch 1/1", logging.getLogger("components.training"), every=0)
+            progress = Progress(2, "epoch 1/1", logging.getLogger("components.fine_tune.core"), every=0)
             progress.update()
             progress.update()
             stage.result = "never shown"

@@ -1,12 +1,14 @@
 import json
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
 from components.config import DataConfig
-from components.data_io import DataError
-from components.data_prep import SPLITS, prepare_data
-from components.data_validation import DataValidationError
+from components.data.tables import DataError
+from components.data import core as data_stage
+from components.handoff import SPLITS, read_split
+from components.data.validation import DataValidationError
 from conftest import SHARED_SMS, make_texts
 
 
@@ -16,8 +18,8 @@ def data_config(path, **overrides) -> DataConfig:
 
 
 def test_prepares_stratified_splits_without_leakage(tmp_path, texts_csv):
-    prepared = prepare_data(data_config(texts_csv), seed=123, cache_dir=tmp_path, out_dir=tmp_path / "out")
-    splits = {name: pd.read_parquet(tmp_path / "out" / f"{name}.parquet") for name in ("train", "val", "test")}
+    prepared = data_stage.data(data_config(texts_csv), seed=123, cache_dir=tmp_path, out_dir=tmp_path / "out")
+    splits = {name: read_split(tmp_path / "out", name) for name in ("train", "val", "test")}
     assert [len(s) for s in splits.values()] == [168, 24, 48]
     for rows in splits.values():  # stratified: each split keeps the 50/50 mix
         assert rows["label"].value_counts().to_dict() == {"ham": len(rows) // 2, "spam": len(rows) // 2}
@@ -27,7 +29,7 @@ def test_prepares_stratified_splits_without_leakage(tmp_path, texts_csv):
     assert manifest["labels"] == ["ham", "spam"] and manifest["fingerprint"] == prepared.fingerprint
     data_docs = (tmp_path / "out" / "validation_all.html").read_text()
     assert "values must never be null" in data_docs and "Evaluated Expectations" in data_docs
-    again = prepare_data(data_config(texts_csv), seed=123, cache_dir=tmp_path, out_dir=tmp_path / "again")
+    again = data_stage.data(data_config(texts_csv), seed=123, cache_dir=tmp_path, out_dir=tmp_path / "again")
     assert again.fingerprint == prepared.fingerprint  # seeded: the same data gives the same splits
 
 
@@ -36,7 +38,7 @@ def test_cleaning_strips_drops_duplicates_and_ambiguous_texts_and_reports_them(t
     extra = pd.DataFrame({"label": ["ham", "ham", "spam"], "text": [f"  {rows.text[0]} ", "who am i", "who am i"]})
     path = tmp_path / "dups.csv"
     pd.concat([rows, extra]).to_csv(path, index=False)
-    prepared = prepare_data(data_config(path), seed=1, cache_dir=tmp_path, out_dir=tmp_path / "out")
+    prepared = data_stage.data(data_config(path), seed=1, cache_dir=tmp_path, out_dir=tmp_path / "out")
     assert prepared.dropped_duplicates == 1 and prepared.dropped_conflicting_texts == 1
     report = json.loads((tmp_path / "out" / "validation.json").read_text())["all"]
     assert report["conflict_samples"][0]["text"] == "who am i"
@@ -47,7 +49,7 @@ def test_undersampling_balances_the_classes(tmp_path):
     rows = pd.concat([make_texts(100), pd.DataFrame({"label": ["ham"] * 50, "text": [f"ham {i}" for i in range(50)]})])
     path = tmp_path / "skewed.csv"
     rows.to_csv(path, index=False)
-    prepared = prepare_data(data_config(path, balance="undersample"), 1, tmp_path, tmp_path / "out")
+    prepared = data_stage.data(data_config(path, balance="undersample"), 1, tmp_path, tmp_path / "out")
     total = {label: sum(c[label] for c in prepared.counts.values()) for label in ("ham", "spam")}
     assert total == {"ham": 50, "spam": 50}
 
@@ -57,7 +59,7 @@ def test_reads_jsonl_and_parquet(tmp_path):
     rows.to_json(tmp_path / "t.jsonl", orient="records", lines=True)
     rows.to_parquet(tmp_path / "t.parquet")
     for name in ("t.jsonl", "t.parquet"):
-        prepared = prepare_data(data_config(tmp_path / name), 1, tmp_path, tmp_path / name.replace(".", "_"))
+        prepared = data_stage.data(data_config(tmp_path / name), 1, tmp_path, tmp_path / name.replace(".", "_"))
         assert sum(prepared.counts["train"].values()) == 42
 
 
@@ -65,7 +67,7 @@ def bad_data_error(tmp_path, rows: pd.DataFrame, **overrides) -> str:
     path = tmp_path / "bad.csv"
     rows.to_csv(path, index=False)
     with pytest.raises(DataValidationError) as err:
-        prepare_data(data_config(path, **overrides), 1, tmp_path, tmp_path / "out")
+        data_stage.data(data_config(path, **overrides), 1, tmp_path, tmp_path / "out")
     assert (tmp_path / "out" / "validation.json").is_file()  # the report is written for the failed gate too
     assert str(path) in str(err.value)
     return str(err.value)
@@ -103,7 +105,7 @@ def test_too_few_rows_of_a_class_stops(tmp_path):
 
 
 def test_inferred_labels_are_reported(tmp_path, texts_csv):
-    prepared = prepare_data(data_config(texts_csv, labels=None), 1, tmp_path, tmp_path / "out")
+    prepared = data_stage.data(data_config(texts_csv, labels=None), 1, tmp_path, tmp_path / "out")
     report = json.loads((tmp_path / "out" / "validation.json").read_text())["all"]
     assert prepared.labels == ["ham", "spam"] and report["labels_inferred"] is True
 
@@ -113,7 +115,7 @@ def test_wrong_separator_is_a_clear_error(tmp_path):
     path.write_text("ham\tsee you, later\nspam\tWIN cash, now, call\n" * 20)
     config = data_config(path, separator=",", header=False, column_names=["label", "text"], quoting=False)
     with pytest.raises(DataError, match=r"sms.tsv: cannot parse.*data.separator \(now ','\)"):
-        prepare_data(config, 1, tmp_path, tmp_path / "out")
+        data_stage.data(config, 1, tmp_path, tmp_path / "out")
 
 
 def test_leakage_between_given_splits_stops_by_default_and_is_dropped_on_request(tmp_path):
@@ -126,14 +128,22 @@ def test_leakage_between_given_splits_stops_by_default_and_is_dropped_on_request
                         test_path=str(tmp_path / "test.csv"), labels=["ham", "spam"], min_rows_per_class=2)
     with pytest.raises(DataValidationError, match=r"4 texts stand in two splits(.|\n)*row 2 of train and row 12 of "
                                                   r"val(.|\n)*data.on_leakage=drop"):
-        prepare_data(config, 1, tmp_path, tmp_path / "out")
-    prepared = prepare_data(config.model_copy(update={"on_leakage": "drop"}), 1, tmp_path, tmp_path / "out")
+        data_stage.data(config, 1, tmp_path, tmp_path / "out")
+    prepared = data_stage.data(config.model_copy(update={"on_leakage": "drop"}), 1, tmp_path, tmp_path / "out")
     assert prepared.dropped_leaking_texts == {"val": 1, "test": 3}
     assert {split: sum(c.values()) for split, c in prepared.counts.items()} == {"train": 40, "val": 10, "test": 10}
-    splits = {name: set(pd.read_parquet(tmp_path / "out" / f"{name}.parquet")["text"]) for name in SPLITS}
+    splits = {name: set(read_split(tmp_path / "out", name)["text"]) for name in SPLITS}
     assert not (splits["train"] & splits["val"] or splits["train"] & splits["test"] or splits["val"] & splits["test"])
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["dropped_leaking_texts"] == {"val": 1, "test": 3}
+    # The model card says so (its data section reads the manifest).
+    from components.evaluate import model_card
+    from components.handoff import read_manifest
+
+    facts = model_card.CardFacts("m", SimpleNamespace(labels=["ham", "spam"]), read_manifest(tmp_path / "out"),
+                                 {"name": "texts", "licence": "CC0", "citation": ""}, None, None, None, None)
+    assert ("Leakage: 1 texts of val and 3 texts of test that an earlier split also holds were dropped"
+            in model_card._data(facts))
 
 
 def test_a_class_left_too_small_by_its_duplicates_is_named_with_the_rows_it_needs(tmp_path):
@@ -143,25 +153,25 @@ def test_a_class_left_too_small_by_its_duplicates_is_named_with_the_rows_it_need
     config = DataConfig(path=str(tmp_path / "dupes.csv"), labels=["ham", "spam"], min_rows_per_class=5)
     with pytest.raises(DataValidationError, match=r"dupes.csv: after dropping 19 duplicate rows and ambiguous texts, "
                                                   r"class 'spam' has 1 rows; data.min_rows_per_class needs 5"):
-        prepare_data(config, 1, tmp_path, tmp_path / "out")
+        data_stage.data(config, 1, tmp_path, tmp_path / "out")
 
 
 @pytest.mark.skipif(not SHARED_SMS.is_file(), reason="the shared SMS Spam Collection is not beside the project")
 def test_a_group_column_is_carried_to_the_splits_and_a_missing_one_is_named(tmp_path):
     rows = make_texts(120).assign(channel=["sms", "email", "web"] * 40)
     rows.to_csv(tmp_path / "texts.csv", index=False)
-    prepare_data(data_config(tmp_path / "texts.csv", group_column="channel"), 1, tmp_path, tmp_path / "out")
-    test = pd.read_parquet(tmp_path / "out" / "test.parquet")
+    data_stage.data(data_config(tmp_path / "texts.csv", group_column="channel"), 1, tmp_path, tmp_path / "out")
+    test = read_split(tmp_path / "out", "test")
     assert set(test["group"]) == {"sms", "email", "web"} and set(test["source"]) == {"data"}
     with pytest.raises(DataValidationError, match="column 'language' is missing"):
-        prepare_data(data_config(tmp_path / "texts.csv", group_column="language"), 1, tmp_path, tmp_path / "out2")
+        data_stage.data(data_config(tmp_path / "texts.csv", group_column="language"), 1, tmp_path, tmp_path / "out2")
 
 
 def test_sms_spam_collection_with_the_ch06_protocol(tmp_path):
     from components.config import load_config
 
     cfg = load_config("configs/sms_spam.yaml", [f"data.path={SHARED_SMS}"])
-    prepared = prepare_data(cfg.data, cfg.seed, tmp_path, tmp_path / "out")
+    prepared = data_stage.data(cfg.data, cfg.seed, tmp_path, tmp_path / "out")
     assert prepared.dropped_duplicates == 414
     assert prepared.counts["test"] == {"ham": 129, "spam": 128}
     assert sum(sum(c.values()) for c in prepared.counts.values()) == 642 * 2
@@ -171,7 +181,7 @@ def test_download_is_cached_and_checked(tmp_path):
     import hashlib
     import zipfile
 
-    from components.data_io import fetch
+    from components.data.tables import fetch
 
     payload = b"ham\thello\nspam\tWIN\n"
     with zipfile.ZipFile(tmp_path / "data.zip", "w") as archive:
@@ -194,12 +204,12 @@ def test_feedback_files_of_one_class_join_the_data_and_a_bad_one_is_named(tmp_pa
     new = pd.DataFrame({"text": [f"quarterly invoice {i}" for i in range(30)], "label": "ham"})
     new.to_json(feedback / "labelled.jsonl", orient="records", lines=True)  # JSONL beside CSV data
     data = DataConfig(path=str(texts_csv), feedback_path=str(feedback), labels=["ham", "spam"], min_rows_per_class=5)
-    prepared = prepare_data(data, 1, tmp_path, tmp_path / "out")
+    prepared = data_stage.data(data, 1, tmp_path, tmp_path / "out")
     assert sum(counts["ham"] for counts in prepared.counts.values()) == 120 + 30
     assert (tmp_path / "out" / "validation_feedback-labelled.html").is_file()
-    splits = pd.concat(pd.read_parquet(tmp_path / "out" / f"{name}.parquet") for name in SPLITS)
+    splits = pd.concat(read_split(tmp_path / "out", name) for name in SPLITS)
     assert splits["source"].value_counts().to_dict() == {"data": 240, "feedback": 30}  # for stage 5's slices
 
     new.assign(label="junk").to_json(feedback / "more.jsonl", orient="records", lines=True)
     with pytest.raises(DataValidationError, match=r"more\.jsonl(.|\n)*not in \['ham', 'spam'\]"):
-        prepare_data(data, 1, tmp_path, tmp_path / "out2")
+        data_stage.data(data, 1, tmp_path, tmp_path / "out2")

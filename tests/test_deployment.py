@@ -4,8 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.deployment import PARITY_TOLERANCE, ParityError
-from components.onnx_classifier import OnnxClassifier
+from components.handoff import read_split
+from components.deploy.core import PARITY_TOLERANCE, ParityError
+from components.deploy.onnx_classifier import OnnxClassifier
+
+from conftest import job_for
 
 
 def test_onnx_export_matches_pytorch_and_serves_int8_only_when_accuracy_holds(tiny_bundle, tiny_run):
@@ -15,7 +18,7 @@ def test_onnx_export_matches_pytorch_and_serves_int8_only_when_accuracy_holds(ti
     assert report["int8_size_mb"] < report["fp32_size_mb"] / 2
     assert report["served"] == ("int8" if report["fp32_accuracy"] - report["int8_accuracy"] <= 0.005 else "fp32")
     # The bundle alone (no torch model) classifies the test texts.
-    test = pd.read_parquet(tiny_run[0] / "test.parquet")
+    test = read_split(tiny_run[0], "test")
     predictions = OnnxClassifier(tiny_bundle / "bundle").predict(test["text"].tolist())
     accuracy = np.mean([p["label"] == label for p, label in zip(predictions, test["label"])])
     assert accuracy >= 0.9 and set(predictions[0]["probabilities"]) == {"ham", "spam"}
@@ -28,13 +31,13 @@ def test_dynamic_axes_take_any_batch_and_length(tiny_bundle):
 
 
 def test_a_failed_parity_check_fails_the_stage(tiny_run, tmp_path, monkeypatch):
-    import components.deployment as deployment
+    import components.deploy.core as deployment
 
     real_logits = OnnxClassifier.logits
     monkeypatch.setattr(OnnxClassifier, "logits", lambda self, texts, batch_size=32:
                         real_logits(self, texts, batch_size) + 1e-3)
     with pytest.raises(ParityError, match="largest logit difference"):
-        deployment.deploy_bundle(str(tiny_run[1]), str(tiny_run[0]), str(tmp_path))
+        deployment.deploy(str(tiny_run[1]), str(tiny_run[0]), str(tmp_path))
     assert json.loads((tmp_path / "deployment.json").read_text())["parity_passed"] is False
     assert not (tmp_path / "model_int8.onnx").exists()  # stopped before quantizing
 
@@ -42,14 +45,14 @@ def test_a_failed_parity_check_fails_the_stage(tiny_run, tmp_path, monkeypatch):
 def test_a_gpt2_style_decoder_exports_with_parity(tiny_gpt2, tiny_run, tmp_path):
     # Right padding and last-token pooling must survive the export: parity runs padded batches of mixed lengths.
     from components.config import ModelConfig, TrainConfig
-    from components.deployment import deploy_bundle
-    from components.model_init import initialise_model
-    from components.training import fine_tune
+    from components.deploy.core import deploy
+    from components.model import core as model_stage
+    from components.fine_tune.core import fine_tune
 
     data_dir = tiny_run[0]
     model_cfg = ModelConfig(max_length=32)
-    initialise_model(str(tiny_gpt2), "full", 1, model_cfg.lora, ["ham", "spam"], 0, tmp_path / "init")
-    fine_tune(str(tmp_path / "init"), str(data_dir), str(tmp_path / "model"), str(tmp_path / "ckpt"), model_cfg,
-              TrainConfig(epochs=1, batch_size=16, learning_rate=3e-3), "cpu", "fp32", 0)
-    report = deploy_bundle(str(tmp_path / "model"), str(data_dir), str(tmp_path / "deploy"))
+    model_stage.model(str(tiny_gpt2), "full", 1, model_cfg.lora, ["ham", "spam"], 0, tmp_path / "init")
+    fine_tune(job_for(tmp_path / "init", data_dir, tmp_path / "model", tmp_path / "ckpt", model_cfg,
+                      TrainConfig(epochs=1, batch_size=16, learning_rate=3e-3)))
+    report = deploy(str(tmp_path / "model"), str(data_dir), str(tmp_path / "deploy"))
     assert report.parity_passed and report.max_abs_logit_diff <= PARITY_TOLERANCE

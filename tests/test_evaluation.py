@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from components.config import GateConfig
-from components.evaluation import decide_gate, score
+from components.evaluate.core import decide_gate, score
 
 LABELS = ["ham", "spam"]
 

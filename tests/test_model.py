@@ -1,7 +1,8 @@
 import pytest
 
 from components.config import LoraConfig
-from components.model_init import apply_strategy, count_parameters, initialise_model, load_classifier, transformer_blocks
+from components.model import core as model_stage
+from components.model.core import apply_strategy, count_parameters, load_classifier, transformer_blocks
 
 LABELS = ["ham", "spam"]
 
@@ -36,7 +37,7 @@ def test_head_strategy_freezes_every_block(fixture, request):
 
 @pytest.mark.parametrize("fixture, targets", [("tiny_bert", {"query", "value"}), ("tiny_gpt2", {"c_attn"})])
 def test_lora_uses_per_architecture_default_targets_and_trains_adapters_and_head(fixture, targets, request, tmp_path):
-    spec = initialise_model(str(request.getfixturevalue(fixture)), "lora", 1, LoraConfig(r=4), LABELS, 0, tmp_path)
+    spec = model_stage.model(str(request.getfixturevalue(fixture)), "lora", 1, LoraConfig(r=4), LABELS, 0, tmp_path)
     assert set(spec.lora_target_modules) == targets
     assert 0 < spec.trainable_parameters < spec.total_parameters
 
@@ -49,15 +50,15 @@ def test_decoder_gets_a_pad_token_and_right_padding(tiny_gpt2):
 
 
 def test_initialised_model_is_saved_as_safetensors_with_seeded_head(tiny_bert, tmp_path):
-    first = initialise_model(str(tiny_bert), "full", 1, LoraConfig(), LABELS, 7, tmp_path / "a")
-    initialise_model(str(tiny_bert), "full", 1, LoraConfig(), LABELS, 7, tmp_path / "b")
+    first = model_stage.model(str(tiny_bert), "full", 1, LoraConfig(), LABELS, 7, tmp_path / "a")
+    model_stage.model(str(tiny_bert), "full", 1, LoraConfig(), LABELS, 7, tmp_path / "b")
     assert first.trainable_parameters == first.total_parameters
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
     assert not list((tmp_path / "a").glob("*.bin"))
 
 
 def test_a_model_that_does_not_exist_is_a_clear_error(tmp_path):
-    from components.model_init import ModelError
+    from components.model.core import ModelError
 
     with pytest.raises(ModelError, match="no-such-model"):
         load_classifier(str(tmp_path / "no-such-model"), LABELS)

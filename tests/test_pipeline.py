@@ -22,13 +22,13 @@ def test_compile_writes_yaml_that_kfp_loads_back_with_the_gpu_request(tmp_path):
     monitor = components.load_component_from_file(str(monitor_out))
     assert monitor.name == "sms-spam-monitor"
     monitor_spec = yaml.safe_load(monitor_out.read_text())
-    assert "exec-check-drift" in monitor_spec["deploymentSpec"]["executors"]
+    assert "exec-monitor-traffic" in monitor_spec["deploymentSpec"]["executors"]
     assert "exec-fine-tune" in monitor_spec["deploymentSpec"]["executors"]  # the training pipeline, nested
     spec = yaml.safe_load(out.read_text())
     resources = spec["deploymentSpec"]["executors"]["exec-fine-tune"]["container"]["resources"]
     assert resources["accelerator"]["resourceCount"] == "2"
     assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
-    assert "resources" not in spec["deploymentSpec"]["executors"]["exec-prepare-data"]["container"]
+    assert "resources" not in spec["deploymentSpec"]["executors"]["exec-data"]["container"]
     assert spec["deploymentSpec"]["executors"]["exec-fine-tune"]["container"]["image"] == "llm-lifecycle:0.1.0"
     # The compiled pipelines hold no path of the machine that compiled them: each pod has its own disk.
     for text in (out.read_text(), monitor_out.read_text()):
@@ -194,7 +194,8 @@ def test_drift_alerts_and_retrains_once_inside_the_cool_down_and_the_gate_decide
         assert champion == 2
 
 
-def test_splits_that_share_texts_stop_by_default_and_train_with_on_leakage_drop(run_args, tmp_path, capsys):
+def test_splits_that_share_texts_stop_stage_1_by_default(run_args, tmp_path, capsys):
+    """With data.on_leakage=drop they train (tests/test_data.py drops them, tests/test_stages.py reads the card)."""
     rows = make_texts(240)
     parts = {"train": rows[:160], "val": pd.concat([rows[160:190], rows[:1]]),
              "test": pd.concat([rows[190:], rows[1:3], rows[160:161]])}
@@ -203,6 +204,3 @@ def test_splits_that_share_texts_stop_by_default_and_train_with_on_leakage_drop(
     splits = ["data.path=null", *(f"data.{name}_path={tmp_path / f'{name}.csv'}" for name in parts)]
     assert main(run_args(*splits)) == 2
     assert "4 texts stand in two splits" in capsys.readouterr().err
-    assert main(run_args(*splits, "data.on_leakage=drop")) == 0
-    card = mlflow_client(tmp_path).get_model_version("sms-spam-classifier", "1").description
-    assert "Leakage: 1 texts of val and 3 texts of test that an earlier split also holds were dropped" in card

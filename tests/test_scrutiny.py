@@ -60,7 +60,7 @@ def test_temperature_scaling_is_kept_only_where_it_lowers_the_validation_cross_e
 def test_the_gate_against_the_champion_counts_only_what_is_significant(challenger_only, champion_only, rule,
                                                                        passes):
     from components.config import GateConfig
-    from components.evaluation import decide_gate, score
+    from components.evaluate.core import decide_gate, score
     from components.statistics import PairedComparison
 
     targets = np.array([0, 1] * 100)
@@ -74,7 +74,7 @@ def test_the_gate_against_the_champion_counts_only_what_is_significant(challenge
 
 
 def test_slices_of_each_kind_sum_to_the_whole_and_the_worst_is_named():
-    from components.slices import slice_metrics, worst_slice
+    from components.evaluate.slices import slice_metrics, worst_slice
 
     texts = [("word " * n).strip() for n in range(1, 61)]
     test = pd.DataFrame({"text": texts, "source": ["data"] * 50 + ["feedback"] * 10,
@@ -92,7 +92,7 @@ def test_slices_of_each_kind_sum_to_the_whole_and_the_worst_is_named():
 def test_a_perturbation_that_changes_no_text_drops_nothing_and_typos_are_seeded():
     import random
 
-    from components.robustness import PERTURBATIONS, robustness, typos
+    from components.evaluate.robustness import PERTURBATIONS, robustness, typos
 
     texts = ["claim your free prize now", "see you at lunch tomorrow"] * 10
     targets = np.array([1, 0] * 10)
@@ -110,7 +110,7 @@ def test_a_perturbation_that_changes_no_text_drops_nothing_and_typos_are_seeded(
 
 
 def test_the_linear_baseline_learns_two_vocabularies():
-    from components.baseline import baseline_probabilities
+    from components.evaluate.baseline import baseline_probabilities
     from conftest import make_texts
 
     rows = make_texts(200)

@@ -9,7 +9,7 @@ import pytest
 
 from components import storage
 from components.config import DataConfig
-from components.data_prep import prepare_data
+from components.data import core as data_stage
 from conftest import make_texts
 
 LABELS = ["ham", "spam"]
@@ -44,7 +44,7 @@ def test_stage_1_reads_the_data_and_a_feedback_folder_at_memory_uris(tmp_path):
     put_memory(f"{root}/feedback/batch-1.jsonl", feedback.to_json(orient="records", lines=True))
     put_memory(f"{root}/feedback/.hidden", "not data")
     config = DataConfig(path=data, feedback_path=f"{root}/feedback", labels=LABELS, min_rows_per_class=5)
-    prepared = prepare_data(config, 1, tmp_path / "cache", tmp_path / "out")
+    prepared = data_stage.data(config, 1, tmp_path / "cache", tmp_path / "out")
     assert sum(counts["ham"] for counts in prepared.counts.values()) == 120 + 40
     assert prepared.source == f"{data}, {root}/feedback/batch-1.jsonl"  # the URIs, not the scratch copies
 
@@ -56,7 +56,7 @@ def test_stage_1_reads_the_three_splits_over_http(http_folder, tmp_path):
         part.to_csv(folder / f"{name}.csv", index=False)
     config = DataConfig(train_path=f"{url}/train.csv", val_path=f"{url}/val.csv", test_path=f"{url}/test.csv",
                         labels=LABELS, min_rows_per_class=5)
-    prepared = prepare_data(config, 1, tmp_path / "cache", tmp_path / "out")
+    prepared = data_stage.data(config, 1, tmp_path / "cache", tmp_path / "out")
     assert {split: sum(c.values()) for split, c in prepared.counts.items()} == {"train": 200, "val": 50, "test": 50}
 
 
@@ -68,13 +68,13 @@ def test_stage_1_reads_the_three_splits_over_http(http_folder, tmp_path):
 ])
 def test_a_missing_object_or_file_system_is_an_error_that_names_the_uri(uri, message, tmp_path):
     with pytest.raises(storage.StorageError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        prepare_data(DataConfig(path=uri, labels=LABELS), 1, tmp_path / "cache", tmp_path / "out")
+        data_stage.data(DataConfig(path=uri, labels=LABELS), 1, tmp_path / "cache", tmp_path / "out")
 
 
 def test_a_missing_object_over_http_names_the_url(http_folder, tmp_path):
     _, url = http_folder
     with pytest.raises(storage.StorageError, match=f"{url}/absent.csv: no such file"):
-        prepare_data(DataConfig(path=f"{url}/absent.csv", labels=LABELS), 1, tmp_path / "cache", tmp_path / "out")
+        data_stage.data(DataConfig(path=f"{url}/absent.csv", labels=LABELS), 1, tmp_path / "cache", tmp_path / "out")
 
 
 def test_replicas_write_their_own_shards_and_the_monitor_reads_them_all(tmp_path):

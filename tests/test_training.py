@@ -1,13 +1,16 @@
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from components.config import LoraConfig, ModelConfig, TrainConfig
-from components.evaluation import evaluate_model, score
-from components.model_init import initialise_model, load_classifier
+from components.handoff import read_split
+from components.evaluate.core import score
+from components.model import core as model_stage
+from components.model.core import load_classifier
 
-from conftest import write_splits
+from conftest import job_for, predict_test_split, write_splits
 
 LABELS = ["ham", "spam"]
 NO_GPU = not __import__("torch").cuda.is_available()
@@ -19,15 +22,15 @@ def data_dir(tmp_path):
 
 
 def tune(base, data_dir, tmp_path, strategy="full", epochs=3, name="tuned", device="cpu", precision="fp32", **train):
-    from components.training import fine_tune
+    from components.fine_tune.core import fine_tune
 
     model_cfg = ModelConfig(strategy=strategy, max_length=32, lora=LoraConfig(r=4))
     init = tmp_path / f"init-{name}"
-    initialise_model(str(base), strategy, 1, model_cfg.lora, LABELS, 0, init)
+    model_stage.model(str(base), strategy, 1, model_cfg.lora, LABELS, 0, init)
     train_cfg = TrainConfig(epochs=epochs, batch_size=16, learning_rate=train.pop("learning_rate", 3e-3), **train)
     logged = []
-    result = fine_tune(str(init), str(data_dir), str(tmp_path / name), str(tmp_path / f"ckpt-{name}"), model_cfg,
-                       train_cfg, device, precision, 0, lambda metrics, step: logged.append((step, metrics)))
+    result = fine_tune(job_for(init, data_dir, tmp_path / name, tmp_path / f"ckpt-{name}", model_cfg, train_cfg, device,
+                               precision), lambda metrics, step: logged.append((step, metrics)))
     return result, logged
 
 
@@ -44,7 +47,7 @@ def test_fine_tuning_lowers_the_loss_and_learns_the_task(fixture, strategy, requ
     step_losses = [m["train_loss"] for _, m in logged if "learning_rate" in m]
     assert len(step_losses) >= 3  # per-step loss is logged, not only per epoch
     # The saved model is a plain transformers model (LoRA merged) that reloads with the same accuracy.
-    probabilities, targets, labels, _ = evaluate_model(result.model_dir, str(data_dir), 32, 64, "cpu", "fp32")
+    probabilities, targets, labels = predict_test_split(result.model_dir, data_dir)
     assert score(probabilities, targets, labels).test_accuracy >= 0.85
     assert not (tmp_path / "tuned" / "adapter_config.json").exists()
     assert json.loads((tmp_path / "tuned" / "label_map.json").read_text()) == {"0": "ham", "1": "spam"}
@@ -54,15 +57,13 @@ def test_fine_tuning_lowers_the_loss_and_learns_the_task(fixture, strategy, requ
 @pytest.mark.parametrize("strategy", ["full", "partial", "lora", "head"])
 def test_llama_and_qwen2_decoders_fine_tune_with_every_strategy(family, strategy, tiny_decoders, data_dir, tmp_path):
     """Causal LMs loaded for sequence classification: a pad token set (they have none), last-token pooling."""
-    from components.model_init import initialise_model as initialise
-
-    spec = initialise(str(tiny_decoders[family]), strategy, 1, LoraConfig(r=4), LABELS, 0, tmp_path / "spec")
+    spec = model_stage.model(str(tiny_decoders[family]), strategy, 1, LoraConfig(r=4), LABELS, 0, tmp_path / "spec")
     assert spec.is_decoder and spec.model_type == family
     result, _ = tune(tiny_decoders[family], data_dir, tmp_path, strategy, epochs=2,
                      learning_rate=2e-2 if strategy in ("lora", "head") else 3e-3)
     losses = [r["train_loss"] for r in result.history]
     assert losses[-1] < losses[0]
-    probabilities, targets, labels, _ = evaluate_model(result.model_dir, str(data_dir), 32, 64, "cpu", "fp32")
+    probabilities, targets, labels = predict_test_split(result.model_dir, data_dir)
     assert probabilities.shape == (len(targets), 2)  # the saved model reloads and classifies
 
 
@@ -79,7 +80,7 @@ def test_qlora_trains_a_4bit_decoder_and_saves_it_merged_in_full_precision(tiny_
     import torch
     from safetensors.torch import load_file
 
-    from components.model_init import load_classifier as load
+    from components.model.core import load_classifier as load
 
     quantized, _ = load(str(tiny_decoders["llama"]), LABELS, quantized=True)
     assert any("4bit" in type(m).__name__ for m in quantized.modules())  # bitsandbytes' Linear4bit
@@ -89,25 +90,24 @@ def test_qlora_trains_a_4bit_decoder_and_saves_it_merged_in_full_precision(tiny_
     assert losses[-1] < losses[0]
     weights = load_file(Path(result.model_dir) / "model.safetensors")
     assert all(w.dtype == torch.float32 for w in weights.values()) and not any("lora" in k for k in weights)
-    probabilities, targets, labels, _ = evaluate_model(result.model_dir, str(data_dir), 32, 64, "cpu", "fp32")
+    probabilities, targets, labels = predict_test_split(result.model_dir, data_dir)
     assert probabilities.shape == (len(targets), 2)
 
 
 @pytest.mark.parametrize("fixture, strategy", [("tiny_bert", "head"), ("tiny_gpt2", "partial")])
 def test_cached_outputs_stand_in_for_the_frozen_blocks(fixture, strategy, request, data_dir):
     """The top trains on what the frozen blocks would give (eval mode), and they run once, not every epoch."""
-    import pandas as pd
     import torch
 
-    from components.frozen_blocks import CachedBlocks, frozen_outputs, standing_in
-    from components.model_init import apply_strategy, transformer_blocks
+    from components.fine_tune.frozen_blocks import CachedBlocks, frozen_outputs, standing_in
+    from components.model.core import apply_strategy, transformer_blocks
     from components.text_batches import encode, predict_logits
-    from components.training import frozen_block_count
+    from components.fine_tune.core import frozen_block_count
 
     model_cfg = ModelConfig(strategy=strategy)
     model, tokenizer = load_classifier(str(request.getfixturevalue(fixture)), LABELS)
     model = apply_strategy(model, strategy, model_cfg.trainable_blocks, model_cfg.lora)
-    rows = pd.read_parquet(data_dir / "val.parquet")
+    rows = read_split(data_dir, "val")
     split = encode(tokenizer, rows["text"].tolist(), 32)
     pad = tokenizer.pad_token_id
     frozen = frozen_block_count(model, model_cfg)
@@ -130,8 +130,8 @@ def test_the_last_block_runs_for_the_pooled_token_only_with_the_same_logits_and_
                                                                                           attention):
     import torch
 
-    from components.model_init import apply_strategy, transformer_blocks
-    from components.pooled_block import first_token_only
+    from components.model.core import apply_strategy, transformer_blocks
+    from components.fine_tune.pooled_block import first_token_only
 
     model, _ = load_classifier(str(tiny_bert), LABELS)
     model.set_attn_implementation(attention)
@@ -165,7 +165,7 @@ def test_the_last_block_runs_for_the_pooled_token_only_with_the_same_logits_and_
 def test_set_dropout_switches_off_every_dropout_layer(tiny_bert):
     import torch
 
-    from components.model_init import set_dropout
+    from components.model.core import set_dropout
 
     model, _ = load_classifier(str(tiny_bert), LABELS)
     model.train()
@@ -196,18 +196,17 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(where, tiny_bert, d
         if "val_loss" not in metrics and step > 11 + 3:  # 11 steps per epoch: we are inside epoch 2
             raise Interrupt
 
-    from components.training import fine_tune
+    from components.fine_tune.core import fine_tune
 
     init = tmp_path / "init-straight"
     cfg = ModelConfig(strategy="full", max_length=32), TrainConfig(epochs=3, batch_size=16, learning_rate=3e-3)
     with pytest.raises(Interrupt):
-        fine_tune(str(init), str(data_dir), str(tmp_path / "r"), checkpoints, *cfg, "cpu", "fp32", 0,
-                  stop_in_epoch_two)
+        fine_tune(job_for(init, data_dir, tmp_path / "r", checkpoints, *cfg), stop_in_epoch_two)
     if where == "uri":  # one complete checkpoint, named by LATEST
         assert storage.read_bytes(storage.join(checkpoints, "LATEST")) == b"epoch-0001"
         assert {Path(f).name for f in storage.list_files(storage.join(checkpoints, "epoch-0001"))} == {
             "best.safetensors", "last.safetensors", "optim.pt", "state.json"}
-    resumed = fine_tune(str(init), str(data_dir), str(tmp_path / "r"), checkpoints, *cfg, "cpu", "fp32", 0)
+    resumed = fine_tune(job_for(init, data_dir, tmp_path / "r", checkpoints, *cfg))
     assert resumed.resumed_from_epoch == 1
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
     # Same batches, same weights: resuming gives the uninterrupted run's result.
@@ -229,13 +228,13 @@ def test_early_stopping_restores_the_best_epoch(tiny_bert, data_dir, tmp_path):
 # partial: the cached outputs of the frozen blocks are fed to the GPU
 @pytest.mark.parametrize("fixture, strategy", [("tiny_bert", "full"), ("tiny_gpt2", "partial")])
 def test_fine_tuning_on_a_gpu_in_bf16(fixture, strategy, request, data_dir, tmp_path):
-    from components.training import fine_tune
+    from components.fine_tune.core import fine_tune
 
     init = tmp_path / "init"
-    initialise_model(str(request.getfixturevalue(fixture)), strategy, 1, LoraConfig(), LABELS, 0, init)
-    result = fine_tune(str(init), str(data_dir), str(tmp_path / "gpu"), str(tmp_path / "ckpt"),
-                       ModelConfig(strategy=strategy, max_length=32),
-                       TrainConfig(epochs=3, batch_size=16, learning_rate=3e-3), "cuda", "bf16", 0)
+    model_stage.model(str(request.getfixturevalue(fixture)), strategy, 1, LoraConfig(), LABELS, 0, init)
+    result = fine_tune(job_for(init, data_dir, tmp_path / "gpu", tmp_path / "ckpt",
+                               ModelConfig(strategy=strategy, max_length=32),
+                               TrainConfig(epochs=3, batch_size=16, learning_rate=3e-3), "cuda", "bf16"))
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert result.best_val_accuracy >= 0.9
 
@@ -260,12 +259,12 @@ def test_training_batches_cover_every_text_once_within_the_size_and_token_caps()
 
 
 def test_checkpoints_work_where_the_filesystem_has_no_hard_links(tiny_bert, data_dir, tmp_path, monkeypatch):
-    import components.training
+    import components.fine_tune.checkpoint
 
     def no_links(src, dst):
         raise OSError("hard links not supported")
 
-    monkeypatch.setattr(components.training.os, "link", no_links)
+    monkeypatch.setattr(components.fine_tune.checkpoint.os, "link", no_links)
     result, _ = tune(tiny_bert, data_dir, tmp_path, epochs=3)
     assert (tmp_path / "ckpt-tuned" / "best.safetensors").is_file()
     assert result.best_val_accuracy >= 0.9
@@ -278,17 +277,15 @@ def test_two_processes_train_with_ddp_and_an_interrupted_run_resumes_with_two(ti
     import subprocess
     import time
 
-    from components.distributed import fine_tune_in_processes, rank_job, torchrun_command
+    from components.fine_tune.processes import fine_tune_in_processes, torchrun_command
+    from components.handoff import write_job
 
     init = tmp_path / "init"
     model_cfg = ModelConfig(strategy="full", max_length=32)
-    initialise_model(str(tiny_bert), "full", 1, model_cfg.lora, LABELS, 0, init)
+    model_stage.model(str(tiny_bert), "full", 1, model_cfg.lora, LABELS, 0, init)
     train_cfg = TrainConfig(epochs=6, batch_size=16, learning_rate=3e-3, early_stopping_patience=6)
-    arguments = (str(init), str(data_dir), str(tmp_path / "tuned"), str(tmp_path / "ckpt"), model_cfg, train_cfg,
-                 "cpu", "fp32", 0)
-    job = tmp_path / "job.json"
-    job.write_text(json.dumps(rank_job(*arguments, threads=1, mlflow_run=None)))
-    first = subprocess.Popen(torchrun_command(job, 2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    job = job_for(init, data_dir, tmp_path / "tuned", tmp_path / "ckpt", model_cfg, train_cfg, threads=1)
+    first = subprocess.Popen(torchrun_command(write_job(tmp_path, job), 2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "ckpt" / "state.json"
     deadline = time.monotonic() + 120
     while not state.is_file() and first.poll() is None and time.monotonic() < deadline:
@@ -298,17 +295,17 @@ def test_two_processes_train_with_ddp_and_an_interrupted_run_resumes_with_two(ti
     interrupted_after = json.loads(state.read_text())["epoch"]  # 1, unless this machine was slow to stop it
     assert not (tmp_path / "tuned" / "train_result.json").exists()
 
-    resumed = fine_tune_in_processes(2, *arguments, threads=2)
+    resumed = fine_tune_in_processes(replace(job, threads=2), 2)
     assert resumed.resumed_from_epoch == interrupted_after >= 1
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4, 5, 6]
     losses = [r["train_loss"] for r in resumed.history]
     assert losses[-1] < losses[0] and resumed.best_val_accuracy >= 0.9
-    probabilities, targets, labels, _ = evaluate_model(resumed.model_dir, str(data_dir), 32, 64, "cpu", "fp32")
+    probabilities, targets, labels = predict_test_split(resumed.model_dir, data_dir)
     assert score(probabilities, targets, labels).test_accuracy >= 0.85
 
 
 def test_each_rank_takes_an_equal_share_of_the_same_batches():
-    from components.training import Ranks
+    from components.fine_tune.core import Ranks
 
     batches = [[i] for i in range(7)]
     shares = [Ranks(rank, 2).share(batches) for rank in range(2)]

@@ -18,10 +18,10 @@ import pytest
 import yaml
 
 from components.config import validate_config
-from components.evaluation import evaluate_model, score
-from components.model_init import initialise_model
+from components.evaluate.core import score
+from components.model import core as model_stage
 
-from conftest import make_texts, write_splits
+from conftest import job_for, make_texts, predict_test_split, write_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD = Path(__file__).parent / "data" / "trainer.kubeflow.org_trainjobs-v2.3.0.yaml.gz"
@@ -79,7 +79,7 @@ def lifecycle_config(tmp_path, base, **train):
 def test_the_train_job_is_a_valid_trainjob_of_trainer_v2_3(settings):
     from kubernetes.client import ApiClient
 
-    from components.trainjob import train_job_manifest
+    from components.fine_tune.trainjob import train_job_manifest
 
     cfg = validate_config({"name": "sms_spam", "data": {"path": "x.csv"}, "storage": {"checkpoints": "s3://b/c"},
                            **settings})
@@ -106,7 +106,7 @@ def test_the_train_job_is_a_valid_trainjob_of_trainer_v2_3(settings):
 
 @pytest.mark.parametrize("name", ["SMS_Spam", "modèle-é", "x" * 80])
 def test_any_pipeline_name_gives_a_valid_job_name_prefix(name):
-    from components.trainjob import train_job_manifest
+    from components.fine_tune.trainjob import train_job_manifest
 
     cfg = validate_config({"name": name, "data": {"path": "x.csv"}, "storage": {"checkpoints": "s3://b/c"},
                            "train": {"nodes": 2}})
@@ -203,29 +203,27 @@ def task_inputs(tmp_path, base, train_rows=None):
     data = write_splits(tmp_path / "task" / "data", LABELS, train_rows)
     init = tmp_path / "task" / "init"
     cfg = lifecycle_config(tmp_path, base)
-    initialise_model(str(base), "full", 1, cfg.model.lora, LABELS, 0, init)
-    return cfg, {"init_dir": str(init), "data_dir": str(data), "out_dir": str(tmp_path / "task" / "model"),
-                 "checkpoint_uri": f"{cfg.checkpoints_uri()}/run1", "model_cfg": cfg.model, "train_cfg": cfg.train,
-                 "device": "cpu", "precision": "fp32", "seed": 0}
+    model_stage.model(str(base), "full", 1, cfg.model.lora, LABELS, 0, init)
+    return cfg, job_for(init, data, tmp_path / "task" / "model", f"{cfg.checkpoints_uri()}/run1", cfg.model,
+                        cfg.train)
 
 
 def test_two_nodes_sharing_only_the_bucket_fine_tune_and_hand_back_the_model(tiny_bert, trainer, tmp_path, caplog):
     import logging
 
-    from components.trainjob import fine_tune_on_train_job
+    from components.fine_tune.trainjob import fine_tune_on_train_job
 
-    cfg, arguments = task_inputs(tmp_path, tiny_bert)
-    with caplog.at_level(logging.INFO, logger="components.trainjob"):
-        result = fine_tune_on_train_job(cfg, "run1", 1, **arguments, api=trainer)
+    cfg, job = task_inputs(tmp_path, tiny_bert)
+    with caplog.at_level(logging.INFO, logger="components.fine_tune.trainjob"):
+        result = fine_tune_on_train_job(cfg, "run1", 1, job, api=trainer)
     (name,) = trainer.nodes
-    assert result.model_dir == arguments["out_dir"]
-    assert json.loads(Path(arguments["out_dir"], "train_result.json").read_text())["model_dir"] == result.model_dir
+    assert result.model_dir == job.out_dir
+    assert json.loads(Path(job.out_dir, "train_result.json").read_text())["model_dir"] == result.model_dir
     assert name.startswith("ft-sms-spam-") and trainer.deleted == []
     assert "2 nodes x 1 ranks" in caplog.text and "Complete (JobsCompleted)" in caplog.text
     losses = [r["train_loss"] for r in result.history]
     assert losses[-1] < losses[0] and result.best_val_accuracy >= 0.9, trainer.logs(name)
-    probabilities, targets, labels, _ = evaluate_model(arguments["out_dir"], arguments["data_dir"], 32, 64, "cpu",
-                                                       "fp32")
+    probabilities, targets, labels = predict_test_split(job.out_dir, job.data_dir)
     assert score(probabilities, targets, labels).test_accuracy >= 0.85
     bucket = tmp_path / "bucket" / "checkpoints"
     assert (bucket / "run1" / "state.json").is_file()  # rank 0's checkpoint (file://: written in place), for --resume
@@ -236,25 +234,26 @@ def test_two_nodes_sharing_only_the_bucket_fine_tune_and_hand_back_the_model(tin
 
 
 def test_a_failed_train_job_fails_the_stage_naming_the_job_and_leaves_no_model(tiny_bert, trainer, tmp_path):
-    from components.trainjob import TrainJobError, fine_tune_on_train_job
+    from components.fine_tune.trainjob import TrainJobError, fine_tune_on_train_job
 
     unlabelled = make_texts(168).drop(columns="label")
-    cfg, arguments = task_inputs(tmp_path, tiny_bert, train_rows=unlabelled)
+    cfg, job = task_inputs(tmp_path, tiny_bert, train_rows=unlabelled)
     with pytest.raises(TrainJobError, match=r"TrainJob default/ft-sms-spam-00000 failed: JobsFailed: [12] of 2 nodes"
                                             r".*kubectl -n default logs"):
-        fine_tune_on_train_job(cfg, "run1", 1, **arguments, api=trainer)
+        fine_tune_on_train_job(cfg, "run1", 1, job, api=trainer)
     assert "label" in trainer.logs("ft-sms-spam-00000")  # the node's own error is in its log
-    assert not Path(arguments["out_dir"]).exists() and trainer.deleted == []  # kept for kubectl describe
+    assert not Path(job.out_dir).exists() and trainer.deleted == []  # kept for kubectl describe
     assert not (tmp_path / "bucket" / "checkpoints" / "trainjobs" / "run1").exists()
 
 
 def test_a_train_job_needs_an_mlflow_server_its_pods_reach(tmp_path):
-    from components.trainjob import TrainJobError, fine_tune_on_train_job
+    from components.fine_tune.trainjob import TrainJobRefused, fine_tune_on_train_job
 
     cfg = lifecycle_config(tmp_path, "unused")
-    with pytest.raises(TrainJobError, match="needs a tracking server .*not sqlite:///work/mlflow.db"):
-        fine_tune_on_train_job(cfg, "run1", 1, "init", "data", "out", "ckpt", cfg.model, cfg.train, "cpu", "fp32", 0,
-                               mlflow_run=("sqlite:///work/mlflow.db", "abc"), api=RefusingCluster())
+    with pytest.raises(TrainJobRefused, match="needs a tracking server .*not sqlite:///work/mlflow.db"):
+        fine_tune_on_train_job(cfg, "run1", 1, job_for("init", "data", "out", "ckpt", cfg.model, cfg.train,
+                                                       mlflow_run=("sqlite:///work/mlflow.db", "abc")),
+                               api=RefusingCluster())
 
 
 class RefusingCluster:
@@ -268,12 +267,12 @@ class RefusingCluster:
 
 
 def test_a_refused_train_job_names_the_namespace_and_what_to_grant(tiny_bert, tmp_path):
-    from components.trainjob import TrainJobError, fine_tune_on_train_job
+    from components.fine_tune.trainjob import TrainJobRefused, fine_tune_on_train_job
 
-    cfg, arguments = task_inputs(tmp_path, tiny_bert)
+    cfg, job = task_inputs(tmp_path, tiny_bert)
     cfg.kfp.trainjob.namespace = "team-a"
-    with pytest.raises(TrainJobError, match="namespace team-a: 403 .*cannot create resource.*service account"):
-        fine_tune_on_train_job(cfg, "run1", 1, **arguments, api=RefusingCluster())
+    with pytest.raises(TrainJobRefused, match="namespace team-a: 403 .*cannot create resource.*service account"):
+        fine_tune_on_train_job(cfg, "run1", 1, job, api=RefusingCluster())
     assert not (tmp_path / "bucket" / "checkpoints" / "trainjobs" / "run1").exists()
 
 
@@ -296,7 +295,7 @@ class RestartingApiServer:
 
 
 def test_following_waits_out_a_restarting_api_server_but_not_one_that_stays_down():
-    from components.trainjob import TrainJobError, follow
+    from components.fine_tune.trainjob import TrainJobError, follow
 
     restarting = RestartingApiServer(failures=3)
     assert follow(restarting, "team-a", "ft-x-abcde", 0.01)["status"]["conditions"][0]["type"] == "Complete"
@@ -310,7 +309,7 @@ def test_following_waits_out_a_restarting_api_server_but_not_one_that_stays_down
 STOPPED_TASK = """
 import sys
 from pathlib import Path
-from components.trainjob import follow
+from components.fine_tune.trainjob import follow
 
 class RunningJob:
     def get_namespaced_custom_object(self, *args):
