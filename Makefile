@@ -28,4 +28,4 @@ ui: install
 	$(VENV)/bin/lifecycle ui $(ARGS)
 
 clean:
-	rm -rf work local_outputs
+	rm -rf work
