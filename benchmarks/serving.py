@@ -93,7 +93,8 @@ def runtimes(run: Path, threads: int):
 
 
 def newest_run(root: Path) -> Path:
-    runs = sorted((p for p in root.glob("*-training-*") if (p / DEPLOY.task_name).is_dir()), key=lambda p: p.stat().st_mtime)
+    runs = sorted((p for p in root.glob("*-training-*") if (p / DEPLOY.task_name).is_dir()),
+                  key=lambda p: p.stat().st_mtime)
     if not runs:
         raise SystemExit(f"no deployed run under {root}: run `lifecycle run` first, or pass --run-dir")
     return runs[-1]

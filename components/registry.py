@@ -81,16 +81,16 @@ def register_challenger(model_name: str, model_dir: str, labels: list[str], card
     return version
 
 
-def publish_champion(model_name: str, challenger_version: str, bundle: str, labels: list[str], tags: dict[str, str],
+def publish_champion(source, bundle: str, labels: list[str], tags: dict[str, str],
                      example_texts: list[str]) -> tuple[str, Optional[str]]:
-    """Stage 6: the ONNX bundle of the challenger as a new version (the challenger's card and tags, and `tags`),
-    then `champion`. Returns (the new version, the champion it replaced or None)."""
+    """Stage 6: the ONNX bundle of the challenger `source` (a registered version, see `challenger`) as a new version
+    with its card and tags, and `tags`; then `champion`. Returns (the new version, the champion it replaced or
+    None)."""
     from components.pyfunc_model import OnnxTextClassifier
 
-    source = challenger(model_name, challenger_version)
-    version = register_model(OnnxTextClassifier(), {"bundle": bundle}, labels, model_name, source.description,
-                             source.tags | tags | {"source_version": challenger_version}, example_texts)
-    return version, promote(model_name, version)
+    version = register_model(OnnxTextClassifier(), {"bundle": bundle}, labels, source.name, source.description,
+                             source.tags | tags | {"source_version": str(source.version)}, example_texts)
+    return version, promote(source.name, version)
 
 
 def challenger(model_name: str, version: str):

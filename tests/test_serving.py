@@ -25,8 +25,9 @@ def server(tiny_bundle, tmp_path_factory):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    code = (f"from components.deploy.serving import Limits, serve; serve({str(tiny_bundle / 'bundle')!r}, {MODEL!r}, '3', "
-            f"{port}, {str(log_dir)!r}, Limits(max_batch=8, max_text_chars=200, max_request_bytes=4096))")
+    code = (f"from components.deploy.serving import Limits, serve; "
+            f"serve({str(tiny_bundle / 'bundle')!r}, {MODEL!r}, '3', {port}, {str(log_dir)!r}, "
+            f"Limits(max_batch=8, max_text_chars=200, max_request_bytes=4096))")
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     wait_until_ready(url, process)

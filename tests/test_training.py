@@ -285,7 +285,8 @@ def test_two_processes_train_with_ddp_and_an_interrupted_run_resumes_with_two(ti
     model_stage.model(str(tiny_bert), "full", 1, model_cfg.lora, LABELS, 0, init)
     train_cfg = TrainConfig(epochs=6, batch_size=16, learning_rate=3e-3, early_stopping_patience=6)
     job = job_for(init, data_dir, tmp_path / "tuned", tmp_path / "ckpt", model_cfg, train_cfg, threads=1)
-    first = subprocess.Popen(torchrun_command(write_job(tmp_path, job), 2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(torchrun_command(write_job(tmp_path, job), 2), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
     state = tmp_path / "ckpt" / "state.json"
     deadline = time.monotonic() + 120
     while not state.is_file() and first.poll() is None and time.monotonic() < deadline:

@@ -21,8 +21,8 @@ def deploy(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: st
     cfg = LifecycleConfig.model_validate_json(config_json)
     name = cfg.tracking.registered_model
     with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, DEPLOY.run_name) as stage:
-        # stage 5's calibration, served as it decided
-        temperature = float(challenger(name, challenger_version).tags.get(TEMPERATURE_TAG, 1.0))
+        source = challenger(name, challenger_version)
+        temperature = float(source.tags.get(TEMPERATURE_TAG, 1.0))  # stage 5's calibration, served as it decided
         try:
             report = core.deploy(model_dir, data_dir, out_dir, cfg.monitor.reference_size, cfg.seed,
                                  temperature=temperature)
@@ -32,7 +32,7 @@ def deploy(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: st
         mlflow.log_metrics({k: v for k, v in report.to_dict().items() if isinstance(v, float)})
         mlflow.log_params({"served": report.served, "served_reason": report.reason, "temperature": temperature})
         version, demoted = publish_champion(
-            name, challenger_version, str(bundle_dir(out_dir)), read_labels(model_dir),
+            source, str(bundle_dir(out_dir)), read_labels(model_dir),
             {"format": f"onnx-{report.served}", "parity_max_abs_logit_diff": f"{report.max_abs_logit_diff:.2e}"},
             read_texts(data_dir, "test", 3))
         mlflow.set_tags({"model_version": version, "previous_champion": demoted or "none"})

@@ -46,8 +46,8 @@ def _model(f: CardFacts) -> str:
 
 def _data(f: CardFacts) -> str:
     data, meta, labels = f.manifest, f.data_meta, f.spec.labels
-    counts = "\n".join(f"| {split} | " + " | ".join(str(c.get(label, 0)) for label in labels) + f" | {sum(c.values())} |"
-                       for split, c in data.counts.items())
+    counts = "\n".join(f"| {split} | " + " | ".join(str(c.get(label, 0)) for label in labels)
+                       + f" | {sum(c.values())} |" for split, c in data.counts.items())
     leaking = data.dropped_leaking_texts
     leakage = ("\n- Leakage: " + " and ".join(f"{n} texts of {split}" for split, n in leaking.items())
                + " that an earlier split also holds were dropped (data.on_leakage=drop).") if leaking else ""

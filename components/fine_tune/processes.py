@@ -51,7 +51,8 @@ def torchrun_command(job_file: str | Path, processes: Optional[int] = None) -> l
     """torchrun with ranks of this module: `processes` on this machine (a rendezvous of its own), or with None as
     the PET_* environment says."""
     alone = ["--standalone", f"--nproc-per-node={processes}"] if processes else []
-    return [sys.executable, "-m", "torch.distributed.run", *alone, "-m", "components.fine_tune.processes", str(job_file)]
+    return [sys.executable, "-m", "torch.distributed.run", *alone, "-m", "components.fine_tune.processes",
+            str(job_file)]
 
 
 def main(job_file: str) -> None:

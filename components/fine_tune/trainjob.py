@@ -1,6 +1,6 @@
 """Stage 4 on several nodes: a Kubeflow Trainer TrainJob (a torch runtime) runs `train.nodes` pods of the project's
-image, each torchrun with its ranks (components.fine_tune.processes). The pods share no disk with the fine-tune task that
-submits the job: the task puts the splits, the stage 2 model and the job at a storage URI; every node fetches them;
+image, each torchrun with its ranks (components.fine_tune.processes). The pods share no disk with the fine-tune task
+that submits the job: the task puts the splits, the stage 2 model and the job at a storage URI; every node fetches them;
 the node of rank 0 puts the fine-tuned model back; the task follows the job to its end and takes the model.
 Importable without MLflow or KFP: the module is also the node's entry point."""
 
@@ -110,8 +110,8 @@ def kubernetes_api():
             config.load_kube_config()
         except (config.ConfigException, OSError) as err:
             raise TrainJobRefused(f"train.nodes > 1 submits a Kubeflow Trainer TrainJob, and there is no "
-                                  f"Kubernetes API here: not in a pod with a service account, and no usable kubeconfig ({err})"
-                                ) from None
+                                  f"Kubernetes API here: not in a pod with a service account, and no usable "
+                                  f"kubeconfig ({err})") from None
     return client.CustomObjectsApi()
 
 
