@@ -54,6 +54,9 @@ class DataConfig(_Section):
     # A column to report metrics per value of (language, channel, ...): carried through stage 1 as `group`.
     group_column: Optional[str] = None
     labels: Optional[list[str]] = None  # None: inferred from the data and reported
+    # Control characters in a text (NUL and the other C0 controls but tab and newline): strip (whitespace-like ones
+    # become a space, the rest go; counted in the manifest and the model card) or refuse (the gate names the rows).
+    control_characters: Literal["strip", "refuse"] = "strip"
     min_rows_per_class: int = Field(10, ge=1)
     min_text_chars: int = Field(1, ge=1)
     max_text_chars: int = Field(10_000, ge=1)
@@ -65,6 +68,24 @@ class DataConfig(_Section):
     name: str = "dataset"  # for the model card and MLflow inputs
     licence: str = "unknown"
     citation: str = ""
+
+    @field_validator("separator")
+    @classmethod
+    def _one_character(cls, separator: str) -> str:
+        if len(separator) != 1:
+            raise ValueError("expected one character (\\t for a tab)")
+        return separator
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, encoding: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ValueError("unknown encoding; e.g. utf-8, latin-1, cp1252") from None
+        return encoding
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":

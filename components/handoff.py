@@ -63,6 +63,10 @@ class Manifest:
     dropped_duplicates: int
     dropped_conflicting_texts: int
     dropped_leaking_texts: dict[str, int] = field(default_factory=dict)  # split -> texts an earlier split holds
+    skipped_records: int = 0  # damaged records (not JSON, not in the encoding, the wrong number of fields) left out
+    skipped_files: int = 0  # feedback files that could not be read at all
+    control_characters: str = "strip"  # the policy (data.control_characters)
+    stripped_control_characters: int = 0  # texts that held control characters, stripped
     schema: dict[str, str] = field(default_factory=dict)  # the splits' columns
 
     def to_dict(self) -> dict:
@@ -73,7 +77,11 @@ class Manifest:
         rows = ", ".join(f"{split} {sum(counts.values()):,}" for split, counts in self.counts.items())
         leaking = sum(self.dropped_leaking_texts.values())
         return (f"{rows} rows; dropped {self.dropped_duplicates:,} duplicates, {self.dropped_conflicting_texts:,} "
-                f"texts with conflicting labels" + (f", {leaking:,} texts leaking across splits" if leaking else ""))
+                f"texts with conflicting labels" + (f", {leaking:,} texts leaking across splits" if leaking else "")
+                + (f"; skipped {self.skipped_records:,} damaged records" if self.skipped_records else "")
+                + (f" and {self.skipped_files:,} unreadable files" if self.skipped_files else "")
+                + (f"; stripped control characters from {self.stripped_control_characters:,} texts"
+                   if self.stripped_control_characters else ""))
 
 
 @dataclass

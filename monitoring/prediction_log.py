@@ -17,6 +17,7 @@ import uuid
 from typing import Iterable, Optional
 
 SHARD_PREFIX = "predictions-"
+COLUMNS = ["timestamp", "model", "model_version", "text", "label", "probabilities"]  # of each record
 
 
 class PredictionLog:
@@ -43,9 +44,8 @@ class PredictionLog:
     def write(self, texts: Iterable[str], labels: Iterable[str], probabilities: Iterable[dict], model: str,
               version: str) -> None:
         stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
-        lines = [json.dumps({"timestamp": stamp, "model": model, "model_version": version, "text": text,
-                             "label": label, "probabilities": probs}, ensure_ascii=False) + "\n"
-                 for text, label, probs in zip(texts, labels, probabilities)]
+        lines = [json.dumps(dict(zip(COLUMNS, (stamp, model, version, text, label, probs))), ensure_ascii=False)
+                 + "\n" for text, label, probs in zip(texts, labels, probabilities)]
         with self._lock:
             if not self._waiting:
                 self._oldest = time.monotonic()
@@ -81,36 +81,57 @@ class PredictionLog:
                     self._flush()
 
 
-def read_predictions(root: str, files: Optional[list[str]] = None):
-    """The logged predictions under root (or in `files`) as a DataFrame, oldest shard first."""
-    import io
-
+def read_predictions(root: str, files: Optional[list[str]] = None, skipped=None):
+    """The logged predictions under root (or in `files`) as a DataFrame, oldest shard first, with timestamps as
+    UTC datetimes. A record that is not a JSON object with a text and a timestamp, and a shard that cannot be read,
+    are skipped with a warning and counted in `skipped` (a SkippedRecords)."""
     import pandas as pd
 
+    from components.data.tables import SkippedRecords, jsonl_records
     from components.storage import exists, list_files, read_bytes
 
+    skipped = skipped or SkippedRecords()
     if files is None:
         files = list_files(root, f"{SHARD_PREFIX}*.jsonl") if exists(root) else []
-    payloads = [read_bytes(f) for f in files]
-    frames = [pd.read_json(io.BytesIO(p), lines=True, dtype=False) for p in payloads if p]  # texts stay text
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["timestamp", "model", "model_version", "text", "label", "probabilities"])
+    rows = []
+    for uri in files:
+        try:
+            text = read_bytes(uri).decode("utf-8", errors="surrogateescape")
+        except OSError as err:
+            skipped.object(uri, f"cannot be read: {err}")
+            continue
+        for line, record in jsonl_records(text, "utf-8", uri, skipped):
+            stamp, why = _prediction_time(record)
+            if why:
+                skipped.record(uri, line, why)
+            else:
+                rows.append(record | {"timestamp": stamp})
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def read_window(root: str, hours: float, now: dt.datetime | None = None):
+def _prediction_time(record: dict) -> tuple[Optional[dt.datetime], str]:
+    """(the record's timestamp in UTC, '') for a usable record, else (None, why it is not)."""
+    text, stamp = record.get("text"), record.get("timestamp")
+    if not isinstance(text, str) or not text.strip():
+        return None, "no text" if text is None else f"the text is not a non-empty string: {str(text)[:40]!r}"
+    try:
+        parsed = dt.datetime.fromisoformat(stamp)
+    except (TypeError, ValueError):
+        return None, f"the timestamp {str(stamp)[:40]!r} is not an ISO 8601 time"
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)).astimezone(dt.timezone.utc), ""
+
+
+def read_window(root: str, hours: float, now: dt.datetime | None = None, skipped=None):
     """The predictions logged in the last `hours` (only the shards of the days that can hold them are read)."""
     from components.storage import exists, list_files
 
     now = now or dt.datetime.now(dt.timezone.utc)
     since = now - dt.timedelta(hours=hours)
     shards = list_files(root, f"{SHARD_PREFIX}*.jsonl") if exists(root) else []
-    files = [f for f in shards if shard_day(f) >= f"{since:%Y%m%d}"]
-    frame = read_predictions(root, files)
+    frame = read_predictions(root, [f for f in shards if shard_day(f) >= f"{since:%Y%m%d}"], skipped)
     if frame.empty:
         return frame
-    import pandas as pd
-
-    stamps = pd.to_datetime(frame["timestamp"], utc=True)
+    stamps = frame["timestamp"]
     return frame[(stamps >= since) & (stamps <= now)].reset_index(drop=True)
 
 

@@ -128,3 +128,73 @@ def test_monitor_checks_the_test_split_against_the_champions_reference(run):
     found = stage_run(run, MONITOR)
     assert found.data.tags["drift_detected"] == "false"
     assert {a.path for a in run["client"].list_artifacts(found.info.run_id, "drift")} >= {"drift/drift_summary.json"}
+
+
+def damaged_shards(folder: Path, texts: list[str]) -> None:
+    """A good shard of `texts`, and shards with 6 damaged records and 2 good ones, as a bucket's objects get
+    damaged."""
+    import datetime as dt
+    import json
+
+    now = dt.datetime.now(dt.timezone.utc)
+    line = lambda text, stamp=now.isoformat(): json.dumps({"timestamp": stamp, "text": text, "label": "ham"})  # noqa
+    day = f"predictions-{now:%Y%m%d}-{now:%H%M%S}"
+    shards = {
+        "good": "\n".join(line(t) for t in texts) + "\n",
+        "truncated": line(texts[0]) + "\n" + line(texts[1])[:25],  # cut mid-line as a killed writer leaves it
+        "latin1": line(texts[2]).encode().replace(b'"ham"', b'"h\xe4m"') + b"\n",
+        "stamp": line(texts[3], "yesterday-ish") + "\n" + line(texts[4]) + "\n",
+        "no-text": json.dumps({"timestamp": now.isoformat(), "label": "ham"}) + "\n" + line(7) + "\n[1, 2]\n",
+    }
+    for name, content in shards.items():
+        (folder / f"{day}-{name}-000001.jsonl").write_bytes(content if isinstance(content, bytes) else content.encode())
+
+
+def test_monitor_skips_damaged_shards_counts_them_and_still_gives_a_verdict(run, capsys):
+    """The prediction log as a bucket may hold it: one good shard beside shards cut, mis-encoded or malformed."""
+    from pipelines.cli import main
+    from conftest import as_args
+
+    folder = run["root"] / "predictions"
+    folder.mkdir()
+    damaged_shards(folder, make_texts(240, seed=7)["text"].sample(60, random_state=0).tolist())
+    settings = tiny_settings(run["root"] / "work", run["root"] / "texts.csv", "unused", f"tracking.uri={run['uri']}",
+                             f"storage.predictions={folder}")
+    assert main(["monitor", *as_args(settings)]) == 0
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.out + printed.err
+    assert "latin1-000001.jsonl: line 1: not valid utf-8 text (byte 0xe4)" in printed.out + printed.err
+    assert "stamp-000001.jsonl: line 1: the timestamp 'yesterday-ish' is not an ISO 8601 time" in printed.out
+    assert "62 texts of prediction log" in printed.out and "6 damaged records skipped" in printed.out
+    assert "drift not detected" in printed.out
+    client = run["client"]
+    experiment = client.get_experiment_by_name("sms-spam").experiment_id
+    check = client.search_runs([experiment], "tags.`lifecycle.stage` = '7-monitor' and tags.mlflow.parentRunId "
+                                             "IS NULL", order_by=["attributes.start_time DESC"])[0]
+    assert check.data.metrics["skipped_records"] == 6 and check.data.metrics["current_size"] == 62
+
+    # Nothing but damaged shards: a clear message, exit code 2, no traceback.
+    for shard in folder.iterdir():
+        if any(kind in shard.name for kind in ("good", "truncated", "stamp")):
+            shard.unlink()
+    assert main(["monitor", *as_args(settings)]) == 2
+    printed = capsys.readouterr()
+    assert "nothing usable: 4 damaged records, e.g. " in printed.err and "Traceback" not in printed.err
+
+
+@pytest.mark.parametrize("name", ["empty.jsonl", "empty.tsv", "empty.csv", "empty.parquet"])
+def test_an_empty_window_is_no_verdict_whatever_its_format(run, name, capsys):
+    import pandas as pd
+
+    from pipelines.cli import main
+    from conftest import as_args
+
+    current = run["root"] / name
+    if name.endswith(".parquet"):
+        pd.DataFrame({"text": pd.Series([], dtype=str)}).to_parquet(current)
+    else:
+        current.write_text("")
+    settings = tiny_settings(run["root"] / "work", run["root"] / "texts.csv", "unused", f"tracking.uri={run['uri']}")
+    assert main(["monitor", "--current", str(current), *as_args(settings)]) == 0
+    printed = capsys.readouterr().out
+    assert f"0 texts of {current}" in printed and "no verdict" in printed

@@ -98,8 +98,11 @@ def free_port() -> int:
     (["monitor"], [], {}, "has no version of 'sms-spam-classifier' with the alias 'champion'"),
     (["serve"], [], {}, "has no version of 'sms-spam-classifier' with the alias 'champion'"),
     (["rollback"], [], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"}, "does not answer (ConnectionError)"),
+    (["run"], ["data.separator=;;"], {}, "data.separator: expected one character (\\t for a tab) (got ';;')"),
+    (["run"], ["data.encoding=utf-9"], {}, "data.encoding: unknown encoding; e.g. utf-8, latin-1, cp1252"),
 ], ids=["bad-config-value", "config-is-a-directory", "data-is-a-directory", "rollback-without-previous",
-        "monitor-without-champion", "serve-without-champion", "tracking-server-unreachable"])
+        "monitor-without-champion", "serve-without-champion", "tracking-server-unreachable", "separator-too-long",
+        "unknown-encoding"])
 def test_a_user_mistake_is_one_message_and_exit_code_2_without_a_traceback(command, settings, environment, expected,
                                                                            tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

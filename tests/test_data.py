@@ -114,7 +114,8 @@ def test_wrong_separator_is_a_clear_error(tmp_path):
     path = tmp_path / "sms.tsv"
     path.write_text("ham\tsee you, later\nspam\tWIN cash, now, call\n" * 20)
     config = data_config(path, separator=",", header=False, column_names=["label", "text"], quoting=False)
-    with pytest.raises(DataError, match=r"sms.tsv: cannot parse.*data.separator \(now ','\)"):
+    with pytest.raises(DataValidationError, match=r"reading skipped 20 damaged records, e.g. .*sms.tsv: line 2: 3 "
+                                                  r"fields for the 2 column names.*data.separator \(now .,.\)"):
         data_stage.data(config, 1, tmp_path, tmp_path / "out")
 
 
@@ -213,3 +214,72 @@ def test_feedback_files_of_one_class_join_the_data_and_a_bad_one_is_named(tmp_pa
     new.assign(label="junk").to_json(feedback / "more.jsonl", orient="records", lines=True)
     with pytest.raises(DataValidationError, match=r"more\.jsonl(.|\n)*not in \['ham', 'spam'\]"):
         data_stage.data(data, 1, tmp_path, tmp_path / "out2")
+
+
+def test_control_characters_are_stripped_and_counted_or_refused_naming_the_row_never_cut(tmp_path):
+    from components.evaluate import model_card
+    from components.handoff import read_manifest
+
+    rows = make_texts(60)
+    rows.loc[4, "text"] = "FreeMsg Hey there da\x00rling it's been 3 week's now\x0cand no word back"
+    path = tmp_path / "nul.csv"
+    rows.to_csv(path, index=False)
+    prepared = data_stage.data(data_config(path), 1, tmp_path, tmp_path / "out")
+    texts = pd.concat(read_split(tmp_path / "out", split) for split in SPLITS)["text"].tolist()
+    assert "FreeMsg Hey there darling it's been 3 week's now and no word back" in texts  # whole, not cut at the NUL
+    assert prepared.stripped_control_characters == 1 and prepared.control_characters == "strip"
+    assert json.loads((tmp_path / "out" / "validation.json").read_text())["all"]["stripped_control_characters"] == 1
+    facts = model_card.CardFacts("m", SimpleNamespace(labels=["ham", "spam"]), read_manifest(tmp_path / "out"),
+                                 {"name": "texts", "licence": "CC0", "citation": ""}, None, None, None, None)
+    assert "1 texts held control characters (NUL and other C0 controls" in model_card._data(facts)
+
+    message = bad_data_error(tmp_path, rows, control_characters="refuse")
+    assert "row 6: \"FreeMsg Hey there da\\x00rling" in message and "hold control characters" in message
+
+
+def test_damaged_records_are_skipped_named_and_counted_in_every_format(tmp_path, caplog):
+    rows = make_texts(60)
+    csv_path = tmp_path / "texts.csv"
+    rows.to_csv(csv_path, index=False)
+    with open(csv_path, "ab") as out:
+        out.write(b"ham,three,fields\nspam,caf\xe9 latin-1\n")  # lines 62 and 63
+    feedback = tmp_path / "feedback"
+    feedback.mkdir()
+    good = rows.assign(text=rows["text"] + " again").head(10).to_json(orient="records", lines=True)
+    (feedback / "cut.jsonl").write_text(good + '{"text": "cut off", "lab')  # line 11
+    (feedback / "broken.parquet").write_bytes(b"PAR1 not really")
+    with caplog.at_level("WARNING"):
+        prepared = data_stage.data(data_config(csv_path, feedback_path=str(feedback)), 1, tmp_path, tmp_path / "out")
+    assert prepared.skipped_records == 3 and prepared.skipped_files == 1
+    assert sum(sum(c.values()) for c in prepared.counts.values()) == 70  # every good row kept
+    warned = caplog.text
+    assert "texts.csv: line 62: 3 fields for the 2 column names ['label', 'text']" in warned
+    assert "texts.csv: line 63: not valid utf-8 text (byte 0xe9)" in warned
+    assert "cut.jsonl: line 11: not JSON" in warned and "broken.parquet: not a readable Parquet file" in warned
+    report = json.loads((tmp_path / "out" / "validation.json").read_text())
+    assert report["all"]["skipped_records"] == 2 and report["feedback-cut"]["skipped_records"] == 1
+
+
+@pytest.mark.parametrize("content, settings, message", [
+    ("label,text\nham,see you,later\nspam,win,cash now\n", {},
+     r"no row has the 2 fields of the column names \['label', 'text'\]: 2 rows have 3 fields"),
+    ("ham\tsee you\tsoon\nspam\twin\tnow\n", {"separator": "\t", "header": False, "column_names": ["label", "text"]},
+     r"2 rows have 3 fields.*data.separator \(now '\\t'\)"),
+    ("text,label,text\na,ham,b\n", {}, r"the column name\(s\) \['text'\] appear more than once"),
+    ('label,text\nham,"see you\nspam,win\n', {}, r"line 2: a quote opened in this row is never closed.*data.quoting"),
+    ("", {}, r"no rows to read"),
+])
+def test_a_file_that_does_not_fit_its_format_says_why(tmp_path, content, settings, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        data_stage.data(data_config(path, **settings), 1, tmp_path, tmp_path / "out")
+
+
+@pytest.mark.parametrize("change, named", [
+    (lambda rows: rows.assign(label=rows["label"].where(rows.index % 7 != 0, "Spam")), "not among them: ['Spam']"),
+    (lambda rows: pd.concat([pd.DataFrame({"label": ["label"], "text": ["text"]}), rows]), "not among them: ['label']"),
+])
+def test_more_labels_than_configured_are_named(tmp_path, change, named):
+    message = bad_data_error(tmp_path, change(make_texts(60)))
+    assert "more than the 2 of data.labels" in message and named in message

@@ -31,7 +31,9 @@ def data(config_json: str, tracking_uri: str, parent_run_id: str, out_dir: str) 
             mlflow.log_input(dataset, context=split)
             mlflow.log_metric(f"{split}_rows", sum(counts.values()))
         mlflow.log_params({"data_fingerprint": manifest.fingerprint, "labels": ",".join(manifest.labels)})
-        mlflow.log_metrics({f"{split}_dropped_leaking_texts": n for split, n in manifest.dropped_leaking_texts.items()})
+        mlflow.log_metrics({f"{split}_dropped_leaking_texts": n for split, n in manifest.dropped_leaking_texts.items()}
+                           | {"skipped_records": manifest.skipped_records, "skipped_files": manifest.skipped_files,
+                              "stripped_control_characters": manifest.stripped_control_characters})
         mlflow.log_dict(manifest.to_dict(), MANIFEST)
         stage.result = manifest.summary()
     mlflow.MlflowClient().set_tag(parent_run_id, "data_fingerprint", manifest.fingerprint)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import fields, replace
 from pathlib import Path
 
 import pandas as pd
 
 from components.config import DataConfig
-from components.data.tables import DataError, TableFormat, fetch, file_sha256, format_of, read_table
-from components.data.validation import DataValidationError, ValidationRules, validate_table
+from components.data.tables import DataError, SkippedRecords, TableFormat, fetch, file_sha256, format_of, read_table
+from components.data.validation import (CONTROL_CHARACTERS, DataValidationError, ValidationRules, validate_table,
+                                        without_controls)
 from components.handoff import (MANIFEST, SPLITS, VALIDATION_REPORT, Manifest, data_docs_path, split_path,
                                 write_json)
+
+log = logging.getLogger(__name__)
 
 FEEDBACK = "feedback"  # the source names of feedback files start with this
 SOURCE = "_lifecycle_source"  # the column that stage 1 adds to each table read: "data" or "feedback"
@@ -27,8 +31,9 @@ def data(config: DataConfig, seed: int, cache_dir: str | Path, out_dir: str | Pa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sources = resolve_sources(config, cache_dir)
-    frames, digests = read_sources(config, sources)
-    reports = validate_sources(config, frames, sources, out_dir)
+    frames, digests, skipped = read_sources(config, sources)
+    frames, stripped = strip_control_characters(frames, config)
+    reports = validate_sources(config, frames, sources, out_dir, skipped, stripped)
     labels = sorted(set().union(*(r.labels for r in reports.values())))
     duplicates = sum(r.duplicate_rows for r in reports.values())
     conflicts = sum(r.conflicting_texts for r in reports.values())
@@ -46,42 +51,95 @@ def data(config: DataConfig, seed: int, cache_dir: str | Path, out_dir: str | Pa
         dropped_duplicates=duplicates,
         dropped_conflicting_texts=conflicts,
         dropped_leaking_texts=leaking,
+        skipped_records=sum(n.records for n in skipped.values()),
+        skipped_files=sum(n.objects for n in skipped.values()),
+        control_characters=config.control_characters,
+        stripped_control_characters=sum(stripped.values()),
         schema=SCHEMA,
     )
     write_json(out_dir, MANIFEST, manifest.to_dict())
     return manifest
 
 
-def read_sources(config: DataConfig, sources: dict[str, str]) -> tuple[dict[str, pd.DataFrame], list[str]]:
+def read_sources(config: DataConfig, sources: dict[str, str]) -> tuple[dict[str, pd.DataFrame], list[str],
+                                                                      dict[str, SkippedRecords]]:
     """Each source as a table (feedback files may also be JSONL or Parquet, whatever the data's format:
-    monitoring writes JSONL), and each file's sha256."""
+    monitoring writes JSONL), each file's sha256, and what each reading skipped as damaged. A feedback file that
+    cannot be read at all, or holds no rows, is left out (a damaged one counted); the data's own files must hold
+    rows."""
     import tempfile
 
     from components.storage import fetch_file
 
+    frames, digests, skipped = {}, [], {name: SkippedRecords() for name in sources}
     with tempfile.TemporaryDirectory(prefix="lifecycle-data-") as scratch:  # copies of remote files
-        files = {name: fetch_file(uri, Path(scratch) / name) for name, uri in sources.items()}
-        frames = {name: read_table(files[name], format_of(uri, table_format(config)) if name.startswith(FEEDBACK)
-                                   else table_format(config), name=uri) for name, uri in sources.items()}
-        return frames, [file_sha256(path) for path in files.values()]
+        for name, uri in sources.items():
+            path = fetch_file(uri, Path(scratch) / name)
+            digests.append(file_sha256(path))
+            feedback = name.startswith(FEEDBACK)
+            try:
+                frame = read_table(path, format_of(uri, table_format(config)) if feedback else table_format(config),
+                                   name=uri, skipped=skipped[name])
+            except DataError as err:
+                if not feedback:
+                    raise
+                skipped[name].object(uri, str(err).removeprefix(f"{uri}: "))
+                continue
+            if frame.empty and not feedback:
+                raise DataError(f"{uri}: no rows to read")
+            if frame.empty:
+                log.warning("%s: no rows; it adds nothing", uri)
+                continue
+            frames[name] = frame
+    return frames, digests, skipped
 
 
-def validate_sources(config: DataConfig, frames: dict[str, pd.DataFrame], sources: dict[str, str],
-                     out_dir: Path) -> dict:
-    """The great-expectations gate on every table read (feedback needs no class sizes); the report and one page of
-    data docs per table are written before a failure stops the stage."""
+def strip_control_characters(frames: dict[str, pd.DataFrame],
+                             config: DataConfig) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
+    """With data.control_characters=strip, the texts without them (whitespace-like ones become a space, the rest
+    go, as BERT's tokenizer does) and how many texts of each table changed; with refuse, the gate names them."""
+    if config.control_characters != "strip":
+        return frames, {}
+    cleaned, stripped = {}, {}
+    for name, frame in frames.items():
+        if config.text_column not in frame:
+            cleaned[name], stripped[name] = frame, 0  # the gate says the column is missing
+            continue
+        texts = frame[config.text_column]
+        held = texts.map(lambda t: isinstance(t, str) and CONTROL_CHARACTERS.search(t) is not None).astype(bool)
+        stripped[name] = int(held.sum())
+        cleaned[name] = frame.assign(**{config.text_column: texts.mask(held, texts[held].map(without_controls))})
+    return cleaned, stripped
+
+
+def validate_sources(config: DataConfig, frames: dict[str, pd.DataFrame], sources: dict[str, str], out_dir: Path,
+                     skipped: dict[str, SkippedRecords], stripped: dict[str, int]) -> dict:
+    """The great-expectations gate on every table read (feedback needs no class sizes); the report (with what
+    reading skipped and stripped) and one page of data docs per table are written before a failure stops the
+    stage."""
     rules = _from_config(ValidationRules, config)
     feedback_rules = replace(rules, min_rows_per_class=0, min_classes=1, group_column=None)
     reports = {}
     for name, frame in frames.items():
         reports[name], page = validate_table(frame, feedback_rules if name.startswith(FEEDBACK) else rules,
                                              source=str(sources[name]))
+        reports[name].skipped_records = skipped[name].records
+        reports[name].stripped_control_characters = stripped.get(name, 0)
         data_docs_path(out_dir, name).write_text(page)
     write_json(out_dir, VALIDATION_REPORT, {name: report.to_dict() for name, report in reports.items()})
-    failed = [r for r in reports.values() if not r.success]
+    failed = [name for name, report in reports.items() if not report.success]
     if failed:
-        raise DataValidationError("\n".join(r.failure_message() for r in failed))
+        raise DataValidationError("\n".join(reports[name].failure_message() + _skipped_hint(skipped[name], config)
+                                            for name in failed))
     return reports
+
+
+def _skipped_hint(skipped: SkippedRecords, config: DataConfig) -> str:
+    """What reading skipped, for a failed gate: a file read with the wrong format loses rows as well."""
+    if not skipped.records:
+        return ""
+    return (f"\n  - reading skipped {skipped.summary()}, e.g. {skipped.examples[0]}. Check data.separator (now "
+            f"{config.separator!r}), data.header, data.column_names, data.quoting and data.encoding")
 
 
 def split_sources(config: DataConfig, frames: dict[str, pd.DataFrame], sources: dict[str, str], labels: list[str],

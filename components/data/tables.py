@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import logging
+import re
 import shutil
 import urllib.request
 import zipfile
@@ -51,58 +52,177 @@ def format_of(path: str | Path, fmt: TableFormat) -> TableFormat:
     return TableFormat() if detect_format(Path(path), "auto") != "delimited" else fmt
 
 
-def read_source(uri: str, fmt: TableFormat, scratch_dir: str | Path) -> pd.DataFrame:
+UNDECODED = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of bytes not in the encoding
+
+
+class SkippedRecords:
+    """What readers of data this process did not write left out as damaged: records (a line, a row) and whole
+    objects (files, shards), counted; the first few are named in a warning, each with its object and line."""
+
+    SHOWN = 5
+
+    def __init__(self):
+        self.records, self.objects = 0, 0
+        self.examples: list[str] = []  # the first few, as warned
+
+    def record(self, where, line: int, why: str) -> None:
+        self.records += 1
+        self._warn(f"{where}: line {line}: {why}", "skipped")
+
+    def object(self, where, why: str) -> None:
+        self.objects += 1
+        self._warn(f"{where}: {why}", "skipped the whole file")
+
+    def summary(self) -> str:
+        """'' when nothing was skipped, else e.g. '3 damaged records and 1 damaged file'."""
+        parts = [f"{n} damaged {kind}{'s' if n != 1 else ''}" for n, kind in ((self.records, "record"),
+                                                                           (self.objects, "file")) if n]
+        return " and ".join(parts)
+
+    def metrics(self) -> dict[str, float]:
+        return {"skipped_records": float(self.records), "skipped_files": float(self.objects)}
+
+    def _warn(self, text: str, done: str) -> None:
+        shown = self.records + self.objects
+        if shown <= self.SHOWN:
+            self.examples.append(text)
+            log.warning("%s; %s", text, done)
+        elif shown == self.SHOWN + 1:
+            log.warning("further damaged input is skipped and counted, not listed")
+
+
+def read_source(uri: str, fmt: TableFormat, scratch_dir: str | Path,
+                skipped: Optional[SkippedRecords] = None) -> pd.DataFrame:
     """read_table for a file or storage URI: a remote file is first copied into scratch_dir; errors name the URI."""
     from components.storage import fetch_file
 
-    return read_table(fetch_file(uri, scratch_dir), fmt, name=str(uri))
+    return read_table(fetch_file(uri, scratch_dir), fmt, name=str(uri), skipped=skipped)
 
 
-def read_table(path: str | Path, fmt: TableFormat, name: Optional[str] = None) -> pd.DataFrame:
-    """Read one file into a DataFrame of strings; index = the 1-based line (or row) number in the file. Errors
-    name the file as `name` (its URI) where given."""
+def read_table(path: str | Path, fmt: TableFormat, name: Optional[str] = None,
+               skipped: Optional[SkippedRecords] = None) -> pd.DataFrame:
+    """One file as a DataFrame of strings; index = the 1-based line where each row starts (the row, in Parquet).
+    Damaged records (a line that is not JSON or not in the encoding, a row with the wrong number of fields) are
+    skipped and counted in `skipped`; a DataError when nothing usable is left. Errors name the file as `name`."""
     path = Path(path)
     where = name or path
     if not path.is_file():
         raise DataError(f"{where}: no such file")
+    skipped = skipped or SkippedRecords()
     kind = detect_format(path, fmt.format)
-    try:
-        if kind == "parquet":
-            frame = pd.read_parquet(path)
-        elif kind == "jsonl":
-            frame = pd.read_json(path, lines=True, dtype=False, encoding=fmt.encoding)
-        else:
-            frame = _read_delimited(path, fmt, where)
-    except UnicodeDecodeError as err:
-        raise DataError(f"{where}: not valid {fmt.encoding} text at byte {err.start}; set data.encoding") from None
-    except pd.errors.ParserError as err:
-        raise DataError(
-            f"{where}: cannot parse as {kind} data: {str(err).strip()}. "
-            f"Check data.separator (now {fmt.separator!r}), data.quoting (now {fmt.quoting}) and data.header"
-        ) from None
-    except ValueError as err:  # pandas' JSON and Parquet readers raise plain ValueErrors
-        raise DataError(f"{where}: cannot read as {kind}: {err}") from None
-    first_row = 2 if (kind == "delimited" and fmt.header) else 1
-    frame.index = pd.RangeIndex(first_row, first_row + len(frame), name="row")
+    before = skipped.records
+    if kind == "parquet":
+        frame = _read_parquet(path, where)
+    else:
+        try:
+            text = path.read_bytes().decode(fmt.encoding, errors="surrogateescape").removeprefix("\ufeff")
+        except UnicodeError as err:
+            raise DataError(f"{where}: cannot decode as {fmt.encoding}: {err}; set data.encoding") from None
+        read = _jsonl_rows if kind == "jsonl" else _delimited_rows
+        frame = read(text, fmt, where, skipped)
+    damaged = skipped.records - before
+    if damaged and frame.empty:
+        raise DataError(f"nothing usable: all {damaged} records are damaged, e.g. {skipped.examples[-1]}")
+    repeated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+    if repeated:
+        raise DataError(f"{where}: the column name(s) {repeated} appear more than once; columns {list(frame.columns)}")
+    frame.index.name = "row"
     # Labels may be numbers in JSONL/Parquet; compare them as the strings the config names.
     return frame.apply(lambda col: col.map(lambda v: v if v is None or isinstance(v, str) or pd.isna(v) else str(v)))
 
 
-def _read_delimited(path: Path, fmt: TableFormat, where) -> pd.DataFrame:
+def _read_parquet(path: Path, where) -> pd.DataFrame:
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"{where}: not a readable Parquet file: {err}") from None
+    frame.index = pd.RangeIndex(1, len(frame) + 1)
+    return frame
+
+
+def _jsonl_rows(text: str, fmt: TableFormat, where, skipped: SkippedRecords) -> pd.DataFrame:
+    rows, lines = [], []
+    for line, record in jsonl_records(text, fmt.encoding, where, skipped):
+        rows.append(record)
+        lines.append(line)
+    return pd.DataFrame(rows, index=lines) if rows else pd.DataFrame()
+
+
+def jsonl_records(text: str, encoding: str, where, skipped: SkippedRecords):
+    """(line, object) for each line of JSON Lines text that holds a JSON object; other lines are skipped
+    (blank lines silently). `text` was decoded with errors="surrogateescape"."""
+    import json
+
+    undecoded = bool(_not_decoded(text, encoding))
+    # Lines end at "\n" only: a JSON string may hold U+2028 or U+0085 unescaped, which splitlines() would split.
+    for line, content in enumerate(text.split("\n"), start=1):
+        if not content.strip():
+            continue
+        why = _not_decoded(content, encoding) if undecoded else ""
+        if not why:
+            try:
+                record = json.loads(content)
+                why = "" if isinstance(record, dict) else f"expected a JSON object, got {type(record).__name__}"
+            except ValueError as err:
+                why = f"not JSON ({err})"
+        if why:
+            skipped.record(where, line, why)
+        else:
+            yield line, record
+
+
+def _delimited_rows(text: str, fmt: TableFormat, where, skipped: SkippedRecords) -> pd.DataFrame:
+    """The csv module, strict, rather than pandas' parser: it keeps a NUL inside a text (pandas cuts the text
+    there) and says which line a problem is on."""
     if not fmt.header and not fmt.column_names:
         raise DataError(f"{where}: a file without a header needs data.column_names")
-    return pd.read_csv(
-        path,
-        sep=fmt.separator,
-        header=0 if fmt.header else None,
-        names=None if fmt.header else fmt.column_names,
-        quoting=csv.QUOTE_MINIMAL if fmt.quoting else csv.QUOTE_NONE,
-        dtype=str,
-        keep_default_na=False,  # the text "NA" is a message, not a missing value
-        na_values=[],
-        encoding=fmt.encoding,
-        engine="c",
-    )
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=fmt.separator, strict=True,
+                        quoting=csv.QUOTE_MINIMAL if fmt.quoting else csv.QUOTE_NONE)
+    names, rows, lines = (None if fmt.header else list(fmt.column_names)), [], []
+    widths: dict[int, int] = {}  # field count -> rows, of the rows with the wrong count
+    undecoded = bool(_not_decoded(text, fmt.encoding))
+    start = 1
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            if str(err) == "unexpected end of data":
+                raise DataError(f"{where}: line {start}: a quote opened in this row is never closed (the file ends "
+                                f"inside it). Set data.quoting=false if quote characters are plain text in this "
+                                f"file") from None
+            hint = "; set data.quoting=false if quote characters are plain text" if '"' in str(err) else ""
+            skipped.record(where, start, f"{err}{hint}")
+            start = reader.line_num + 1
+            continue
+        line, start = start, reader.line_num + 1
+        if not fields:
+            continue  # a blank line
+        why = _not_decoded(fmt.separator.join(fields), fmt.encoding) if undecoded else ""
+        if names is None and not why:
+            names = fields
+        elif why:
+            skipped.record(where, line, why)
+        elif len(fields) != len(names):
+            widths[len(fields)] = widths.get(len(fields), 0) + 1
+            skipped.record(where, line, f"{len(fields)} fields for the {len(names)} column names {names}")
+        else:
+            rows.append(fields)
+            lines.append(line)
+    if widths and not rows:
+        counts = ", ".join(f"{n} rows have {width} fields" for width, n in sorted(widths.items()))
+        raise DataError(f"{where}: no row has the {len(names)} fields of the column names {names}: {counts}. "
+                        f"Check data.separator (now {fmt.separator!r}), data.header (now {fmt.header}), "
+                        f"data.column_names and data.quoting (now {fmt.quoting})")
+    return pd.DataFrame(rows, columns=names, index=lines, dtype=object) if names else pd.DataFrame()
+
+
+def _not_decoded(content: str, encoding: str) -> str:
+    """Why decoded text holds bytes that are not in the encoding (surrogate escapes), or ''."""
+    bad = UNDECODED.search(content)
+    return (f"not valid {encoding} text (byte 0x{ord(bad.group()) - 0xDC00:02x}); set data.encoding if the file "
+            f"is in another encoding") if bad else ""
 
 
 def fetch(url: str, cache_dir: str | Path, sha256: Optional[str] = None, member: Optional[str] = None) -> Path:

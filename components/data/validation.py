@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -10,6 +11,9 @@ import pandas as pd
 from components.errors import LifecycleError
 
 SAMPLE_ROWS = 5  # rows quoted per failed check
+# NUL and the other C0 control characters but tab and newline: no text means them, and pandas' parser cut texts
+# at a NUL. Of these, Python counts \r, \v, \f and \x1c-\x1f as whitespace.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f]")
 
 
 class DataValidationError(LifecycleError):
@@ -26,6 +30,7 @@ class ValidationRules:
     max_text_chars: int
     min_classes: int = 2  # 1 for feedback files, which may add examples of one class only
     group_column: Optional[str] = None  # must exist when set (feedback files need not have it)
+    control_characters: str = "strip"  # refuse: a text holding one fails the gate
 
 
 @dataclass
@@ -52,6 +57,8 @@ class ValidationReport:
     duplicate_samples: list[dict]
     conflicting_texts: int
     conflict_samples: list[dict]
+    skipped_records: int = 0  # damaged records that reading left out
+    stripped_control_characters: int = 0  # texts that held control characters (data.control_characters=strip)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,6 +72,11 @@ class ValidationReport:
             lines.append(f"  - {check.expectation}{where}: {check.detail or f'{check.unexpected_count} rows'}")
             lines += [f"      row {s['row']}: {s['value']!r}" for s in check.samples]
         return "\n".join(lines)
+
+
+def without_controls(text: str) -> str:
+    """The text with each whitespace-like control character as a space and the others removed."""
+    return CONTROL_CHARACTERS.sub(lambda m: " " if m.group().isspace() else "", text)
 
 
 def validate_table(frame: pd.DataFrame, rules: ValidationRules, source: str) -> tuple[ValidationReport, str]:
@@ -87,7 +99,7 @@ def validate_table(frame: pd.DataFrame, rules: ValidationRules, source: str) -> 
     definition = context.validation_definitions.add(gx.ValidationDefinition(name=source, data=batch, suite=suite))
     result = definition.run(batch_parameters={"dataframe": frame}, result_format="COMPLETE")
 
-    checks = [_check_from_result(r, frame) for r in result.results]
+    checks = [_check_from_result(r, frame, rules) for r in result.results]
     has_labels = rules.label_column in frame.columns
     counts = frame[rules.label_column].value_counts(dropna=True) if has_labels else pd.Series(dtype=int)
     checks.append(_min_rows_check(counts, rules))
@@ -125,6 +137,8 @@ def _expectations(ge, rules: ValidationRules, columns) -> list:
                 column=text, min_value=rules.min_text_chars, max_value=rules.max_text_chars
             ),
         ]
+        if rules.control_characters == "refuse":
+            found.append(ge.ExpectColumnValuesToNotMatchRegex(column=text, regex=CONTROL_CHARACTERS.pattern))
     if label in columns:
         found += [
             ge.ExpectColumnValuesToNotBeNull(column=label),
@@ -137,7 +151,7 @@ def _expectations(ge, rules: ValidationRules, columns) -> list:
     return found
 
 
-def _check_from_result(result, frame: pd.DataFrame) -> CheckResult:
+def _check_from_result(result, frame: pd.DataFrame, rules: ValidationRules) -> CheckResult:
     config, outcome = result.expectation_config, result.result or {}
     column = config.kwargs.get("column")
     check = CheckResult(expectation=config.type, column=column, success=bool(result.success))
@@ -151,15 +165,26 @@ def _check_from_result(result, frame: pd.DataFrame) -> CheckResult:
     if config.type == "expect_column_to_exist":
         check.detail = f"column {column!r} is missing; found {list(frame.columns)} (is data.separator right?)"
     elif config.type == "expect_column_unique_value_count_to_be_between":
-        check.detail = (f"found {outcome.get('observed_value')} distinct labels; expected at least "
-                        f"{config.kwargs['min_value']}" + (" (a classifier needs 2)" if config.kwargs["min_value"] > 1
-                                                           else ""))
+        check.detail = _label_count_detail(frame[column], config.kwargs["min_value"], rules.labels)
     elif check.unexpected_count:
         share = check.unexpected_count / max(len(frame), 1)
         check.detail = f"{check.unexpected_count} of {len(frame)} rows ({share:.1%})"
         if config.type == "expect_column_values_to_be_in_set":
             check.detail += f" not in {config.kwargs['value_set']}"
+        elif config.kwargs.get("regex") == CONTROL_CHARACTERS.pattern:
+            check.detail += (" hold control characters (NUL or another C0 control but tab and newline); "
+                             "data.control_characters=strip strips them")
     return check
+
+
+def _label_count_detail(labels: pd.Series, least: int, configured: Optional[list[str]]) -> str:
+    found = sorted(str(v) for v in labels.dropna().unique())
+    if configured and len(found) > len(configured):
+        others = [label for label in found if label not in configured]
+        return (f"found {len(found)} distinct labels, more than the {len(configured)} of data.labels; not among "
+                f"them: {others[:20]} (labels are compared exactly: a header line, or another case or spelling?)")
+    return f"found {len(found)} distinct labels {found}; expected at least {least}" + (
+        " (a classifier needs 2)" if least > 1 else "")
 
 
 def _min_rows_check(counts: pd.Series, rules: ValidationRules) -> CheckResult:

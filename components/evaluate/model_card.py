@@ -51,11 +51,18 @@ def _data(f: CardFacts) -> str:
     leaking = data.dropped_leaking_texts
     leakage = ("\n- Leakage: " + " and ".join(f"{n} texts of {split}" for split, n in leaking.items())
                + " that an earlier split also holds were dropped (data.on_leakage=drop).") if leaking else ""
+    damaged = (f"\n- Damaged input: {data.skipped_records} records (not JSON, not in the file's encoding, or with "
+               f"the wrong number of fields) and {data.skipped_files} unreadable feedback files skipped; the "
+               f"validation report names them.") if data.skipped_records or data.skipped_files else ""
+    controls = (f"{data.stripped_control_characters} texts held control characters (NUL and other C0 controls "
+                f"but tab and newline), stripped" if data.control_characters == "strip" else
+                "texts holding control characters are refused")
     return f"""Data
 - Data set: {meta['name']} — source `{data.source}` (sha256 `{data.source_sha256}`).
 - Licence: {meta['licence']}.{f" Cite: {meta['citation']}" if meta['citation'] else ""}
 - Cleaning: texts stripped; {data.dropped_duplicates} exact duplicate rows and
-  {data.dropped_conflicting_texts} texts seen with conflicting labels dropped. Splits fingerprint `{data.fingerprint}`.{leakage}
+  {data.dropped_conflicting_texts} texts seen with conflicting labels dropped; {controls}
+  (data.control_characters={data.control_characters}). Splits fingerprint `{data.fingerprint}`.{leakage}{damaged}
 
 | split | {" | ".join(labels)} | total |
 |---|{"---|" * len(labels)}---|

@@ -55,6 +55,7 @@ def monitor_traffic(config_json: str, tracking_uri: str, current_path: str, moni
     import mlflow
 
     from components.console import reported_stage
+    from components.data.tables import SkippedRecords
     from components.deploy.serving import resolve_bundle
     from components.handoff import model_uri
     from components.monitor import core
@@ -67,12 +68,17 @@ def monitor_traffic(config_json: str, tracking_uri: str, current_path: str, moni
     with reported_stage(TRAFFIC_CHECK) as stage, mlflow.start_run(run_id=run_id), \
             tempfile.TemporaryDirectory(prefix="lifecycle-monitor-") as scratch:
         bundle, name, version = resolve_bundle(model_uri(cfg.tracking.registered_model, CHAMPION), scratch)
-        texts, source = core.current_texts(cfg, current_path or None)
         mlflow.set_tag("model_version", version)
+        skipped = SkippedRecords()
+        try:
+            texts, source = core.current_texts(cfg, current_path or None, skipped)
+        finally:  # what was skipped, also when nothing usable was left
+            mlflow.log_metrics(skipped.metrics())
         result = core.monitor(bundle, texts, cfg, out_dir)
         _log_drift(result, out_dir, source)
         log.info("\n".join(core.feature_lines(result)))
-        stage.result = f"{len(texts)} texts of {source} against version {version}: {core.verdict(result)}"
+        damaged = f" ({skipped.summary()} skipped)" if skipped.summary() else ""
+        stage.result = f"{len(texts)} texts of {source}{damaged} against version {version}: {core.verdict(result)}"
         if not (result.drift_detected and act_on_drift):
             return ""
         return _raise_alert(cfg, tracking_uri, result, name, version, out_dir, run_id)

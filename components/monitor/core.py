@@ -9,38 +9,56 @@ from typing import Optional
 import pandas as pd
 
 from components.config import LifecycleConfig
+from components.data.tables import DataError, SkippedRecords
 from components.handoff import REFERENCE
 from monitoring.drift import DriftResult, check_drift, profile_texts, write_report
 
 
-def current_texts(cfg: LifecycleConfig, current_path: Optional[str] = None) -> tuple[list[str], str]:
+def current_texts(cfg: LifecycleConfig, current_path: Optional[str] = None,
+                  skipped: Optional[SkippedRecords] = None) -> tuple[list[str], str]:
     """(texts, where they came from): the file named (here or in monitor.current), else the prediction log's
-    last monitor.window_hours. Either may be a storage URI."""
+    last monitor.window_hours. Either may be a storage URI. Damaged records, and rows without a text, are skipped
+    and counted in `skipped`; an empty window is no error, a window of nothing but damaged input is."""
+    skipped = skipped if skipped is not None else SkippedRecords()
+    path = current_path or cfg.monitor.current
+    if path:
+        texts, source = _file_texts(cfg, path, skipped), str(path)
+    else:
+        from monitoring.prediction_log import read_window
+
+        log = cfg.predictions_uri()
+        texts = read_window(log, cfg.monitor.window_hours, skipped=skipped)["text"].tolist()
+        source = f"prediction log {log}, last {cfg.monitor.window_hours:g} h"
+    if not texts and skipped.examples:
+        raise DataError(f"{source}: nothing usable: {skipped.summary()}, e.g. {skipped.examples[0]}")
+    return texts, source
+
+
+def _file_texts(cfg: LifecycleConfig, path: str, skipped: SkippedRecords) -> list[str]:
+    """A prediction log file or any JSONL/Parquet file is read as such; other files in the training data's format."""
     import tempfile
 
-    from components.data.tables import DataError, format_of, read_source
     from components.data.core import table_format
-    from monitoring.prediction_log import read_window
+    from components.data.tables import format_of, read_source
 
-    path = current_path or cfg.monitor.current
-    if not path:
-        log = cfg.predictions_uri()
-        window = read_window(log, cfg.monitor.window_hours)
-        return window["text"].tolist(), f"prediction log {log}, last {cfg.monitor.window_hours:g} h"
-    # A prediction log file or any JSONL/Parquet file is read as such; other files in the training data's format.
     data = cfg.data
     with tempfile.TemporaryDirectory(prefix="lifecycle-current-") as scratch:
-        frame = read_source(path, format_of(path, table_format(data)), scratch)
-    column = next((c for c in (data.text_column, "text") if c in frame.columns), None)
+        frame = read_source(path, format_of(path, table_format(data)), scratch, skipped)
+    if frame.empty:
+        return []
+    column = next((c for c in dict.fromkeys((data.text_column, "text")) if c in frame.columns), None)
     if column is None:
-        raise DataError(f"{path}: no text column; expected {data.text_column!r} or 'text', found {list(frame.columns)}")
-    texts = frame[column].dropna().astype(str)
-    return texts[texts.str.strip() != ""].tolist(), str(path)
+        expected = " or ".join(repr(c) for c in dict.fromkeys((data.text_column, "text")))
+        raise DataError(f"{path}: no text column; expected {expected}, found {list(frame.columns)}")
+    texts = frame[column]
+    usable = texts.map(lambda t: isinstance(t, str) and bool(t.strip())).astype(bool)
+    for row in texts.index[~usable]:
+        skipped.record(path, row, "no text")
+    return texts[usable].tolist()
 
 
 def monitor(bundle_dir: str | Path, texts: list[str], cfg: LifecycleConfig, out_dir: str | Path) -> DriftResult:
     """Profile `texts` with the bundle's model, compare them with the bundle's reference, write the report."""
-    from components.data.tables import DataError
     from components.deploy.onnx_classifier import OnnxClassifier
 
     reference_file = Path(bundle_dir) / REFERENCE
