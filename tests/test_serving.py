@@ -25,10 +25,13 @@ def server(tiny_bundle, tmp_path_factory):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    code = (f"from components.deploy.serving import Limits, serve; "
+    code = (f"from components.console import mark_project_logs; mark_project_logs(); "
+            f"from components.deploy.serving import Limits, serve; "
             f"serve({str(tiny_bundle / 'bundle')!r}, {MODEL!r}, '3', {port}, {str(log_dir)!r}, "
             f"Limits(max_batch=8, max_text_chars=200, max_request_bytes=4096))")
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    output = log_dir.parent / "server.out"
+    with open(output, "w") as sink:
+        process = subprocess.Popen([sys.executable, "-c", code], stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     wait_until_ready(url, process)
     yield url, process, log_dir
@@ -129,6 +132,47 @@ def test_metrics_count_requests_and_the_texts_classified_per_label_and_version(s
     assert any(name.startswith("rest_server_requests_total") and "/predict" in name for name in after)
 
 
+def test_gzip_bodies_count_inflated_and_other_encodings_are_refused(server):
+    import gzip
+
+    import tritonclient.http as httpclient
+
+    url, _, _ = server
+    client = httpclient.InferenceServerClient(url=url.removeprefix("http://"))
+    texts = httpclient.InferInput("text", [2], "BYTES")
+    texts.set_data_from_numpy(np.array([SPAM, HAM], dtype=object), binary_data=False)
+    result = client.infer(MODEL, [texts], request_compression_algorithm="gzip",
+                          outputs=[httpclient.InferRequestedOutput("label", binary_data=False)])
+    assert [str(label) for label in result.as_numpy("label").ravel()] == ["spam", "ham"]
+
+    before = metrics(url)
+    bomb = json.dumps({"texts": ["x" * 100_000]}).encode()  # 100 kB of text, 0.2 kB gzipped, a 4 kB limit
+    for body, encoding, status, message in ((gzip.compress(bomb), "gzip", 413, "over 4096 bytes inflated"),
+                                            (gzip.compress(bomb[-50:])[:-8], "gzip", 400, "ends before its gzip stream"),
+                                            (b"not gzip", "gzip", 400, "cannot be inflated"),
+                                            (bomb[:200], "br", 415, "Content-Encoding 'br'")):
+        response = requests.post(f"{url}/predict", data=body, timeout=10, headers={
+            "content-type": "application/json", "content-encoding": encoding})
+        assert response.status_code == status and message in response.json()["error"], response.text
+    assert classified(metrics(url)) == classified(before)
+
+
+def classified(samples: dict[str, float]) -> float:
+    return sum(v for k, v in samples.items() if k.startswith("lifecycle_texts_classified_total"))
+
+
+def test_a_request_whose_body_never_completes_is_neither_classified_nor_logged(server):
+    url, _, _ = server
+    before = metrics(url)
+    body = json.dumps({"texts": [f"{SPAM} (never answered)"]}).encode()
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as client:
+        client.sendall(b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                       b"content-length: %d\r\n\r\n" % (len(body) + 10) + body)  # 10 bytes short; then gone
+    requests.post(f"{url}/predict", json={"texts": [HAM]}, timeout=10).raise_for_status()  # served after it
+    assert classified(metrics(url)) == classified(before) + 1
+
+
 def test_every_served_text_is_logged_and_nothing_is_lost_on_shutdown(server):
     url, process, log_dir = server
     texts = [f"{SPAM} (logged)", f"{HAM} (logged)"]
@@ -138,9 +182,13 @@ def test_every_served_text_is_logged_and_nothing_is_lost_on_shutdown(server):
     assert process.wait(timeout=30) == 0
     logged = read_predictions(log_dir)
     assert logged["text"].value_counts()[texts[0]] == 20 and logged["text"].value_counts()[texts[1]] == 20
+    assert not logged["text"].str.contains("never answered").any()
     last = logged.iloc[-1]
     assert last["text"] == texts[1] and last["label"] == answer["predictions"][1]["label"]
     assert last["model_version"] == "3" and set(json.loads(json.dumps(last["probabilities"]))) == {"ham", "spam"}
+    output = (log_dir.parent / "server.out").read_text()
+    assert output.count("stopped") == 1 and f"server of {MODEL} version 3 stopped (SIGTERM)" in output, output
+    assert "gRPC server shutdown" not in output and "Shutting down" not in output
 
 
 @pytest.mark.parametrize("texts, message", [([], "no texts"), (["a"] * 9, "at most 8"), (["x" * 201], "at most 200"),
@@ -148,3 +196,30 @@ def test_every_served_text_is_logged_and_nothing_is_lost_on_shutdown(server):
 def test_bad_text_lists_are_bad_requests(texts, message):
     with pytest.raises(BadRequest, match=message):
         check_texts(texts, Limits(max_batch=8, max_text_chars=200))
+
+
+GRPC_CLIENT = """
+import sys
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+client = grpcclient.InferenceServerClient(url=sys.argv[1])
+for text in sys.argv[2:]:
+    texts = grpcclient.InferInput("text", [1], "BYTES")
+    texts.set_data_from_numpy(np.array([text], dtype=object))
+    try:
+        answer = client.infer("%s", [texts], compression_algorithm="gzip")
+        print("label", answer.as_numpy("label").ravel()[0].decode())
+    except InferenceServerException as err:
+        print("refused", err.status())
+""" % MODEL
+
+
+def test_grpc_bodies_count_inflated_too(server):
+    """tritonclient's gRPC client in a process of its own: its protos and MLServer's cannot share one."""
+    url, _, _ = server
+    host, port = url.removeprefix("http://").split(":")
+    answers = subprocess.run([sys.executable, "-c", GRPC_CLIENT, f"{host}:{int(port) + 1}", HAM, "x" * 100_000],
+                             capture_output=True, text=True, timeout=60, check=True).stdout.split("\n")
+    assert answers[:2] == ["label ham", "refused StatusCode.RESOURCE_EXHAUSTED"]  # 0.2 kB gzipped, 100 kB inflated

@@ -6,6 +6,8 @@ latencies, and the texts classified per model version and label."""
 from __future__ import annotations
 
 import functools
+import logging
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from components.errors import LifecycleError
 from components.handoff import BUNDLE, BUNDLE_MODEL, version_uri
 
 INPUT_NAME = "text"
+log = logging.getLogger(__name__)
 
 
 class BadRequest(MLServerError):
@@ -38,37 +41,60 @@ class Limits:
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a request body over `max_bytes`, told by its Content-Length or found while it
-    streams in, before the app parses it."""
+    """ASGI middleware: the request body, whole, before the app sees it. 413 for one over `max_bytes`, told by its
+    Content-Length or found while it streams in; a gzip body (Content-Encoding: gzip) counts inflated, and
+    inflating stops at the limit. A body that never completes (the client gave up) reaches no app: nothing is
+    classified or logged for it."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope, receive, send):
+        import zlib
+
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length", b"")
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            return await _too_large(send, self.max_bytes)
-        body, more = b"", True
+            return await _refuse(send, 413, f"request body over {self.max_bytes} bytes (serve.max_request_bytes)")
+        encoding = headers.get(b"content-encoding", b"identity").decode("latin-1").strip().lower()
+        if encoding not in ("identity", "gzip"):
+            return await _refuse(send, 415, f"Content-Encoding {encoding!r}: send the body as is or gzip")
+        inflater = zlib.decompressobj(wbits=31) if encoding == "gzip" else None  # 31: a gzip header and trailer
+        body, more = bytearray(), True
         while more:
             message = await receive()
-            body += message.get("body", b"")
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            try:  # never more than one byte past the limit inflated
+                body += inflater.decompress(chunk, self.max_bytes + 1 - len(body)) if inflater else chunk
+            except zlib.error as err:
+                return await _refuse(send, 400, f"the gzip body cannot be inflated: {err}")
             if len(body) > self.max_bytes:
-                return await _too_large(send, self.max_bytes)
+                inflated = " inflated" if inflater else ""
+                return await _refuse(send, 413, f"request body over {self.max_bytes} bytes{inflated} "
+                                                "(serve.max_request_bytes)")
             more = message.get("more_body", False)
+        if inflater and not inflater.eof:
+            return await _refuse(send, 400, "the gzip body ends before its gzip stream does")
+        if inflater:  # the app gets the inflated body, as if it had been sent so
+            scope = dict(scope, headers=[(k, v) for k, v in scope["headers"] if k not in (b"content-encoding",
+                                                                                          b"content-length")]
+                         + [(b"content-length", str(len(body)).encode())])
 
         async def replay():
-            return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
 
         return await self.app(scope, replay, send)
 
 
-async def _too_large(send, max_bytes: int) -> None:
+async def _refuse(send, status: int, error: str) -> None:
     import json
 
-    content = json.dumps({"error": f"request body over {max_bytes} bytes (serve.max_request_bytes)"}).encode()
-    await send({"type": "http.response.start", "status": 413,
+    content = json.dumps({"error": error}).encode()
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]})
     await send({"type": "http.response.body", "body": content})
 
@@ -212,9 +238,17 @@ def serve(bundle_dir: str, name: str, version: str, port: int, prediction_log: s
     from components.handoff import read_labels
 
     class LimitedServer(MLServer):
+        stopping, stopped_by = False, None  # stopped_by: the signal, if a signal stopped it
+
         def _create_servers(self):
             super()._create_servers()
             self._rest_server._app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes)
+
+        async def stop(self, sig=None):
+            # Once stopped, each of uvicorn's two servers raises the signal again, which would stop all again.
+            if not self.stopping:
+                self.stopping, self.stopped_by = True, sig
+                await super().stop(sig)
 
     settings = Settings(http_port=port, grpc_port=port + 1, metrics_port=port + 2, metrics_endpoint="/metrics",
                         parallel_workers=0, debug=False, host=host, grpc_max_message_length=limits.max_request_bytes)
@@ -229,9 +263,25 @@ def serve(bundle_dir: str, name: str, version: str, port: int, prediction_log: s
             "max_batch": limits.max_batch, "max_text_chars": limits.max_text_chars}),
     )
 
-    async def run() -> None:
+    async def run() -> LimitedServer:
         # Made inside the running loop: MLServer puts its SIGINT/SIGTERM handlers on the loop it finds.
-        await LimitedServer(settings).start([model])
+        server = LimitedServer(settings)
+        await server.start([model])
+        return server
 
-    asyncio.run(run())
+    for logger in SHUTDOWN_LINES:
+        logging.getLogger(logger).addFilter(_without_shutdown_lines)
+    stopped_by = asyncio.run(run()).stopped_by
+    log.info("server of %s version %s stopped%s", name, version,
+             f" ({signal.Signals(stopped_by).name})" if stopped_by else "")
+
+
+# What MLServer's HTTP, gRPC and metrics servers each say as they stop; `serve` says it once.
+SHUTDOWN_LINES = {"uvicorn.error": ("Shutting down", "Waiting for application shutdown", "Application shutdown "
+                                    "complete", "Finished server process"),
+                  "mlserver.grpc": ("Waiting for gRPC server shutdown", "gRPC server shutdown complete")}
+
+
+def _without_shutdown_lines(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(SHUTDOWN_LINES.get(record.name, ()))
 
