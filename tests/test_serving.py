@@ -147,8 +147,9 @@ def test_gzip_bodies_count_inflated_and_other_encodings_are_refused(server):
 
     before = metrics(url)
     bomb = json.dumps({"texts": ["x" * 100_000]}).encode()  # 100 kB of text, 0.2 kB gzipped, a 4 kB limit
+    cut = gzip.compress(HAM.encode())[:-8]
     for body, encoding, status, message in ((gzip.compress(bomb), "gzip", 413, "over 4096 bytes inflated"),
-                                            (gzip.compress(bomb[-50:])[:-8], "gzip", 400, "ends before its gzip stream"),
+                                            (cut, "gzip", 400, "ends before its gzip stream"),
                                             (b"not gzip", "gzip", 400, "cannot be inflated"),
                                             (bomb[:200], "br", 415, "Content-Encoding 'br'")):
         response = requests.post(f"{url}/predict", data=body, timeout=10, headers={
