@@ -35,10 +35,15 @@ def main(argv: list[str] | None = None) -> int:
             if not console.last_error:
                 console.error(f"error: {err}")
             console.error(f"{args.command} failed: {err.outcome}. Full log: {console.log_path}")
+            if not console.users_error and getattr(args, "resume_command", None):  # a crash: resuming may do
+                console.error(f"to resume it  {args.resume_command}")
             return 2 if console.users_error else 1
-        except KeyboardInterrupt:  # a run's MLflow runs are marked FAILED on the way out; `run --resume` goes on
-            console.error(f"{args.command}: interrupted. Full log: {console.log_path}")
-            return 130
+        except KeyboardInterrupt as err:  # a run's MLflow runs are marked FAILED on the way out; `run --resume` goes on
+            stopped = "stopped (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+            console.error(f"{args.command}: {stopped}. Full log: {console.log_path}")
+            if getattr(args, "resume_command", None):
+                console.error(f"to resume it  {args.resume_command}")
+            return 143 if isinstance(err, Terminated) else 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,13 +124,17 @@ def _run(args) -> int:
     from components.registry import CHAMPION
     from pipelines.local import config_of_run, run_locally, tracking_uri_for
 
-    # SIGTERM (a scheduler stopping us) ends the run like Ctrl-C: the parent run is marked FAILED, resumable.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, _terminated)
     cfg = load(args)
     if args.resume:  # the run's own config, with this machine's work_dir (the checkpoints are at their URI)
         cfg = config_of_run(args.resume, tracking_uri_for(cfg)).model_copy(update={"work_dir": cfg.work_dir})
     args.console.show(f"log           {args.console.log_path}")
-    result = run_locally(cfg, resume_run_id=args.resume)
+
+    def started(run_id: str) -> None:
+        args.resume_command = _resume_command(args, run_id)
+        args.console.show(f"MLflow run    {run_id} (after an interruption: {args.resume_command})")
+
+    result = run_locally(cfg, resume_run_id=args.resume, on_start=started)
     name = result.registered_model
     alias = ", alias challenger" if result.gate == "passed" else ", no alias: the champion stays"
     lines = [
@@ -141,6 +150,32 @@ def _run(args) -> int:
     lines.append(f"artifacts     {result.artifacts_dir}")
     args.console.show("\n" + "\n".join(lines))
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler stopping us), which ends a run as Ctrl-C does: its MLflow runs FAILED, resumable."""
+
+
+def _terminated(*_) -> None:
+    import psutil
+
+    # kfp.local waits for the running stage's process, which a SIGTERM to this process alone would leave running.
+    for process in psutil.Process().children(recursive=True):
+        try:
+            process.terminate()
+        except psutil.Error:
+            pass  # it ended meanwhile
+    raise Terminated()
+
+
+def _resume_command(args, run_id: str) -> str:
+    """The command that resumes `run_id`: this one's --config and --set (the work_dir and tracking server to
+    reach), with --resume."""
+    import shlex
+
+    given = [*(("--config", args.config) if args.config != DEFAULT_CONFIG else ()),
+             *(part for setting in args.overrides for part in ("--set", setting))]
+    return shlex.join(["lifecycle", "run", *given, "--resume", run_id])
 
 
 def _compile(args) -> int:

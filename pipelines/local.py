@@ -6,7 +6,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from components.config import LifecycleConfig
 from components.tracking import default_tracking_uri
@@ -38,9 +38,11 @@ def tracking_uri_for(cfg: LifecycleConfig, environ=os.environ) -> str:
     return environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri or default_tracking_uri(cfg.work_dir)
 
 
-def run_locally(cfg: LifecycleConfig, resume_run_id: Optional[str] = None) -> LocalRun:
+def run_locally(cfg: LifecycleConfig, resume_run_id: Optional[str] = None,
+                on_start: Callable[[str], None] = lambda parent_run_id: None) -> LocalRun:
     """Run stages 1-7 with kfp.local's subprocess runner in this environment; the parent run is FAILED if any
-    stage fails, and a resumed run reuses its parent run and its fine-tuning checkpoint."""
+    stage fails, and a resumed run reuses its parent run and its fine-tuning checkpoint. `on_start` is told the
+    parent run's id before the first stage starts."""
     import mlflow
 
     from components.tracking import start_parent_run, use_config_experiment
@@ -56,6 +58,7 @@ def run_locally(cfg: LifecycleConfig, resume_run_id: Optional[str] = None) -> Lo
         parent = resume_run_id
     else:
         parent = start_parent_run(cfg, uri)
+    on_start(parent)
     try:
         run_pipeline(build_training_pipeline(cfg), cfg, parent, tracking_uri=uri, parent_run_id=parent)
     except BaseException as err:

@@ -69,19 +69,50 @@ def stage_runs(client, parent):
     return client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
 
 
+def stop_at_stage_1(args: list[str]) -> tuple[str, str]:
+    """`lifecycle run` in a process of its own, stopped with SIGTERM (as a scheduler stops it) once stage 1 has
+    started: (the run id it printed at the start, the command it printed to resume the run)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    run = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    printed = []
+    for line in run.stdout:
+        printed.append(line)
+        if line.startswith("1-data") and "started" in line:
+            run.send_signal(signal.SIGTERM)
+            break
+    out, err = run.communicate(timeout=60)  # the stage's own process is stopped too: no waiting for it to end
+    assert run.returncode == 143, "".join(printed) + out + err
+    (announced,) = [line for line in printed if line.startswith("MLflow run    ")]
+    run_id = announced.split()[2]
+    assert "run: stopped (SIGTERM)" in err and "Traceback" not in err
+    resume = err.split("to resume it  ", 1)[1].strip()
+    assert resume.endswith(f"--resume {run_id}") and f"--resume {run_id})" in announced
+    return run_id, resume
+
+
 def test_lifecycle_run_tracks_every_stage_registers_promotes_and_keeps_the_champion_on_a_failed_gate(run_args,
                                                                                                      tmp_path, capsys):
+    """The first run is stopped in stage 1 and resumed with the command it printed: a resumed run is a whole one."""
+    import shlex
+
     import mlflow
 
-    assert main(run_args()) == 0
+    run_id, resume = stop_at_stage_1(run_args())
     client = mlflow_client(tmp_path)
+    assert client.get_run(run_id).info.status == "FAILED"
+    assert shlex.split(resume)[:2] == ["lifecycle", "run"] and main(shlex.split(resume)[1:]) == 0
     experiment = client.get_experiment_by_name("sms-spam").experiment_id
     (parent,) = client.search_runs([experiment], "tags.mlflow.parentRunId IS NULL")
-    assert parent.info.status == "FINISHED"
-    stages = {r.info.run_name: r for r in stage_runs(client, parent)}
+    assert parent.info.run_id == run_id and parent.info.status == "FINISHED"
+    assert {r.info.status for r in stage_runs(client, parent)} <= {"FINISHED", "KILLED"}  # none left RUNNING
+    stages = {r.info.run_name: r for r in stage_runs(client, parent) if r.info.status == "FINISHED"}
     assert sorted(stages) == ["1-data", "2-model", "3-environment", "4-fine-tune", "5-evaluate", "6-deploy",
                               "7-monitor"]
-    assert all(r.info.status == "FINISHED" for r in stages.values())
     evaluation = stages["5-evaluate"]
     assert evaluation.data.metrics["test_accuracy"] >= 0.8 and evaluation.data.metrics["test_loss"] > 0
     evaluated = {a.path for a in client.list_artifacts(evaluation.info.run_id)}
@@ -146,6 +177,10 @@ def test_bad_data_stops_at_stage_1_and_registers_nothing(change, expected, run_a
     experiment = client.get_experiment_by_name("sms-spam").experiment_id
     (parent,) = client.search_runs([experiment], "tags.mlflow.parentRunId IS NULL")
     assert parent.info.status == "FAILED"
+    announced = next(line for line in printed.out.splitlines() if line.startswith("MLflow run    "))
+    assert announced.split()[2] == parent.info.run_id
+    assert f"MLflow run {parent.info.run_id} is marked FAILED" in printed.err
+    assert "to resume it" not in printed.err  # the data must change: resuming would read the same data
     assert [r.info.run_name for r in stage_runs(client, parent)] == ["1-data"]
     assert client.search_registered_models() == []
 
@@ -204,3 +239,4 @@ def test_splits_that_share_texts_stop_stage_1_by_default(run_args, tmp_path, cap
     splits = ["data.path=null", *(f"data.{name}_path={tmp_path / f'{name}.csv'}" for name in parts)]
     assert main(run_args(*splits)) == 2
     assert "4 texts stand in two splits" in capsys.readouterr().err
+
