@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             if not console.users_error and getattr(args, "resume_command", None):  # a crash: resuming may do
                 console.error(f"to resume it  {args.resume_command}")
             return 2 if console.users_error else 1
-        except KeyboardInterrupt as err:  # a run's MLflow runs are marked FAILED on the way out; `run --resume` goes on
+        except KeyboardInterrupt as err:  # the MLflow runs are marked FAILED on the way out; `run --resume` goes on
             stopped = "stopped (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
             console.error(f"{args.command}: {stopped}. Full log: {console.log_path}")
             if getattr(args, "resume_command", None):
