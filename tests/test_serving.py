@@ -174,31 +174,6 @@ def test_a_request_whose_body_never_completes_is_neither_classified_nor_logged(s
     assert classified(metrics(url)) == classified(before) + 1
 
 
-def test_every_served_text_is_logged_and_nothing_is_lost_on_shutdown(server):
-    url, process, log_dir = server
-    texts = [f"{SPAM} (logged)", f"{HAM} (logged)"]
-    for _ in range(20):
-        answer = requests.post(f"{url}/predict", json={"texts": texts}, timeout=10).json()
-    process.send_signal(signal.SIGTERM)  # texts still waiting in the log's buffer are written as the server stops
-    assert process.wait(timeout=30) == 0
-    logged = read_predictions(log_dir)
-    assert logged["text"].value_counts()[texts[0]] == 20 and logged["text"].value_counts()[texts[1]] == 20
-    assert not logged["text"].str.contains("never answered").any()
-    last = logged.iloc[-1]
-    assert last["text"] == texts[1] and last["label"] == answer["predictions"][1]["label"]
-    assert last["model_version"] == "3" and set(json.loads(json.dumps(last["probabilities"]))) == {"ham", "spam"}
-    output = (log_dir.parent / "server.out").read_text()
-    assert output.count("stopped") == 1 and f"server of {MODEL} version 3 stopped (SIGTERM)" in output, output
-    assert "gRPC server shutdown" not in output and "Shutting down" not in output
-
-
-@pytest.mark.parametrize("texts, message", [([], "no texts"), (["a"] * 9, "at most 8"), (["x" * 201], "at most 200"),
-                                            ([3], "expected a string")])
-def test_bad_text_lists_are_bad_requests(texts, message):
-    with pytest.raises(BadRequest, match=message):
-        check_texts(texts, Limits(max_batch=8, max_text_chars=200))
-
-
 GRPC_CLIENT = """
 import sys
 import numpy as np
@@ -224,3 +199,28 @@ def test_grpc_bodies_count_inflated_too(server):
     answers = subprocess.run([sys.executable, "-c", GRPC_CLIENT, f"{host}:{int(port) + 1}", HAM, "x" * 100_000],
                              capture_output=True, text=True, timeout=60, check=True).stdout.split("\n")
     assert answers[:2] == ["label ham", "refused StatusCode.RESOURCE_EXHAUSTED"]  # 0.2 kB gzipped, 100 kB inflated
+
+
+def test_every_served_text_is_logged_and_nothing_is_lost_on_shutdown(server):
+    url, process, log_dir = server
+    texts = [f"{SPAM} (logged)", f"{HAM} (logged)"]
+    for _ in range(20):
+        answer = requests.post(f"{url}/predict", json={"texts": texts}, timeout=10).json()
+    process.send_signal(signal.SIGTERM)  # texts still waiting in the log's buffer are written as the server stops
+    assert process.wait(timeout=30) == 0
+    logged = read_predictions(log_dir)
+    assert logged["text"].value_counts()[texts[0]] == 20 and logged["text"].value_counts()[texts[1]] == 20
+    assert not logged["text"].str.contains("never answered").any()
+    last = logged.iloc[-1]
+    assert last["text"] == texts[1] and last["label"] == answer["predictions"][1]["label"]
+    assert last["model_version"] == "3" and set(json.loads(json.dumps(last["probabilities"]))) == {"ham", "spam"}
+    output = (log_dir.parent / "server.out").read_text()
+    assert output.count("stopped") == 1 and f"server of {MODEL} version 3 stopped (SIGTERM)" in output, output
+    assert "gRPC server shutdown" not in output and "Shutting down" not in output
+
+
+@pytest.mark.parametrize("texts, message", [([], "no texts"), (["a"] * 9, "at most 8"), (["x" * 201], "at most 200"),
+                                            ([3], "expected a string")])
+def test_bad_text_lists_are_bad_requests(texts, message):
+    with pytest.raises(BadRequest, match=message):
+        check_texts(texts, Limits(max_batch=8, max_text_chars=200))

@@ -122,7 +122,8 @@ def read_table(path: str | Path, fmt: TableFormat, name: Optional[str] = None,
         frame = read(text, fmt, where, skipped)
     damaged = skipped.records - before
     if damaged and frame.empty:
-        raise DataError(f"nothing usable: all {damaged} records are damaged, e.g. {skipped.examples[-1]}")
+        raise DataError(f"{where}: nothing usable: all {damaged} records are damaged, e.g. {skipped.examples[-1]}. "
+                        f"Check data.format and data.encoding (now {fmt.encoding})")
     repeated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
     if repeated:
         raise DataError(f"{where}: the column name(s) {repeated} appear more than once; columns {list(frame.columns)}")
@@ -221,8 +222,7 @@ def _delimited_rows(text: str, fmt: TableFormat, where, skipped: SkippedRecords)
 def _not_decoded(content: str, encoding: str) -> str:
     """Why decoded text holds bytes that are not in the encoding (surrogate escapes), or ''."""
     bad = UNDECODED.search(content)
-    return (f"not valid {encoding} text (byte 0x{ord(bad.group()) - 0xDC00:02x}); set data.encoding if the file "
-            f"is in another encoding") if bad else ""
+    return f"not valid {encoding} text (byte 0x{ord(bad.group()) - 0xDC00:02x})" if bad else ""
 
 
 def fetch(url: str, cache_dir: str | Path, sha256: Optional[str] = None, member: Optional[str] = None) -> Path:
