@@ -168,6 +168,7 @@ def test_a_group_column_is_carried_to_the_splits_and_a_missing_one_is_named(tmp_
         data_stage.data(data_config(tmp_path / "texts.csv", group_column="language"), 1, tmp_path, tmp_path / "out2")
 
 
+@pytest.mark.skipif(not SHARED_SMS.is_file(), reason="the shared SMS Spam Collection is not beside the project")
 def test_sms_spam_collection_with_the_ch06_protocol(tmp_path):
     from components.config import load_config
 
