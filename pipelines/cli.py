@@ -35,13 +35,13 @@ def main(argv: list[str] | None = None) -> int:
             if not console.last_error:
                 console.error(f"error: {err}")
             console.error(f"{args.command} failed: {err.outcome}. Full log: {console.log_path}")
-            if not console.users_error and getattr(args, "resume_command", None):  # a crash: resuming may do
+            if not console.users_error and args.resume_command:  # a crash: resuming may do
                 console.error(f"to resume it  {args.resume_command}")
             return 2 if console.users_error else 1
         except KeyboardInterrupt as err:  # the MLflow runs are marked FAILED on the way out; `run --resume` goes on
             stopped = "stopped (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
             console.error(f"{args.command}: {stopped}. Full log: {console.log_path}")
-            if getattr(args, "resume_command", None):
+            if args.resume_command:
                 console.error(f"to resume it  {args.resume_command}")
             return 143 if isinstance(err, Terminated) else 130
 
@@ -101,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     server.set_defaults(handler=_tracking_server, verbose=False)
     for name, sub in commands.choices.items():
         sub.set_defaults(command=name)
+    parser.set_defaults(resume_command=None)  # `run` sets it once its MLflow run exists
     return parser
 
 

@@ -14,12 +14,10 @@ from components.handoff import REFERENCE
 from monitoring.drift import DriftResult, check_drift, profile_texts, write_report
 
 
-def current_texts(cfg: LifecycleConfig, current_path: Optional[str] = None,
-                  skipped: Optional[SkippedRecords] = None) -> tuple[list[str], str]:
+def current_texts(cfg: LifecycleConfig, current_path: Optional[str], skipped: SkippedRecords) -> tuple[list[str], str]:
     """(texts, where they came from): the file named (here or in monitor.current), else the prediction log's
     last monitor.window_hours. Either may be a storage URI. Damaged records, and rows without a text, are skipped
     and counted in `skipped`; an empty window is no error, a window of nothing but damaged input is."""
-    skipped = skipped if skipped is not None else SkippedRecords()
     path = current_path or cfg.monitor.current
     if path:
         texts, source = _file_texts(cfg, path, skipped), str(path)
@@ -46,9 +44,10 @@ def _file_texts(cfg: LifecycleConfig, path: str, skipped: SkippedRecords) -> lis
         frame = read_source(path, format_of(path, table_format(data)), scratch, skipped)
     if frame.empty:
         return []
-    column = next((c for c in dict.fromkeys((data.text_column, "text")) if c in frame.columns), None)
+    candidates = list(dict.fromkeys((data.text_column, "text")))  # the training data's column, or the log's
+    column = next((c for c in candidates if c in frame.columns), None)
     if column is None:
-        expected = " or ".join(repr(c) for c in dict.fromkeys((data.text_column, "text")))
+        expected = " or ".join(map(repr, candidates))
         raise DataError(f"{path}: no text column; expected {expected}, found {list(frame.columns)}")
     texts = frame[column]
     usable = texts.map(lambda t: isinstance(t, str) and bool(t.strip())).astype(bool)
