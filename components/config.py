@@ -226,6 +226,28 @@ class ServeConfig(_Section):
     # when the oldest has waited this long, and when the server stops. A crash loses at most what waits.
     log_flush_texts: int = Field(100, ge=1)
     log_flush_seconds: float = Field(30, gt=0)
+    # A server started on models:/NAME@ALIAS reads the registry this often and swaps in the version the alias
+    # (and a rollout's candidate) points at, without a restart.
+    follow_seconds: float = Field(5, gt=0)
+
+
+class RolloutConfig(_Section):
+    """How a new champion reaches traffic once stage 5's gate passed (the first champion always goes direct).
+    shadow (the default): the champion answers, the candidate scores a copy of each request off the answer path;
+    canary: `canary_percent` of requests, by a stable hash of the request, are answered by the candidate; direct:
+    all traffic at once. shadow and canary end in a decision on live evidence (monitoring/rollout.py)."""
+    mode: Literal["shadow", "canary", "direct"] = "shadow"
+    canary_percent: float = Field(10, gt=0, lt=100)
+    min_texts: int = Field(200, ge=1)  # texts scored by both versions before any decision but a rollback
+    min_labelled: int = Field(50, ge=1)  # of those, texts with a label in the feedback before accuracy decides
+    deadline_hours: float = Field(72, gt=0)  # after this, too little evidence ends the rollout `on_deadline`
+    on_deadline: Literal["rollback", "promote"] = "rollback"
+    max_error_rate: float = Field(0.01, ge=0, le=1)  # the candidate's share of failed scorings
+    max_p99_ratio: float = Field(2.0, ge=1)  # the candidate's p99 latency against the champion's
+
+
+class DeployConfig(_Section):
+    rollout: RolloutConfig = RolloutConfig()
 
 
 class StorageConfig(_Section):
@@ -263,6 +285,7 @@ class LifecycleConfig(_Section):
     tracking: TrackingConfig = TrackingConfig()
     kfp: KfpConfig = KfpConfig()
     serve: ServeConfig = ServeConfig()
+    deploy: DeployConfig = DeployConfig()
     monitor: MonitorConfig = MonitorConfig()
     storage: StorageConfig = StorageConfig()
 

@@ -14,6 +14,9 @@ from components.handoff import model_uri
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS = "previous"
+CANDIDATE = "candidate"  # a new champion on trial on live traffic (deploy.rollout); servers of @champion follow it
+ROLLOUT_TAGS = ("rollout.mode", "rollout.canary_percent", "rollout.started")
+ROLLOUT_STATE = "rollout.state"  # on the candidate's version: running, promoted, rolled_back, superseded
 
 
 class RegistryError(LifecycleError):
@@ -81,16 +84,54 @@ def register_challenger(model_name: str, model_dir: str, labels: list[str], card
     return version
 
 
-def publish_champion(source, bundle: str, labels: list[str], tags: dict[str, str],
-                     example_texts: list[str]) -> tuple[str, Optional[str]]:
+def publish_champion(source, bundle: str, labels: list[str], tags: dict[str, str], example_texts: list[str],
+                     rollout) -> tuple[str, Optional[str], str]:
     """Stage 6: the ONNX bundle of the challenger `source` (a registered version, see `challenger`) as a new version
-    with its card and tags, and `tags`; then `champion`. Returns (the new version, the champion it replaced or
-    None)."""
+    with its card and tags, and `tags`; then `champion` directly (rollout.mode direct, or no champion yet), or
+    `candidate` for a rollout on live traffic. Returns (the new version, the champion it replaced or None, the mode
+    it reaches traffic by)."""
+    import mlflow
+
     from components.pyfunc_model import OnnxTextClassifier
 
     version = register_model(OnnxTextClassifier(), {"bundle": bundle}, labels, source.name, source.description,
                              source.tags | tags | {"source_version": str(source.version)}, example_texts)
-    return version, promote(source.name, version)
+    if rollout.mode == "direct" or alias_version(mlflow.MlflowClient(), source.name, CHAMPION) is None:
+        return version, promote(source.name, version), "direct"
+    start_rollout(source.name, version, rollout.mode, rollout.canary_percent)
+    return version, None, rollout.mode
+
+
+def start_rollout(model_name: str, version: str, mode: str, canary_percent: float) -> None:
+    """`candidate` on `version`, with the rollout's mode, share and start on the version; a rollout still running
+    is superseded (its version stays registered, and the champion is untouched)."""
+    import datetime as dt
+
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    running = alias_version(client, model_name, CANDIDATE)
+    if running and running != version:
+        client.set_model_version_tag(model_name, running, ROLLOUT_STATE, "superseded")
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    for key, value in zip(ROLLOUT_TAGS, (mode, f"{canary_percent:g}", started)):
+        client.set_model_version_tag(model_name, version, key, value)
+    client.set_model_version_tag(model_name, version, ROLLOUT_STATE, "running")
+    client.set_registered_model_alias(model_name, CANDIDATE, version)
+
+
+def end_rollout(model_name: str, candidate: str, promoted: bool, reason: str) -> Optional[str]:
+    """Promote the candidate to champion (the champion it leaves gets `previous`) or roll it back; either way the
+    alias `candidate` goes, after `champion` moved, so that a server never sees neither. Returns the replaced
+    champion when promoted."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    replaced = promote(model_name, candidate) if promoted else None
+    client.set_model_version_tag(model_name, candidate, ROLLOUT_STATE, "promoted" if promoted else "rolled_back")
+    client.set_model_version_tag(model_name, candidate, "rollout.reason", reason[:5000])
+    client.delete_registered_model_alias(model_name, CANDIDATE)
+    return replaced
 
 
 def challenger(model_name: str, version: str):

@@ -39,6 +39,7 @@ DEPLOY = Stage(6, "deploy", wants_gpu=False)
 MONITOR = Stage(7, "monitor", wants_gpu=False)
 STAGES = (DATA, MODEL, ENVIRONMENT, FINE_TUNE, EVALUATE, DEPLOY, MONITOR)
 TRAFFIC_CHECK = "drift-check"  # stage 7 on served traffic (the monitor pipeline), outside any training run
+ROLLOUT_CHECK = "rollout-check"  # the monitor pipeline's decision on a running rollout (components/monitor/rollout.py)
 
 
 def by_task_name(task_name: str) -> Stage | None:

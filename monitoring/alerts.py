@@ -1,4 +1,4 @@
-"""Drift alerts: a log line, a JSON file under work_dir/alerts, and a POST to a Slack/Teams incoming webhook."""
+"""Alerts (drift, and a rollout rolled back): a log line, a JSON file under work_dir/alerts, and a POST to a Slack/Teams incoming webhook."""
 
 from __future__ import annotations
 
@@ -27,8 +27,12 @@ class Alert:
     monitor_run_id: str = ""
     retraining: str = ""  # what the alert started, or why not
     webhook: str = "not configured"  # or "sent", or "failed: <why>"
+    kind: str = "drift"  # or "rollback": a rollout's candidate (model_version) was rolled back
 
     def message(self) -> str:
+        if self.kind == "rollback":
+            return (f":warning: Rollout of {self.model} v{self.model_version} rolled back: {self.summary}. The "
+                    f"champion is unchanged. Alert {self.id}, MLflow run {self.monitor_run_id}.")
         features = ", ".join(f"{f['feature']} ({f['method']} {f['score']:.3g})" for f in self.drifted_features)
         return (f":warning: Drift on {self.model} v{self.model_version}: {self.summary}. Drifted: {features or '-'}. "
                 f"Retraining: {self.retraining or 'not decided'}. Alert {self.id}, MLflow run {self.monitor_run_id}.")
@@ -38,11 +42,11 @@ class Alert:
 
 
 def new_alert(model: str, model_version: str, summary: str, drifted_features: list[dict], report: str,
-              monitor_run_id: str) -> Alert:
+              monitor_run_id: str, kind: str = "drift") -> Alert:
     now = dt.datetime.now(dt.timezone.utc)
-    alert_id = f"drift-{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+    alert_id = f"{kind}-{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     return Alert(alert_id, now.isoformat(timespec="seconds"), model, model_version, summary, drifted_features,
-                 report, monitor_run_id)
+                 report, monitor_run_id, kind=kind)
 
 
 def send_alert(alert: Alert, alerts_dir: str | Path, webhook_url: Optional[str] = None) -> Path:
@@ -50,7 +54,7 @@ def send_alert(alert: Alert, alerts_dir: str | Path, webhook_url: Optional[str] 
     webhook is logged and recorded in the file; it never stops the monitor."""
     import requests
 
-    log.warning("DRIFT ALERT %s", alert.message())
+    log.warning("%s ALERT %s", alert.kind.upper(), alert.message())
     if webhook_url:
         try:
             response = requests.post(webhook_url, json={"text": alert.message()}, timeout=WEBHOOK_TIMEOUT_S)

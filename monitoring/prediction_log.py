@@ -17,7 +17,10 @@ import uuid
 from typing import Iterable, Optional
 
 SHARD_PREFIX = "predictions-"
-COLUMNS = ["timestamp", "model", "model_version", "text", "label", "probabilities"]  # of each record
+# Of each record. role: "answer" (what the client received) or "shadow" (a rollout's second opinion, never sent);
+# latency_ms: the scoring of the request the text came in; error: why that version could not score it (no label).
+COLUMNS = ["timestamp", "model", "model_version", "text", "label", "probabilities", "role", "latency_ms", "error"]
+ANSWER, SHADOW = "answer", "shadow"
 
 
 class PredictionLog:
@@ -41,11 +44,13 @@ class PredictionLog:
         self._flusher.start()
         atexit.register(self.close)  # MLServer stops on SIGTERM without unloading its models
 
-    def write(self, texts: Iterable[str], labels: Iterable[str], probabilities: Iterable[dict], model: str,
-              version: str) -> None:
+    def write(self, texts: Iterable[str], labels: Iterable[Optional[str]], probabilities: Iterable[Optional[dict]],
+              model: str, version: str, role: str = ANSWER, latency_ms: Optional[float] = None,
+              error: Optional[str] = None) -> None:
         stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
-        lines = [json.dumps(dict(zip(COLUMNS, (stamp, model, version, text, label, probs))), ensure_ascii=False)
-                 + "\n" for text, label, probs in zip(texts, labels, probabilities)]
+        latency = None if latency_ms is None else round(latency_ms, 3)
+        lines = [json.dumps(dict(zip(COLUMNS, (stamp, model, version, text, label, probs, role, latency, error))),
+                            ensure_ascii=False) + "\n" for text, label, probs in zip(texts, labels, probabilities)]
         with self._lock:
             if not self._waiting:
                 self._oldest = time.monotonic()
@@ -133,6 +138,13 @@ def read_window(root: str, hours: float, now: dt.datetime | None = None, skipped
         return frame
     stamps = frame["timestamp"]
     return frame[(stamps >= since) & (stamps <= now)].reset_index(drop=True)
+
+
+def answered(frame):
+    """The records of what clients received (records of earlier versions have no role: all were answers)."""
+    if frame.empty:
+        return frame
+    return frame[frame["role"].fillna(ANSWER).eq(ANSWER) & frame["error"].isna()].reset_index(drop=True)
 
 
 def shard_day(uri: str) -> str:

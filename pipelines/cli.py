@@ -91,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
     rollback = with_config(commands.add_parser("rollback", help="put the previous champion back"))
     rollback.set_defaults(handler=_rollback)
+    rollout = with_config(commands.add_parser("rollout", help="a new champion on trial on live traffic: its "
+                                                              "evidence, or a person's decision"))
+    rollout.add_argument("action", choices=["status", "promote", "abort"],
+                         help="status: the evidence and what the monitor would decide now (changes nothing); "
+                              "promote: the candidate becomes the champion now; abort: it is rolled back")
+    rollout.set_defaults(handler=_rollout)
     ui = with_config(commands.add_parser("ui", help="start the MLflow UI on the project's tracking store"))
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(handler=_ui)
@@ -122,7 +128,7 @@ def load(args, absolute: bool = True):
 
 def _run(args) -> int:
     from components.handoff import model_uri, version_uri
-    from components.registry import CHAMPION
+    from components.registry import CANDIDATE, CHAMPION
     from pipelines.local import config_of_run, run_locally, tracking_uri_for
 
     signal.signal(signal.SIGTERM, _terminated)
@@ -148,6 +154,10 @@ def _run(args) -> int:
     if result.champion_version:
         lines += [f"deployed      {version_uri(name, result.champion_version)} (ONNX, alias {CHAMPION})",
                   f"  serve it    lifecycle serve --model {model_uri(name, CHAMPION)}"]
+    if result.candidate_version:
+        lines += [f"deployed      {version_uri(name, result.candidate_version)} (ONNX, alias {CANDIDATE}: a "
+                  f"{cfg.deploy.rollout.mode} rollout beside the champion; servers of @{CHAMPION} take it up)",
+                  "  follow it   lifecycle rollout status"]
     lines.append(f"artifacts     {result.artifacts_dir}")
     args.console.show("\n" + "\n".join(lines))
     return 0
@@ -252,7 +262,7 @@ def _demo(args) -> int:
 def _serve(args) -> int:
     import mlflow
 
-    from components.deploy.serving import Limits, resolve_bundle, serve
+    from components.deploy.serving import Follow, Limits, resolve_bundle, serve
     from components.handoff import model_uri
     from components.registry import CHAMPION
     from pipelines.local import tracking_uri_for
@@ -260,15 +270,20 @@ def _serve(args) -> int:
     cfg = load(args)
     mlflow.set_tracking_uri(tracking_uri_for(cfg))
     served = args.model or model_uri(cfg.tracking.registered_model, CHAMPION)
-    bundle, name, version = resolve_bundle(served, Path(cfg.work_dir) / "serving")
+    downloads = Path(cfg.work_dir) / "serving"
+    bundle, name, version = resolve_bundle(served, downloads)
+    _, _, alias = served.partition("@")
+    follow = Follow(alias, cfg.serve.follow_seconds, str(downloads)) if alias else None
     port = args.port or cfg.serve.port
     log = cfg.predictions_uri()
-    args.console.show(f"serving {served} (version {version}) on http://{cfg.serve.host}:{port}: POST "
+    following = (f"; follows @{alias}" + (" and its rollouts" if alias == CHAMPION else "")
+                 + f" (every {cfg.serve.follow_seconds:g} s)") if follow else ""
+    args.console.show(f"serving {served} (version {version}{following}) on http://{cfg.serve.host}:{port}: POST "
                       f"/v2/models/{name}/infer, POST /predict; metrics on :{port + 2}/metrics; predictions logged "
                       f"to {log}")
     serve(bundle, name, version, port, log,
           Limits(cfg.serve.max_batch, cfg.serve.max_text_chars, cfg.serve.max_request_bytes),
-          (cfg.serve.log_flush_texts, cfg.serve.log_flush_seconds), cfg.serve.host)
+          (cfg.serve.log_flush_texts, cfg.serve.log_flush_seconds), cfg.serve.host, follow)
     return 0
 
 
@@ -282,7 +297,45 @@ def _rollback(args) -> int:
     mlflow.set_tracking_uri(tracking_uri_for(cfg))
     champion, demoted = rollback(cfg.tracking.registered_model)
     args.console.show(f"{cfg.tracking.registered_model}: champion is version {champion} again; version {demoted} is "
-                      "now 'previous' (a second rollback undoes this)")
+                      f"now 'previous' (a second rollback undoes this). Servers of @champion answer with version "
+                      f"{champion} within serve.follow_seconds ({cfg.serve.follow_seconds:g} s).")
+    return 0
+
+
+def _rollout(args) -> int:
+    import mlflow
+
+    from components.decision import Decision
+    from components.monitor.rollout import check_rollout
+    from components.registry import RegistryError
+    from monitoring.rollout import PROMOTE, ROLLBACK
+    from pipelines.local import tracking_uri_for
+
+    cfg = load(args)
+    mlflow.set_tracking_uri(tracking_uri_for(cfg))
+    by_hand = {"promote": Decision(PROMOTE, "promoted by hand (lifecycle rollout promote)"),
+               "abort": Decision(ROLLBACK, "aborted by hand (lifecycle rollout abort)")}.get(args.action)
+    check = check_rollout(cfg, by_hand=by_hand, record=args.action != "status")
+    if check is None:
+        if args.action != "status":
+            raise RegistryError(f"registered model {cfg.tracking.registered_model!r} has no rollout running (no "
+                                "version with the alias 'candidate')")
+        args.console.show(f"{cfg.tracking.registered_model}: no rollout running")
+        return 0
+    e = check.evidence
+    p99 = lambda ms: f"{ms:.1f} ms" if ms is not None else "-"  # noqa: E731
+    args.console.show("\n".join([
+        f"{cfg.tracking.registered_model}: version {e.candidate} in {e.mode} beside champion {e.champion}, since "
+        f"{e.started:%Y-%m-%d %H:%M} UTC",
+        f"  scored        champion {e.champion_scored} texts ({e.champion_failed} failed, p99 "
+        f"{p99(e.champion_p99_ms)}); candidate {e.candidate_scored} ({e.candidate_failed} failed, p99 "
+        f"{p99(e.candidate_p99_ms)})",
+        f"  paired        {e.paired} texts, agreement {e.agreement:.1%}; {e.labelled} labelled: accuracy champion "
+        f"{e.champion_accuracy:.4f}, candidate {e.candidate_accuracy:.4f}, exact McNemar p = {e.p_value:.3g}",
+        ("  decision now  " if args.action == "status" else "  done          ")
+        + f"{check.decision.value}: {check.decision.reason}",
+        *([f"  MLflow run    {check.run_id}"] if check.run_id else []),
+    ]))
     return 0
 
 

@@ -28,6 +28,7 @@ class LocalRun:
     parent_run_id: str
     model_version: str  # registered by stage 5
     champion_version: Optional[str]  # registered and promoted by stage 6, when the gate passed
+    candidate_version: Optional[str]  # or registered as the candidate of a rollout on live traffic
     registered_model: str
     gate: str
     artifacts_dir: str
@@ -77,6 +78,7 @@ def run_locally(cfg: LifecycleConfig, resume_run_id: Optional[str] = None,
         parent_run_id=parent,
         model_version=tags["model_version"],
         champion_version=tags.get("champion_version"),
+        candidate_version=tags.get("candidate_version"),
         registered_model=cfg.tracking.registered_model,
         gate=tags["gate"],
         artifacts_dir=str(runs[-1]) if runs else str(pipeline_root),

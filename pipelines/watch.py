@@ -46,8 +46,9 @@ def monitor_once(cfg: LifecycleConfig) -> None:
         log.info("alert %s (webhook: %s); retraining: %s", tags["alert"], tags.get("webhook"), tags.get("retraining"))
     if outcome.retraining:
         r = outcome.retraining
-        moved = f"champion is now version {r['champion_version']}" if r.get("champion_version") else \
-            "champion unchanged"
+        moved = (f"champion is now version {r['champion_version']}" if r.get("champion_version") else
+                 f"version {r['candidate_version']} is on trial as the candidate" if r.get("candidate_version")
+                 else "champion unchanged")
         log.info("retraining %s: gate %s (%s); %s", tags["retraining_run_id"], r.get("gate", "?"),
                  r.get("gate_reasons", ""), moved)
 

@@ -126,7 +126,8 @@ def test_metrics_count_requests_and_the_texts_classified_per_label_and_version(s
     before = metrics(url)
     requests.post(f"{url}/predict", json={"texts": [SPAM, SPAM, HAM]}, timeout=10).raise_for_status()
     after = metrics(url)
-    spam = f"lifecycle_texts_classified_total{{'label': 'spam', 'model_name': '{MODEL}', 'model_version': '3'}}"
+    spam = (f"lifecycle_texts_classified_total{{'label': 'spam', 'model_name': '{MODEL}', 'model_version': '3', "
+            "'role': 'answer'}")
     ham = spam.replace("'spam'", "'ham'")
     assert after[spam] - before.get(spam, 0) == 2 and after[ham] - before.get(ham, 0) == 1
     assert any(name.startswith("rest_server_requests_total") and "/predict" in name for name in after)
@@ -215,7 +216,7 @@ def test_every_served_text_is_logged_and_nothing_is_lost_on_shutdown(server):
     assert last["text"] == texts[1] and last["label"] == answer["predictions"][1]["label"]
     assert last["model_version"] == "3" and set(json.loads(json.dumps(last["probabilities"]))) == {"ham", "spam"}
     output = (log_dir.parent / "server.out").read_text()
-    assert output.count("stopped") == 1 and f"server of {MODEL} version 3 stopped (SIGTERM)" in output, output
+    assert output.count("stopped") == 1 and f"server of {MODEL} stopped (SIGTERM)" in output, output
     assert "gRPC server shutdown" not in output and "Shutting down" not in output
 
 

@@ -1,5 +1,5 @@
 """Stage 6's MLflow adapter (it runs only when stage 5's gate passed): the nested run `6-deploy` with the parity
-and int8 report; the bundle published as the champion (components.registry)."""
+and int8 report; the bundle published as the champion, or as the candidate of a rollout (components.registry)."""
 
 from __future__ import annotations
 
@@ -31,13 +31,15 @@ def deploy(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: st
                 mlflow.log_artifact(str(Path(out_dir) / DEPLOYMENT))
         mlflow.log_metrics({k: v for k, v in report.to_dict().items() if isinstance(v, float)})
         mlflow.log_params({"served": report.served, "served_reason": report.reason, "temperature": temperature})
-        version, demoted = publish_champion(
+        version, demoted, rollout = publish_champion(
             source, str(bundle_dir(out_dir)), read_labels(model_dir),
             {"format": f"onnx-{report.served}", "parity_max_abs_logit_diff": f"{report.max_abs_logit_diff:.2e}"},
-            read_texts(data_dir, "test", 3))
-        mlflow.set_tags({"model_version": version, "previous_champion": demoted or "none"})
+            read_texts(data_dir, "test", 3), cfg.deploy.rollout)
+        mlflow.set_tags({"model_version": version, "previous_champion": demoted or "none", "rollout": rollout})
+        reached = (f"version {version} is the champion" + (f" (was {demoted})" if demoted else "")
+                   if rollout == "direct" else f"version {version} is the candidate of a {rollout} rollout")
         stage.result = (f"ONNX parity max |logit diff| {report.max_abs_logit_diff:.1e}; serves {report.served} "
-                        f"({report.reason}); version {version} is the champion"
-                        + (f" (was {demoted})" if demoted else ""))
-    mlflow.MlflowClient().set_tag(parent_run_id, "champion_version", version)
-    return report.to_dict() | {"model_version": version, "previous_champion": demoted}
+                        f"({report.reason}); {reached}")
+    mlflow.MlflowClient().set_tag(parent_run_id, "champion_version" if rollout == "direct" else "candidate_version",
+                                  version)
+    return report.to_dict() | {"model_version": version, "previous_champion": demoted, "rollout": rollout}

@@ -8,8 +8,10 @@ from __future__ import annotations
 import functools
 import logging
 import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from mlserver import MLModel
@@ -139,31 +141,50 @@ def check_texts(texts: list, limits: Limits) -> list[str]:
 
 
 class TextClassifierRuntime(MLModel):
-    """parameters.uri: an ONNX bundle directory; parameters.extra: prediction_log (a storage URI), log_flush_texts,
-    log_flush_seconds, max_batch, max_text_chars."""
+    """parameters.uri: an ONNX bundle directory; parameters.extra: version (the bundle's), follow (a Follow as a
+    dict, or none), prediction_log (a storage URI), log_flush_texts, log_flush_seconds, max_batch, max_text_chars.
+
+    Each request reads `served` once: a swap (components.deploy.following) never changes a request mid-way."""
 
     async def load(self) -> bool:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from components.deploy.following import Follower, Loaded, Served
         from components.deploy.onnx_classifier import OnnxClassifier
         from monitoring.prediction_log import PredictionLog
 
         extra = self.settings.parameters.extra or {}
-        self.classifier = OnnxClassifier(self.settings.parameters.uri)
+        self.served = Served(Loaded(extra["version"], OnnxClassifier(self.settings.parameters.uri)))
         self.limits = Limits(extra.get("max_batch", 64), extra.get("max_text_chars", 2000))
         self.log = PredictionLog(extra["prediction_log"], extra.get("log_flush_texts", 100),
                                  extra.get("log_flush_seconds", 30.0)) if extra.get("prediction_log") else None
+        self.shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="shadow")
+        self.shadow_room = threading.BoundedSemaphore(MAX_SHADOW_WAITING)
+        self.follower = None
+        if extra.get("follow"):
+            follow = Follow(**extra["follow"])
+            self.follower = Follower(self.name, follow.alias, follow.seconds, follow.download_dir,
+                                     functools.partial(load_version, self.name), self.served, self._swap)
+            self.follower.start()
         return True
 
+    def _swap(self, served) -> None:
+        self.served = served
+
     async def unload(self) -> bool:
+        if self.follower:
+            self.follower.stop()
+        self.shadow_pool.shutdown(wait=True)  # the shadow scores under way reach the log
         if self.log:
             self.log.close()
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         texts = texts_from_request(payload, self.limits)
-        labels, probabilities, _ = self._classify(texts)
+        version, labels, probabilities, _ = self._classify(texts)
         return InferenceResponse(
             model_name=self.name,
-            model_version=self.version,
+            model_version=version,
             id=payload.id,
             outputs=[StringCodec.encode_output("label", labels),
                      NumpyCodec.encode_output("probabilities", probabilities.astype(np.float32))],
@@ -173,23 +194,96 @@ class TextClassifierRuntime(MLModel):
     async def predict_json(self, request: TextsRequest) -> dict:
         """{"texts": [...]} -> {"predictions": [{"label": ..., "probabilities": {...}}], "model_version": ...}"""
         texts = check_texts(request.texts, self.limits)
-        labels, _, by_label = self._classify(texts)
-        return {"model": self.name, "model_version": self.version, "predictions": [
+        version, labels, _, by_label = self._classify(texts)
+        return {"model": self.name, "model_version": version, "predictions": [
             {"label": label, "probabilities": probabilities} for label, probabilities in zip(labels, by_label)]}
 
-    def _classify(self, texts: list[str]) -> tuple[list[str], np.ndarray, list[dict[str, float]]]:
-        """Labels, the probability matrix and the same as {label: probability} per text; logs every text."""
+    def _classify(self, texts: list[str]) -> tuple[str, list[str], np.ndarray, list[dict[str, float]]]:
+        """(the version that answered, labels, the probability matrix, the same as {label: probability} per text).
+        The request's texts are its key for a canary's stable share; a canary that fails is answered by the
+        champion. The second opinion of a rollout is scored on another thread, after the answer."""
+        from monitoring.prediction_log import ANSWER
+
+        served = self.served
+        answering, second = served.route("\n".join(texts))
+        try:
+            scored = self._score(answering, texts, ANSWER)
+        except Exception:
+            if answering is served.champion:
+                raise
+            answering, second = served.champion, None
+            scored = self._score(answering, texts, ANSWER)
+        if second:
+            self._score_aside(second, texts)
+        return (answering.version, *scored)
+
+    def _score(self, model, texts: list[str], role: str) -> tuple[list[str], np.ndarray, list[dict[str, float]]]:
+        """One version's scores of the texts, timed, counted and logged; a failure is logged and counted too."""
+        import time
+
         from components.deploy.onnx_classifier import label_probabilities
 
-        probabilities = self.classifier.probabilities(texts)
-        labels = [self.classifier.labels[int(i)] for i in probabilities.argmax(axis=1)]
-        by_label = label_probabilities(self.classifier.labels, probabilities)
+        classified, seconds, failures = serving_metrics()
+        start = time.perf_counter()
+        try:
+            probabilities = model.classifier.probabilities(texts)
+        except Exception as err:
+            failures.labels(self.name, model.version, role).inc()
+            if self.log:
+                self.log.write(texts, [None] * len(texts), [None] * len(texts), self.name, model.version, role,
+                               error=f"{type(err).__name__}: {err}"[:500])
+            log.exception("version %s (%s) failed on %d texts", model.version, role, len(texts))
+            raise
+        elapsed = time.perf_counter() - start
+        seconds.labels(self.name, model.version, role).observe(elapsed)
+        labels = [model.classifier.labels[int(i)] for i in probabilities.argmax(axis=1)]
+        by_label = label_probabilities(model.classifier.labels, probabilities)
         if self.log:
-            self.log.write(texts, labels, by_label, self.name, self.version or "")
-        classified = texts_classified()
+            self.log.write(texts, labels, by_label, self.name, model.version, role, 1000 * elapsed)
         for label in set(labels):
-            classified.labels(self.name, self.version or "", label).inc(labels.count(label))
+            classified.labels(self.name, model.version, role, label).inc(labels.count(label))
         return labels, probabilities, by_label
+
+    def _score_aside(self, model, texts: list[str]) -> None:
+        """Score off the answer path; when the shadow thread falls behind, the copy is dropped and counted rather
+        than queued without end."""
+        from monitoring.prediction_log import SHADOW
+
+        if not self.shadow_room.acquire(blocking=False):
+            shadow_dropped().labels(self.name, model.version).inc(len(texts))
+            return
+
+        def score() -> None:
+            try:
+                self._score(model, texts, SHADOW)
+            except Exception:
+                pass  # logged and counted by _score; the client has its answer
+            finally:
+                self.shadow_room.release()
+
+        self.shadow_pool.submit(score)
+
+
+MAX_SHADOW_WAITING = 32  # requests waiting for their shadow scoring
+
+
+@dataclass(frozen=True)
+class Follow:
+    """What a server of models:/NAME@ALIAS follows: the alias, how often it reads the registry, where versions are
+    downloaded."""
+    alias: str
+    seconds: float
+    download_dir: str
+
+
+def load_version(name: str, version: str, download_dir):
+    """A registered ONNX version, downloaded and loaded, as the follower swaps it in."""
+    from components.deploy.following import Loaded
+    from components.deploy.onnx_classifier import OnnxClassifier
+    from components.handoff import version_uri
+
+    bundle, _, _ = resolve_bundle(version_uri(name, version), download_dir)
+    return Loaded(version, OnnxClassifier(bundle), Path(bundle).parents[1])
 
 
 def resolve_bundle(model_uri: str, download_dir: str | Path) -> tuple[str, str, str]:
@@ -217,19 +311,33 @@ def resolve_bundle(model_uri: str, download_dir: str | Path) -> tuple[str, str, 
 
 
 @functools.cache
-def texts_classified():
-    """The Prometheus counter of texts classified, per model, version and label (one per process)."""
+def serving_metrics():
+    """Prometheus, per model, version and role (answer or shadow): texts classified by label, scoring latency,
+    scorings that failed."""
+    from prometheus_client import Counter, Histogram
+
+    by_version = ["model_name", "model_version", "role"]
+    return (Counter("lifecycle_texts_classified", "Texts classified, by the label given", [*by_version, "label"]),
+            Histogram("lifecycle_scoring_seconds", "Time to score one request's texts", by_version),
+            Counter("lifecycle_scoring_failures", "Requests a version failed to score", by_version))
+
+
+@functools.cache
+def shadow_dropped():
     from prometheus_client import Counter
 
-    return Counter("lifecycle_texts_classified", "Texts classified, by the label given",
-                   ["model_name", "model_version", "label"])
+    return Counter("lifecycle_shadow_dropped_texts", "Texts left unscored by the shadow, which fell behind",
+                   ["model_name", "model_version"])
 
 
 def serve(bundle_dir: str, name: str, version: str, port: int, prediction_log: str, limits: Limits,
-          log_flush: tuple[int, float] = (100, 30.0), host: str = "127.0.0.1") -> None:
+          log_flush: tuple[int, float] = (100, 30.0), host: str = "127.0.0.1", follow: Optional[Follow] = None) -> None:
     """Run MLServer in this process on `host` until SIGINT/SIGTERM (the prediction log writes its last shard at
-    exit). `log_flush`: (texts, seconds) after which waiting records are written as a shard."""
+    exit). `log_flush`: (texts, seconds) after which waiting records are written as a shard. `follow`: the alias
+    whose moves (and rollouts) the server follows; without it, `version` is served until the server stops."""
     import asyncio
+    import os
+    from dataclasses import asdict
 
     from mlserver import MLServer
     from mlserver.settings import ModelParameters, ModelSettings, Settings
@@ -253,12 +361,15 @@ def serve(bundle_dir: str, name: str, version: str, port: int, prediction_log: s
     settings = Settings(http_port=port, grpc_port=port + 1, metrics_port=port + 2, metrics_endpoint="/metrics",
                         parallel_workers=0, debug=False, host=host, grpc_max_message_length=limits.max_request_bytes)
     classes = len(read_labels(bundle_dir))
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the follower's downloads: not a log's
+    # No version in MLServer's settings: the served version changes without a restart; each answer names its own.
     model = ModelSettings(
-        name=name, implementation=TextClassifierRuntime, platform="onnxruntime", versions=[version],
+        name=name, implementation=TextClassifierRuntime, platform="onnxruntime",
         inputs=[MetadataTensor(name=INPUT_NAME, datatype="BYTES", shape=[-1])],
         outputs=[MetadataTensor(name="label", datatype="BYTES", shape=[-1, 1]),
                  MetadataTensor(name="probabilities", datatype="FP32", shape=[-1, classes])],
-        parameters=ModelParameters(uri=bundle_dir, version=version, extra={
+        parameters=ModelParameters(uri=bundle_dir, extra={
+            "version": version, "follow": asdict(follow) if follow else None,
             "prediction_log": prediction_log, "log_flush_texts": log_flush[0], "log_flush_seconds": log_flush[1],
             "max_batch": limits.max_batch, "max_text_chars": limits.max_text_chars}),
     )
@@ -272,8 +383,7 @@ def serve(bundle_dir: str, name: str, version: str, port: int, prediction_log: s
     for logger in SHUTDOWN_LINES:
         logging.getLogger(logger).addFilter(_without_shutdown_lines)
     stopped_by = asyncio.run(run()).stopped_by
-    log.info("server of %s version %s stopped%s", name, version,
-             f" ({signal.Signals(stopped_by).name})" if stopped_by else "")
+    log.info("server of %s stopped%s", name, f" ({signal.Signals(stopped_by).name})" if stopped_by else "")
 
 
 # What MLServer's HTTP, gRPC and metrics servers each say as they stop; `serve` says it once.

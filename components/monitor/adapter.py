@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from components.config import LifecycleConfig
-from components.stages import MONITOR, TRAFFIC_CHECK
+from components.stages import MONITOR, ROLLOUT_CHECK, TRAFFIC_CHECK
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,10 @@ def open_monitor_run(cfg: LifecycleConfig, tracking_uri: str) -> str:
 
 def monitor_traffic(config_json: str, tracking_uri: str, current_path: str, monitor_run_id: str, out_dir: str,
                     act_on_drift: bool = True) -> str:
-    """The champion against the current window. On drift (and `act_on_drift`): an alert, and a retraining when
-    the cool-down and the other claimers allow. Returns the retraining's parent run id, or '' when none starts.
-    The champion is downloaded into a scratch folder; the alert is an MLflow artifact (and a local copy)."""
+    """The champion against the current window. With `act_on_drift` (the monitor pipeline), first the decision on a
+    running rollout, carried out; then on drift an alert, and a retraining when the cool-down and the other
+    claimers allow. Returns the retraining's parent run id, or '' when none starts. The champion is downloaded
+    into a scratch folder; the alert is an MLflow artifact (and a local copy)."""
     import tempfile
 
     import mlflow
@@ -59,11 +60,16 @@ def monitor_traffic(config_json: str, tracking_uri: str, current_path: str, moni
     from components.deploy.serving import resolve_bundle
     from components.handoff import model_uri
     from components.monitor import core
+    from components.monitor.rollout import check_rollout
     from components.registry import CHAMPION
     from components.tracking import use_config_experiment
 
     cfg = LifecycleConfig.model_validate_json(config_json)
     use_config_experiment(cfg, tracking_uri)
+    if act_on_drift:
+        with reported_stage(ROLLOUT_CHECK) as stage:
+            rollout = check_rollout(cfg)
+            stage.result = rollout.line() if rollout else "no rollout running"
     run_id = monitor_run_id or open_monitor_run(cfg, tracking_uri)
     with reported_stage(TRAFFIC_CHECK) as stage, mlflow.start_run(run_id=run_id), \
             tempfile.TemporaryDirectory(prefix="lifecycle-monitor-") as scratch:

@@ -22,10 +22,10 @@ def current_texts(cfg: LifecycleConfig, current_path: Optional[str], skipped: Sk
     if path:
         texts, source = _file_texts(cfg, path, skipped), str(path)
     else:
-        from monitoring.prediction_log import read_window
+        from monitoring.prediction_log import answered, read_window
 
-        log = cfg.predictions_uri()
-        texts = read_window(log, cfg.monitor.window_hours, skipped=skipped)["text"].tolist()
+        log = cfg.predictions_uri()  # what clients received: a rollout's shadow scores would count texts twice
+        texts = answered(read_window(log, cfg.monitor.window_hours, skipped=skipped))["text"].tolist()
         source = f"prediction log {log}, last {cfg.monitor.window_hours:g} h"
     if not texts and skipped.examples:
         raise DataError(f"{source}: nothing usable: {skipped.summary()}, e.g. {skipped.examples[0]}")

@@ -1,0 +1,127 @@
+"""A rollout's evidence and its decision, as plain functions.
+
+The evidence comes from the prediction log since the rollout began: the texts both versions scored (in shadow
+every request, in a canary the candidate's share, which the champion scores aside), how often they agree, and on
+the texts that later received a label in the feedback, who was right: the exact McNemar test of stage 5's gate on
+those pairs. Each version's failed scorings and p99 latency come from the same records.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from components.decision import Decision
+
+PROMOTE, ROLLBACK, WAIT = "promote", "rollback", "wait"
+
+
+@dataclass
+class RolloutEvidence:
+    champion: str
+    candidate: str
+    mode: str
+    started: dt.datetime
+    paired: int  # texts scored by both versions
+    agreement: float  # the share of those given the same label
+    labelled: int  # paired texts with a label in the feedback
+    champion_accuracy: float
+    candidate_accuracy: float
+    candidate_only_right: int  # labelled texts the candidate got right and the champion wrong
+    champion_only_right: int
+    p_value: float  # exact McNemar on the labelled pairs
+    champion_scored: int  # texts, including those that failed
+    candidate_scored: int
+    champion_failed: int
+    candidate_failed: int
+    champion_p99_ms: Optional[float]
+    candidate_p99_ms: Optional[float]
+
+    @property
+    def candidate_failure_rate(self) -> float:
+        return self.candidate_failed / self.candidate_scored if self.candidate_scored else 0.0
+
+    def metrics(self) -> dict[str, float]:
+        figures = {k: float(v) for k, v in asdict(self).items() if isinstance(v, (int, float)) and v is not None}
+        return figures | {"candidate_failure_rate": self.candidate_failure_rate}
+
+
+def gather_evidence(predictions: pd.DataFrame, feedback: pd.DataFrame, champion: str, candidate: str, mode: str,
+                    started: dt.datetime) -> RolloutEvidence:
+    """`predictions`: the prediction log (read_predictions' columns); `feedback`: columns text and label."""
+    rows = predictions[predictions["timestamp"] >= started] if not predictions.empty else predictions
+    versions = rows["model_version"].astype(str) if not rows.empty else pd.Series(dtype=str)
+    scored = {v: rows[versions == v] for v in (champion, candidate)}
+    ok = {v: frame[frame["error"].isna()] for v, frame in scored.items()}
+    # A text's latest label from each version; texts joined exactly (a hash join on the text).
+    last = {v: frame.drop_duplicates("text", keep="last")[["text", "label"]] for v, frame in ok.items()}
+    pairs = last[champion].merge(last[candidate], on="text", suffixes=("_champion", "_candidate"))
+    truth = feedback.drop_duplicates("text", keep="last")[["text", "label"]].rename(columns={"label": "truth"})
+    labelled = pairs.merge(truth, on="text")
+    champion_right = (labelled["label_champion"] == labelled["truth"]).to_numpy(bool)
+    candidate_right = (labelled["label_candidate"] == labelled["truth"]).to_numpy(bool)
+    from components.statistics import mcnemar_exact
+
+    candidate_only, champion_only = int((candidate_right & ~champion_right).sum()), \
+        int((champion_right & ~candidate_right).sum())
+    return RolloutEvidence(
+        champion, candidate, mode, started, len(pairs),
+        float((pairs["label_champion"] == pairs["label_candidate"]).mean()) if len(pairs) else 0.0,
+        len(labelled), float(champion_right.mean()) if len(labelled) else 0.0,
+        float(candidate_right.mean()) if len(labelled) else 0.0, candidate_only, champion_only,
+        mcnemar_exact(candidate_only, champion_only), len(scored[champion]), len(scored[candidate]),
+        len(scored[champion]) - len(ok[champion]), len(scored[candidate]) - len(ok[candidate]),
+        _p99(ok[champion]), _p99(ok[candidate]))
+
+
+def _p99(frame: pd.DataFrame) -> Optional[float]:
+    """p99 of the scoring latency over texts (a request's latency counts once per text it carried)."""
+    latencies = pd.to_numeric(frame["latency_ms"], errors="coerce").dropna() if not frame.empty else []
+    return float(np.percentile(latencies, 99)) if len(latencies) else None
+
+
+def decide_rollout(evidence: RolloutEvidence, rollout, gate, now: dt.datetime) -> Decision[str]:
+    """promote, rollback or wait, with the reason and the counts. `rollout`: a RolloutConfig; `gate`: the
+    GateConfig whose champion_rule and significance stage 5 used. A candidate that fails more than
+    max_error_rate of its scorings or is more than max_p99_ratio slower is rolled back; one significantly worse
+    on the labelled pairs is rolled back; otherwise it is promoted once min_texts pairs, min_labelled of them
+    labelled, are in (and, under the rule `better`, once it is significantly better). Until then it waits, and
+    at the deadline too little evidence ends the rollout by rollout.on_deadline."""
+    e = evidence
+    counts = (f"{e.paired} texts scored by both, {e.labelled} of them labelled; candidate right alone on "
+              f"{e.candidate_only_right}, the champion alone on {e.champion_only_right}; exact McNemar p = "
+              f"{e.p_value:.3g}")
+    if e.candidate_failed and e.candidate_failure_rate > rollout.max_error_rate:
+        return Decision(ROLLBACK, f"version {e.candidate} failed on {e.candidate_failed} of {e.candidate_scored} "
+                                  f"texts ({e.candidate_failure_rate:.1%}; at most {rollout.max_error_rate:.1%})")
+    deadline = e.started + dt.timedelta(hours=rollout.deadline_hours)
+
+    def wait(why: str) -> Decision[str]:
+        if now < deadline:
+            return Decision(WAIT, f"{why}; deciding by {deadline:%Y-%m-%d %H:%M} UTC ({counts})")
+        return Decision(rollout.on_deadline, f"the deadline {deadline:%Y-%m-%d %H:%M} UTC passed and {why} "
+                                             f"(deploy.rollout.on_deadline: {rollout.on_deadline}; {counts})")
+
+    if e.paired < rollout.min_texts:
+        return wait(f"{e.paired} texts scored by both versions of the {rollout.min_texts} needed")
+    if e.champion_p99_ms and e.candidate_p99_ms and e.candidate_p99_ms > rollout.max_p99_ratio * e.champion_p99_ms:
+        return Decision(ROLLBACK, f"version {e.candidate}'s p99 latency {e.candidate_p99_ms:.1f} ms is over "
+                                  f"{rollout.max_p99_ratio:g}x the champion's {e.champion_p99_ms:.1f} ms")
+    if e.labelled < rollout.min_labelled:
+        return wait(f"{e.labelled} labelled texts of the {rollout.min_labelled} needed")
+    significant = e.p_value < gate.significance
+    if e.champion_only_right > e.candidate_only_right and significant:
+        return Decision(ROLLBACK, f"version {e.candidate} is worse than champion version {e.champion} on live "
+                                  f"traffic: accuracy {e.candidate_accuracy:.4f} vs {e.champion_accuracy:.4f} at "
+                                  f"level {gate.significance:g} ({counts})")
+    better = e.candidate_only_right > e.champion_only_right and significant
+    if gate.champion_rule == "better" and not better:
+        return wait(f"version {e.candidate} is not yet significantly better (rule better)")
+    return Decision(PROMOTE, f"version {e.candidate} is {'better' if better else 'not worse'} than champion version "
+                             f"{e.champion} on live traffic: accuracy {e.candidate_accuracy:.4f} vs "
+                             f"{e.champion_accuracy:.4f}, agreement {e.agreement:.1%} (rule {gate.champion_rule}; "
+                             f"{counts})")
