@@ -59,21 +59,29 @@ def errors_named(uri: str, doing: str) -> Iterator[None]:
         raise StorageError(f"{uri}: cannot {doing}: {type(err).__name__}: {err}") from None
 
 
-def exists(uri: str) -> bool:
+def fresh(uri: str):
+    """filesystem(uri) with its listings of `uri` forgotten: s3fs and others keep listings, and the objects other
+    processes wrote since (the prediction log's shards) would stay unseen by a process that runs for long."""
     fs, path = filesystem(uri)
+    fs.invalidate_cache(path)
+    return fs, path
+
+
+def exists(uri: str) -> bool:
+    fs, path = fresh(uri)
     with errors_named(uri, "checking it exists"):
         return fs.exists(path)
 
 
 def is_folder(uri: str) -> bool:
-    fs, path = filesystem(uri)
+    fs, path = fresh(uri)
     with errors_named(uri, "reading it"):
         return fs.isdir(path)
 
 
 def list_files(uri: str, pattern: str = "*") -> list[str]:
     """The files directly in a folder URI that match `pattern`, sorted, hidden files skipped, as URIs."""
-    fs, path = filesystem(uri)
+    fs, path = fresh(uri)
     with errors_named(uri, "listing it"):  # one listing, not a request per file (an object store bills each)
         found = fs.glob(f"{path.rstrip('/')}/{pattern}", detail=True)
     files = [p for p, info in found.items() if info.get("type") == "file" and not Path(p).name.startswith(".")]

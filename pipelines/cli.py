@@ -104,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--dir", default="work/tracking-server",
                         help="its database and artifacts (default %(default)s)")
     server.add_argument("--port", type=int, default=5001, help="HTTP port (default %(default)s)")
+    server.add_argument("--artifacts", metavar="URI", help="its artifact store, e.g. s3://BUCKET/mlflow (credentials "
+                                                           "and MLFLOW_S3_ENDPOINT_URL from the environment; "
+                                                           "default: a folder in --dir)")
     server.set_defaults(handler=_tracking_server, verbose=False)
     for name, sub in commands.choices.items():
         sub.set_defaults(command=name)
@@ -359,7 +362,7 @@ def _ui(args) -> int:
 def _tracking_server(args) -> int:
     from pipelines.tracking_server import run_tracking_server
 
-    run_tracking_server(args.dir, args.port)
+    run_tracking_server(args.dir, args.port, args.artifacts)
     return 0
 
 

@@ -5,7 +5,8 @@
    through the served model into a prediction log; the monitor pipeline finds no drift and retrains nothing.
 3. Shifted traffic (texts of the source data that no split holds, all of the first class: the class mix moves
    from balanced to one-sided) is replayed; the monitor finds drift, raises an alert and retrains on the data
-   plus those texts as labelled feedback; the gate decides whether the champion moves.
+   plus those texts as labelled feedback; the gate decides whether the new version goes on trial beside the
+   champion (deploy.rollout: a shadow rollout by default, which served traffic and its labels then decide).
 4. The same shifted window again, inside the cool-down: an alert, and no second retraining.
 """
 

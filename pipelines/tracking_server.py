@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from components.errors import LifecycleError
 from pipelines.processes import start_group, stop_group
@@ -33,7 +34,7 @@ class ServerError(LifecycleError):
 class TrackingServer:
     uri: str  # http://127.0.0.1:PORT
     backend_uri: str  # postgresql://...
-    artifacts: Path
+    artifacts: str  # the artifact store: a folder, or an object-store URI (s3://...)
     postgres_dir: Path
     process: subprocess.Popen
 
@@ -43,17 +44,21 @@ class TrackingServer:
         _as_postgres([_pg_bin("pg_ctl"), "-D", str(self.postgres_dir / "data"), "-m", "fast", "-w", "stop"])
 
 
-def start_tracking_server(root: str | Path, port: int = 0, db_port: int = 0) -> TrackingServer:
-    """PostgreSQL in root/postgres and `mlflow server` on it with artifacts in root/artifacts; ready on return."""
+def start_tracking_server(root: str | Path, port: int = 0, db_port: int = 0,
+                          artifacts: Optional[str] = None) -> TrackingServer:
+    """PostgreSQL in root/postgres and `mlflow server` on it with its artifacts in `artifacts` (an object-store URI
+    such as s3://bucket/mlflow, reached with the usual credentials and MLFLOW_S3_ENDPOINT_URL), by default in
+    root/artifacts; ready on return."""
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     backend = start_postgres(root / "postgres", db_port or free_port())
-    artifacts = root / "artifacts"
-    artifacts.mkdir(exist_ok=True)
+    if artifacts is None:
+        artifacts = str(root / "artifacts")
+        Path(artifacts).mkdir(exist_ok=True)
     port = port or free_port()
     log = open(root / "mlflow-server.log", "ab")
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination",
-               str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+               artifacts, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     process = start_group(command, stdout=log, stderr=subprocess.STDOUT)
     server = TrackingServer(f"http://127.0.0.1:{port}", backend, artifacts, root / "postgres", process)
     _wait_until_healthy(server, root / "mlflow-server.log")
@@ -84,9 +89,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run_tracking_server(root: str | Path, port: int) -> None:
+def run_tracking_server(root: str | Path, port: int, artifacts: Optional[str] = None) -> None:
     """Start the server, print how to use it, serve until Ctrl-C or SIGTERM, then stop both processes."""
-    server = start_tracking_server(root, port)
+    server = start_tracking_server(root, port, artifacts=artifacts)
     log.info("MLflow server %s (backend %s, artifacts %s)\n  export MLFLOW_TRACKING_URI=%s\nCtrl-C stops it.",
              server.uri, server.backend_uri, server.artifacts, server.uri)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -220,13 +220,14 @@ def test_drift_alerts_and_retrains_once_inside_the_cool_down_and_the_gate_decide
     assert "retraining started" in first["retraining"] and "still running" not in second["retraining"]
     assert "cool-down" in second["retraining"]
     assert retraining.data.params["data.feedback_path"] == str(feedback)
-    # The retraining ran every stage, and the champion moved only if its gate passed.
+    # The retraining ran every stage; the champion did not move: a version that passed the gate is the candidate
+    # of a shadow rollout (deploy.rollout's default), which live traffic decides.
     assert {r.info.run_name for r in stage_runs(client, retraining)} >= {"1-data", "5-evaluate"}
-    champion = client.get_model_version_by_alias("sms-spam-classifier", "champion").version
+    assert client.get_model_version_by_alias("sms-spam-classifier", "champion").version == 2
     if retraining.data.tags["gate"] == "passed":
-        assert str(champion) == retraining.data.tags["champion_version"] != "2"
-    else:
-        assert champion == 2
+        candidate = client.get_model_version_by_alias("sms-spam-classifier", "candidate")
+        assert str(candidate.version) == retraining.data.tags["candidate_version"] != "2"
+        assert candidate.tags["rollout.mode"] == "shadow" and candidate.tags["rollout.state"] == "running"
 
 
 def test_splits_that_share_texts_stop_stage_1_by_default(run_args, tmp_path, capsys):
