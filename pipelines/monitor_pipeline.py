@@ -1,4 +1,5 @@
-"""Stage 7 as a KFP v2 pipeline: drift check -> (drift, alert, retraining allowed) -> the training pipeline."""
+"""Stage 7 as a KFP v2 pipeline: a running rollout's decision and the drift check -> (drift, alert, retraining
+allowed) -> the training pipeline."""
 
 from kfp import dsl
 

@@ -209,6 +209,11 @@ def test_a_canary_answers_its_share_by_a_stable_key_and_abort_leaves_the_champio
     print(f"canary share {share:.3f} of {len(first)} requests (canary_percent 30)")
     assert abs(share - 0.30) < 0.08  # 3.5 standard deviations of a binomial share of 400
     assert [version_of(text) for text in texts[:60]] == first[:60]  # the same request, the same version
+    capsys.readouterr()
+    assert main(["rollout", "status", "--config", str(CONFIG), *as_args(settings)]) == 0
+    status = capsys.readouterr().out
+    assert "in canary beside champion" in status and "decision now  " in status, status
+    assert alias_version(mlflow.MlflowClient(), NAME, CANDIDATE) is not None  # status changes nothing
     assert main(["rollout", "abort", "--config", str(CONFIG), *as_args(settings)]) == 0
     assert "rollback: aborted by hand" in capsys.readouterr().out
     assert alias_version(mlflow.MlflowClient(), NAME, CANDIDATE) is None
@@ -266,3 +271,26 @@ def test_the_canary_key_is_stable_and_its_share_near_the_percent():
     share = sum(in_canary(k, 10) for k in keys) / len(keys)
     assert abs(share - 0.10) < 0.01 and [in_canary(k, 10) for k in keys[:100]] == [in_canary(k, 10) for k in keys[:100]]
     assert not any(in_canary(k, 0.0) for k in keys[:1000])
+
+
+def test_a_server_whose_registry_is_unreachable_keeps_serving_its_version_and_says_so(tiny_bundle, caplog):
+    from prometheus_client import REGISTRY
+
+    from components.deploy.following import Follower, Loaded, Served
+    from components.deploy.onnx_classifier import OnnxClassifier
+
+    served = Served(Loaded("7", OnnxClassifier(tiny_bundle / "bundle")))
+    swaps = []
+    follower = Follower("unreachable-model", "champion", 1, tiny_bundle, lambda *a: pytest.fail("loaded"), served,
+                        swaps.append)
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"http://127.0.0.1:{free_port()}")  # a tracking server that is down: nothing listens
+    try:
+        for _ in range(3):
+            follower.poll()
+    finally:
+        mlflow.set_tracking_uri(before)
+    assert swaps == [] and follower.served is served
+    assert REGISTRY.get_sample_value("lifecycle_registry_reachable", {"model_name": "unreachable-model"}) == 0
+    warnings = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert len(warnings) == 1 and "still serving version 7" in warnings[0]  # said once, not at every read

@@ -122,8 +122,11 @@ class Follower:
         """One read of the registry and, when it moved, one swap."""
         import mlflow
 
+        from components.tracking import check_reachable
+
         reachable, _, _ = follower_metrics()
         try:
+            check_reachable(mlflow.get_tracking_uri(), timeout=5)  # a server that is down: now, not after retries
             view = read_registry_view(mlflow.MlflowClient(), self.name, self.alias)
         except Exception as err:  # unreachable, or the alias gone: what serves now goes on serving
             reachable.labels(self.name).set(0)

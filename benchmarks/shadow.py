@@ -1,0 +1,167 @@
+"""What a shadow rollout costs the champion, in one run: the same MLServer (`serve`, following a scratch registry)
+answers with no rollout, then with a candidate scoring a copy of every request off the answer path, in interleaved
+rounds. Prints the champion's p50/p99 latency for one text and the throughput of concurrent clients; the medians
+of the rounds are reported.
+
+    python benchmarks/shadow.py                        # the newest `lifecycle run` under work/kfp
+    python benchmarks/shadow.py --run-dir work/kfp/sms-spam-training-... --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from components.handoff import bundle_dir, read_split
+from components.stages import DATA, DEPLOY
+
+NAME = "shadow-benchmark"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", help="a KFP run folder with data/dataset and deploy/")
+    parser.add_argument("--single", type=int, default=200, help="one-text requests timed per mode and round")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent clients for the throughput")
+    parser.add_argument("--seconds", type=float, default=10, help="throughput measured this long per mode and round")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; medians are reported")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from serving import newest_run
+
+    run = Path(args.run_dir) if args.run_dir else newest_run(ROOT / "work" / "kfp")
+    texts = read_split(run / DATA.task_name / "dataset", "test")["text"].tolist()
+    bundle = bundle_dir((run / DEPLOY.task_name / "onnx_model").resolve())
+    print(f"run {run}\n{len(texts)} test texts, {os.cpu_count()} CPU threads, {args.clients} clients\n")
+    with tempfile.TemporaryDirectory(prefix="shadow-benchmark-") as scratch:
+        rows = measure(Path(scratch), bundle, texts, args)
+    base = rows["no rollout"]
+    print("| serving | p50 latency, 1 text | p99 latency, 1 text | throughput, "
+          f"{args.clients} clients | vs no rollout |")
+    print("|---|---|---|---|---|")
+    for mode, r in rows.items():
+        print(f"| {mode} | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {r['requests_per_s']:.0f} requests/s | "
+              f"{r['requests_per_s'] / base['requests_per_s']:.2f}x |")
+
+
+def measure(scratch: Path, bundle: Path, texts: list[str], args) -> dict[str, dict[str, float]]:
+    import mlflow
+
+    from components.registry import end_rollout, promote, start_rollout
+    from pipelines.tracking_server import free_port
+
+    uri = f"sqlite:///{scratch / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    register_twice(bundle)
+    promote(NAME, "1")
+    port = free_port()
+    code = (f"from components.deploy.serving import Follow, Limits, serve; serve({str(bundle)!r}, {NAME!r}, '1', "
+            f"{port}, {str(scratch / 'predictions')!r}, Limits(), host='127.0.0.1', "
+            f"follow=Follow('champion', 0.5, {str(scratch / 'downloads')!r}))")
+    log = open(scratch / "server.log", "w")
+    server = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, server)
+        figures = {"no rollout": [], "shadow": []}
+        for _ in range(args.rounds):
+            for mode in figures:
+                if mode == "shadow":
+                    start_rollout(NAME, "2", "shadow", 0)
+                wait_for_mode(url, port, mode)
+                figures[mode].append(timed(url, texts, args))
+                if mode == "shadow":
+                    end_rollout(NAME, "2", promoted=False, reason="benchmark round over")
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    return {mode: {key: float(np.median([r[key] for r in rounds])) for key in rounds[0]}
+            for mode, rounds in figures.items()}
+
+
+def register_twice(bundle: Path) -> None:
+    import mlflow
+
+    from components.handoff import read_labels
+    from components.pyfunc_model import OnnxTextClassifier
+    from components.registry import register_model
+
+    mlflow.set_experiment(NAME)
+    for _ in range(2):
+        with mlflow.start_run():
+            register_model(OnnxTextClassifier(), {"bundle": str(bundle)}, read_labels(bundle), NAME, "", {}, ["a"])
+
+
+def wait_ready(url: str, server) -> None:
+    import requests
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit("the server ended before it was ready")
+        try:
+            if requests.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("the server was not ready in 120 s")
+
+
+def wait_for_mode(url: str, port: int, mode: str) -> None:
+    """Until the server shows a candidate (shadow) or none (no rollout) on its metrics."""
+    import requests
+
+    line = f'lifecycle_served_version{{model_name="{NAME}",model_version="2",role="candidate"}} 1.0'
+    deadline = time.monotonic() + 60
+    while (line in requests.get(f"http://127.0.0.1:{port + 2}/metrics", timeout=10).text) != (mode == "shadow"):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the server did not switch to {mode} in 60 s")
+        time.sleep(0.2)
+    for text in ["warm up"] * 5:
+        requests.post(f"{url}/predict", json={"texts": [text]}, timeout=30).raise_for_status()
+
+
+def timed(url: str, texts: list[str], args) -> dict[str, float]:
+    """p50/p99 of one client's one-text requests, then requests/s of `clients` concurrent clients."""
+    import requests
+
+    session, rng = requests.Session(), np.random.default_rng(0)
+    latencies = []
+    for text in rng.choice(texts, args.single):
+        start = time.perf_counter()
+        session.post(f"{url}/predict", json={"texts": [str(text)]}, timeout=30).raise_for_status()
+        latencies.append(time.perf_counter() - start)
+    done, stop = [0] * args.clients, threading.Event()
+
+    def client(i: int) -> None:
+        own = requests.Session()
+        for text in np.random.default_rng(1 + i).choice(texts, 100_000):
+            if stop.is_set():
+                return
+            own.post(f"{url}/predict", json={"texts": [str(text)]}, timeout=30).raise_for_status()
+            done[i] += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+    for thread in threads:
+        thread.start()
+    time.sleep(args.seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return {"p50_ms": 1000 * float(np.percentile(latencies, 50)), "p99_ms": 1000 * float(np.percentile(latencies, 99)),
+            "requests_per_s": sum(done) / args.seconds}
+
+
+if __name__ == "__main__":
+    main()
