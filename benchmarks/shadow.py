@@ -10,12 +10,16 @@ of the rounds are reported.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import logging
 import os
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +39,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10, help="throughput measured this long per mode and round")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; medians are reported")
     args = parser.parse_args()
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    warnings.filterwarnings("ignore", message=".*Add type hints")  # MLflow on our pyfunc, at registering
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from serving import newest_run
 
@@ -46,11 +52,12 @@ def main() -> None:
         rows = measure(Path(scratch), bundle, texts, args)
     base = rows["no rollout"]
     print("| serving | p50 latency, 1 text | p99 latency, 1 text | throughput, "
-          f"{args.clients} clients | vs no rollout |")
-    print("|---|---|---|---|---|")
+          f"{args.clients} clients | vs no rollout | shadow-scored: 1 client, {args.clients} clients |")
+    print("|---|---|---|---|---|---|")
     for mode, r in rows.items():
+        scored = f"{r['scored_single']:.0%}, {r['scored_busy']:.0%}" if mode == "shadow" else "-"
         print(f"| {mode} | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {r['requests_per_s']:.0f} requests/s | "
-              f"{r['requests_per_s'] / base['requests_per_s']:.2f}x |")
+              f"{r['requests_per_s'] / base['requests_per_s']:.2f}x | {scored} |")
 
 
 def measure(scratch: Path, bundle: Path, texts: list[str], args) -> dict[str, dict[str, float]]:
@@ -79,7 +86,7 @@ def measure(scratch: Path, bundle: Path, texts: list[str], args) -> dict[str, di
                 if mode == "shadow":
                     start_rollout(NAME, "2", "shadow", 0)
                 wait_for_mode(url, port, mode)
-                figures[mode].append(timed(url, texts, args))
+                figures[mode].append(timed(url, port, texts, args))
                 if mode == "shadow":
                     end_rollout(NAME, "2", promoted=False, reason="benchmark round over")
     finally:
@@ -96,9 +103,10 @@ def register_twice(bundle: Path) -> None:
     from components.pyfunc_model import OnnxTextClassifier
     from components.registry import register_model
 
+    logging.getLogger("mlflow").setLevel(logging.ERROR)  # after MLflow's import, which sets its own level
     mlflow.set_experiment(NAME)
-    for _ in range(2):
-        with mlflow.start_run():
+    for _ in range(2):  # MLflow prints what it registers
+        with mlflow.start_run(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             register_model(OnnxTextClassifier(), {"bundle": str(bundle)}, read_labels(bundle), NAME, "", {}, ["a"])
 
 
@@ -132,16 +140,19 @@ def wait_for_mode(url: str, port: int, mode: str) -> None:
         requests.post(f"{url}/predict", json={"texts": [text]}, timeout=30).raise_for_status()
 
 
-def timed(url: str, texts: list[str], args) -> dict[str, float]:
-    """p50/p99 of one client's one-text requests, then requests/s of `clients` concurrent clients."""
+def timed(url: str, port: int, texts: list[str], args) -> dict[str, float]:
+    """p50/p99 of one client's one-text requests, then requests/s of `clients` concurrent clients; in each, the
+    share of texts the shadow scored (it drops copies when it falls behind)."""
     import requests
 
     session, rng = requests.Session(), np.random.default_rng(0)
-    latencies = []
+    latencies, dropped = [], shadow_dropped(port)
     for text in rng.choice(texts, args.single):
         start = time.perf_counter()
         session.post(f"{url}/predict", json={"texts": [str(text)]}, timeout=30).raise_for_status()
         latencies.append(time.perf_counter() - start)
+    time.sleep(1)  # the last copies are scored
+    scored_single, dropped = 1 - (shadow_dropped(port) - dropped) / len(latencies), shadow_dropped(port)
     done, stop = [0] * args.clients, threading.Event()
 
     def client(i: int) -> None:
@@ -159,8 +170,20 @@ def timed(url: str, texts: list[str], args) -> dict[str, float]:
     stop.set()
     for thread in threads:
         thread.join()
+    time.sleep(1)
     return {"p50_ms": 1000 * float(np.percentile(latencies, 50)), "p99_ms": 1000 * float(np.percentile(latencies, 99)),
-            "requests_per_s": sum(done) / args.seconds}
+            "requests_per_s": sum(done) / args.seconds, "scored_single": scored_single,
+            "scored_busy": 1 - (shadow_dropped(port) - dropped) / max(sum(done), 1)}
+
+
+def shadow_dropped(port: int) -> float:
+    """Texts the shadow left unscored so far (it drops copies when it falls behind the answers)."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    page = requests.get(f"http://127.0.0.1:{port + 2}/metrics", timeout=10).text
+    return sum(s.value for family in text_string_to_metric_families(page) for s in family.samples
+               if s.name == "lifecycle_shadow_dropped_texts_total")
 
 
 if __name__ == "__main__":

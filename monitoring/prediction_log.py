@@ -142,9 +142,11 @@ def read_window(root: str, hours: float, now: dt.datetime | None = None, skipped
 
 def answered(frame):
     """The records of what clients received (records of earlier versions have no role: all were answers)."""
-    if frame.empty:
-        return frame
-    return frame[frame["role"].fillna(ANSWER).eq(ANSWER) & frame["error"].isna()].reset_index(drop=True)
+    import pandas as pd
+
+    role = frame["role"].fillna(ANSWER) if "role" in frame.columns else pd.Series(ANSWER, index=frame.index)
+    failed = frame["error"].notna() if "error" in frame.columns else pd.Series(False, index=frame.index)
+    return frame[role.eq(ANSWER) & ~failed].reset_index(drop=True)
 
 
 def shard_day(uri: str) -> str:

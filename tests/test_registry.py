@@ -49,3 +49,22 @@ def test_a_card_too_long_for_the_registry_keeps_the_sections_that_fit_and_says_w
     assert "## Model\nshort" in shortened and "## Validation gate: PASSED\n- ok" in shortened
     assert "## Slices" not in shortened and "left out: Slices" in shortened and "MLflow run run123" in shortened
     assert registry_description("# short card\n", "run123") == "# short card\n"
+
+
+def test_a_rollout_supersedes_a_running_one_and_ends_promoted_or_rolled_back_without_touching_the_champion_else(
+        client):
+    from components.registry import end_rollout, start_rollout
+
+    promote(NAME, "1")
+    start_rollout(NAME, "2", "shadow", 0)
+    start_rollout(NAME, "3", "canary", 10)  # a newer retraining: the running rollout gives way
+    assert client.get_model_version(NAME, "2").tags["rollout.state"] == "superseded"
+    tags = client.get_model_version(NAME, "3").tags
+    assert (alias(client, "candidate"), tags["rollout.mode"], tags["rollout.canary_percent"]) == ("3", "canary", "10")
+    assert end_rollout(NAME, "3", promoted=False, reason="worse") is None
+    assert alias(client, "champion") == "1" and "candidate" not in client.get_registered_model(NAME).aliases
+    assert client.get_model_version(NAME, "3").tags["rollout.state"] == "rolled_back"
+    start_rollout(NAME, "2", "shadow", 0)
+    assert end_rollout(NAME, "2", promoted=True, reason="not worse") == "1"
+    assert (alias(client, "champion"), alias(client, "previous")) == ("2", "1")
+    assert "candidate" not in client.get_registered_model(NAME).aliases

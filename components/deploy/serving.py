@@ -154,11 +154,11 @@ class TextClassifierRuntime(MLModel):
         from monitoring.prediction_log import PredictionLog
 
         extra = self.settings.parameters.extra or {}
-        self.served = Served(Loaded(extra["version"], OnnxClassifier(self.settings.parameters.uri)))
+        self.served = Served(Loaded(extra["version"], OnnxClassifier(self.settings.parameters.uri, spinning=False)))
         self.limits = Limits(extra.get("max_batch", 64), extra.get("max_text_chars", 2000))
         self.log = PredictionLog(extra["prediction_log"], extra.get("log_flush_texts", 100),
                                  extra.get("log_flush_seconds", 30.0)) if extra.get("prediction_log") else None
-        self.shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="shadow")
+        self.shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="shadow", initializer=_yield_to_answers)
         self.shadow_room = threading.BoundedSemaphore(MAX_SHADOW_WAITING)
         self.follower = None
         if extra.get("follow"):
@@ -267,6 +267,16 @@ class TextClassifierRuntime(MLModel):
 MAX_SHADOW_WAITING = 32  # requests waiting for their shadow scoring
 
 
+def _yield_to_answers() -> None:
+    """The shadow thread at the lowest CPU priority (Linux sets it per thread): on a busy replica the answers get
+    the cores and the shadow falls behind and drops copies, rather than slowing the champion."""
+    import os
+    import sys
+
+    if sys.platform == "linux":
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
 @dataclass(frozen=True)
 class Follow:
     """What a server of models:/NAME@ALIAS follows: the alias, how often it reads the registry, where versions are
@@ -283,7 +293,7 @@ def load_version(name: str, version: str, download_dir):
     from components.handoff import version_uri
 
     bundle, _, _ = resolve_bundle(version_uri(name, version), download_dir)
-    return Loaded(version, OnnxClassifier(bundle), Path(bundle).parents[1])
+    return Loaded(version, OnnxClassifier(bundle, spinning=False), Path(bundle).parents[1])
 
 
 def resolve_bundle(model_uri: str, download_dir: str | Path) -> tuple[str, str, str]:

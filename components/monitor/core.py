@@ -42,6 +42,9 @@ def _file_texts(cfg: LifecycleConfig, path: str, skipped: SkippedRecords) -> lis
     data = cfg.data
     with tempfile.TemporaryDirectory(prefix="lifecycle-current-") as scratch:
         frame = read_source(path, format_of(path, table_format(data)), scratch, skipped)
+    from monitoring.prediction_log import answered
+
+    frame = answered(frame)  # a prediction log's file: what clients received, not a rollout's shadow scores
     if frame.empty:
         return []
     candidates = list(dict.fromkeys((data.text_column, "text")))  # the training data's column, or the log's
