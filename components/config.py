@@ -243,7 +243,7 @@ class RolloutConfig(_Section):
     deadline_hours: float = Field(72, gt=0)  # after this, too little evidence ends the rollout `on_deadline`
     on_deadline: Literal["rollback", "promote"] = "rollback"
     max_error_rate: float = Field(0.01, ge=0, le=1)  # the candidate's share of failed scorings
-    max_p99_ratio: float = Field(2.0, ge=1)  # the candidate's p99 latency against the champion's
+    max_p99_ratio: float = Field(2.0, ge=1)  # a canary's p99 latency of its answers against the champion's
 
 
 class DeployConfig(_Section):

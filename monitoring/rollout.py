@@ -3,7 +3,7 @@
 The evidence comes from the prediction log since the rollout began: the texts both versions scored (in shadow
 every request, in a canary the candidate's share, which the champion scores aside), how often they agree, and on
 the texts that later received a label in the feedback, who was right: the exact McNemar test of stage 5's gate on
-those pairs. Each version's failed scorings and p99 latency come from the same records.
+those pairs. Each version's failed scorings and the p99 latency of its answers come from the same records.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ class RolloutEvidence:
     candidate_scored: int
     champion_failed: int
     candidate_failed: int
-    champion_p99_ms: Optional[float]
-    candidate_p99_ms: Optional[float]
+    champion_p99_ms: Optional[float]  # of its answers
+    candidate_p99_ms: Optional[float]  # of its answers: a canary's; none in shadow
 
     @property
     def candidate_failure_rate(self) -> float:
@@ -79,8 +79,13 @@ def gather_evidence(predictions: pd.DataFrame, feedback: pd.DataFrame, champion:
 
 
 def _p99(frame: pd.DataFrame) -> Optional[float]:
-    """p99 of the scoring latency over texts (a request's latency counts once per text it carried)."""
-    latencies = pd.to_numeric(frame["latency_ms"], errors="coerce").dropna() if not frame.empty else []
+    """p99 of the scoring latency of the texts the version answered (a request's latency counts once per text it
+    carried). Scorings aside run at the lowest priority, after the answer: their time is not what a client waits,
+    so a shadow's latency is not judged, and a canary's is judged on its share."""
+    from monitoring.prediction_log import ANSWER
+
+    answers = frame[frame["role"] == ANSWER] if not frame.empty else frame
+    latencies = pd.to_numeric(answers["latency_ms"], errors="coerce").dropna() if not answers.empty else []
     return float(np.percentile(latencies, 99)) if len(latencies) else None
 
 

@@ -35,6 +35,7 @@ def s3_tracking_server():
     """moto's S3 server on loopback with one bucket, and an MLflow server on PostgreSQL whose artifacts are in it.
     The credentials and the endpoint are in the environment, as a pod's Secret puts them (infra/README.md)."""
     import boto3
+    from s3fs import S3FileSystem
 
     from pipelines.processes import start_group, stop_group
     from pipelines.tracking_server import start_tracking_server
@@ -67,6 +68,7 @@ def s3_tracking_server():
     shutil.rmtree(root, ignore_errors=True)
     for key, value in saved.items():
         os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    S3FileSystem.clear_instance_cache()  # fsspec keeps file systems, this one with moto's endpoint
 
 
 class Pods:

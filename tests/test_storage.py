@@ -62,7 +62,6 @@ def test_stage_1_reads_the_three_splits_over_http(http_folder, tmp_path):
 
 @pytest.mark.parametrize("uri, message", [
     ("memory://bucket/no/such.csv", "memory://bucket/no/such.csv: no such file"),
-    ("s3://bucket/texts.csv", 'pip install "llm-lifecycle[s3]"'),
     ("gs://bucket/texts.csv", 'pip install "llm-lifecycle[gcs]"'),
     ("nosuchprotocol://bucket/texts.csv", "nosuchprotocol://bucket/texts.csv"),
 ])
