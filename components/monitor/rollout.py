@@ -5,7 +5,6 @@ in the registry (the servers follow), a rollback raised as an alert."""
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -13,7 +12,6 @@ from typing import Optional
 from components.config import LifecycleConfig
 from components.decision import Decision
 
-log = logging.getLogger(__name__)
 ROLLOUT_STAGE = "rollout"  # the lifecycle.stage tag of a decision's run
 
 
@@ -82,7 +80,6 @@ def _record(cfg: LifecycleConfig, check: RolloutCheck, skipped) -> None:
             end_rollout(cfg.tracking.registered_model, e.candidate, decision.value == PROMOTE, decision.reason)
         if decision.value == ROLLBACK:
             check.alert = _alert(cfg, check)
-    log.info(check.line())
 
 
 def _alert(cfg: LifecycleConfig, check: RolloutCheck) -> str:
