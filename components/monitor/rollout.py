@@ -5,6 +5,7 @@ in the registry (the servers follow), a rollback raised as an alert."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -12,6 +13,7 @@ from typing import Optional
 from components.config import LifecycleConfig
 from components.decision import Decision
 
+log = logging.getLogger(__name__)
 ROLLOUT_STAGE = "rollout"  # the lifecycle.stage tag of a decision's run
 
 
@@ -104,9 +106,14 @@ def _feedback(cfg: LifecycleConfig, skipped):
     from components.data.core import feedback_files, table_format
     from components.data.tables import DataError, format_of, read_source
 
+    try:
+        files = feedback_files(cfg.data.feedback_path)
+    except DataError as err:  # nobody has labelled anything yet: no accuracy evidence, which is no error here
+        log.warning("no labelled texts for the rollout's decision: %s", err)
+        files = []
     frames = []
     with tempfile.TemporaryDirectory(prefix="lifecycle-feedback-") as scratch:
-        for i, uri in enumerate(feedback_files(cfg.data.feedback_path)):
+        for i, uri in enumerate(files):
             try:
                 frame = read_source(uri, format_of(uri, table_format(cfg.data)), Path(scratch) / str(i), skipped)
             except DataError as err:
