@@ -46,9 +46,12 @@ def check_rollout(cfg: LifecycleConfig, now: Optional[dt.datetime] = None,
     if candidate is None:
         return None
     champion = alias_version(client, name, CHAMPION)
-    tags = client.get_model_version(name, candidate).tags
-    mode, _, started = (tags.get(key) for key in ROLLOUT_TAGS)
-    started = dt.datetime.fromisoformat(started)
+    version = client.get_model_version(name, candidate)
+    mode, _, started = (version.tags.get(key) for key in ROLLOUT_TAGS)
+    # An alias set by hand has no rollout tags: a shadow since the version was registered, as servers take it.
+    started = dt.datetime.fromisoformat(started) if started else \
+        dt.datetime.fromtimestamp(version.creation_timestamp / 1000, dt.timezone.utc)
+    mode = mode or "shadow"
     now = now or dt.datetime.now(dt.timezone.utc)
     skipped = SkippedRecords()
     hours = (now - started).total_seconds() / 3600 + 1 / 60  # the whole rollout, and the minute it began in
