@@ -120,6 +120,17 @@ def start_rollout(model_name: str, version: str, mode: str, canary_percent: floa
     client.set_registered_model_alias(model_name, CANDIDATE, version)
 
 
+def rollout_settings(version) -> tuple[str, float, "dt.datetime"]:
+    """(mode, canary share, start) of a candidate's registered version (a ModelVersion). An alias set by hand has
+    no rollout tags: a shadow since the version was registered."""
+    import datetime as dt
+
+    mode, percent, started = (version.tags.get(key) for key in ROLLOUT_TAGS)
+    return (mode or "shadow", float(percent or 0),
+            dt.datetime.fromisoformat(started) if started else
+            dt.datetime.fromtimestamp(version.creation_timestamp / 1000, dt.timezone.utc))
+
+
 def end_rollout(model_name: str, candidate: str, promoted: bool, reason: str) -> Optional[str]:
     """Promote the candidate to champion (the champion it leaves gets `previous`) or roll it back; either way the
     alias `candidate` goes, after `champion` moved, so that a server never sees neither. Returns the replaced

@@ -93,6 +93,13 @@ class PairedComparison:
         return self.challenger_only_right + self.champion_only_right
 
 
+def paired_verdict(new_only_right: int, old_only_right: int, p_value: float, significance: float) -> str:
+    """'better', 'worse' or 'no significant difference': the new model against the old on the same texts."""
+    if p_value < significance and new_only_right != old_only_right:
+        return "better" if new_only_right > old_only_right else "worse"
+    return "no significant difference"
+
+
 def mcnemar_exact(first_only: int, second_only: int) -> float:
     """Two-sided exact McNemar p-value of a paired table's discordant counts."""
     from scipy.stats import binomtest

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from components.decision import Decision
+from components.statistics import PairedComparison, compare_paired, paired_verdict
 
 PROMOTE, ROLLBACK, WAIT = "promote", "rollback", "wait"
 
@@ -46,7 +47,7 @@ class RolloutEvidence:
         return self.candidate_failed / self.candidate_scored if self.candidate_scored else 0.0
 
     def metrics(self) -> dict[str, float]:
-        figures = {k: float(v) for k, v in asdict(self).items() if isinstance(v, (int, float)) and v is not None}
+        figures = {k: float(v) for k, v in asdict(self).items() if isinstance(v, (int, float))}
         return figures | {"candidate_failure_rate": self.candidate_failure_rate}
 
 
@@ -64,16 +65,15 @@ def gather_evidence(predictions: pd.DataFrame, feedback: pd.DataFrame, champion:
     labelled = pairs.merge(truth, on="text")
     champion_right = (labelled["label_champion"] == labelled["truth"]).to_numpy(bool)
     candidate_right = (labelled["label_candidate"] == labelled["truth"]).to_numpy(bool)
-    from components.statistics import mcnemar_exact
-
-    candidate_only, champion_only = int((candidate_right & ~champion_right).sum()), \
-        int((champion_right & ~candidate_right).sum())
+    # Stage 5's paired test, on live texts; none without labels.
+    test = compare_paired(candidate_right, champion_right, champion) if len(labelled) else \
+        PairedComparison(champion, 0.0, 0, 0, 1.0)
     return RolloutEvidence(
         champion, candidate, mode, started, len(pairs),
         float((pairs["label_champion"] == pairs["label_candidate"]).mean()) if len(pairs) else 0.0,
-        len(labelled), float(champion_right.mean()) if len(labelled) else 0.0,
-        float(candidate_right.mean()) if len(labelled) else 0.0, candidate_only, champion_only,
-        mcnemar_exact(candidate_only, champion_only), len(scored[champion]), len(scored[candidate]),
+        len(labelled), test.champion_accuracy,
+        float(candidate_right.mean()) if len(labelled) else 0.0, test.challenger_only_right,
+        test.champion_only_right, test.p_value, len(scored[champion]), len(scored[candidate]),
         len(scored[champion]) - len(ok[champion]), len(scored[candidate]) - len(ok[candidate]),
         _p99(ok[champion]), _p99(ok[candidate]))
 
@@ -118,15 +118,15 @@ def decide_rollout(evidence: RolloutEvidence, rollout, gate, now: dt.datetime) -
                                   f"{rollout.max_p99_ratio:g}x the champion's {e.champion_p99_ms:.1f} ms")
     if e.labelled < rollout.min_labelled:
         return wait(f"{e.labelled} labelled texts of the {rollout.min_labelled} needed")
-    significant = e.p_value < gate.significance
-    if e.champion_only_right > e.candidate_only_right and significant:
+    verdict = paired_verdict(e.candidate_only_right, e.champion_only_right, e.p_value, gate.significance)
+    if verdict == "worse":
         return Decision(ROLLBACK, f"version {e.candidate} is worse than champion version {e.champion} on live "
                                   f"traffic: accuracy {e.candidate_accuracy:.4f} vs {e.champion_accuracy:.4f} at "
                                   f"level {gate.significance:g} ({counts})")
-    better = e.candidate_only_right > e.champion_only_right and significant
-    if gate.champion_rule == "better" and not better:
+    if gate.champion_rule == "better" and verdict != "better":
         return wait(f"version {e.candidate} is not yet significantly better (rule better)")
-    return Decision(PROMOTE, f"version {e.candidate} is {'better' if better else 'not worse'} than champion version "
+    return Decision(PROMOTE, f"version {e.candidate} is {'better' if verdict == 'better' else 'not worse'} than "
+                             f"champion version "
                              f"{e.champion} on live traffic: accuracy {e.candidate_accuracy:.4f} vs "
                              f"{e.champion_accuracy:.4f}, agreement {e.agreement:.1%} (rule {gate.champion_rule}; "
                              f"{counts})")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from components.registry import CANDIDATE, CHAMPION, ROLLOUT_TAGS
+from components.registry import CANDIDATE, CHAMPION, rollout_settings
 
 log = logging.getLogger(__name__)
 WARM_TEXT = "warming up the model before it answers"
@@ -75,9 +75,8 @@ def read_registry_view(client, name: str, alias: str) -> RegistryView:
     champion, candidate = str(aliases[alias]), aliases.get(CANDIDATE) if alias == CHAMPION else None
     if candidate is None or str(candidate) == champion:
         return RegistryView(champion)
-    tags = client.get_model_version(name, str(candidate)).tags
-    mode, percent, _ = (tags.get(key) for key in ROLLOUT_TAGS)
-    return RegistryView(champion, str(candidate), mode or "shadow", float(percent or 0))
+    mode, percent, _ = rollout_settings(client.get_model_version(name, str(candidate)))
+    return RegistryView(champion, str(candidate), mode, percent)
 
 
 @functools.cache

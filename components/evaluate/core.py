@@ -14,7 +14,7 @@ import pandas as pd
 from components.config import GateConfig
 from components.handoff import SPLITS, read_manifest, read_split
 from components.model.core import load_classifier
-from components.statistics import Calibration, PairedComparison, cross_entropy, softmax
+from components.statistics import Calibration, PairedComparison, cross_entropy, paired_verdict, softmax
 from components.text_batches import encode, predict_logits
 
 # Texts -> class probabilities (rows in the order of `labels`); how a registered champion is scored.
@@ -83,11 +83,9 @@ def decide_gate(metrics: TestMetrics, gate: GateConfig, champion: Optional[Paire
                                ("test_macro_f1", metrics.test_macro_f1, gate.min_macro_f1)):
         check(value >= floor, f"{name} {value:.4f} vs minimum {floor:.4f}")
     if champion is not None:
-        significant = champion.p_value < gate.significance
-        worse = champion.champion_only_right > champion.challenger_only_right and significant
-        better = champion.challenger_only_right > champion.champion_only_right and significant
-        verdict = "better" if better else "worse" if worse else "no significant difference"
-        check(better if gate.champion_rule == "better" else not worse,
+        verdict = paired_verdict(champion.challenger_only_right, champion.champion_only_right, champion.p_value,
+                                 gate.significance)
+        check(verdict == "better" if gate.champion_rule == "better" else verdict != "worse",
               f"vs champion version {champion.champion_version} ({champion.champion_accuracy:.4f}): right alone on "
               f"{champion.challenger_only_right} texts, the champion alone on {champion.champion_only_right}; exact "
               f"McNemar p = {champion.p_value:.3g} at level {gate.significance:g}: {verdict} (rule "

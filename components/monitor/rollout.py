@@ -37,7 +37,7 @@ def check_rollout(cfg: LifecycleConfig, now: Optional[dt.datetime] = None,
     import mlflow
 
     from components.data.tables import SkippedRecords
-    from components.registry import CANDIDATE, CHAMPION, ROLLOUT_TAGS, alias_version
+    from components.registry import CANDIDATE, CHAMPION, alias_version, rollout_settings
     from monitoring.prediction_log import read_window
     from monitoring.rollout import decide_rollout, gather_evidence
 
@@ -46,12 +46,7 @@ def check_rollout(cfg: LifecycleConfig, now: Optional[dt.datetime] = None,
     if candidate is None:
         return None
     champion = alias_version(client, name, CHAMPION)
-    version = client.get_model_version(name, candidate)
-    mode, _, started = (version.tags.get(key) for key in ROLLOUT_TAGS)
-    # An alias set by hand has no rollout tags: a shadow since the version was registered, as servers take it.
-    started = dt.datetime.fromisoformat(started) if started else \
-        dt.datetime.fromtimestamp(version.creation_timestamp / 1000, dt.timezone.utc)
-    mode = mode or "shadow"
+    mode, _, started = rollout_settings(client.get_model_version(name, candidate))
     now = now or dt.datetime.now(dt.timezone.utc)
     skipped = SkippedRecords()
     hours = (now - started).total_seconds() / 3600 + 1 / 60  # the whole rollout, and the minute it began in
