@@ -64,6 +64,7 @@ def measure(scratch: Path, bundle: Path, texts: list[str], args) -> dict[str, di
     import mlflow
 
     from components.registry import end_rollout, promote, start_rollout
+    from pipelines.processes import wait_until_answers
     from pipelines.tracking_server import free_port
 
     uri = f"sqlite:///{scratch / 'mlflow.db'}"
@@ -79,7 +80,8 @@ def measure(scratch: Path, bundle: Path, texts: list[str], args) -> dict[str, di
                               env={**os.environ, "MLFLOW_TRACKING_URI": uri})
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, server)
+        if not wait_until_answers(f"{url}/v2/health/ready", server):
+            raise SystemExit("the server was not ready in 120 s")
         figures = {"no rollout": [], "shadow": []}
         for _ in range(args.rounds):
             for mode in figures:
@@ -108,22 +110,6 @@ def register_twice(bundle: Path) -> None:
     for _ in range(2):  # MLflow prints what it registers
         with mlflow.start_run(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             register_model(OnnxTextClassifier(), {"bundle": str(bundle)}, read_labels(bundle), NAME, "", {}, ["a"])
-
-
-def wait_ready(url: str, server) -> None:
-    import requests
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit("the server ended before it was ready")
-        try:
-            if requests.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit("the server was not ready in 120 s")
 
 
 def wait_for_mode(url: str, port: int, mode: str) -> None:

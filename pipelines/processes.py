@@ -39,6 +39,23 @@ def run_until_stopped(command: list[str]) -> int:
     return 0 if stopping.is_set() else process.returncode
 
 
+def wait_until_answers(url: str, process: subprocess.Popen, seconds: float = 120) -> bool:
+    """Until GET `url` answers 200 (True); False when `process` ends first or `seconds` run out."""
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return True
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
 def _signal_group(pgid: int, signum: int) -> None:
     try:
         os.killpg(pgid, signum)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from components.errors import LifecycleError
-from pipelines.processes import start_group, stop_group
+from pipelines.processes import start_group, stop_group, wait_until_answers
 
 log = logging.getLogger(__name__)
 
@@ -126,18 +126,8 @@ def _as_postgres(command: list[str]) -> None:
 
 
 def _wait_until_healthy(server: TrackingServer, log: Path, timeout_s: float = 120) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            break
-        try:
-            if requests.get(f"{server.uri}/health", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
+    if wait_until_answers(f"{server.uri}/health", server.process, timeout_s):
+        return
     server.stop()
     raise ServerError(f"the MLflow server did not become healthy; its log: {log}")
 

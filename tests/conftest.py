@@ -73,18 +73,11 @@ def tiny_settings(work_dir, data_path, tiny_bert, *overrides: str) -> list[str]:
 
 def wait_until_ready(url: str, process, seconds: float = 120) -> None:
     """Until the server at `url` (KServe V2) is ready; fails when its process ends or the time runs out."""
-    import time
+    from pipelines.processes import wait_until_answers
 
-    import requests
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"the server for {url} ended before it was ready"
-        try:
-            if requests.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            time.sleep(0.5)
+    if wait_until_answers(f"{url}/v2/health/ready", process, seconds):
+        return
+    assert process.poll() is None, f"the server for {url} ended before it was ready"
     process.kill()
     pytest.fail(f"the server for {url} did not become ready in {seconds:g} s")
 
