@@ -284,3 +284,22 @@ def test_a_file_that_does_not_fit_its_format_says_why(tmp_path, content, setting
 def test_more_labels_than_configured_are_named(tmp_path, change, named):
     message = bad_data_error(tmp_path, change(make_texts(60)))
     assert "more than the 2 of data.labels" in message and named in message
+
+
+def test_a_published_train_and_test_pair_gets_its_validation_split_from_train_with_leakage_checked(tmp_path):
+    """TREC as published: a train file and a test file (six imbalanced classes, a header, an extra column)."""
+    trec = SHARED_SMS.parents[1] / "trec"
+    config = DataConfig(train_path=str(trec / "train.tsv"), test_path=str(trec / "test.tsv"), separator="\t",
+                        min_rows_per_class=5, val_from_train=0.1)
+    with pytest.raises(DataValidationError, match=r"texts stand in two splits(.|\n)*of test(.|\n)*on_leakage=drop"):
+        data_stage.data(config, 1, tmp_path, tmp_path / "out")
+    prepared = data_stage.data(config.model_copy(update={"on_leakage": "drop"}), 1, tmp_path, tmp_path / "out")
+    sizes = {split: sum(counts.values()) for split, counts in prepared.counts.items()}
+    assert sizes["val"] == round(0.1 * (sizes["train"] + sizes["val"] + prepared.dropped_leaking_texts.get("val", 0)))
+    assert sizes["test"] == 500 - prepared.dropped_leaking_texts["test"]
+    train, val = prepared.counts["train"], prepared.counts["val"]
+    assert abs(val["ABBR"] / sizes["val"] - train["ABBR"] / sizes["train"]) < 0.005  # stratified: the rare class too
+    again = data_stage.data(config.model_copy(update={"on_leakage": "drop"}), 1, tmp_path, tmp_path / "again")
+    assert again.fingerprint == prepared.fingerprint  # seeded
+    with pytest.raises(ValueError, match="give train_path and test_path"):
+        DataConfig(train_path="train.tsv", val_path="val.tsv")

@@ -154,6 +154,11 @@ def split_sources(config: DataConfig, frames: dict[str, pd.DataFrame], sources: 
     cleaned = {name: clean(frames[name], config.text_column, config.label_column, config.group_column)
                for name in (main, *SPLITS[1:]) if name in frames}
     if "all" not in cleaned:
+        if "val" not in cleaned:  # a published train/test pair: validation is held out of train
+            train = cleaned["train"]
+            cleaned["train"], cleaned["val"] = hold_out(
+                train, round(len(train) * config.val_from_train), seed, f"{sources['train']}: validation",
+                "Use more data, another data.val_from_train, or give data.val_path")
         return {name: cleaned[name] for name in SPLITS}
     rows = cleaned["all"]
     check_class_sizes(rows, labels, config.min_rows_per_class, dropped, sources["all"])
@@ -165,7 +170,7 @@ def split_sources(config: DataConfig, frames: dict[str, pd.DataFrame], sources: 
 def resolve_sources(data: DataConfig, cache_dir: str | Path) -> dict[str, str]:
     """The files to read, by name ("all", or "train", "val", "test", and "feedback-..."), as URIs or paths."""
     if data.train_path:
-        sources = {"train": data.train_path, "val": data.val_path, "test": data.test_path}
+        sources = {"train": data.train_path, "test": data.test_path} | ({"val": data.val_path} if data.val_path else {})
     elif data.path:
         sources = {"all": data.path}
     else:
@@ -227,19 +232,24 @@ def check_class_sizes(rows: pd.DataFrame, labels: list[str], min_rows: int, drop
 
 def stratified_split(rows: pd.DataFrame, train: float, val: float, seed: int,
                      source: str = "the data") -> dict[str, pd.DataFrame]:
-    from sklearn.model_selection import train_test_split
-
     # Whole row counts, rounded once: fractions like 0.7 + 0.1 are not exact in floating point.
     n_val = round(len(rows) * val)
     n_test = len(rows) - round(len(rows) * train) - n_val
-    try:
-        rest, test = train_test_split(rows, test_size=n_test, stratify=rows["label"], random_state=seed)
-        train_rows, val_rows = train_test_split(rest, test_size=n_val, stratify=rest["label"], random_state=seed)
-    except ValueError as err:  # too few rows of a class for every split to hold one
-        raise DataValidationError(f"{source}: cannot split {len(rows)} rows into {len(rows) - n_val - n_test} "
-                                  f"train, {n_val} val and {n_test} test rows stratified by label: {err}. Use "
-                                  f"more data or other data.split fractions") from None
+    advice = "Use more data or other data.split fractions"
+    rest, test = hold_out(rows, n_test, seed, f"{source}: test", advice)
+    train_rows, val_rows = hold_out(rest, n_val, seed, f"{source}: validation", advice)
     return {"train": train_rows, "val": val_rows, "test": test}
+
+
+def hold_out(rows: pd.DataFrame, count: int, seed: int, what: str, advice: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the rest, `count` rows held out), stratified by label and seeded."""
+    from sklearn.model_selection import train_test_split
+
+    try:
+        return tuple(train_test_split(rows, test_size=count, stratify=rows["label"], random_state=seed))
+    except ValueError as err:  # too few rows of a class for both parts to hold one
+        raise DataValidationError(f"{what}: cannot hold out {count} of {len(rows)} rows stratified by label: {err}. "
+                                  f"{advice}") from None
 
 
 def resolve_leakage(splits: dict[str, pd.DataFrame], sources: dict[str, str],
