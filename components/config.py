@@ -38,9 +38,10 @@ class DataConfig(_Section):
     url: Optional[str] = None  # downloaded on request and cached under work_dir/downloads
     url_member: Optional[str] = None  # the file inside a downloaded zip
     sha256: Optional[str] = None  # of the data file (the zip member for a zip)
-    train_path: Optional[str] = None  # or: the three splits given
-    val_path: Optional[str] = None
+    train_path: Optional[str] = None  # or: the splits given, train and test at least
+    val_path: Optional[str] = None  # None: val_from_train of the train file, stratified and seeded
     test_path: Optional[str] = None
+    val_from_train: float = Field(0.1, gt=0, lt=1)
     # Newly labelled data (a file, or a folder of files in this format), added to the data on every run.
     feedback_path: Optional[str] = None
     format: Literal["auto", "delimited", "jsonl", "parquet"] = "auto"
@@ -89,12 +90,12 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":
-        given = [self.train_path, self.val_path, self.test_path]
-        if any(given) and not all(given):
-            raise ValueError("give all of train_path, val_path and test_path, or none of them")
-        if not (self.path or self.url or all(given)):
+        if (self.train_path or self.val_path or self.test_path) and not (self.train_path and self.test_path):
+            raise ValueError("give train_path and test_path (and val_path, or val_from_train of the train file is "
+                             "held out for validation), or none of them")
+        if not (self.path or self.url or self.train_path):
             raise ValueError("no data: set data.path (a file or storage URI), data.url, or "
-                             "train_path/val_path/test_path")
+                             "train_path and test_path (val_path optional)")
         if self.labels is not None and len(set(self.labels)) < 2:
             raise ValueError("labels must name at least two distinct classes")
         if self.min_text_chars > self.max_text_chars:
@@ -106,7 +107,8 @@ class LoraConfig(_Section):
     r: int = Field(8, ge=1)
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: Optional[list[str]] = None  # None: a default per architecture
+    # None: a default per architecture; "all-linear": every linear layer but the head (peft's)
+    target_modules: Optional[list[str] | Literal["all-linear"]] = None
 
 
 class ModelConfig(_Section):
@@ -169,6 +171,12 @@ class TrainConfig(_Section):
         batch_size, learning_rate = STRATEGY_DEFAULTS[strategy]
         return self.model_copy(update={"batch_size": self.batch_size or batch_size,
                                        "learning_rate": self.learning_rate or learning_rate})
+
+
+def resolved_hyperparameters(model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict:
+    """What a model was trained with, as stage 3 logs it and the model card shows it."""
+    return train_cfg.model_dump() | {"max_length": model_cfg.max_length, "strategy": model_cfg.strategy,
+                                     "dropout": model_cfg.dropout}
 
 
 class GateConfig(_Section):
@@ -246,6 +254,86 @@ class RolloutConfig(_Section):
     max_p99_ratio: float = Field(2.0, ge=1)  # a canary's p99 latency of its answers against the champion's
 
 
+class Distribution(_Section):
+    """One hyper-parameter's range, low..high (log scale with `log`; whole numbers for a key that takes them), or a
+    list of choices."""
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    step: Optional[float] = Field(None, gt=0)
+    choices: Optional[list[Optional[str | int | float | bool]]] = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> "Distribution":
+        if self.choices is not None:
+            if not self.choices or self.low is not None or self.high is not None:
+                raise ValueError("give either choices (a non-empty list) or low and high")
+        elif self.low is None or self.high is None or self.low >= self.high:
+            raise ValueError("give low < high, or choices")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log-scale range needs low > 0")
+        return self
+
+
+# The search space of each strategy where tune.space does not say otherwise: the learning rate (log scale) around
+# the strategy's default first, then epochs, batch size, warm-up and weight decay; LoRA's rank, alpha, dropout and
+# target modules; partial's number of trained blocks. Keys are the config's dotted paths.
+COMMON_SPACE = {
+    "train.epochs": {"low": 2, "high": 5},
+    "train.batch_size": {"choices": [16, 32, 64]},
+    "train.warmup_ratio": {"low": 0.0, "high": 0.2},
+    "train.weight_decay": {"low": 0.0, "high": 0.1},
+}
+STRATEGY_SPACE = {
+    "lora": {"model.lora.r": {"choices": [4, 8, 16, 32]}, "model.lora.alpha": {"choices": [8, 16, 32, 64]},
+             "model.lora.dropout": {"low": 0.0, "high": 0.2},
+             "model.lora.target_modules": {"choices": [None, "all-linear"]}},
+    "partial": {"model.trainable_blocks": {"low": 1, "high": 3}},
+}
+STRATEGY_SPACE["qlora"] = {k: v for k, v in STRATEGY_SPACE["lora"].items() if k != "model.lora.target_modules"}
+SEARCHABLE = ("model.", "train.")  # what a trial may change: how the model is trained, never the data or the gate
+NOT_SEARCHABLE = ("train.device", "train.nodes", "train.processes", "train.threads", "model.base", "model.strategy")
+
+
+class TuneConfig(_Section):
+    """`lifecycle tune`: an Optuna study over stage 4's hyper-parameters, each trial a nested MLflow run of the
+    sweep's run; the best trial by validation loss goes through stages 5-7 as a run's model does."""
+    trials: int = Field(16, ge=1)  # trials that finish (complete or pruned), over all workers and resumes
+    timeout_minutes: Optional[float] = Field(None, gt=0)  # of each sweep run (a resume has its own); None: no limit
+    parallel: int = Field(1, ge=1)  # workers at once (pods on a cluster, each with its GPU); one after another here
+    pruner: Literal["median", "successive_halving", "none"] = "median"
+    prune_after_trials: int = Field(3, ge=0)  # the median pruner judges none before this many trials finished
+    # The study's database. None: optuna.db beside a SQLite tracking store; on a cluster, a PostgreSQL database of
+    # its own (postgresql://USER:PASSWORD@HOST/optuna: Optuna's tables and MLflow's would collide in one).
+    storage: Optional[str] = None
+    # Overrides of the strategy's default space (COMMON_SPACE, STRATEGY_SPACE), by the config key they set; a key
+    # set to null is not searched.
+    space: dict[str, Optional[Distribution]] = {}
+
+    @field_validator("space")
+    @classmethod
+    def _searchable_keys(cls, space: dict) -> dict:
+        for key in space:
+            if not key.startswith(SEARCHABLE) or key in NOT_SEARCHABLE:
+                raise ValueError(f"{key!r}: a trial can change the keys under model. and train. but "
+                                 f"{', '.join(NOT_SEARCHABLE)}")
+        return space
+
+
+def search_space(cfg: "LifecycleConfig") -> dict[str, Distribution]:
+    """The strategy's default space with tune.space's overrides: key -> distribution, in search order."""
+    merged = {"train.learning_rate": _learning_rates(cfg.model.strategy), **COMMON_SPACE,
+              **STRATEGY_SPACE.get(cfg.model.strategy, {})} | cfg.tune.space
+    return {key: spec if isinstance(spec, Distribution) else Distribution(**spec)
+            for key, spec in merged.items() if spec is not None}
+
+
+def _learning_rates(strategy: str) -> dict:
+    """A fifth of the strategy's default learning rate to five times it."""
+    default = STRATEGY_DEFAULTS[strategy][1]
+    return {"low": default / 5, "high": default * 5, "log": True}
+
+
 class DeployConfig(_Section):
     rollout: RolloutConfig = RolloutConfig()
 
@@ -288,6 +376,7 @@ class LifecycleConfig(_Section):
     deploy: DeployConfig = DeployConfig()
     monitor: MonitorConfig = MonitorConfig()
     storage: StorageConfig = StorageConfig()
+    tune: TuneConfig = TuneConfig()
 
     def checkpoints_uri(self) -> str:
         return self.storage.checkpoints or str(Path(self.work_dir) / "checkpoints")
@@ -308,6 +397,13 @@ class LifecycleConfig(_Section):
                              f"reach (s3://, gs://, ..., or file:// on a shared volume), not {self.checkpoints_uri()}")
         return self
 
+    @model_validator(mode="after")
+    def _space_names_keys(self) -> "LifecycleConfig":
+        for key in self.tune.space:
+            if config_field(key) is None:
+                raise ValueError(f"tune.space: {key!r} is not a key of the config (e.g. train.learning_rate)")
+        return self
+
     @field_validator("name")
     @classmethod
     def _name_is_simple(cls, value: str) -> str:
@@ -316,19 +412,44 @@ class LifecycleConfig(_Section):
         return value
 
 
+def config_field(key: str):
+    """The pydantic field a dotted key names (train.epochs), or None."""
+    section, field_ = LifecycleConfig, None
+    for part in key.split("."):
+        fields_ = getattr(section, "model_fields", {})
+        if part not in fields_:
+            return None
+        field_ = fields_[part]
+        section = field_.annotation
+    return field_
+
+
+def takes_integers(key: str) -> bool:
+    """Whether the key's value is a whole number (train.epochs) rather than any number (train.learning_rate)."""
+    import typing
+
+    annotation = config_field(key).annotation
+    return annotation is int or int in typing.get_args(annotation) and float not in typing.get_args(annotation)
+
+
 def apply_override(raw: dict, assignment: str) -> None:
     """Apply one `dotted.key=value` to the raw mapping; the value is read as YAML (so 2, true, [a, b] work)."""
     key, sep, value = assignment.partition("=")
     if not sep or not key:
         raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. train.epochs=2")
-    *parents, leaf = key.strip().split(".")
+    set_key(raw, key.strip(), _yaml_value(value) if value.strip() else None, f"--set {assignment!r}")
+
+
+def set_key(raw: dict, key: str, value, where: str) -> None:
+    """raw[a][b][c] = value for the key a.b.c, making the sections on the way."""
+    *parents, leaf = key.split(".")
     node = raw
     for part in parents:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {assignment!r}: {part!r} is a value, not a section")
+            raise ConfigError(f"{where}: {part!r} is a value, not a section")
         node = child
-    node[leaf] = _yaml_value(value) if value.strip() else None
+    node[leaf] = value
 
 
 def _yaml_value(value: str):

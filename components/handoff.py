@@ -28,6 +28,8 @@ ENVIRONMENT = "environment.json"
 TRAIN_RESULT = "train_result.json"
 LABEL_MAP = "label_map.json"  # beside every model and in the bundle: class index -> label
 JOB = "job.json"  # what each rank (or each TrainJob node) is given: fine_tune's arguments
+STUDY = "study.json"  # a sweep's study, for its workers
+SWEEP = "sweep.json"  # beside a sweep's winning model: the study's account (components/tune)
 # Stage 5
 MODEL_CARD = "model_card.md"
 METRICS = "metrics.json"
@@ -132,6 +134,7 @@ class TrainResult:
     train_seconds: float
     samples_per_second: float
     history: list[dict] = field(default_factory=list)  # one row per epoch
+    hyperparameters: dict = field(default_factory=dict)  # config.resolved_hyperparameters of this training
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -165,6 +168,13 @@ class FineTuneJob:
         return cls(**fields_ | {"model_cfg": ModelConfig(**fields_["model_cfg"]),
                                 "train_cfg": TrainConfig(**fields_["train_cfg"]),
                                 "mlflow_run": tuple(fields_["mlflow_run"]) if fields_["mlflow_run"] else None})
+
+
+@dataclass
+class StudyRef:
+    """What a sweep's workers are given: the study (named after the sweep's MLflow run) and its deadline."""
+    parent_run_id: str
+    deadline: float  # seconds since the epoch; 0: none
 
 
 @dataclass
@@ -234,6 +244,15 @@ def read_environment(env_dir: str | Path) -> Environment:
 
 def read_train_result(model_dir: str | Path) -> TrainResult:
     return TrainResult(**_read_json(model_dir, TRAIN_RESULT))
+
+
+def read_study(study_dir: str | Path) -> StudyRef:
+    return StudyRef(**_read_json(study_dir, STUDY))
+
+
+def read_sweep(model_dir: str | Path) -> Optional[dict]:
+    """The account of the sweep a model won, or None for a model that one training run made."""
+    return _read_json(model_dir, SWEEP) if (Path(model_dir) / SWEEP).is_file() else None
 
 
 def read_gate(evaluation_dir: str | Path) -> GateOutcome:

@@ -9,9 +9,11 @@ component = dsl.component(base_image="python:3.11-slim", install_kfp_package=Fal
 
 
 @component
-def open_parent_run(config_json: str, tracking_uri: str, parent_run_id: str) -> str:
-    """The pipeline run's MLflow parent run: the one given (a local run, a resume, a retraining), else a new one."""
+def open_parent_run(config_json: str, tracking_uri: str, parent_run_id: str, kind: str = "") -> str:
+    """The pipeline run's MLflow parent run: the one given (a local run, a resume, a retraining), else a new one
+    of this kind ("sweep", or "" for a training run)."""
     from components.config import LifecycleConfig
     from components.tracking import start_parent_run
 
-    return parent_run_id or start_parent_run(LifecycleConfig.model_validate_json(config_json), tracking_uri)
+    return parent_run_id or start_parent_run(LifecycleConfig.model_validate_json(config_json), tracking_uri,
+                                             run_kind=kind)

@@ -38,9 +38,12 @@ EVALUATE = Stage(5, "evaluate", wants_gpu=True)
 DEPLOY = Stage(6, "deploy", wants_gpu=False)
 MONITOR = Stage(7, "monitor", wants_gpu=False)
 STAGES = (DATA, MODEL, ENVIRONMENT, FINE_TUNE, EVALUATE, DEPLOY, MONITOR)
+# Stage 4 as a search (`lifecycle tune`): its workers' component; the study and the selection are tune_study and
+# tune_select beside it.
+TUNE = Stage(4, "tune", wants_gpu=True)
 TRAFFIC_CHECK = "drift-check"  # stage 7 on served traffic (the monitor pipeline), outside any training run
 ROLLOUT_CHECK = "rollout-check"  # the monitor pipeline's decision on a running rollout (components/monitor/rollout.py)
 
 
 def by_task_name(task_name: str) -> Stage | None:
-    return next((stage for stage in STAGES if stage.task_name == task_name), None)
+    return next((stage for stage in (*STAGES, TUNE) if stage.task_name == task_name), None)

@@ -9,6 +9,9 @@ from typing import Iterator, Optional
 from components.handoff import CONFIG
 
 STAGE_TAG = "lifecycle.stage"
+SWEEP = "sweep"  # the run kind of `lifecycle tune`
+# The MLflow UI opens an experiment on its GenAI overview (traces) unless this tag names another kind.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def default_tracking_uri(work_dir: str | Path) -> str:
@@ -59,10 +62,12 @@ def use_experiment(tracking_uri: str, experiment: str, location: Optional[str] =
     mlflow.set_tracking_uri(tracking_uri)
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
+        if not set(EXPERIMENT_KIND) & set(found.tags):  # made before this project set it
+            mlflow.MlflowClient().set_experiment_tag(found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         mlflow.set_experiment(experiment_id=found.experiment_id)
         return found.experiment_id
     try:
-        experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+        experiment_id = mlflow.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_KIND)
     except MlflowException as err:  # another pod created it at the same moment
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
@@ -105,15 +110,21 @@ def parent_run_name(cfg, kind: str = "") -> str:
 
 def start_parent_run(cfg, tracking_uri: str, tags: Optional[dict] = None, run_kind: str = "") -> str:
     """Create the pipeline run's parent run with the flattened config as params; returns its id (left open).
-    `run_kind` goes into the run name (e.g. "retrain"); `tags` are added to the run's tags."""
+    `run_kind` goes into the run name (e.g. "retrain"); `tags` are added to the run's tags. A sweep's run leaves out
+    the keys it searches: the winner's values go there once it is chosen."""
     import mlflow
+
+    from components.config import search_space
 
     experiment_id = use_config_experiment(cfg, tracking_uri)
     client = mlflow.MlflowClient()
     tags = {"strategy": cfg.model.strategy, "base_model": cfg.model.base,
             "mlflow.runName": parent_run_name(cfg, run_kind)} | (tags or {})
     run = client.create_run(experiment_id, tags=tags, run_name=tags["mlflow.runName"])
-    params = flatten(cfg.model_dump(mode="json"))
+    searched = search_space(cfg) if run_kind == SWEEP else {}
+    # A training run trains with no tune section; a sweep's storage URL may hold a password.
+    dumped = cfg.model_dump(mode="json", exclude={"tune": {"storage", "space"}} if searched else {"tune"})
+    params = {k: v for k, v in flatten(dumped).items() if k not in searched}
     client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()])
     client.log_text(run.info.run_id, cfg.model_dump_json(indent=2), CONFIG)
     return run.info.run_id

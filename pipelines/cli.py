@@ -61,12 +61,19 @@ def _parser() -> argparse.ArgumentParser:
     run = with_config(commands.add_parser("run", help="run stages 1-7 locally through kfp.local"))
     run.add_argument("--resume", metavar="RUN_ID", help="resume an interrupted run from its last checkpoint")
     run.set_defaults(handler=_run)
+    tune = with_config(commands.add_parser("tune", help="stages 1-7 with stage 4 as a hyper-parameter search (the "
+                                                        "config's tune section); the best trial by validation loss "
+                                                        "goes on like a run's model"))
+    tune.add_argument("--resume", metavar="RUN_ID", help="resume an interrupted sweep: finished trials are kept")
+    tune.set_defaults(handler=_run)
     compile_ = with_config(commands.add_parser("compile", help="write the training and monitor pipelines' KFP YAML"))
     compile_.add_argument("-o", "--output", default="pipeline.yaml",
                           help="training pipeline: a .yaml file, or a directory for pipeline.yaml "
                                "(default %(default)s)")
     compile_.add_argument("--monitor-output",
                           help="monitor pipeline (default: monitor_pipeline.yaml beside the training pipeline)")
+    compile_.add_argument("--sweep-output",
+                          help="sweep pipeline (default: sweep_pipeline.yaml beside the training pipeline)")
     compile_.set_defaults(handler=_compile)
     monitor = with_config(commands.add_parser("monitor", help="one drift check of the champion, now"))
     monitor.add_argument("--current", metavar="FILE", help="texts to check (default: the prediction log window)")
@@ -144,7 +151,7 @@ def _run(args) -> int:
         args.resume_command = _resume_command(args, run_id)
         args.console.show(f"MLflow run    {run_id} (after an interruption: {args.resume_command})")
 
-    result = run_locally(cfg, resume_run_id=args.resume, on_start=started)
+    result = run_locally(cfg, resume_run_id=args.resume, on_start=started, sweep=args.command == "tune")
     name = result.registered_model
     alias = ", alias challenger" if result.gate == "passed" else ", no alias: the champion stays"
     lines = [
@@ -161,6 +168,9 @@ def _run(args) -> int:
         lines += [f"deployed      {version_uri(name, result.candidate_version)} (ONNX, alias {CANDIDATE}: a "
                   f"{cfg.deploy.rollout.mode} rollout beside the champion; servers of @{CHAMPION} take it up)",
                   "  follow it   lifecycle rollout status"]
+    if result.sweep_winner:
+        lines += [f"sweep         {result.sweep_winner} won (by validation loss); its settings: the sweep run's "
+                  f"sweep/best_config.yaml"]
     lines.append(f"artifacts     {result.artifacts_dir}")
     args.console.show("\n" + "\n".join(lines))
     return 0
@@ -189,19 +199,21 @@ def _resume_command(args, run_id: str) -> str:
 
     given = [*(("--config", args.config) if args.config != DEFAULT_CONFIG else ()),
              *(part for setting in args.overrides for part in ("--set", setting))]
-    return shlex.join(["lifecycle", "run", *given, "--resume", run_id])
+    return shlex.join(["lifecycle", args.command, *given, "--resume", run_id])
 
 
 def _compile(args) -> int:
     from kfp import compiler
 
     from pipelines.monitor_pipeline import build_monitor_pipeline
-    from pipelines.training_pipeline import build_training_pipeline
+    from pipelines.training_pipeline import build_sweep_pipeline, build_training_pipeline
 
     cfg = load(args, absolute=False)
     training = _yaml_path(args.output, "pipeline.yaml")
     monitor = _yaml_path(args.monitor_output or str(Path(training).parent), "monitor_pipeline.yaml")
-    for build, path in ((build_training_pipeline, training), (build_monitor_pipeline, monitor)):
+    sweep = _yaml_path(args.sweep_output or str(Path(training).parent), "sweep_pipeline.yaml")
+    for build, path in ((build_training_pipeline, training), (build_monitor_pipeline, monitor),
+                        (build_sweep_pipeline, sweep)):
         compiler.Compiler().compile(build(cfg), package_path=path,
                                     pipeline_parameters={"config_json": cfg.model_dump_json()})
         args.console.show(f"wrote {path}")

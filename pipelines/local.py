@@ -32,6 +32,7 @@ class LocalRun:
     registered_model: str
     gate: str
     artifacts_dir: str
+    sweep_winner: Optional[str] = None  # `lifecycle tune`: the trial whose model went on
 
 
 def tracking_uri_for(cfg: LifecycleConfig, environ=os.environ) -> str:
@@ -40,14 +41,14 @@ def tracking_uri_for(cfg: LifecycleConfig, environ=os.environ) -> str:
 
 
 def run_locally(cfg: LifecycleConfig, resume_run_id: Optional[str] = None,
-                on_start: Callable[[str], None] = lambda parent_run_id: None) -> LocalRun:
-    """Run stages 1-7 with kfp.local's subprocess runner in this environment; the parent run is FAILED if any
-    stage fails, and a resumed run reuses its parent run and its fine-tuning checkpoint. `on_start` is told the
-    parent run's id before the first stage starts."""
+                on_start: Callable[[str], None] = lambda parent_run_id: None, sweep: bool = False) -> LocalRun:
+    """Run stages 1-7 (with `sweep`, stage 4 as a search) with kfp.local's subprocess runner in this environment;
+    the parent run is FAILED if any stage fails, and a resumed run reuses its parent run and its fine-tuning
+    checkpoint (or its study). `on_start` is told the parent run's id before the first stage starts."""
     import mlflow
 
-    from components.tracking import start_parent_run, use_config_experiment
-    from pipelines.training_pipeline import build_training_pipeline
+    from components.tracking import SWEEP, start_parent_run, use_config_experiment
+    from pipelines.training_pipeline import build_sweep_pipeline, build_training_pipeline
 
     pipeline_root = Path(cfg.work_dir) / "kfp"
     uri = tracking_uri_for(cfg)
@@ -58,10 +59,11 @@ def run_locally(cfg: LifecycleConfig, resume_run_id: Optional[str] = None,
         client.update_run(resume_run_id, status="RUNNING")
         parent = resume_run_id
     else:
-        parent = start_parent_run(cfg, uri)
+        parent = start_parent_run(cfg, uri, run_kind=SWEEP if sweep else "")
     on_start(parent)
+    build = build_sweep_pipeline if sweep else build_training_pipeline
     try:
-        run_pipeline(build_training_pipeline(cfg), cfg, parent, tracking_uri=uri, parent_run_id=parent)
+        run_pipeline(build(cfg), cfg, parent, tracking_uri=uri, parent_run_id=parent)
     except BaseException as err:
         client.set_terminated(parent, status="FAILED")
         if isinstance(err, PipelineFailed):
@@ -70,7 +72,8 @@ def run_locally(cfg: LifecycleConfig, resume_run_id: Optional[str] = None,
                            "the champion is unchanged") + f"; MLflow run {parent} is marked FAILED"
         raise
     client.set_terminated(parent, status="FINISHED")
-    runs = sorted(pipeline_root.glob(f"{cfg.name}-training-*"), key=lambda p: p.stat().st_mtime)
+    runs = sorted(pipeline_root.glob(f"{cfg.name}-{'sweep' if sweep else 'training'}-*"),
+                  key=lambda p: p.stat().st_mtime)
     tags = client.get_run(parent).data.tags
     return LocalRun(
         tracking_uri=uri,
@@ -82,6 +85,7 @@ def run_locally(cfg: LifecycleConfig, resume_run_id: Optional[str] = None,
         registered_model=cfg.tracking.registered_model,
         gate=tags["gate"],
         artifacts_dir=str(runs[-1]) if runs else str(pipeline_root),
+        sweep_winner=tags.get("sweep.winner"),
     )
 
 

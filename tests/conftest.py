@@ -82,6 +82,33 @@ def wait_until_ready(url: str, process, seconds: float = 120) -> None:
     pytest.fail(f"the server for {url} did not become ready in {seconds:g} s")
 
 
+def stop_at_line(args: list[str], stop_here) -> tuple[str, str]:
+    """A `lifecycle` command in a process of its own, stopped with SIGTERM (as a scheduler stops it) at the first
+    line printed that `stop_here` accepts: (the run id it printed at the start, the command it printed to resume
+    the run)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    run = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    printed = []
+    for line in run.stdout:
+        printed.append(line)
+        if stop_here(line):
+            run.send_signal(signal.SIGTERM)
+            break
+    out, err = run.communicate(timeout=60)  # the stage's own process is stopped too: no waiting for it to end
+    assert run.returncode == 143, "".join(printed) + out + err
+    (announced,) = [line for line in printed if line.startswith("MLflow run    ")]
+    run_id = announced.split()[2]
+    assert f"{args[0]}: stopped (SIGTERM)" in err and "Traceback" not in err
+    resume = err.split("to resume it  ", 1)[1].strip()
+    assert resume.endswith(f"--resume {run_id}") and f"--resume {run_id})" in announced
+    return run_id, resume
+
+
 def as_args(settings: list[str]) -> list[str]:
     return [part for setting in settings for part in ("--set", setting)]
 

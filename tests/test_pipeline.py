@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import as_args, make_texts, tiny_settings
+from conftest import as_args, make_texts, stop_at_line, tiny_settings
 from pipelines.cli import main
 
 
@@ -69,32 +69,6 @@ def stage_runs(client, parent):
     return client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
 
 
-def stop_at_stage_1(args: list[str]) -> tuple[str, str]:
-    """`lifecycle run` in a process of its own, stopped with SIGTERM (as a scheduler stops it) once stage 1 has
-    started: (the run id it printed at the start, the command it printed to resume the run)."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    run = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
-    printed = []
-    for line in run.stdout:
-        printed.append(line)
-        if line.startswith("1-data") and "started" in line:
-            run.send_signal(signal.SIGTERM)
-            break
-    out, err = run.communicate(timeout=60)  # the stage's own process is stopped too: no waiting for it to end
-    assert run.returncode == 143, "".join(printed) + out + err
-    (announced,) = [line for line in printed if line.startswith("MLflow run    ")]
-    run_id = announced.split()[2]
-    assert "run: stopped (SIGTERM)" in err and "Traceback" not in err
-    resume = err.split("to resume it  ", 1)[1].strip()
-    assert resume.endswith(f"--resume {run_id}") and f"--resume {run_id})" in announced
-    return run_id, resume
-
-
 def test_lifecycle_run_tracks_every_stage_registers_promotes_and_keeps_the_champion_on_a_failed_gate(run_args,
                                                                                                      tmp_path, capsys):
     """The first run is stopped in stage 1 and resumed with the command it printed: a resumed run is a whole one."""
@@ -102,7 +76,7 @@ def test_lifecycle_run_tracks_every_stage_registers_promotes_and_keeps_the_champ
 
     import mlflow
 
-    run_id, resume = stop_at_stage_1(run_args())
+    run_id, resume = stop_at_line(run_args(), lambda line: line.startswith("1-data") and "started" in line)
     client = mlflow_client(tmp_path)
     assert client.get_run(run_id).info.status == "FAILED"
     assert shlex.split(resume)[:2] == ["lifecycle", "run"] and main(shlex.split(resume)[1:]) == 0

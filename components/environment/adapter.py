@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from components.config import LifecycleConfig
+from components.config import LifecycleConfig, resolved_hyperparameters
 from components.stages import ENVIRONMENT
 
 
@@ -14,8 +14,7 @@ def environment(config_json: str, tracking_uri: str, parent_run_id: str, out_dir
     from components.tracking import flatten, stage_run
 
     cfg = LifecycleConfig.model_validate_json(config_json)
-    hyperparameters = cfg.train.model_dump() | {"max_length": cfg.model.max_length, "strategy": cfg.model.strategy,
-                                                "dropout": cfg.model.dropout}
+    hyperparameters = resolved_hyperparameters(cfg.model, cfg.train)
     with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, ENVIRONMENT.run_name) as stage:
         env = core.environment(cfg.train.device, cfg.train.precision, cfg.train.threads, cfg.seed, hyperparameters)
         facts = env.to_dict()

@@ -19,7 +19,7 @@ def evaluate(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: 
     from components.evaluate import core
     from components.evaluate.model_card import CardFacts, render_model_card
     from components.handoff import (GATE, MODEL_CARD, GateOutcome, read_environment, read_manifest, read_model_spec,
-                                    read_texts, read_train_result, write_json)
+                                    read_sweep, read_texts, read_train_result, write_json)
     from components.registry import champion_predictor, register_challenger
     from components.tracking import stage_run
 
@@ -35,7 +35,7 @@ def evaluate(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: 
         gate = core.decide_gate(found.metrics, cfg.gate, found.champion, found.baseline, found.worst_slice)
         facts = CardFacts(cfg.tracking.registered_model, read_model_spec(model_dir), manifest,
                           cfg.data.model_dump(include={"name", "licence", "citation", "balance", "group_column"}),
-                          env, read_train_result(model_dir), found, gate)
+                          env, read_train_result(model_dir), found, gate, read_sweep(model_dir))
         card = render_model_card(facts)
         (out / MODEL_CARD).write_text(card)
         _log_findings(facts, out)
@@ -81,7 +81,9 @@ def version_tags(facts, champion_version: str | None) -> dict[str, str]:
             "data_fingerprint": facts.manifest.fingerprint, "strategy": facts.spec.strategy,
             "base_model": facts.spec.base, "test_accuracy": f"{metrics.test_accuracy:.4f}",
             "test_loss": f"{metrics.test_loss:.4f}", "champion_version": champion_version or "none",
-            TEMPERATURE_TAG: f"{facts.found.calibration.temperature:.6g}"}
+            TEMPERATURE_TAG: f"{facts.found.calibration.temperature:.6g}"} | (
+        {"sweep": f"trial {facts.sweep['winner']} of {facts.sweep['trials']} ({facts.sweep['study']})"}
+        if facts.sweep else {})
 
 
 def summary(found, gate, version: str) -> str:

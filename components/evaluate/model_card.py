@@ -4,6 +4,7 @@ helper per section; the registry's shortened description keeps whole sections.""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from components.evaluate.core import Evaluation, GateDecision
 from components.handoff import Environment, Manifest, ModelSpec, TrainResult
@@ -20,12 +21,14 @@ class CardFacts:
     training: TrainResult
     found: Evaluation
     gate: GateDecision
+    sweep: Optional[dict] = None  # handoff.SWEEP, when the model won a sweep (lifecycle tune)
 
 
 def render_model_card(facts: CardFacts) -> str:
-    sections = (_model, _data, _training, _metrics, _baseline, _calibration, _slices, _robustness, _mistakes, _gate,
+    sections = (_model, _data, _training, _sweep, _metrics, _baseline, _calibration, _slices, _robustness, _mistakes, _gate,
                 _intended_use, _limitations, _ethics)
-    return _title(facts) + "".join(f"\n## {section(facts).strip()}\n" for section in sections)
+    texts = (section(facts).strip() for section in sections)
+    return _title(facts) + "".join(f"\n## {text}\n" for text in texts if text)
 
 
 def _title(f: CardFacts) -> str:
@@ -70,7 +73,8 @@ def _data(f: CardFacts) -> str:
 
 
 def _training(f: CardFacts) -> str:
-    training, env, hp = f.training, f.environment, f.environment.hyperparameters
+    training, env = f.training, f.environment
+    hp = training.hyperparameters
     dropout = "as in the base model" if hp['dropout'] is None else f"{hp['dropout']:g}"
     return f"""Training set-up
 - {training.epochs_run} epochs run (best epoch {training.best_epoch}{", stopped early" if training.stopped_early else ""}),
@@ -80,6 +84,26 @@ def _training(f: CardFacts) -> str:
   dropout {dropout}.
 - Device {env.device}, precision {env.precision}, {env.threads} CPU threads, seed {env.seed}.
 - torch {env.libraries['torch']}, transformers {env.libraries['transformers']}, peft {env.libraries['peft']}."""
+
+
+def _sweep(f: CardFacts) -> str:
+    """How the hyper-parameters were chosen, when a sweep chose them; empty (no section) otherwise."""
+    if not f.sweep:
+        return ""
+    from components.tune.core import params_text
+
+    sweep = f.sweep
+    defaults = (f" The config's own values (trial {sweep['defaults_trial']}) reached {sweep['defaults_val_loss']:.4f}."
+                if sweep.get("defaults_val_loss") is not None else "")
+    return f"""Hyper-parameter search
+- These settings came from a sweep (Optuna study `{sweep['study']}`): {sweep['trials']} configurations tried
+  ({sweep['complete']} complete, {sweep['pruned']} pruned on their validation loss, {sweep['failed']} failed) over
+  {", ".join(f"`{key}`" for key in sweep["space"])}.
+- Trial {sweep['winner']} won with the lowest validation loss, {sweep['best_val_loss']:.4f}:
+  `{params_text(sweep['winner_params'])}`.{defaults}
+- The search saw the train and validation splits only; the test figures below are its first look at the test split.
+  With {sweep['trials']} configurations compared on {sum(f.manifest.counts['val'].values())} validation texts, the
+  winner's validation loss is optimistic: a wide search can overfit validation."""
 
 
 def _metrics(f: CardFacts) -> str:
@@ -180,7 +204,7 @@ def _limitations(f: CardFacts) -> str:
   {100 * (high - low):.1f} points.
 - Class balance in training{balance}; real
   traffic may have another mix, which shifts precision per class.
-- Texts longer than {f.environment.hyperparameters['max_length']} tokens are truncated."""
+- Texts longer than {f.training.hyperparameters["max_length"]} tokens are truncated."""
 
 
 def _ethics(f: CardFacts) -> str:

@@ -14,7 +14,7 @@ def fine_tune(config_json: str, tracking_uri: str, parent_run_id: str, data_dir:
 
     from components.environment.core import seed_everything
     from components.fine_tune.placement import decide_placement
-    from components.handoff import MODEL_SPEC, TRAIN_RESULT, FineTuneJob, read_environment, read_model_spec, write_json
+    from components.handoff import TRAIN_RESULT, FineTuneJob, read_environment
     from components.storage import join
     from components.tracking import stage_run
 
@@ -37,7 +37,6 @@ def fine_tune(config_json: str, tracking_uri: str, parent_run_id: str, data_dir:
         mlflow.log_dict(result.to_dict(), TRAIN_RESULT)
         stage.result = (f"best epoch {result.best_epoch} of {result.epochs_run}: val loss {result.best_val_loss:.4f}, "
                         f"val accuracy {result.best_val_accuracy:.2%}; {result.samples_per_second:.0f} texts/s")
-    write_json(out_dir, MODEL_SPEC, read_model_spec(init_dir).to_dict())
     return {k: v for k, v in result.to_dict().items() if k != "history"}
 
 

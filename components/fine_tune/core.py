@@ -14,16 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from components.config import ConfigError, ModelConfig, TrainConfig
+from components.config import ConfigError, ModelConfig, TrainConfig, resolved_hyperparameters
 from components.console import Progress
 from components.fine_tune.checkpoint import Checkpoint, TrainingState
 from components.fine_tune.pooled_block import first_token_only
-from components.handoff import (TRAIN_RESULT, FineTuneJob, TrainResult, read_manifest, read_split, write_json,
-                                write_labels)
-from components.model.core import apply_strategy, load_classifier, set_dropout, transformer_blocks
+from components.handoff import (MODEL_SPEC, TRAIN_RESULT, FineTuneJob, ModelSpec, TrainResult, read_manifest,
+                                read_model_spec, read_split, write_json, write_labels)
+from components.model.core import apply_strategy, load_classifier, set_dropout, spec_as_trained, transformer_blocks
 from components.text_batches import autocast, collate, encode, loss_and_accuracy, predict_logits, train_batches
 
 MetricsLogger = Callable[[dict, int], None]  # (metrics, step)
+EpochHook = Callable[[dict], None]  # an epoch's row of the history; a sweep's pruner raises to stop the training
 log = logging.getLogger(__name__)
 
 
@@ -63,6 +64,7 @@ class Session:
     epoch_batches: list[list[list[int]]]  # this rank's batches, per epoch
     checkpoint: "Checkpoint"
     state: "TrainingState"
+    spec: ModelSpec  # what trains, as trained
     ranks: Ranks
     device: str
     precision: str
@@ -78,11 +80,13 @@ class Session:
         return getattr(self.model, "module", self.model)
 
 
-def fine_tune(job: FineTuneJob, log_metrics: Optional[MetricsLogger] = None) -> Optional[TrainResult]:
+def fine_tune(job: FineTuneJob, log_metrics: Optional[MetricsLogger] = None,
+              after_epoch: Optional[EpochHook] = None) -> Optional[TrainResult]:
     """Train the stage 2 model on the stage 1 splits; writes a merged safetensors model to job.out_dir.
     Checkpoints go to job.checkpoint_uri, where a later job with the same URI resumes. Under torchrun
     (components/fine_tune/processes.py) each process trains on its share of the batches with DDP; rank 0
-    validates, checkpoints, saves and returns the result, the others return None."""
+    validates, checkpoints, saves and returns the result, the others return None. `after_epoch` (one process
+    only) sees each epoch's row once it is checkpointed."""
     train_cfg = job.train_cfg.for_strategy(job.model_cfg.strategy)
     log_metrics = log_metrics or (lambda metrics, step: None)
     started = time.perf_counter()
@@ -99,6 +103,8 @@ def fine_tune(job: FineTuneJob, log_metrics: Optional[MetricsLogger] = None) -> 
             end_epoch(session, epoch, train_cfg, log_metrics, {
                 "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_accuracy,
                 "seconds": time.perf_counter() - epoch_start})
+            if after_epoch:
+                after_epoch(session.state.history[-1])
     if not session.ranks.leader:
         return None
     return finish(session, job, train_cfg, time.perf_counter() - started)
@@ -121,6 +127,7 @@ def set_up(job: FineTuneJob, train_cfg: TrainConfig) -> Session:
     if model_cfg.dropout is not None:  # before LoRA adds its own dropout layers
         set_dropout(model, model_cfg.dropout)
     model = apply_strategy(model, model_cfg.strategy, model_cfg.trainable_blocks, model_cfg.lora)
+    spec = spec_as_trained(read_model_spec(job.init_dir), model, model_cfg.trainable_blocks)
     if not quantized:  # bitsandbytes placed the 4-bit model already
         model = model.to(device)
     train = _encode_split(tokenizer, job.data_dir, "train", labels, model_cfg.max_length, train_cfg.max_train_samples)
@@ -142,7 +149,7 @@ def set_up(job: FineTuneJob, train_cfg: TrainConfig) -> Session:
     if state.epoch and ranks.leader:
         log.info("resuming from the checkpoint after epoch %d in %s", state.epoch, job.checkpoint_uri)
     return Session(model, tokenizer, labels, train, val, optimizer, scheduler, epoch_batches, checkpoint, state,
-                   ranks, device, precision, *session_feeds, contexts=contexts, resumed_from=state.epoch)
+                   spec, ranks, device, precision, *session_feeds, contexts=contexts, resumed_from=state.epoch)
 
 
 def _optimizer(model, train_cfg: TrainConfig, device: str, total_steps: int):
@@ -279,8 +286,10 @@ def finish(session: Session, job: FineTuneJob, train_cfg: TrainConfig, elapsed: 
         train_seconds=elapsed,
         samples_per_second=session.seen * session.ranks.world / elapsed if elapsed else 0.0,
         history=state.history,
+        hyperparameters=resolved_hyperparameters(job.model_cfg, train_cfg),
     )
     write_json(out_dir, TRAIN_RESULT, result.to_dict())
+    write_json(out_dir, MODEL_SPEC, session.spec.to_dict())
     return result
 
 

@@ -144,7 +144,6 @@ def model(
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     trained = apply_strategy(model, strategy, trainable_blocks, lora)
-    total, trainable = count_parameters(trained)
     spec = ModelSpec(
         base=base,
         source=source,
@@ -152,14 +151,25 @@ def model(
         model_type=model.config.model_type,
         is_decoder=bool(getattr(model.config, "is_decoder", False)) or model.config.model_type in DECODER_TYPES,
         strategy=strategy,
-        trainable_blocks=trainable_blocks if strategy == "partial" else None,
-        lora_target_modules=_lora_targets(trained) if strategy in ("lora", "qlora") else None,
-        total_parameters=total,
-        trainable_parameters=trainable,
+        trainable_blocks=None,
+        lora_target_modules=None,
+        total_parameters=count_parameters(trained)[0],
+        trainable_parameters=0,
         labels=labels,
     )
+    spec = spec_as_trained(spec, trained, trainable_blocks)
     write_json(out_dir, MODEL_SPEC, spec.to_dict())
     return spec
+
+
+def spec_as_trained(spec: ModelSpec, trained, trainable_blocks: int) -> ModelSpec:
+    """The spec with what trains in `trained` (the model under its strategy): a sweep's trial may train other
+    blocks or another LoRA than stage 2 described."""
+    from dataclasses import replace
+
+    return replace(spec, trainable_blocks=trainable_blocks if spec.strategy == "partial" else None,
+                   lora_target_modules=_lora_targets(trained) if spec.strategy in ("lora", "qlora") else None,
+                   trainable_parameters=count_parameters(trained)[1])
 
 
 DECODER_TYPES = {"gpt2", "gpt_neo", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi", "opt"}
