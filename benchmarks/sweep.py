@@ -59,14 +59,15 @@ def run_side(side: str, command: str, args, work_dir: Path, extra: list[str]) ->
     (parent,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                    "tags.mlflow.parentRunId IS NULL")
     metrics, tags = parent.data.metrics, parent.data.tags
-    (tuned,) = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}' "
-                                  "and attributes.run_name = '4-fine-tune'") if side == "defaults" else (None,)
+    stages = {run.info.run_name: run.data.metrics for run in client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
+    test = stages["5-evaluate"]  # with the intervals
     result = {"side": side, "wall_s": seconds, "trials": int(metrics.get("trials", 1)),
               "pruned": int(metrics.get("trials_pruned", 0)), "winner": tags.get("sweep.winner", ""),
-              "val_loss": metrics["best_val_loss"] if side == "sweep" else tuned.data.metrics["best_val_loss"],
+              "val_loss": metrics["best_val_loss"] if side == "sweep" else stages["4-fine-tune"]["best_val_loss"],
               "params": {k: v for k, v in parent.data.params.items() if k in _searched(work_dir)}}
     for name in ("accuracy", "macro_f1"):
-        result[name] = [metrics[f"test_{name}"], metrics[f"test_{name}_ci_low"], metrics[f"test_{name}_ci_high"]]
+        result[name] = [test[f"test_{name}"], test[f"test_{name}_ci_low"], test[f"test_{name}_ci_high"]]
     return result
 
 

@@ -300,7 +300,9 @@ class TuneConfig(_Section):
     sweep's run; the best trial by validation loss goes through stages 5-7 as a run's model does."""
     trials: int = Field(16, ge=1)  # trials that finish (complete or pruned), over all workers and resumes
     timeout_minutes: Optional[float] = Field(None, gt=0)  # of each sweep run (a resume has its own); None: no limit
-    parallel: int = Field(1, ge=1)  # workers at once (pods on a cluster, each with its GPU); one after another here
+    # Workers at once: pods on a cluster, each with its GPU; processes on one machine, sharing its cores. A worker
+    # starts no trial once the study has its budget, so at most parallel - 1 trials more may finish.
+    parallel: int = Field(1, ge=1)
     pruner: Literal["median", "successive_halving", "none"] = "median"
     prune_after_trials: int = Field(3, ge=0)  # the median pruner judges none before this many trials finished
     # The study's database. None: optuna.db beside a SQLite tracking store; on a cluster, a PostgreSQL database of

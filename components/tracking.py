@@ -10,7 +10,9 @@ from components.handoff import CONFIG
 
 STAGE_TAG = "lifecycle.stage"
 SWEEP = "sweep"  # the run kind of `lifecycle tune`
-# The MLflow UI opens an experiment on its GenAI overview (traces) unless this tag names another kind.
+# What the MLflow UI opens an experiment on: its GenAI overview of traces unless the experiment's kind says
+# otherwise. MLflow 3.17's UI takes the kind from its GenAI / Model training switch instead (the browser's choice,
+# GenAI at first, or the link's workflowType), so the links printed carry that too (ui_link).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
@@ -36,6 +38,12 @@ def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
     except requests.RequestException as err:
         raise LifecycleError(f"the MLflow tracking server {tracking_uri} does not answer ({type(err).__name__}); "
                              f"start it, or point MLFLOW_TRACKING_URI or tracking.uri at one that runs") from None
+
+
+def ui_link(ui: str, experiment_id: str, run_id: str = "") -> str:
+    """The MLflow UI's page of an experiment (or of one of its runs) in its Model training view."""
+    return (f"{ui.rstrip('/')}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+            + "?workflowType=machine_learning")
 
 
 def artifact_location(cfg, tracking_uri: str) -> Optional[str]:

@@ -139,6 +139,7 @@ def load(args, absolute: bool = True):
 def _run(args) -> int:
     from components.handoff import model_uri, version_uri
     from components.registry import CANDIDATE, CHAMPION
+    from components.tracking import ui_link
     from pipelines.local import config_of_run, run_locally, tracking_uri_for
 
     signal.signal(signal.SIGTERM, _terminated)
@@ -157,8 +158,7 @@ def _run(args) -> int:
     lines = [
         f"MLflow        {result.tracking_uri}",
         f"  experiment  {cfg.tracking.experiment} (id {result.experiment_id}); parent run {result.parent_run_id}",
-        f"  UI          lifecycle ui  ->  http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/"
-        f"{result.parent_run_id}",
+        f"  UI          lifecycle ui  ->  {ui_link('http://127.0.0.1:5000', result.experiment_id, result.parent_run_id)}",
         f"registered    {version_uri(name, result.model_version)} (PyTorch; gate {result.gate}{alias})",
     ]
     if result.champion_version:
@@ -355,19 +355,21 @@ def _rollout(args) -> int:
 
 
 def _ui(args) -> int:
-    from components.tracking import is_tracking_server
+    from components.tracking import is_tracking_server, ui_link, use_config_experiment
     from pipelines.local import tracking_uri_for
     from pipelines.processes import run_until_stopped
 
     cfg = load(args)
     uri = tracking_uri_for(cfg)
+    experiment_id = use_config_experiment(cfg, uri)
     if is_tracking_server(uri):
-        args.console.show(f"the tracking server serves the MLflow UI itself: open {uri}")
+        args.console.show(f"the tracking server serves the MLflow UI itself: open {ui_link(uri, experiment_id)}")
         return 0
     # One worker on one machine; the UI runs in a process group of its own, which Ctrl-C and SIGTERM stop whole.
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(args.port),
                "--workers", "1"]
     args.console.show(" ".join(command))
+    args.console.show(f"open {ui_link(f'http://127.0.0.1:{args.port}', experiment_id)}")
     return run_until_stopped(command)
 
 

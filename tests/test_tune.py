@@ -90,8 +90,8 @@ def test_a_sweep_stopped_and_resumed_nests_its_trials_prunes_and_registers_the_b
     # The winner went through stage 5's gate and stage 6 like a run's model.
     version = client.get_model_version("sms-spam-classifier", parent.data.tags["model_version"])
     assert version.tags["gate"] == "passed" and version.tags["sweep"].startswith(f"trial {winner.split('-')[1]} of 4")
-    assert client.get_model_version_by_alias("sms-spam-classifier", "champion").version == parent.data.tags[
-        "champion_version"]
+    champion = client.get_model_version_by_alias("sms-spam-classifier", "champion")
+    assert str(champion.version) == parent.data.tags["champion_version"]
     (evaluation,) = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{run_id}' and "
                                                                    "attributes.run_name = '5-evaluate'")
     card = Path(mlflow.artifacts.download_artifacts(run_id=evaluation.info.run_id, artifact_path="model_card.md",
@@ -161,3 +161,39 @@ def test_the_search_space_is_the_config_and_its_mistakes_are_named():
         study_storage(lora, "http://mlflow:5000")
     assert study_storage(lora.model_copy(update={"tune": lora.tune.model_copy(update={
         "storage": "postgresql://u:p@db/optuna"})}), "http://mlflow:5000") == "postgresql+psycopg://u:p@db/optuna"
+
+
+def test_on_the_cluster_path_two_workers_share_the_study_in_postgresql_and_log_to_the_tracking_server(
+        tracking_server, tiny_bert, tmp_path, monkeypatch, capsys):
+    """As on a cluster: an MLflow server on PostgreSQL, the study in a PostgreSQL database of its own, two workers
+    at once (kfp.local runs a ParallelFor's iterations in parallel, each in its own process)."""
+    import mlflow
+    import optuna
+    import psycopg
+
+    database = f"optuna_{tmp_path.name.lower()[-20:]}".replace("-", "_")
+    with psycopg.connect(tracking_server.backend_uri, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {database}")
+    study_url = tracking_server.backend_uri.rsplit("/", 1)[0] + f"/{database}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.uri)
+    make_texts(240).to_csv(tmp_path / "texts.csv", index=False)
+    assert main(["tune", *as_args(tiny_settings(
+        tmp_path / "work", tmp_path / "texts.csv", tiny_bert, "tune.trials=3", "tune.parallel=2",
+        f"tune.storage={study_url}", f"tracking.experiment=sweep-{database}", f"tracking.registered_model={database}",
+        "deploy.rollout.mode=direct"))]) == 0
+    printed = capsys.readouterr().out
+    assert "4-tune-0       done" in printed and "4-tune-1       done" in printed
+
+    client = mlflow.MlflowClient(tracking_server.uri)
+    experiment = client.get_experiment_by_name(f"sweep-{database}")
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.mlflow.parentRunId IS NULL")
+    study = optuna.load_study(study_name=parent.info.run_id,
+                              storage="postgresql+psycopg://" + study_url.removeprefix("postgresql://"))
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) == len(study.trials) and 3 <= len(finished) <= 4  # a trial under way when the budget is met
+    trials = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}' and "
+                                                            "tags.`lifecycle.stage` = 'trial'")
+    assert len(trials) == len(finished) and {r.info.status for r in trials} == {"FINISHED"}
+    assert parent.data.tags["sweep.winner"].startswith("trial-")
+    assert "sweep/optimization_history.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
+    assert client.get_model_version_by_alias(database, "champion")
