@@ -5,7 +5,7 @@ PYTHON ?= python3
 TORCH  ?= torch==2.13.0
 ARGS   ?=
 
-.PHONY: install run test compile ui clean
+.PHONY: install run tune test compile ui clean
 
 install: $(VENV)/.installed
 
@@ -17,6 +17,9 @@ $(VENV)/.installed: pyproject.toml
 
 run: install
 	$(VENV)/bin/lifecycle run $(ARGS)
+
+tune: install
+	$(VENV)/bin/lifecycle tune $(ARGS)
 
 test: install
 	$(VENV)/bin/python -m pytest $(ARGS)

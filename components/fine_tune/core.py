@@ -127,7 +127,7 @@ def set_up(job: FineTuneJob, train_cfg: TrainConfig) -> Session:
     if model_cfg.dropout is not None:  # before LoRA adds its own dropout layers
         set_dropout(model, model_cfg.dropout)
     model = apply_strategy(model, model_cfg.strategy, model_cfg.trainable_blocks, model_cfg.lora)
-    spec = spec_as_trained(read_model_spec(job.init_dir), model, model_cfg.trainable_blocks)
+    spec = spec_as_trained(read_model_spec(job.init_dir), model, model_cfg.strategy, model_cfg.trainable_blocks)
     if not quantized:  # bitsandbytes placed the 4-bit model already
         model = model.to(device)
     train = _encode_split(tokenizer, job.data_dir, "train", labels, model_cfg.max_length, train_cfg.max_train_samples)

@@ -157,18 +157,18 @@ def model(
         trainable_parameters=0,
         labels=labels,
     )
-    spec = spec_as_trained(spec, trained, trainable_blocks)
+    spec = spec_as_trained(spec, trained, strategy, trainable_blocks)
     write_json(out_dir, MODEL_SPEC, spec.to_dict())
     return spec
 
 
-def spec_as_trained(spec: ModelSpec, trained, trainable_blocks: int) -> ModelSpec:
-    """The spec with what trains in `trained` (the model under its strategy): a sweep's trial may train other
+def spec_as_trained(spec: ModelSpec, trained, strategy: str, trainable_blocks: int) -> ModelSpec:
+    """The spec with what trains in `trained` (the model under `strategy`): a sweep's trial may train other
     blocks or another LoRA than stage 2 described."""
     from dataclasses import replace
 
-    return replace(spec, trainable_blocks=trainable_blocks if spec.strategy == "partial" else None,
-                   lora_target_modules=_lora_targets(trained) if spec.strategy in ("lora", "qlora") else None,
+    return replace(spec, strategy=strategy, trainable_blocks=trainable_blocks if strategy == "partial" else None,
+                   lora_target_modules=_lora_targets(trained) if strategy in ("lora", "qlora") else None,
                    trainable_parameters=count_parameters(trained)[1])
 
 
