@@ -49,7 +49,7 @@ class Console(io.TextIOBase):
         folder.mkdir(parents=True, exist_ok=True)
         self.log_path = folder / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}.log"
         earlier = self._log.getvalue() if isinstance(self._log, io.StringIO) else ""
-        self._log = open(self.log_path, "a", encoding="utf-8")
+        self._log = open(self.log_path, "a", encoding="utf-8", buffering=1)  # by line: `tail -f` shows progress
         self._log.write(earlier)
         return self.log_path
 
