@@ -65,26 +65,27 @@ def run_side(side: str, command: str, args, work_dir: Path, extra: list[str]) ->
     result = {"side": side, "wall_s": seconds, "trials": int(metrics.get("trials", 1)),
               "pruned": int(metrics.get("trials_pruned", 0)), "winner": tags.get("sweep.winner", ""),
               "val_loss": metrics["best_val_loss"] if side == "sweep" else stages["4-fine-tune"]["best_val_loss"],
-              "params": {k: v for k, v in parent.data.params.items() if k in _searched(work_dir)}}
+              "params": {k: v for k, v in parent.data.params.items() if k.startswith(("model.", "train."))},
+              "searched": _searched(work_dir)}
     for name in ("accuracy", "macro_f1"):
         result[name] = [test[f"test_{name}"], test[f"test_{name}_ci_low"], test[f"test_{name}_ci_high"]]
     return result
 
 
-def _searched(work_dir: Path) -> set[str]:
-    """The keys the sweep searched (from its search_space.json), for both sides' rows."""
-    found = list((work_dir.parent / "sweep" / "mlartifacts").rglob("search_space.json"))
-    return set(json.loads(found[0].read_text())) if found else set()
+def _searched(work_dir: Path) -> list[str]:
+    """The keys a sweep searched (its search_space.json); none for a run."""
+    found = list((work_dir / "mlartifacts").rglob("search_space.json"))
+    return list(json.loads(found[0].read_text())) if found else []
 
 
 def table(config: str, results: list[dict]) -> str:
     lines = [f"config {config}", "",
              "| side | trials (pruned) | val loss | test accuracy (95% CI) | macro-F1 (95% CI) | wall time | settings |",
              "|---|---|---|---|---|---|---|"]
-    searched = set().union(*(r["params"] for r in results))
+    searched = sorted(set().union(*(r["searched"] for r in results)))
     for r in results:
         (acc, acc_low, acc_high), (f1, f1_low, f1_high) = r["accuracy"], r["macro_f1"]
-        settings = ", ".join(f"{k.split('.')[-1]}={_short(r['params'].get(k, ''))}" for k in sorted(searched))
+        settings = ", ".join(f"{k.split('.')[-1]}={_short(r['params'].get(k, ''))}" for k in searched)
         lines.append(f"| {r['side']}{' (' + r['winner'] + ')' if r['winner'] else ''} | {r['trials']} ({r['pruned']}) "
                      f"| {r['val_loss']:.4f} | {acc:.2%} ({acc_low:.2%}-{acc_high:.2%}) "
                      f"| {f1:.4f} ({f1_low:.4f}-{f1_high:.4f}) | {r['wall_s'] / 60:.1f} min | {settings} |")
