@@ -76,7 +76,7 @@ def test_compile_takes_a_directory_for_its_output_and_refuses_other_suffixes(tmp
     out = tmp_path / "compiled"
     assert main(["compile", "--set", "data.path=x.tsv", "--set", f"work_dir={tmp_path / 'work'}",
                  "-o", f"{out}/"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["monitor_pipeline.yaml", "pipeline.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == ["monitor_pipeline.yaml", "pipeline.yaml", "sweep_pipeline.yaml"]
     assert main(["compile", "--set", "data.path=x.tsv", "--set", f"work_dir={tmp_path / 'work'}",
                  "-o", str(tmp_path / "pipeline.txt")]) == 2
     assert "expected a .yaml file or a directory" in capsys.readouterr().err
