@@ -246,6 +246,16 @@ def read_train_result(model_dir: str | Path) -> TrainResult:
     return TrainResult(**_read_json(model_dir, TRAIN_RESULT))
 
 
+def rehome_train_result(model_dir: str | Path) -> TrainResult:
+    """A model folder copied from where it was trained (a TrainJob node, a sweep's trial): its result names its
+    new place."""
+    from dataclasses import replace
+
+    result = replace(read_train_result(model_dir), model_dir=str(model_dir))
+    write_json(model_dir, TRAIN_RESULT, result.to_dict())
+    return result
+
+
 def read_study(study_dir: str | Path) -> StudyRef:
     return StudyRef(**_read_json(study_dir, STUDY))
 

@@ -13,7 +13,7 @@ SWEEP = "sweep"  # the run kind of `lifecycle tune`
 # What the MLflow UI opens an experiment on: its GenAI overview of traces unless the experiment's kind says
 # otherwise. MLflow 3.17's UI takes the kind from its GenAI / Model training switch instead (the browser's choice,
 # GenAI at first, or the link's workflowType), so the links printed carry that too (ui_link).
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def default_tracking_uri(work_dir: str | Path) -> str:
@@ -70,12 +70,12 @@ def use_experiment(tracking_uri: str, experiment: str, location: Optional[str] =
     mlflow.set_tracking_uri(tracking_uri)
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
-        if not set(EXPERIMENT_KIND) & set(found.tags):  # made before this project set it
-            mlflow.MlflowClient().set_experiment_tag(found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+        if KIND_TAG not in found.tags:  # made before this project set it
+            mlflow.MlflowClient().set_experiment_tag(found.experiment_id, KIND_TAG, KIND)
         mlflow.set_experiment(experiment_id=found.experiment_id)
         return found.experiment_id
     try:
-        experiment_id = mlflow.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_KIND)
+        experiment_id = mlflow.create_experiment(experiment, artifact_location=location, tags={KIND_TAG: KIND})
     except MlflowException as err:  # another pod created it at the same moment
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise

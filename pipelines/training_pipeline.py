@@ -7,6 +7,7 @@ from kfp import dsl
 from components.config import LifecycleConfig
 from components.kfp_base import open_parent_run
 from components.stages import DATA, DEPLOY, ENVIRONMENT, EVALUATE, FINE_TUNE, MODEL, MONITOR, TUNE, by_task_name
+from components.tracking import SWEEP
 
 
 def build_training_pipeline(cfg: LifecycleConfig):
@@ -31,7 +32,7 @@ def build_sweep_pipeline(cfg: LifecycleConfig):
     @dsl.pipeline(name=f"{cfg.name}-sweep", description="Stages 1-7 with stage 4 as a hyper-parameter search: "
                                                            "an Optuna study whose trials are nested MLflow runs")
     def sweep_pipeline(config_json: str, tracking_uri: str, parent_run_id: str = ""):
-        common, inputs = prepare(cfg, config_json, tracking_uri, parent_run_id, kind="sweep")
+        common, inputs = prepare(cfg, config_json, tracking_uri, parent_run_id, kind=SWEEP)
         study = tune_study(**common).after(inputs["environment"].task)
         configure_task(study, cfg)
         with dsl.ParallelFor(items=list(range(cfg.tune.parallel)), parallelism=cfg.tune.parallel,

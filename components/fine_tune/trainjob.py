@@ -24,7 +24,7 @@ from components import storage
 from components.config import LifecycleConfig
 from components.errors import LifecycleError, RunFailure
 from components.fine_tune.processes import run_ranks
-from components.handoff import JOB, TRAIN_RESULT, FineTuneJob, TrainResult, read_train_result, write_json
+from components.handoff import JOB, FineTuneJob, TrainResult, rehome_train_result
 from components.tracking import is_tracking_server
 
 log = logging.getLogger(__name__)
@@ -68,10 +68,7 @@ def fine_tune_on_train_job(cfg: LifecycleConfig, parent_run_id: str, processes: 
         storage.download_folder(remote.out_dir, job.out_dir)
     finally:
         storage.remove(job_uri)
-    # The node wrote its own scratch folder as the model's place.
-    result = replace(read_train_result(job.out_dir), model_dir=str(job.out_dir))
-    write_json(job.out_dir, TRAIN_RESULT, result.to_dict())
-    return result
+    return rehome_train_result(job.out_dir)  # the node wrote its own scratch folder as the model's place
 
 
 def train_job_manifest(cfg: LifecycleConfig, job_uri: str, processes: int, parent_run_id: str) -> dict:

@@ -24,7 +24,6 @@ def tune_study(config_json: str, tracking_uri: str, parent_run_id: str, out_dir:
 
     import mlflow
 
-    from components.config import search_space
     from components.console import reported_stage
     from components.handoff import STUDY, StudyRef, write_json
     from components.tune import core
@@ -34,7 +33,7 @@ def tune_study(config_json: str, tracking_uri: str, parent_run_id: str, out_dir:
         url = core.study_storage(cfg, tracking_uri)
         study = core.open_study(cfg, url, parent_run_id)
         said = core.prepare_study(cfg, study)
-        space = {key: spec.model_dump(exclude_defaults=True) for key, spec in search_space(cfg).items()}
+        space = core.space_as_given(cfg)
         mlflow.set_tracking_uri(tracking_uri)
         client = mlflow.MlflowClient()
         client.log_dict(parent_run_id, space, "sweep/search_space.json")
@@ -55,7 +54,6 @@ def tune(config_json: str, tracking_uri: str, study_dir: str, data_dir: str, ini
     from components.console import reported_stage
     from components.environment.core import seed_everything
     from components.handoff import FineTuneJob, read_environment, read_study
-    from components.storage import join
     from components.tune import core
 
     cfg = LifecycleConfig.model_validate_json(config_json)
@@ -69,7 +67,7 @@ def tune(config_json: str, tracking_uri: str, study_dir: str, data_dir: str, ini
         study = core.open_study(cfg, core.study_storage(cfg, tracking_uri), parent_run_id)
         job = FineTuneJob(init_dir, data_dir, "", "", cfg.model, cfg.train, env.device, env.precision, cfg.seed,
                           env.threads)
-        ran = core.run_trials(cfg, study, job, join(cfg.checkpoints_uri(), parent_run_id), ref.deadline,
+        ran = core.run_trials(cfg, study, job, core.sweep_uri(cfg, parent_run_id), ref.deadline,
                               _trial_runs(cfg, tracking_uri, parent_run_id))
         stage.result = f"{ran} trials run here; {len(core.finished_trials(study))} of {cfg.tune.trials} done"
     return ran
@@ -92,7 +90,7 @@ def _trial_runs(cfg: LifecycleConfig, tracking_uri: str, parent_run_id: str):
         try:
             yield record
         finally:  # a pruned trial ended as decided (FINISHED, its state a tag); a failed one FAILED
-            outcome, state = record.outcome, record.outcome["state"].split(" ")[0]
+            outcome, state = record.outcome, record.outcome["state"]
             mlflow.set_tags({"trial.state": state, **({"trial.pruned_at_epoch": str(outcome["pruned_at_epoch"])}
                                                       if "pruned_at_epoch" in outcome else {})})
             mlflow.log_metrics({f"best_{key}": outcome[key] for key in ("val_loss", "val_accuracy") if key in outcome}
@@ -110,7 +108,7 @@ def tune_select(config_json: str, tracking_uri: str, parent_run_id: str, out_dir
     import yaml
 
     from components.console import reported_stage
-    from components.storage import join, remove
+    from components.storage import remove
     from components.tune import core
 
     cfg = LifecycleConfig.model_validate_json(config_json)
@@ -132,7 +130,7 @@ def tune_select(config_json: str, tracking_uri: str, parent_run_id: str, out_dir
                                                       sort_keys=False), "sweep/best_config.yaml")
         for name, figure in _figures(study).items():
             client.log_figure(parent_run_id, figure, f"sweep/{name}")
-        remove(join(cfg.checkpoints_uri(), parent_run_id))
+        remove(core.sweep_uri(cfg, parent_run_id))
         stage.result = (f"trial {sweep.winner} won ({core.params_text(sweep.winner_params)}): "
                         f"val loss {sweep.best_val_loss:.4f}, val accuracy {sweep.best_val_accuracy:.2%}; "
                         f"{sweep.complete} complete, {sweep.pruned} pruned, {sweep.failed} failed")

@@ -37,7 +37,7 @@ class SweepError(LifecycleError):
 class TrialLog:
     """What a trial's run records as it goes: metrics by step, and the outcome at the end."""
     log_metrics: Callable[[dict, int], None]
-    outcome: dict = field(default_factory=dict)  # state, val_loss, val_accuracy, seconds, pruned_at_epoch
+    outcome: dict = field(default_factory=dict)  # state, val_loss, val_accuracy, seconds, pruned_at_epoch, error
 
 
 @dataclass
@@ -130,6 +130,16 @@ def defaults(cfg: LifecycleConfig) -> dict:
     return {key: _value_at(dumped, key) for key in search_space(cfg)}
 
 
+def space_as_given(cfg: LifecycleConfig) -> dict:
+    """The search space as a user writes it in tune.space (what the sweep's run and the card show)."""
+    return {key: spec.model_dump(exclude_defaults=True) for key, spec in search_space(cfg).items()}
+
+
+def sweep_uri(cfg: LifecycleConfig, sweep_run_id: str) -> str:
+    """Where a sweep's trials keep their checkpoints and the best models (removed once the winner is chosen)."""
+    return storage.join(cfg.checkpoints_uri(), sweep_run_id)
+
+
 def trial_config(cfg: LifecycleConfig, params: dict) -> LifecycleConfig:
     """The config with a trial's params set, validated like a user's --set."""
     raw = cfg.model_dump(mode="json")
@@ -189,7 +199,7 @@ def run_trials(cfg: LifecycleConfig, study, job: FineTuneJob, sweep_uri: str, de
                 record.outcome = {"state": "interrupted"}
                 raise
             except Exception as err:  # the trial fails (Optuna records why); the sweep goes on
-                record.outcome = {"state": f"failed ({type(err).__name__}: {err})",
+                record.outcome = {"state": "failed", "error": f"{type(err).__name__}: {err}",
                                   "seconds": time.perf_counter() - started}
                 raise
             finally:
@@ -205,7 +215,7 @@ def run_trials(cfg: LifecycleConfig, study, job: FineTuneJob, sweep_uri: str, de
     def after_trial(study, trial) -> None:
         params, record = outcomes[trial.number]
         outcome = record.outcome
-        log.log(logging.WARNING if outcome["state"].startswith("failed") else logging.INFO, "%s",
+        log.log(logging.WARNING if outcome["state"] == "failed" else logging.INFO, "%s",
                 trial_line(trial.number, params, base, outcome))
         if len(finished_trials(study)) >= cfg.tune.trials:  # other workers finish trials too
             study.stop()
@@ -239,7 +249,8 @@ def trial_line(number: int, params: dict, base: dict, outcome: dict) -> str:
     changed = params_text({key: value for key, value in params.items() if value != base.get(key)})
     loss = f"val loss {outcome['val_loss']:.4f}" if "val_loss" in outcome else "no val loss"
     state = (f"pruned after epoch {outcome['pruned_at_epoch']}" if outcome["state"] == "pruned" else
-             f"val accuracy {outcome['val_accuracy']:.2%}" if outcome["state"] == "complete" else outcome["state"])
+             f"val accuracy {outcome['val_accuracy']:.2%}" if outcome["state"] == "complete" else
+             f"failed ({outcome['error']})" if outcome["state"] == "failed" else outcome["state"])
     return f"trial {number:>3}: {changed or 'the defaults'}: {loss}, {state} ({outcome.get('seconds', 0):.0f} s)"
 
 
@@ -248,7 +259,7 @@ def select(cfg: LifecycleConfig, study, url: str, out_dir: str) -> tuple[Sweep, 
     handoff.SWEEP), and its config."""
     from optuna.trial import TrialState
 
-    from components.handoff import SWEEP, TRAIN_RESULT, read_train_result
+    from components.handoff import SWEEP, rehome_train_result
 
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if MODEL in t.user_attrs]
     finished = finished_trials(study)
@@ -259,12 +270,11 @@ def select(cfg: LifecycleConfig, study, url: str, out_dir: str) -> tuple[Sweep, 
         raise SweepError(f"the sweep {study.study_name} has no complete trial among {len(finished)} finished{why}")
     winner = min(complete, key=lambda t: t.value)
     storage.download_folder(winner.user_attrs[MODEL], out_dir)
-    result = read_train_result(out_dir)
-    write_json(out_dir, TRAIN_RESULT, replace(result, model_dir=str(out_dir)).to_dict())
+    result = rehome_train_result(out_dir)
     defaults_trial = next((t for t in finished if t.user_attrs.get(DEFAULTS)), None)
     sweep = Sweep(
         study=study.study_name, storage=hide_password(url),
-        space={key: spec.model_dump(exclude_defaults=True) for key, spec in search_space(cfg).items()},
+        space=space_as_given(cfg),
         trials=len(finished), complete=sum(t.state == TrialState.COMPLETE for t in finished),
         pruned=sum(t.state == TrialState.PRUNED for t in finished),
         failed=sum(t.state == TrialState.FAIL for t in finished), winner=winner.number,
