@@ -74,10 +74,12 @@ class StageReport:
 def reported_stage(stage: str) -> Iterator[StageReport]:
     """A line when the stage starts; one when it ends, with its time and key result; or its failure, named by
     the stage and the error's own message (the traceback goes to the log only)."""
+    from components import timings
     from components.errors import LifecycleError
 
     configure_task_logging()
     log.info("%-14s started", stage)
+    timings.stage_started(stage)
     started, report = time.perf_counter(), StageReport()
     try:
         yield report
@@ -87,6 +89,8 @@ def reported_stage(stage: str) -> Iterator[StageReport]:
     except Exception as err:
         log.error("%s failed: %s: %s", stage, type(err).__name__, err)
         raise
+    finally:
+        timings.stage_ended()
     log.info("%-14s done in %s%s", stage, duration(time.perf_counter() - started),
              f": {report.result}" if report.result else "")
 
