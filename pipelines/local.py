@@ -10,6 +10,7 @@ from typing import Callable, Optional
 
 from components.config import LifecycleConfig
 from components.tracking import default_tracking_uri
+from pipelines.warm_tasks import warm_tasks
 
 
 class PipelineFailed(Exception):
@@ -40,6 +41,7 @@ def tracking_uri_for(cfg: LifecycleConfig, environ=os.environ) -> str:
     return environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri or default_tracking_uri(cfg.work_dir)
 
 
+@warm_tasks()  # from the start: the warm process imports while this one opens the run
 def run_locally(cfg: LifecycleConfig, resume_run_id: Optional[str] = None,
                 on_start: Callable[[str], None] = lambda parent_run_id: None, sweep: bool = False) -> LocalRun:
     """Run stages 1-7 (with `sweep`, stage 4 as a search) with kfp.local's subprocess runner in this environment;
@@ -115,6 +117,7 @@ class MonitorOutcome:
     retraining: Optional[dict] = None  # the retraining run's tags (gate, gate_reasons, champion_version, ...)
 
 
+@warm_tasks()
 def run_monitor_locally(cfg: LifecycleConfig) -> MonitorOutcome:
     """One run of the monitor pipeline (the window from cfg.monitor): drift check, and on drift an alert and (when
     allowed) a retraining, whose MLflow parent run is closed here as FINISHED or FAILED."""
