@@ -15,7 +15,7 @@ from components.config import GateConfig
 from components.handoff import SPLITS, read_manifest, read_split
 from components.model.core import load_classifier
 from components.statistics import Calibration, PairedComparison, cross_entropy, paired_verdict, softmax
-from components.text_batches import encode, predict_logits
+from components.text_batches import EncodedSplit, encode, predict_logits
 
 # Texts -> class probabilities (rows in the order of `labels`); how a registered champion is scored.
 Predictor = Callable[[list[str]], np.ndarray]
@@ -102,13 +102,21 @@ def decide_gate(metrics: TestMetrics, gate: GateConfig, champion: Optional[Paire
 
 def load_logits_predictor(model_dir: str, labels: list[str], max_length: int, batch_size: int, device: str,
                           precision: str) -> Callable[[list[str]], np.ndarray]:
-    """The fine-tuned model as texts -> logits (rows in the order of the texts)."""
+    """The fine-tuned model as texts -> logits (rows in the order of the texts). A text whose tokens the model
+    has already seen is not run again: many perturbations of the robustness check leave the tokens as they were
+    (an uncased tokenizer undoes a change of case; extra whitespace is no token)."""
     model, tokenizer = load_classifier(model_dir, labels)
     model.to(device)
+    seen: dict[tuple[int, ...], np.ndarray] = {}
 
     def logits(texts: list[str]) -> np.ndarray:
-        split = encode(tokenizer, texts, max_length)
-        return predict_logits(model, split, batch_size, tokenizer.pad_token_id, device, precision).float().numpy()
+        ids = [tuple(row) for row in encode(tokenizer, texts, max_length).input_ids]
+        new = list(dict.fromkeys(row for row in ids if row not in seen))
+        if new:
+            found = predict_logits(model, EncodedSplit([list(row) for row in new], None), batch_size,
+                                   tokenizer.pad_token_id, device, precision).float().numpy()
+            seen.update(zip(new, found))
+        return np.stack([seen[row] for row in ids]) if ids else np.empty((0, model.config.num_labels), np.float32)
 
     return logits
 
