@@ -148,3 +148,19 @@ def test_cron_gets_kfp_seconds_field():
     assert kfp_cron("30 0 6 * * *") == "30 0 6 * * *"
     with pytest.raises(ConfigError, match="5 fields"):
         kfp_cron("* * *")
+
+
+def test_the_text_drift_threshold_is_evidentlys_own_from_the_same_seeds():
+    import importlib
+
+    from evidently.legacy.utils import data_drift_utils
+
+    from monitoring.drift import random_auc_percentile
+
+    # Evidently's own, as it ships (check_drift puts random_auc_percentile in its place)
+    evidently_percentile = importlib.reload(data_drift_utils).roc_auc_random_classifier_percentile
+    assert evidently_percentile is not random_auc_percentile
+    rng = np.random.default_rng(0)
+    for size, p_value in ((40, 0.05), (377, 0.05), (120, 0.2)):
+        y_test = rng.integers(0, 2, size)
+        assert random_auc_percentile(y_test, p_value) == pytest.approx(evidently_percentile(y_test, p_value), abs=1e-12)
