@@ -5,7 +5,11 @@ PYTHON ?= python3
 TORCH  ?= torch==2.13.0
 ARGS   ?=
 
-.PHONY: install run tune test compile ui clean
+# The GPU check runs on a GPU machine's own Python, which holds torch (make gpu-wheels, here, readies what it lacks).
+GPU_PYTHON ?= python3
+GPU_DIR    ?= .gpu
+
+.PHONY: install run tune test compile ui clean gpu-check gpu-wheels
 
 install: $(VENV)/.installed
 
@@ -32,3 +36,12 @@ ui: install
 
 clean:
 	rm -rf work
+
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py $(if $(wildcard $(GPU_DIR)/wheels),--wheels $(GPU_DIR)/wheels) \
+		$(if $(wildcard $(GPU_DIR)/data/SMSSpamCollection),--data $(GPU_DIR)/data/SMSSpamCollection) $(ARGS)
+
+# Wheels (CPython 3.12, manylinux x86_64) of what a GPU machine with torch, transformers, peft and onnxruntime lacks,
+# and the SMS collection, in $(GPU_DIR)/ (ignored by git) to carry there.
+gpu-wheels: install
+	$(VENV)/bin/python benchmarks/gpu_wheels.py --out $(GPU_DIR)

@@ -9,6 +9,7 @@ ONNX export under onnxruntime, fp32 and int8. Prints p50/p99 latency for one tex
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -25,6 +26,9 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=300, help="one-text requests timed per runtime in all")
     parser.add_argument("--batches", type=int, default=10, help="batches of 32 timed per runtime and round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: PyTorch on the GPU, and onnxruntime's CUDA provider too where it is installed")
+    parser.add_argument("--json", help="write the rows here as well")
     args = parser.parse_args()
     run = Path(args.run_dir) if args.run_dir else newest_run(Path("work/kfp"))
     test = read_split(run / DATA.task_name / "dataset", "test")
@@ -34,7 +38,7 @@ def main() -> None:
 
     # Rounds interleave the runtimes and the medians are reported: on a shared machine the load drifts, and
     # timing one runtime after another would charge that drift to whichever ran at a bad moment.
-    predictors = dict(runtimes(run, threads))
+    predictors = dict(runtimes(run, threads, args.device))
     rng = np.random.default_rng(0)
     singles = [texts[i] for i in rng.integers(0, len(texts), args.single)]
     batches = [list(rng.choice(texts, 32)) for _ in range(args.batches)]
@@ -64,9 +68,12 @@ def main() -> None:
     for r in rows:
         print(f"| {r['runtime']} | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {r['texts_per_s']:.0f} texts/s | "
               f"{r['texts_per_s'] / base:.2f}x | {r['accuracy']:.2%} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
 
 
-def runtimes(run: Path, threads: int):
+def runtimes(run: Path, threads: int, device: str = "cpu"):
+    import onnxruntime
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -76,20 +83,25 @@ def runtimes(run: Path, threads: int):
     model_dir = run / FINE_TUNE.task_name / "model"
     torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval().to(device)
     labels = read_labels(model_dir)
 
     def eager(texts):  # what a user of transformers writes
         with torch.inference_mode():
-            batch = tokenizer(texts, truncation=True, padding=True, return_tensors="pt")
+            batch = tokenizer(texts, truncation=True, padding=True, return_tensors="pt").to(device)
             return [labels[i] for i in model(**batch).logits.argmax(-1).tolist()]
 
-    yield "PyTorch eager (transformers)", eager
+    yield f"PyTorch eager (transformers, {device})", eager
     deploy = (run / DEPLOY.task_name / "onnx_model").resolve()
     bundle = bundle_dir(deploy)
-    for precision in ("fp32", "int8"):
-        classifier = OnnxClassifier(bundle, onnx_file=str(deploy / f"model_{precision}.onnx"), threads=threads)
-        yield f"onnxruntime {precision}", lambda texts, c=classifier: [p["label"] for p in c.predict(texts)]
+    providers = ["CPUExecutionProvider"] + (["CUDAExecutionProvider"] if device == "cuda" and "CUDAExecutionProvider"
+                                            in onnxruntime.get_available_providers() else [])
+    for provider in providers:
+        for precision in ("fp32", "int8"):
+            classifier = OnnxClassifier(bundle, onnx_file=str(deploy / f"model_{precision}.onnx"), threads=threads,
+                                        provider=provider)
+            yield (f"onnxruntime {precision} ({provider.removesuffix('ExecutionProvider')})",
+                   lambda texts, c=classifier: [p["label"] for p in c.predict(texts)])
 
 
 def newest_run(root: Path) -> Path:

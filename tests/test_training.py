@@ -75,6 +75,7 @@ def test_qlora_without_a_gpu_is_a_clear_error(tiny_decoders, data_dir, tmp_path)
         tune(tiny_decoders["llama"], data_dir, tmp_path, "qlora", epochs=1)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(NO_GPU, reason="needs a CUDA GPU (bitsandbytes 4-bit)")
 def test_qlora_trains_a_4bit_decoder_and_saves_it_merged_in_full_precision(tiny_decoders, data_dir, tmp_path):
     import torch
@@ -224,6 +225,7 @@ def test_early_stopping_restores_the_best_epoch(tiny_bert, data_dir, tmp_path):
     assert model is not None
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(NO_GPU, reason="needs a CUDA GPU")
 # partial: the cached outputs of the frozen blocks are fed to the GPU
 @pytest.mark.parametrize("fixture, strategy", [("tiny_bert", "full"), ("tiny_gpt2", "partial")])

@@ -19,9 +19,10 @@ SUB_BATCH = 4  # texts per onnxruntime call; the fastest on this 2-core CPU for 
 
 class OnnxClassifier:
     def __init__(self, bundle_dir: str | Path, onnx_file: str = BUNDLE_MODEL, threads: int | None = None,
-                 spinning: bool = True):
+                 spinning: bool = True, provider: str = "CPUExecutionProvider"):
         """spinning: onnxruntime's idle threads spin, which is faster for a session alone (about 10% here) and
-        slower when two share the cores, as a server's champion and candidate do (benchmarks/shadow.py)."""
+        slower when two share the cores, as a server's champion and candidate do (benchmarks/shadow.py).
+        provider: onnxruntime's execution provider (benchmarks/serving.py also times CUDAExecutionProvider)."""
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
@@ -34,7 +35,7 @@ class OnnxClassifier:
             options.intra_op_num_threads = threads
         if not spinning:  # idle pool threads sleep: another session in the process gets the cores
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(bundle_dir / onnx_file), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(bundle_dir / onnx_file), options, providers=[provider])
 
     def logits(self, texts: list[str], batch_size: int = SUB_BATCH) -> np.ndarray:
         return self.run(texts, ["logits"], batch_size)[0]
