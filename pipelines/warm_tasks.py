@@ -58,22 +58,27 @@ def _run_task(server: "TaskServer", original, full_command: list[str], env_vars:
 
 
 @functools.cache
-def _executor_script() -> str:
-    """The shell script of kfp's command for a Python component, as kfp.local runs it (with this Python)."""
-    from kfp.dsl.component_factory import _get_command_and_args_for_lightweight_component
-    from kfp.local.subprocess_task_handler import replace_python_executable
+def _executor_script() -> str | None:
+    """The shell script of kfp's command for a Python component, as kfp.local runs it (with this Python); None
+    where this kfp builds it otherwise (these helpers are kfp's own, not its API): then every task starts cold."""
+    try:
+        from kfp.dsl.component_factory import _get_command_and_args_for_lightweight_component
+        from kfp.local.subprocess_task_handler import replace_python_executable
 
-    def probe():
-        pass
+        def probe():
+            pass
 
-    command, _ = _get_command_and_args_for_lightweight_component(probe)
-    return replace_python_executable(command, sys.executable)[2]
+        command, _ = _get_command_and_args_for_lightweight_component(probe)
+        return replace_python_executable(command, sys.executable)[2]
+    except (ImportError, AttributeError, TypeError, IndexError):
+        return None
 
 
 def executor_call(full_command: list[str]) -> tuple[str, list[str]] | None:
     """(the component's source, the executor's arguments) when `full_command` is kfp's command for a Python
     component exactly; else None."""
-    if len(full_command) < 4 or full_command[:2] != ["sh", "-ec"] or full_command[2] != _executor_script():
+    script = _executor_script()
+    if script is None or len(full_command) < 4 or full_command[:2] != ["sh", "-ec"] or full_command[2] != script:
         return None
     return full_command[3], full_command[4:]
 
