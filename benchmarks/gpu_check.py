@@ -140,7 +140,7 @@ class Steps:
 
     def serving(self) -> list[dict]:
         def measure():
-            runs = sorted((self.tmp / "run" / "kfp").glob("*-training-*"))
+            runs = sorted((self.tmp / "run" / "work" / "kfp").glob("*-training-*"))
             if not runs:
                 raise StepFailed("no run to serve: the pipeline step did not finish")
             result = self.tmp / "serving.json"
