@@ -1,5 +1,4 @@
-"""What a person sees of a command: a line per stage, the key results, no traceback; the rest in the log (a whole
-default run: tests/test_pipeline.py)."""
+"""What a person sees of a command: a line per stage, the key results, no traceback; the rest in the log."""
 
 import io
 import logging
@@ -7,7 +6,44 @@ import warnings
 
 import pytest
 
+from conftest import SHARED_SMS
 from pipelines.cli import main
+
+STAGES = ["1-data", "2-model", "3-environment", "4-fine-tune", "5-evaluate", "6-deploy", "7-monitor"]
+
+
+@pytest.mark.skipif(not SHARED_SMS.is_file(), reason="needs ../shared/data/sms_spam")
+def test_a_default_run_prints_a_line_per_stage_start_and_end_and_logs_everything_else(tmp_path, capsys,
+                                                                                      monkeypatch):
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    sms_slice = tmp_path / "sms.tsv"
+    sms_slice.write_text("".join(SHARED_SMS.read_text(encoding="utf-8").splitlines(keepends=True)[:700]))
+    # The default config (the bundled model, its strategy and epochs) on 700 of the SMS texts.
+    assert main(["run", "--set", f"data.path={sms_slice}", "--set", f"work_dir={tmp_path / 'work'}",
+                 "--set", "gate.min_accuracy=0", "--set", "gate.min_macro_f1=0"]) == 0
+
+    printed = capsys.readouterr()
+    lines = printed.out.splitlines()
+    assert len(lines) <= 40, printed.out
+    for stage in STAGES:
+        assert any(line.startswith(f"{stage} ") and line.endswith("started") for line in lines), stage
+        assert any(line.startswith(f"{stage} ") and " done in " in line for line in lines), stage
+    assert sum(line.startswith("epoch ") for line in lines) == 3
+    assert any("test accuracy" in line and "macro-F1" in line and "cross-entropy" in line for line in lines)
+    assert printed.err == ""
+    assert "KFP Executor" not in printed.out and "Traceback" not in printed.out
+
+    log_file = next(line.split()[-1] for line in lines if line.startswith("log "))
+    log = open(log_file, encoding="utf-8").read()
+    assert "KFP Executor" in log and "executor_input" in log and "4-fine-tune" in log
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    (parent,) = client.search_runs([client.get_experiment_by_name("sms-spam").experiment_id],
+                                   "tags.mlflow.parentRunId IS NULL")
+    (logged,) = client.list_artifacts(parent.info.run_id, "logs")
+    assert logged.path.endswith(".log") and logged.file_size > 10_000
 
 
 def test_the_console_shows_marked_lines_draws_no_bar_off_a_terminal_and_logs_every_line(tmp_path):
