@@ -55,8 +55,13 @@ def measure_run(args, tmp: Path) -> dict:
     wall = time.time() - started
     if run.returncode != 0:
         sys.exit(f"the run failed (exit {run.returncode}):\n{run.stdout[-3000:]}{run.stderr[-3000:]}")
-    tasks = sorted((json.loads(line) for line in timings.read_text().splitlines()), key=lambda t: t["stage_started"])
-    return {"started": started, "ended": started + wall, "wall_s": wall, "tasks": [task_row(t) for t in tasks], "printed_lines": len(run.stdout.splitlines()),
+    from components.stages import FINE_TUNE
+
+    tasks = [task_row(t) for t in sorted((json.loads(line) for line in timings.read_text().splitlines()),
+                                         key=lambda t: t["stage_started"])]
+    return {"started": started, "ended": started + wall, "wall_s": wall, "tasks": tasks,
+            "fine_tune_s": next(t["stage"] for t in tasks if t["task"] == FINE_TUNE.run_name),
+            "printed_lines": len(run.stdout.splitlines()),
             "test_accuracy": test_accuracy(tmp / "work"), "device": device_name(args.set)}
 
 
@@ -91,7 +96,7 @@ def device_name(settings: list[str]) -> str:
 
 def print_table(result: dict) -> None:
     tasks = result["tasks"]
-    fine_tune = next(t["stage"] for t in tasks if t["task"] == "4-fine-tune")
+    fine_tune = result["fine_tune_s"]
     before = tasks[0]["process_started"] - result["started"]
     after = result["ended"] - tasks[-1]["exited"]
     between = result["wall_s"] - sum(t["total"] for t in tasks) - before - after

@@ -21,12 +21,12 @@ import threading
 # What every task imports, before the first task starts; then, one at a time while no task is waiting to start
 # (the tasks run one after another, so mostly while one runs), what the later tasks import. A task that starts before
 # a module of WARM_UP is in imports it itself, as a cold task does.
-PRELOAD = ("kfp.dsl.executor_main", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "git", "pandas",
+EXECUTOR = "kfp.dsl.executor_main"
+PRELOAD = (EXECUTOR, "mlflow", "mlflow.store.tracking.sqlalchemy_store", "git", "pandas",
            "pyarrow.parquet", "psutil", "components.config", "components.tracking", "components.handoff",
            "components.console")
 WARM_UP = ("great_expectations", "torch", "transformers.modeling_utils", "peft", "sklearn.metrics", "matplotlib.pyplot",
            "torch.export", "onnxscript", "torch.onnx._internal.exporter._core", "onnxruntime.quantization", "evidently")
-EXECUTOR = "kfp.dsl.executor_main"
 _HEADER = 8  # bytes: the length of the request that follows
 
 
