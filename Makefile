@@ -14,11 +14,13 @@ GPU_DIR    ?= .gpu
 install: $(VENV)/.installed
 
 # uv resolves and downloads in parallel (1 min 17 s here against 6 min 32 s for pip, the same versions); torch comes
-# from pip first, which finds the CPU build, and uv keeps it.
+# from pip first, which finds the CPU build, and uv keeps it. Unlike pip, uv writes no bytecode unless asked: without
+# it, where PYTHONDONTWRITEBYTECODE is set (as on this project's machines), every process compiles every module it
+# imports (a tiny `lifecycle run` here: 26.5 s without, 16.9 s with).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet "$(TORCH)" uv
-	$(VENV)/bin/uv pip install --quiet --python $(VENV)/bin/python -e ".[dev]"
+	$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(VENV)/bin/python -e ".[dev]"
 	touch $@
 
 run: install
