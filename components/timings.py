@@ -64,10 +64,8 @@ def stage_started(stage: str) -> None:
     path = os.environ.get(TIMINGS_FILE)
     if not path or _record:
         return
-    import psutil
-
     clock = _Clock()
-    _record.update(task=stage, process_started=psutil.Process().create_time(), stage_started=time.time())
+    _record.update(task=stage, process_started=_process_started(), stage_started=time.time())
     builtins.__import__ = _timed_import(clock, builtins.__import__)
     _time_mlflow(clock)
     _record["clock"] = clock
@@ -78,6 +76,19 @@ def stage_ended() -> None:
     if _record and "stage_ended" not in _record:
         _record["clock"].stop()
         _record["stage_ended"] = time.time()
+
+
+def _process_started() -> float:
+    """When this process started, on the wall clock. Not psutil's create_time: it adds the boot time, which Linux
+    gives in whole seconds, so it is up to a second early."""
+    try:
+        with open("/proc/self/stat") as stat:
+            started_after_boot = int(stat.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - started_after_boot)
+    except (OSError, AttributeError, ValueError, IndexError):  # not Linux
+        import psutil
+
+        return psutil.Process().create_time()
 
 
 def _timed_import(clock: _Clock, original):
