@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 DATABASE = "mlflow"
 USER = "mlflow"
+# MLflow's server-side jobs (GenAI judges and scorers, trace roll-ups) start a job runner and six huey consumers with
+# each server; the lifecycle uses none of them. Off: the server starts in about half the time here and fits its pod.
+NO_JOBS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 class ServerError(LifecycleError):
@@ -59,7 +62,7 @@ def start_tracking_server(root: str | Path, port: int = 0, db_port: int = 0,
     log = open(root / "mlflow-server.log", "ab")
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination",
                artifacts, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    process = start_group(command, stdout=log, stderr=subprocess.STDOUT)
+    process = start_group(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ | NO_JOBS)
     server = TrackingServer(f"http://127.0.0.1:{port}", backend, artifacts, root / "postgres", process)
     _wait_until_healthy(server, root / "mlflow-server.log")
     return server

@@ -86,6 +86,7 @@ def test_an_alert_is_logged_written_and_posted_and_a_dead_webhook_does_not_stop_
     alert = new_alert("clf", "3", "4 of 7 features drifted", drifted, "report/", "run-1")
     path = send_alert(alert, tmp_path, f"http://127.0.0.1:{server.server_port}/hook")
     server.shutdown()
+    server.server_close()  # refused from here on, at once
     assert alert.webhook == "sent" and json.loads(path.read_text())["id"] == alert.id
     assert "clf v3" in Hook.received[-1]["text"] and "length (ks 0.001)" in Hook.received[-1]["text"]
     assert "DRIFT ALERT" in caplog.text
