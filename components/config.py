@@ -61,7 +61,10 @@ class DataConfig(_Section):
     min_rows_per_class: int = Field(10, ge=1)
     min_text_chars: int = Field(1, ge=1)
     max_text_chars: int = Field(10_000, ge=1)
-    balance: Literal["none", "undersample"] = "none"
+    # undersample: every class cut to the smallest's size (of the whole data set before splitting, or of the train
+    # split when the splits are given). oversample: the train split's smaller classes drawn again, with replacement,
+    # up to the largest's size; validation and test keep the data's own balance.
+    balance: Literal["none", "undersample", "oversample"] = "none"
     # A text in two splits scores memorisation as generalisation. fail: stop and name them; drop: remove from val
     # and test the texts train holds, and from test those val holds (counted in the manifest and the model card).
     on_leakage: Literal["fail", "drop"] = "fail"
@@ -165,6 +168,9 @@ class TrainConfig(_Section):
     # fine-tune task submits and follows; its pods reach the task's files only through storage.checkpoints.
     nodes: int = Field(1, ge=1)
     log_every_steps: int = Field(10, ge=1)
+    # balanced: each text's cross-entropy weighted by n / (classes x its class's count in the train split), as
+    # scikit-learn's class_weight="balanced". The validation loss that picks the best epoch stays unweighted.
+    class_weights: Literal["none", "balanced"] = "none"
 
     def for_strategy(self, strategy: str) -> "TrainConfig":
         """This config with the strategy's default batch size and learning rate where none is set."""

@@ -54,6 +54,35 @@ def test_undersampling_balances_the_classes(tmp_path):
     assert total == {"ham": 50, "spam": 50}
 
 
+def test_oversampling_repeats_the_smaller_classes_of_train_only_and_keeps_val_and_test_as_the_data_has_them(
+        tmp_path):
+    rows = pd.concat([make_texts(100), pd.DataFrame({"label": ["ham"] * 50, "text": [f"ham {i}" for i in range(50)]})])
+    path = tmp_path / "skewed.csv"
+    rows.to_csv(path, index=False)
+    prepared = data_stage.data(data_config(path, balance="oversample"), 1, tmp_path, tmp_path / "out")
+    plain = data_stage.data(data_config(path), 1, tmp_path, tmp_path / "plain")
+    largest = max(plain.counts["train"].values())
+    assert prepared.counts["train"] == {"ham": largest, "spam": largest} != plain.counts["train"]
+    assert prepared.counts["val"] == plain.counts["val"] and prepared.counts["test"] == plain.counts["test"]
+    train, test = read_split(tmp_path / "out", "train"), read_split(tmp_path / "out", "test")
+    assert set(train["text"]) == set(read_split(tmp_path / "plain", "train")["text"])  # repeats, nothing new
+    assert not set(train["text"]) & set(test["text"]) and test["text"].is_unique
+    again = data_stage.data(data_config(path, balance="oversample"), 1, tmp_path, tmp_path / "again")
+    assert again.fingerprint == prepared.fingerprint  # seeded
+
+
+def test_undersampling_given_splits_balances_train_only(tmp_path):
+    texts = make_texts(100)
+    extra_ham = pd.DataFrame({"label": ["ham"] * 50, "text": [f"ham {i}" for i in range(50)]})
+    pd.concat([texts.iloc[:80], extra_ham]).to_csv(tmp_path / "train.csv", index=False)
+    texts.iloc[80:].to_csv(tmp_path / "test.csv", index=False)
+    config = DataConfig(train_path=str(tmp_path / "train.csv"), test_path=str(tmp_path / "test.csv"),
+                        labels=["ham", "spam"], min_rows_per_class=5, balance="undersample")
+    prepared = data_stage.data(config, 1, tmp_path, tmp_path / "out")
+    assert len(set(prepared.counts["train"].values())) == 1
+    assert prepared.counts["test"] == {"ham": 10, "spam": 10}
+
+
 def test_reads_jsonl_and_parquet(tmp_path):
     rows = make_texts(60)
     rows.to_json(tmp_path / "t.jsonl", orient="records", lines=True)

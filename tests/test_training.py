@@ -314,3 +314,37 @@ def test_each_rank_takes_an_equal_share_of_the_same_batches():
     shares = [Ranks(rank, 2).share(batches) for rank in range(2)]
     assert shares == [[[0], [2], [4], [6]], [[1], [3], [5], [0]]]  # wrapped round: 8 = 4 steps each
     assert Ranks().share(batches) == batches
+
+
+def test_balanced_class_weights_weigh_each_texts_loss_by_its_class_as_computed_by_hand(tiny_bert):
+    import numpy as np
+    import torch
+
+    from components.fine_tune.core import balanced_class_weights, training_loss
+
+    weights = balanced_class_weights(np.array([0, 0, 0, 1]), 2)
+    assert np.allclose(weights, [4 / (2 * 3), 4 / (2 * 1)])  # n / (classes x count)
+    assert balanced_class_weights(np.array([0, 0]), 2).tolist() == [0.5, 0.0]  # a class with no text: no weight
+    model, tokenizer = load_classifier(str(tiny_bert), LABELS)
+    model.eval()
+    batch = dict(tokenizer(["win cash now", "see you at lunch", "thanks love", "call me later"], padding=True,
+                           return_tensors="pt"), labels=torch.tensor([1, 0, 0, 0]))
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        weighted = training_loss(model, batch, torch.tensor(balanced_class_weights(batch["labels"].numpy(), 2)))
+        plain = training_loss(model, batch)
+    per_text = -torch.log_softmax(logits, -1)[torch.arange(4), batch["labels"]]
+    by_hand = (2.0 * per_text[0] + (2 / 3) * per_text[1:].sum()) / (2.0 + 3 * (2 / 3))
+    assert weighted.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    assert plain.item() == pytest.approx(per_text.mean().item(), rel=1e-5) != pytest.approx(weighted.item())
+
+
+def test_fine_tuning_with_balanced_class_weights_learns_imbalanced_data(tmp_path, tiny_bert):
+    from conftest import make_texts
+
+    rows = make_texts(240)
+    skewed = rows[:168][(rows[:168]["label"] == "ham") | (rows[:168].index % 8 == 1)]  # ham 84, spam 21
+    data_dir = write_splits(tmp_path / "data", LABELS, train_rows=skewed)
+    result, _ = tune(tiny_bert, data_dir, tmp_path, class_weights="balanced")
+    losses = [r["train_loss"] for r in result.history]
+    assert losses[-1] < losses[0] and result.best_val_accuracy >= 0.9

@@ -159,12 +159,18 @@ def split_sources(config: DataConfig, frames: dict[str, pd.DataFrame], sources: 
             cleaned["train"], cleaned["val"] = hold_out(
                 train, round(len(train) * config.val_from_train), seed, f"{sources['train']}: validation",
                 "Use more data, another data.val_from_train, or give data.val_path")
-        return {name: cleaned[name] for name in SPLITS}
-    rows = cleaned["all"]
-    check_class_sizes(rows, labels, config.min_rows_per_class, dropped, sources["all"])
-    if config.balance == "undersample":
-        rows = undersample(rows, seed)
-    return stratified_split(rows, config.split.train, config.split.val, seed, sources["all"])
+        splits = {name: cleaned[name] for name in SPLITS}
+        if config.balance == "undersample":
+            splits["train"] = undersample(splits["train"], seed)
+    else:
+        rows = cleaned["all"]
+        check_class_sizes(rows, labels, config.min_rows_per_class, dropped, sources["all"])
+        if config.balance == "undersample":
+            rows = undersample(rows, seed)
+        splits = stratified_split(rows, config.split.train, config.split.val, seed, sources["all"])
+    if config.balance == "oversample":  # after the split: a text drawn twice must not reach val or test
+        splits["train"] = oversample(splits["train"], seed)
+    return splits
 
 
 def resolve_sources(data: DataConfig, cache_dir: str | Path) -> dict[str, str]:
@@ -218,6 +224,15 @@ def undersample(rows: pd.DataFrame, seed: int) -> pd.DataFrame:
     smallest = rows["label"].value_counts().min()
     parts = [group.sample(smallest, random_state=seed) for _, group in rows.groupby("label", sort=True)]
     return pd.concat(parts)
+
+
+def oversample(rows: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Every class drawn up to the largest class's size: its own rows once, then as many more drawn from them
+    with replacement (seeded), in a shuffled order."""
+    largest = rows["label"].value_counts().max()
+    parts = [pd.concat([group, group.sample(largest - len(group), replace=True, random_state=seed)])
+             for _, group in rows.groupby("label", sort=True)]
+    return pd.concat(parts).sample(frac=1, random_state=seed)
 
 
 def check_class_sizes(rows: pd.DataFrame, labels: list[str], min_rows: int, dropped: int, source: str) -> None:

@@ -197,7 +197,8 @@ evaluating it there first."""
 
 def _limitations(f: CardFacts) -> str:
     metrics, (low, high) = f.found.metrics, f.found.intervals["accuracy"]
-    balance = " was forced by undersampling" if f.data_meta.get("balance") == "undersample" else " follows the data"
+    balance = {"undersample": " was forced by undersampling", "oversample": " was forced by oversampling the train "
+               "split (its smaller classes' texts repeated)"}.get(f.data_meta.get("balance"), " follows the data")
     return f"""Limitations
 - Measured on {metrics.test_size} held-out texts from the same source as the training data: the figures above do not
   carry over to other sources, and at this size the 95% interval of accuracy spans

@@ -73,6 +73,7 @@ class Session:
     contexts: list = field(default_factory=list)  # what stands in for the frozen blocks, the pooled last block
     resumed_from: int = 0
     seen: int = 0  # training texts seen by this rank
+    class_weights: object = None  # train.class_weights: a tensor on the device, one weight per label; None: none
 
     @property
     def trained(self):
@@ -148,8 +149,11 @@ def set_up(job: FineTuneJob, train_cfg: TrainConfig) -> Session:
     state = checkpoint.load(getattr(model, "module", model), optimizer, scheduler) or TrainingState()
     if state.epoch and ranks.leader:
         log.info("resuming from the checkpoint after epoch %d in %s", state.epoch, job.checkpoint_uri)
+    weights = (torch.tensor(balanced_class_weights(train.labels, len(labels)), device=device)
+               if train_cfg.class_weights == "balanced" else None)
     return Session(model, tokenizer, labels, train, val, optimizer, scheduler, epoch_batches, checkpoint, state,
-                   spec, ranks, device, precision, *session_feeds, contexts=contexts, resumed_from=state.epoch)
+                   spec, ranks, device, precision, *session_feeds, contexts=contexts, resumed_from=state.epoch,
+                   class_weights=weights)
 
 
 def _optimizer(model, train_cfg: TrainConfig, device: str, total_steps: int):
@@ -207,7 +211,7 @@ def train_epoch(session: Session, epoch: int, train_cfg: TrainConfig, log_metric
         if session.feed_train:
             session.feed_train(indices)
         with autocast(device, session.precision):
-            loss = model(**batch).loss
+            loss = training_loss(model, batch, session.class_weights)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
         session.optimizer.step()
@@ -225,6 +229,26 @@ def train_epoch(session: Session, epoch: int, train_cfg: TrainConfig, log_metric
         if progress:
             progress.update(1)
     return _mean_over_ranks(running / len(batches), session.ranks)
+
+
+def balanced_class_weights(labels, n_classes: int):
+    """n / (classes x count) per class, as scikit-learn's class_weight="balanced"; 0 for a class with no text."""
+    import numpy as np
+
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float32)
+    return np.divide(len(labels), n_classes * counts, out=np.zeros_like(counts), where=counts > 0)
+
+
+def training_loss(model, batch: dict, class_weights=None):
+    """The batch's cross-entropy: the model's own, or with `class_weights` each text's weighted by its class and the
+    sum divided by the weights' sum (torch's weighted mean)."""
+    import torch
+
+    if class_weights is None:
+        return model(**batch).loss
+    inputs = {name: value for name, value in batch.items() if name != "labels"}
+    logits = model(**inputs).logits
+    return torch.nn.functional.cross_entropy(logits.float(), batch["labels"], weight=class_weights.float())
 
 
 def validate(session: Session, train_cfg: TrainConfig) -> tuple[float, float]:
