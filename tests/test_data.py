@@ -45,8 +45,13 @@ def test_cleaning_strips_drops_duplicates_and_ambiguous_texts_and_reports_them(t
     assert sum(sum(c.values()) for c in prepared.counts.values()) == 100
 
 
+def extra_ham(n: int = 50) -> pd.DataFrame:
+    """n more ham texts, to skew make_texts' half-and-half mix."""
+    return pd.DataFrame({"label": ["ham"] * n, "text": [f"ham {i}" for i in range(n)]})
+
+
 def test_undersampling_balances_the_classes(tmp_path):
-    rows = pd.concat([make_texts(100), pd.DataFrame({"label": ["ham"] * 50, "text": [f"ham {i}" for i in range(50)]})])
+    rows = pd.concat([make_texts(100), extra_ham()])
     path = tmp_path / "skewed.csv"
     rows.to_csv(path, index=False)
     prepared = data_stage.data(data_config(path, balance="undersample"), 1, tmp_path, tmp_path / "out")
@@ -56,7 +61,7 @@ def test_undersampling_balances_the_classes(tmp_path):
 
 def test_oversampling_repeats_the_smaller_classes_of_train_only_and_keeps_val_and_test_as_the_data_has_them(
         tmp_path):
-    rows = pd.concat([make_texts(100), pd.DataFrame({"label": ["ham"] * 50, "text": [f"ham {i}" for i in range(50)]})])
+    rows = pd.concat([make_texts(100), extra_ham()])
     path = tmp_path / "skewed.csv"
     rows.to_csv(path, index=False)
     prepared = data_stage.data(data_config(path, balance="oversample"), 1, tmp_path, tmp_path / "out")
@@ -73,8 +78,7 @@ def test_oversampling_repeats_the_smaller_classes_of_train_only_and_keeps_val_an
 
 def test_undersampling_given_splits_balances_train_only(tmp_path):
     texts = make_texts(100)
-    extra_ham = pd.DataFrame({"label": ["ham"] * 50, "text": [f"ham {i}" for i in range(50)]})
-    pd.concat([texts.iloc[:80], extra_ham]).to_csv(tmp_path / "train.csv", index=False)
+    pd.concat([texts.iloc[:80], extra_ham()]).to_csv(tmp_path / "train.csv", index=False)
     texts.iloc[80:].to_csv(tmp_path / "test.csv", index=False)
     config = DataConfig(train_path=str(tmp_path / "train.csv"), test_path=str(tmp_path / "test.csv"),
                         labels=["ham", "spam"], min_rows_per_class=5, balance="undersample")

@@ -248,7 +248,7 @@ def training_loss(model, batch: dict, class_weights=None):
         return model(**batch).loss
     inputs = {name: value for name, value in batch.items() if name != "labels"}
     logits = model(**inputs).logits
-    return torch.nn.functional.cross_entropy(logits.float(), batch["labels"], weight=class_weights.float())
+    return torch.nn.functional.cross_entropy(logits.float(), batch["labels"], weight=class_weights)
 
 
 def validate(session: Session, train_cfg: TrainConfig) -> tuple[float, float]:
