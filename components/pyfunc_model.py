@@ -13,15 +13,13 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
     """The fine-tuned transformers model from the artifact `model_dir`."""
 
     def load_context(self, context) -> None:
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
         from components.handoff import read_labels
+        from components.model.core import load_classifier
 
         model_dir = context.artifacts["model_dir"]
         self.labels = read_labels(model_dir)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
+        model, self.tokenizer = load_classifier(model_dir, self.labels)  # with its adapters where saved beside it
+        self.model = model.eval()
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         import torch

@@ -196,7 +196,7 @@ def tiny_run(tmp_path_factory, tiny_bert):
     data_stage.data(DataConfig(path=str(root / "texts.csv"), labels=["ham", "spam"], min_rows_per_class=5), 1,
                     root, root / "data")
     model_cfg = ModelConfig(max_length=32)
-    model_stage.model(str(tiny_bert), "full", 1, model_cfg.lora, ["ham", "spam"], 0, root / "init")
+    model_stage.model(ModelConfig(base=str(tiny_bert)), ["ham", "spam"], 0, root / "init")
     fine_tune(job_for(root / "init", root / "data", root / "model", root / "ckpt", model_cfg,
                       TrainConfig(epochs=3, batch_size=16, learning_rate=3e-3)))
     return root / "data", root / "model"

@@ -51,7 +51,7 @@ def test_a_gpt2_style_decoder_exports_with_parity(tiny_gpt2, tiny_run, tmp_path)
 
     data_dir = tiny_run[0]
     model_cfg = ModelConfig(max_length=32)
-    model_stage.model(str(tiny_gpt2), "full", 1, model_cfg.lora, ["ham", "spam"], 0, tmp_path / "init")
+    model_stage.model(ModelConfig(base=str(tiny_gpt2)), ["ham", "spam"], 0, tmp_path / "init")
     fine_tune(job_for(tmp_path / "init", data_dir, tmp_path / "model", tmp_path / "ckpt", model_cfg,
                       TrainConfig(epochs=1, batch_size=16, learning_rate=3e-3)))
     report = deploy(str(tmp_path / "model"), str(data_dir), str(tmp_path / "deploy"))

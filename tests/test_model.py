@@ -1,6 +1,6 @@
 import pytest
 
-from components.config import LoraConfig
+from components.config import LoraConfig, ModelConfig
 from components.model import core as model_stage
 from components.model.core import apply_strategy, count_parameters, load_classifier, transformer_blocks
 
@@ -14,7 +14,7 @@ def trainable_names(model) -> set[str]:
 @pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_gpt2"])
 def test_partial_trains_the_last_blocks_final_norm_and_head_only(fixture, request):
     model, _ = load_classifier(str(request.getfixturevalue(fixture)), LABELS)
-    apply_strategy(model, "partial", 1, LoraConfig())
+    apply_strategy(model, ModelConfig(strategy="partial"))
     names = trainable_names(model)
     blocks = transformer_blocks(model)
     assert all(p.requires_grad for p in blocks[-1].parameters())
@@ -29,7 +29,7 @@ def test_partial_trains_the_last_blocks_final_norm_and_head_only(fixture, reques
 @pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_gpt2"])
 def test_head_strategy_freezes_every_block(fixture, request):
     model, _ = load_classifier(str(request.getfixturevalue(fixture)), LABELS)
-    apply_strategy(model, "head", 1, LoraConfig())
+    apply_strategy(model, ModelConfig(strategy="head"))
     assert not any(p.requires_grad for block in transformer_blocks(model) for p in block.parameters())
     total, trainable = count_parameters(model)
     assert 0 < trainable < total / 10
@@ -37,8 +37,9 @@ def test_head_strategy_freezes_every_block(fixture, request):
 
 @pytest.mark.parametrize("fixture, targets", [("tiny_bert", {"query", "value"}), ("tiny_gpt2", {"c_attn"})])
 def test_lora_uses_per_architecture_default_targets_and_trains_adapters_and_head(fixture, targets, request, tmp_path):
-    spec = model_stage.model(str(request.getfixturevalue(fixture)), "lora", 1, LoraConfig(r=4), LABELS, 0, tmp_path)
-    assert set(spec.lora_target_modules) == targets
+    spec = model_stage.model(ModelConfig(base=str(request.getfixturevalue(fixture)), strategy="lora", lora=LoraConfig(r=4)),
+                             LABELS, 0, tmp_path)
+    assert set(spec.adapted_modules) == targets
     assert 0 < spec.trainable_parameters < spec.total_parameters
 
 
@@ -50,8 +51,8 @@ def test_decoder_gets_a_pad_token_and_right_padding(tiny_gpt2):
 
 
 def test_initialised_model_is_saved_as_safetensors_with_seeded_head(tiny_bert, tmp_path):
-    first = model_stage.model(str(tiny_bert), "full", 1, LoraConfig(), LABELS, 7, tmp_path / "a")
-    model_stage.model(str(tiny_bert), "full", 1, LoraConfig(), LABELS, 7, tmp_path / "b")
+    first = model_stage.model(ModelConfig(base=str(tiny_bert)), LABELS, 7, tmp_path / "a")
+    model_stage.model(ModelConfig(base=str(tiny_bert)), LABELS, 7, tmp_path / "b")
     assert first.trainable_parameters == first.total_parameters
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
     assert not list((tmp_path / "a").glob("*.bin"))

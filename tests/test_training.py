@@ -26,7 +26,7 @@ def tune(base, data_dir, tmp_path, strategy="full", epochs=3, name="tuned", devi
 
     model_cfg = ModelConfig(strategy=strategy, max_length=32, lora=LoraConfig(r=4))
     init = tmp_path / f"init-{name}"
-    model_stage.model(str(base), strategy, 1, model_cfg.lora, LABELS, 0, init)
+    model_stage.model(model_cfg.model_copy(update={"base": str(base)}), LABELS, 0, init)
     train_cfg = TrainConfig(epochs=epochs, batch_size=16, learning_rate=train.pop("learning_rate", 3e-3), **train)
     logged = []
     result = fine_tune(job_for(init, data_dir, tmp_path / name, tmp_path / f"ckpt-{name}", model_cfg, train_cfg, device,
@@ -57,7 +57,8 @@ def test_fine_tuning_lowers_the_loss_and_learns_the_task(fixture, strategy, requ
 @pytest.mark.parametrize("strategy", ["full", "partial", "lora", "head"])
 def test_llama_and_qwen2_decoders_fine_tune_with_every_strategy(family, strategy, tiny_decoders, data_dir, tmp_path):
     """Causal LMs loaded for sequence classification: a pad token set (they have none), last-token pooling."""
-    spec = model_stage.model(str(tiny_decoders[family]), strategy, 1, LoraConfig(r=4), LABELS, 0, tmp_path / "spec")
+    spec = model_stage.model(ModelConfig(base=str(tiny_decoders[family]), strategy=strategy, lora=LoraConfig(r=4)), LABELS,
+                             0, tmp_path / "spec")
     assert spec.is_decoder and spec.model_type == family
     result, _ = tune(tiny_decoders[family], data_dir, tmp_path, strategy, epochs=2,
                      learning_rate=2e-2 if strategy in ("lora", "head") else 3e-3)
@@ -107,7 +108,7 @@ def test_cached_outputs_stand_in_for_the_frozen_blocks(fixture, strategy, reques
 
     model_cfg = ModelConfig(strategy=strategy)
     model, tokenizer = load_classifier(str(request.getfixturevalue(fixture)), LABELS)
-    model = apply_strategy(model, strategy, model_cfg.trainable_blocks, model_cfg.lora)
+    model = apply_strategy(model, model_cfg)
     rows = read_split(data_dir, "val")
     split = encode(tokenizer, rows["text"].tolist(), 32)
     pad = tokenizer.pad_token_id
@@ -136,7 +137,7 @@ def test_the_last_block_runs_for_the_pooled_token_only_with_the_same_logits_and_
 
     model, _ = load_classifier(str(tiny_bert), LABELS)
     model.set_attn_implementation(attention)
-    model = apply_strategy(model, strategy, 1, LoraConfig(r=4)).eval()
+    model = apply_strategy(model, ModelConfig(strategy=strategy, lora=LoraConfig(r=4))).eval()
     torch.manual_seed(0)
     ids = torch.randint(5, 90, (6, 12))
     mask = torch.ones_like(ids)
@@ -233,7 +234,7 @@ def test_fine_tuning_on_a_gpu_in_bf16(fixture, strategy, request, data_dir, tmp_
     from components.fine_tune.core import fine_tune
 
     init = tmp_path / "init"
-    model_stage.model(str(request.getfixturevalue(fixture)), strategy, 1, LoraConfig(), LABELS, 0, init)
+    model_stage.model(ModelConfig(base=str(request.getfixturevalue(fixture)), strategy=strategy), LABELS, 0, init)
     result = fine_tune(job_for(init, data_dir, tmp_path / "gpu", tmp_path / "ckpt",
                                ModelConfig(strategy=strategy, max_length=32),
                                TrainConfig(epochs=3, batch_size=16, learning_rate=3e-3), "cuda", "bf16"))
@@ -284,7 +285,7 @@ def test_two_processes_train_with_ddp_and_an_interrupted_run_resumes_with_two(ti
 
     init = tmp_path / "init"
     model_cfg = ModelConfig(strategy="full", max_length=32)
-    model_stage.model(str(tiny_bert), "full", 1, model_cfg.lora, LABELS, 0, init)
+    model_stage.model(ModelConfig(base=str(tiny_bert)), LABELS, 0, init)
     train_cfg = TrainConfig(epochs=6, batch_size=16, learning_rate=3e-3, early_stopping_patience=6)
     job = job_for(init, data_dir, tmp_path / "tuned", tmp_path / "ckpt", model_cfg, train_cfg, threads=1)
     first = subprocess.Popen(torchrun_command(write_job(tmp_path, job), 2), stdout=subprocess.DEVNULL,

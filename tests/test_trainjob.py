@@ -203,7 +203,7 @@ def task_inputs(tmp_path, base, train_rows=None):
     data = write_splits(tmp_path / "task" / "data", LABELS, train_rows)
     init = tmp_path / "task" / "init"
     cfg = lifecycle_config(tmp_path, base)
-    model_stage.model(str(base), "full", 1, cfg.model.lora, LABELS, 0, init)
+    model_stage.model(cfg.model.model_copy(update={"base": str(base)}), LABELS, 0, init)
     return cfg, job_for(init, data, tmp_path / "task" / "model", f"{cfg.checkpoints_uri()}/run1", cfg.model,
                         cfg.train)
 

@@ -47,8 +47,12 @@ class DeploymentReport:
 def export_onnx(model, tokenizer, path: str | Path) -> None:
     """torch.onnx (dynamo) with dynamic batch and sequence axes; checked with onnx.checker. Opset 23 exports
     attention as one ONNX Attention op, which onnxruntime runs faster than the decomposed form."""
+    import inspect
+
     import onnx
     import torch
+
+    takes_positions = "position_ids" in inspect.signature(model.forward).parameters  # not peft's prompt tuning
 
     class Classifier(torch.nn.Module):  # the graph's interface: token ids and mask in; logits, embedding out
         def __init__(self):
@@ -56,10 +60,17 @@ def export_onnx(model, tokenizer, path: str | Path) -> None:
             self.model = model.eval()
 
         def forward(self, input_ids, attention_mask):
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-            # The sentence embedding (mean of the last hidden states over real tokens), for embedding drift.
-            mask = attention_mask.unsqueeze(-1).to(out.hidden_states[-1].dtype)
-            return out.logits, (out.hidden_states[-1] * mask).sum(1) / mask.sum(1)
+            # Position ids shaped like the batch, as the model makes them: without them the exporter gives Llama's
+            # and Qwen2's RotaryEmbedding op a batch of one, which onnxruntime refuses for larger batches.
+            positions = {"position_ids": torch.arange(input_ids.shape[1]).expand(input_ids.shape)} if takes_positions \
+                else {}
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                             **positions)
+            # The sentence embedding (mean of the last hidden states over real tokens), for embedding drift. Prompt
+            # tuning puts its virtual tokens before the text's: the last positions are the text's.
+            hidden = out.hidden_states[-1][:, -input_ids.shape[1]:]
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            return out.logits, (hidden * mask).sum(1) / mask.sum(1)
 
     example = tokenizer(["a short text", "a somewhat longer text for the example batch"], padding=True,
                         return_tensors="pt")

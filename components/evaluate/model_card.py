@@ -44,7 +44,7 @@ def _model(f: CardFacts) -> str:
 - Base model: `{spec.base}` (loaded from `{spec.source}`), {kind}.
 - Fine-tuning strategy: **{spec.strategy}**{_strategy_detail(spec)}; {spec.trainable_parameters:,} of
   {spec.total_parameters:,} parameters trained ({spec.trainable_parameters / spec.total_parameters:.1%}).
-- Saved as safetensors with its tokenizer and label map{MERGED.get(spec.strategy, "")}."""
+- Saved as safetensors with its tokenizer and label map{_saved_as(spec)}."""
 
 
 def _data(f: CardFacts) -> str:
@@ -228,14 +228,27 @@ def _cell(text: str, width: int = 80) -> str:
 
 
 MERGED = {"lora": "; LoRA weights merged into the base",
-          "qlora": "; trained on a 4-bit NF4 base, LoRA weights merged into the full-precision base"}
+          "qlora": "; trained on a 4-bit NF4 base, LoRA weights merged into the full-precision base",
+          "adapter": "; the bottleneck adapters saved beside the base's weights"}
 
 
 def _strategy_detail(spec: ModelSpec) -> str:
+    modules = ", ".join(spec.adapted_modules or [])
     if spec.strategy == "partial":
         return f" (last {spec.trainable_blocks} blocks, final norm and head)"
     if spec.strategy in ("lora", "qlora"):
-        return f" (LoRA on {', '.join(spec.lora_target_modules or [])}, plus the head)"
+        return f" (LoRA on {modules}, plus the head)"
+    if spec.strategy == "peft":
+        return f" ({spec.peft_method}" + (f" on {modules}" if modules else "") + ", plus the head)"
+    if spec.strategy == "adapter":
+        return f" (bottleneck adapters after {modules} in every block, plus the head)"
     if spec.strategy == "head":
         return " (head only)"
     return ""
+
+
+def _saved_as(spec: ModelSpec) -> str:
+    if spec.strategy == "peft":
+        return (f"; {spec.peft_method} merged into the base" if spec.merged_into_base else
+                f"; {spec.peft_method}'s adapter saved beside the base's weights (the method cannot merge)")
+    return MERGED.get(spec.strategy, "")

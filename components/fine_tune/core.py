@@ -10,7 +10,7 @@ import logging
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -20,7 +20,8 @@ from components.fine_tune.checkpoint import Checkpoint, TrainingState
 from components.fine_tune.pooled_block import first_token_only
 from components.handoff import (MODEL_SPEC, TRAIN_RESULT, FineTuneJob, ModelSpec, TrainResult, read_manifest,
                                 read_model_spec, read_split, write_json, write_labels)
-from components.model.core import apply_strategy, load_classifier, set_dropout, spec_as_trained, transformer_blocks
+from components.model.core import (apply_strategy, load_classifier, save_trained, set_dropout, spec_as_trained,
+                                   transformer_blocks)
 from components.text_batches import autocast, collate, encode, loss_and_accuracy, predict_logits, train_batches
 
 MetricsLogger = Callable[[dict, int], None]  # (metrics, step)
@@ -88,7 +89,7 @@ def fine_tune(job: FineTuneJob, log_metrics: Optional[MetricsLogger] = None,
     (components/fine_tune/processes.py) each process trains on its share of the batches with DDP; rank 0
     validates, checkpoints, saves and returns the result, the others return None. `after_epoch` (one process
     only) sees each epoch's row once it is checkpointed."""
-    train_cfg = job.train_cfg.for_strategy(job.model_cfg.strategy)
+    train_cfg = job.train_cfg.for_strategy(job.model_cfg)
     log_metrics = log_metrics or (lambda metrics, step: None)
     started = time.perf_counter()
     session = set_up(job, train_cfg)
@@ -127,8 +128,8 @@ def set_up(job: FineTuneJob, train_cfg: TrainConfig) -> Session:
     model, tokenizer = load_classifier(job.init_dir, labels, quantized)
     if model_cfg.dropout is not None:  # before LoRA adds its own dropout layers
         set_dropout(model, model_cfg.dropout)
-    model = apply_strategy(model, model_cfg.strategy, model_cfg.trainable_blocks, model_cfg.lora)
-    spec = spec_as_trained(read_model_spec(job.init_dir), model, model_cfg.strategy, model_cfg.trainable_blocks)
+    model = apply_strategy(model, model_cfg)
+    spec = spec_as_trained(read_model_spec(job.init_dir), model, model_cfg)
     if not quantized:  # bitsandbytes placed the 4-bit model already
         model = model.to(device)
     train = _encode_split(tokenizer, job.data_dir, "train", labels, model_cfg.max_length, train_cfg.max_train_samples)
@@ -288,16 +289,13 @@ def end_epoch(session: Session, epoch: int, train_cfg: TrainConfig, log_metrics:
 
 
 def finish(session: Session, job: FineTuneJob, train_cfg: TrainConfig, elapsed: float) -> TrainResult:
-    """The best weights back in the model, LoRA merged (into the full-precision base for QLoRA), the model saved
-    with its result."""
+    """The best weights back in the model, the model saved (save_trained: LoRA merged, into the full-precision base
+    for QLoRA) with its result."""
     state, model, strategy, out_dir = session.state, session.trained, job.model_cfg.strategy, job.out_dir
     if state.best_epoch != state.epoch:  # else the weights in the model are the best
         model.load_state_dict(session.checkpoint.best_weights(), strict=False)
-    if strategy == "lora":
-        model = model.merge_and_unload()
-    elif strategy == "qlora":
-        model = _merged_into_full_precision(model, job.init_dir, session.labels)
-    _save_model(model, session.tokenizer, session.labels, job.model_cfg.max_length, Path(out_dir))
+    merged = _save_model(model, session.tokenizer, session.labels, job.model_cfg.max_length, Path(out_dir),
+                         job.init_dir, strategy == "qlora")
     best = next(r for r in state.history if r["epoch"] == state.best_epoch)
     result = TrainResult(
         model_dir=str(out_dir),
@@ -313,20 +311,8 @@ def finish(session: Session, job: FineTuneJob, train_cfg: TrainConfig, elapsed: 
         hyperparameters=resolved_hyperparameters(job.model_cfg, train_cfg),
     )
     write_json(out_dir, TRAIN_RESULT, result.to_dict())
-    write_json(out_dir, MODEL_SPEC, session.spec.to_dict())
+    write_json(out_dir, MODEL_SPEC, replace(session.spec, merged_into_base=merged).to_dict())
     return result
-
-
-def _merged_into_full_precision(peft_model, init_dir: str, labels: list[str]):
-    """QLoRA's adapters and head on the unquantized base, merged: the model to export is not 4-bit."""
-    import tempfile
-
-    from peft import PeftModel
-
-    with tempfile.TemporaryDirectory(prefix="lifecycle-qlora-") as adapter:
-        peft_model.save_pretrained(adapter)
-        base, _ = load_classifier(init_dir, labels)
-        return PeftModel.from_pretrained(base, adapter).merge_and_unload()
 
 
 def _mean_over_ranks(value, ranks: Ranks) -> float:
@@ -361,10 +347,12 @@ def _encode_split(tokenizer, data_dir: str, split: str, labels: list[str], max_l
     return encode(tokenizer, rows["text"].tolist(), max_length, [index[v] for v in rows["label"]])
 
 
-def _save_model(model, tokenizer, labels: list[str], max_length: int, out_dir: Path) -> None:
+def _save_model(model, tokenizer, labels: list[str], max_length: int, out_dir: Path, init_dir: str,
+                quantized: bool) -> Optional[bool]:
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.model_max_length = max_length  # so whoever serves it truncates as training did
-    model.save_pretrained(out_dir, safe_serialization=True)
+    merged = save_trained(model, out_dir, init_dir, labels, quantized)
     tokenizer.save_pretrained(out_dir)
     write_labels(out_dir, labels)
+    return merged
 

@@ -16,8 +16,7 @@ def model(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: str
     cfg = LifecycleConfig.model_validate_json(config_json)
     labels = read_manifest(data_dir).labels
     with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, MODEL.run_name) as stage:
-        spec = core.model(cfg.model.base, cfg.model.strategy, cfg.model.trainable_blocks, cfg.model.lora, labels,
-                          cfg.seed, out_dir)
+        spec = core.model(cfg.model, labels, cfg.seed, out_dir)
         mlflow.log_params({k: v for k, v in spec.to_dict().items() if k not in ("labels", "source")})
         mlflow.log_metrics({"total_parameters": spec.total_parameters,
                             "trainable_parameters": spec.trainable_parameters})
