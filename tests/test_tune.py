@@ -102,7 +102,7 @@ def test_a_sweep_stopped_and_resumed_nests_its_trials_prunes_and_registers_the_b
 
 
 def test_trials_a_killed_worker_left_are_tried_again_from_their_checkpoint_and_not_counted(tmp_path, tiny_bert):
-    from components.config import LoraConfig, validate_config
+    from components.config import validate_config
     from components.handoff import read_sweep
     from components.model.core import model
     from components.tune import core
@@ -112,7 +112,7 @@ def test_trials_a_killed_worker_left_are_tried_again_from_their_checkpoint_and_n
                            "train": {"epochs": 2, "batch_size": 16, "learning_rate": 3e-3},
                            "tune": {"trials": 3, "space": {"train.epochs": None, "train.batch_size": None}}})
     data_dir = write_splits(tmp_path / "data", ["ham", "spam"])
-    model(str(tiny_bert), "full", 1, LoraConfig(), ["ham", "spam"], 0, tmp_path / "init")
+    model(cfg.model, ["ham", "spam"], 0, tmp_path / "init")
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = core.open_study(cfg, url, "sweep")
     assert core.prepare_study(cfg, study) == ["trial 0 is the config's own values"]
