@@ -241,7 +241,10 @@ def stage_reports(data_dir: str | Path) -> list[Path]:
 
 
 def read_model_spec(model_dir: str | Path) -> ModelSpec:
-    return ModelSpec(**_read_json(model_dir, MODEL_SPEC))
+    raw = _read_json(model_dir, MODEL_SPEC)
+    if "lora_target_modules" in raw:  # written before the field was renamed (older registered versions)
+        raw["adapted_modules"] = raw.pop("lora_target_modules")
+    return ModelSpec(**raw)
 
 
 def read_environment(env_dir: str | Path) -> Environment:
