@@ -277,25 +277,27 @@ def _demo(args) -> int:
 def _serve(args) -> int:
     import mlflow
 
-    from components.deploy.serving import Follow, Limits, resolve_bundle, serve
+    from components.deploy.serving import SERVER_PORTS, Follow, Limits, check_ports_free, resolve_bundle, serve
     from components.handoff import model_uri
     from components.registry import CHAMPION
     from pipelines.local import tracking_uri_for
 
     cfg = load(args)
+    port = args.port or cfg.serve.port
+    check_ports_free(cfg.serve.host, port)  # before the model is downloaded
     mlflow.set_tracking_uri(tracking_uri_for(cfg))
     served = args.model or model_uri(cfg.tracking.registered_model, CHAMPION)
     downloads = Path(cfg.work_dir) / "serving"
     bundle, name, version = resolve_bundle(served, downloads)
     _, _, alias = served.partition("@")
     follow = Follow(alias, cfg.serve.follow_seconds, str(downloads)) if alias else None
-    port = args.port or cfg.serve.port
     log = cfg.predictions_uri()
     following = (f"; follows @{alias}" + (" and its rollouts" if alias == CHAMPION else "")
                  + f" (every {cfg.serve.follow_seconds:g} s)") if follow else ""
+    metrics_port = port + SERVER_PORTS["metrics"]
     args.console.show(f"serving {served} (version {version}{following}) on http://{cfg.serve.host}:{port}: POST "
-                      f"/v2/models/{name}/infer, POST /predict; metrics on :{port + 2}/metrics; predictions logged "
-                      f"to {log}")
+                      f"/v2/models/{name}/infer, POST /predict; metrics on :{metrics_port}/metrics; predictions "
+                      f"logged to {log}")
     serve(bundle, name, version, port, log,
           Limits(cfg.serve.max_batch, cfg.serve.max_text_chars, cfg.serve.max_request_bytes),
           (cfg.serve.log_flush_texts, cfg.serve.log_flush_seconds), cfg.serve.host, follow)

@@ -86,10 +86,23 @@ def start_postgres(folder: Path, port: int) -> str:
     return f"postgresql://{USER}@127.0.0.1:{port}/{DATABASE}"
 
 
-def free_port() -> int:
+def free_port(count: int = 1) -> int:
+    """A free port whose next `count - 1` ports are free too (MLServer takes three in a row)."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+            if all(_bindable(port + offset) for offset in range(1, count)):
+                return port
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        try:
+            probe.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
 
 
 def run_tracking_server(root: str | Path, port: int, artifacts: Optional[str] = None) -> None:

@@ -71,13 +71,15 @@ def tiny_settings(work_dir, data_path, tiny_bert, *overrides: str) -> list[str]:
             "monitor.min_window=40", *overrides]
 
 
-def wait_until_ready(url: str, process, seconds: float = 120) -> None:
-    """Until the server at `url` (KServe V2) is ready; fails when its process ends or the time runs out."""
+def wait_until_ready(url: str, process, seconds: float = 120, output: Path | None = None) -> None:
+    """Until the server at `url` (KServe V2) is ready; fails when its process ends or the time runs out, with the
+    end of what it printed to `output`."""
     from pipelines.processes import wait_until_answers
 
     if wait_until_answers(f"{url}/v2/health/ready", process, seconds):
         return
-    assert process.poll() is None, f"the server for {url} ended before it was ready"
+    printed = output.read_text()[-3000:] if output and output.is_file() else ""
+    assert process.poll() is None, f"the server for {url} ended before it was ready:\n{printed}"
     process.kill()
     pytest.fail(f"the server for {url} did not become ready in {seconds:g} s")
 

@@ -148,12 +148,14 @@ def test_drift_retrains_and_a_shadow_rollout_promotes_on_a_server_never_restarte
     # The serving pod: up from here to the end, never restarted.
     serving_pod = tmp_path / "serving-pod"
     serving_pod.mkdir()
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--config", str(CONFIG), "--port",
-                               str(port), *as_args(settings(serving_pod))], cwd=serving_pod,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port(3)  # serve: HTTP, gRPC, metrics
+    output = serving_pod / "server.out"
+    with open(output, "w") as sink:
+        server = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--config", str(CONFIG), "--port",
+                                   str(port), *as_args(settings(serving_pod))], cwd=serving_pod,
+                                  stdout=sink, stderr=subprocess.STDOUT)
     try:
-        wait_until_ready(f"http://127.0.0.1:{port}", server)
+        wait_until_ready(f"http://127.0.0.1:{port}", server, output=output)
         assert classify(port, served) == {first_champion}
         time.sleep(2)  # the last shard reaches the bucket
         # Someone labels some of the served texts; the retraining adds them to the data.

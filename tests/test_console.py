@@ -8,6 +8,7 @@ import pytest
 
 from conftest import SHARED_SMS
 from pipelines.cli import main
+from pipelines.tracking_server import free_port
 
 STAGES = ["1-data", "2-model", "3-environment", "4-fine-tune", "5-evaluate", "6-deploy", "7-monitor"]
 
@@ -82,31 +83,24 @@ def test_compile_takes_a_directory_for_its_output_and_refuses_other_suffixes(tmp
     assert "expected a .yaml file or a directory" in capsys.readouterr().err
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.parametrize("command, settings, environment, expected", [
     (["run"], ["train.epochs=abc"], {}, "train.epochs: Input should be a valid integer"),
     (["run", "--config", "{tmp}"], [], {}, "cannot read the config: [Errno 21] Is a directory"),
     (["run"], ["data.path={tmp}"], {}, "{tmp}: a folder; expected a file"),
     (["rollback"], [], {}, "has no version with the alias 'previous' to roll back to"),
     (["monitor"], [], {}, "has no version of 'sms-spam-classifier' with the alias 'champion'"),
-    (["serve"], [], {}, "has no version of 'sms-spam-classifier' with the alias 'champion'"),
+    (["serve", "--port", "{port}"], [], {}, "has no version of 'sms-spam-classifier' with the alias 'champion'"),
+    (["serve", "--port", "65534"], [], {}, "--port 65534: expected 1 to 65533 (MLServer uses the HTTP port and"),
     (["rollback"], [], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"}, "does not answer (ConnectionError)"),
     (["run"], ["data.separator=;;"], {}, "data.separator: expected one character (\\t for a tab) (got ';;')"),
     (["run"], ["data.encoding=utf-9"], {}, "data.encoding: unknown encoding; e.g. utf-8, latin-1, cp1252"),
 ], ids=["bad-config-value", "config-is-a-directory", "data-is-a-directory", "rollback-without-previous",
-        "monitor-without-champion", "serve-without-champion", "tracking-server-unreachable", "separator-too-long",
-        "unknown-encoding"])
+        "monitor-without-champion", "serve-without-champion", "serve-port-too-high", "tracking-server-unreachable",
+        "separator-too-long", "unknown-encoding"])
 def test_a_user_mistake_is_one_message_and_exit_code_2_without_a_traceback(command, settings, environment, expected,
                                                                            tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    port = free_port()
+    port = free_port(3)  # serve's HTTP, gRPC and metrics
     for name, value in environment.items():
         monkeypatch.setenv(name, value.format(port=port))
     fill = lambda text: text.format(tmp=tmp_path, port=port)  # noqa: E731
@@ -115,3 +109,19 @@ def test_a_user_mistake_is_one_message_and_exit_code_2_without_a_traceback(comma
     printed = capsys.readouterr()
     assert fill(expected) in printed.err
     assert "Traceback" not in printed.out + printed.err
+
+
+def test_serve_on_a_port_whose_grpc_neighbour_is_taken_names_that_port_before_downloading_anything(tmp_path, capsys,
+                                                                                                   monkeypatch):
+    import socket
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    port = free_port(3)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port + 1))
+        taken.listen()
+        assert main(["serve", "--port", str(port), "--set", f"work_dir={tmp_path / 'work'}"]) == 2
+    printed = capsys.readouterr()
+    assert f"port {port + 1} on 127.0.0.1 (the gRPC server;" in printed.err
+    assert "Traceback" not in printed.out + printed.err
+    assert not (tmp_path / "work" / "serving").exists()

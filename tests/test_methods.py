@@ -1,7 +1,6 @@
 """The fine-tuning methods beyond full, partial, LoRA and head: any peft method by its own config (model.peft) and
 bottleneck adapters (model.strategy: adapter), on tiny encoders and decoders, from training to the served graph."""
 
-import socket
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -15,6 +14,7 @@ from components.model import core as model_stage
 from components.model.core import ModelError, load_classifier
 
 from conftest import job_for, wait_until_ready, write_splits
+from pipelines.tracking_server import free_port
 
 LABELS = ["ham", "spam"]
 SPAM, HAM = "win free prize cash claim now call", "see you at lunch tomorrow thanks love"
@@ -143,15 +143,13 @@ def served_probabilities(bundle, texts: list[str], tmp_path) -> np.ndarray:
     """The texts through MLServer serving the bundle, as a KServe V2 client (tritonclient) sends them."""
     import tritonclient.http as httpclient
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port(3)
     code = (f"from components.deploy.serving import Limits, serve; "
             f"serve({str(bundle)!r}, 'method', '1', {port}, {str(tmp_path / 'predictions')!r}, Limits())")
     with open(tmp_path / "server.out", "w") as sink:
         process = subprocess.Popen([sys.executable, "-c", code], stdout=sink, stderr=subprocess.STDOUT)
     try:
-        wait_until_ready(f"http://127.0.0.1:{port}", process)
+        wait_until_ready(f"http://127.0.0.1:{port}", process, output=tmp_path / "server.out")
         client = httpclient.InferenceServerClient(url=f"127.0.0.1:{port}")
         inputs = httpclient.InferInput("text", [len(texts)], "BYTES")
         inputs.set_data_from_numpy(np.array(texts, dtype=object), binary_data=False)

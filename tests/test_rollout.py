@@ -51,7 +51,7 @@ def versions(tiny_bundle, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(versions):
     root, uri = versions
-    port = free_port()
+    port = free_port(3)  # serve: HTTP, gRPC, metrics
     settings = settings_for(root)
     command = [sys.executable, "-m", "pipelines.cli", "serve", "--config", str(CONFIG), "--port", str(port),
                "--model", f"models:/{NAME}@champion", *as_args(settings)]
@@ -59,7 +59,7 @@ def server(versions):
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                                    env={**os.environ, "MLFLOW_TRACKING_URI": uri})
     url = f"http://127.0.0.1:{port}"
-    wait_until_ready(url, process)
+    wait_until_ready(url, process, output=root / "server.out")
     yield url, settings, root
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=60)

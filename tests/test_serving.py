@@ -14,6 +14,7 @@ import requests
 from components.deploy.serving import BadRequest, Limits, check_texts
 from conftest import wait_until_ready
 from monitoring.prediction_log import read_predictions
+from pipelines.tracking_server import free_port
 
 MODEL = "tiny-classifier"
 SPAM, HAM = "win free prize cash claim now call", "see you at lunch tomorrow thanks love"
@@ -22,9 +23,7 @@ SPAM, HAM = "win free prize cash claim now call", "see you at lunch tomorrow tha
 @pytest.fixture(scope="module")
 def server(tiny_bundle, tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("predictions")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port(3)
     code = (f"from components.console import mark_project_logs; mark_project_logs(); "
             f"from components.deploy.serving import Limits, serve; "
             f"serve({str(tiny_bundle / 'bundle')!r}, {MODEL!r}, '3', {port}, {str(log_dir)!r}, "
@@ -33,7 +32,7 @@ def server(tiny_bundle, tmp_path_factory):
     with open(output, "w") as sink:
         process = subprocess.Popen([sys.executable, "-c", code], stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    wait_until_ready(url, process)
+    wait_until_ready(url, process, output=output)
     yield url, process, log_dir
     process.kill()
 

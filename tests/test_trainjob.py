@@ -8,7 +8,6 @@ import gzip
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from functools import cache
@@ -22,6 +21,7 @@ from components.evaluate.core import score
 from components.model import core as model_stage
 
 from conftest import job_for, make_texts, predict_test_split, write_splits
+from pipelines.tracking_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD = Path(__file__).parent / "data" / "trainer.kubeflow.org_trainjobs-v2.3.0.yaml.gz"
@@ -143,9 +143,7 @@ class LocalTrainer:
         assert problems_with(body) == []
         name = f"{body['metadata']['generateName']}{len(self.nodes):05d}"
         trainer = body["spec"]["trainer"]
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         env = os.environ | {e["name"]: e["value"] for e in trainer["env"] if "value" in e} | {
             "PYTHONPATH": str(ROOT), "PET_NNODES": str(trainer["numNodes"]),
             "PET_NPROC_PER_NODE": str(trainer["numProcPerNode"]), "PET_MASTER_ADDR": "127.0.0.1",

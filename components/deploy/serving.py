@@ -340,6 +340,28 @@ def shadow_dropped():
                    ["model_name", "model_version"])
 
 
+# MLServer's three servers, at these offsets from the HTTP port (8080/8081/8082).
+SERVER_PORTS = {"HTTP": 0, "gRPC": 1, "metrics": 2}
+
+
+def check_ports_free(host: str, port: int) -> None:
+    """Refuse, naming the port and which server needs it, when one of the three is taken: MLServer would
+    otherwise start the HTTP server and die in a traceback when the next one cannot bind."""
+    import socket
+
+    last = 65535 - max(SERVER_PORTS.values())
+    if not 1 <= port <= last:
+        raise LifecycleError(f"--port {port}: expected 1 to {last} (MLServer uses the HTTP port and the two after it)")
+    for server, offset in SERVER_PORTS.items():
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port + offset))
+            except OSError as e:
+                raise LifecycleError(f"port {port + offset} on {host} (the {server} server; MLServer uses the HTTP "
+                                     f"port and the two after it) cannot be used: {e.strerror}. Choose another "
+                                     "--port or serve.port") from None
+
+
 def serve(bundle_dir: str, name: str, version: str, port: int, prediction_log: str, limits: Limits,
           log_flush: tuple[int, float] = (100, 30.0), host: str = "127.0.0.1", follow: Optional[Follow] = None) -> None:
     """Run MLServer in this process on `host` until SIGINT/SIGTERM (the prediction log writes its last shard at
@@ -368,7 +390,8 @@ def serve(bundle_dir: str, name: str, version: str, port: int, prediction_log: s
                 self.stopping, self.stopped_by = True, sig
                 await super().stop(sig)
 
-    settings = Settings(http_port=port, grpc_port=port + 1, metrics_port=port + 2, metrics_endpoint="/metrics",
+    settings = Settings(http_port=port + SERVER_PORTS["HTTP"], grpc_port=port + SERVER_PORTS["gRPC"],
+                        metrics_port=port + SERVER_PORTS["metrics"], metrics_endpoint="/metrics",
                         parallel_workers=0, debug=False, host=host, grpc_max_message_length=limits.max_request_bytes)
     classes = len(read_labels(bundle_dir))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the follower's downloads: not a log's
