@@ -354,6 +354,8 @@ def check_ports_free(host: str, port: int) -> None:
         raise LifecycleError(f"--port {port}: expected 1 to {last} (MLServer uses the HTTP port and the two after it)")
     for server, offset in SERVER_PORTS.items():
         with socket.socket() as probe:
+            # As uvicorn binds: a port left in TIME_WAIT by the last server is free to it, and so to this check.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((host, port + offset))
             except OSError as e:
