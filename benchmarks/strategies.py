@@ -6,6 +6,7 @@ test split scored as stage 5 scores it.
     python benchmarks/strategies.py --config configs/sms_spam.yaml --set data.path=../shared/data/sms_spam/SMSSpamCollection
     python benchmarks/strategies.py --config configs/trec.yaml --rows strategies
     python benchmarks/strategies.py --config configs/sms_spam.yaml --set data.path=... --rows lora-grid
+    python benchmarks/strategies.py --config configs/sms_spam.yaml --set data.path=... --set model.strategy=head --rows privacy
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ LORA_GRID = {f"lora r{r} a{alpha} {name}": ["model.strategy=lora", f"model.lora.
                                              f"model.lora.target_modules={targets}"]
              for name, targets in (("attention", "null"), ("all-linear", "all-linear"))
              for r in (4, 8, 16) for alpha in (r, 2 * r)}
-ROWS = {"strategies": STRATEGY_ROWS, "lora-grid": LORA_GRID}
+# The configured strategy (--set model.strategy=...) with DP-SGD (train.privacy) at three privacy budgets and
+# without.
+PRIVACY_ROWS = {"no privacy": []} | {f"ε={epsilon:g}": [f"train.privacy.epsilon={epsilon}"] for epsilon in (8, 3, 1)}
+ROWS = {"strategies": STRATEGY_ROWS, "lora-grid": LORA_GRID, "privacy": PRIVACY_ROWS}
 
 
 def main() -> None:
@@ -86,7 +90,9 @@ def prepare(config: str, overrides: list[str], tmp: Path) -> list[str]:
     from components.model import core as model_stage
 
     cfg = load_config(config, overrides)
-    manifest = data_stage.data(cfg.data, cfg.seed, tmp / "downloads", tmp / "data")
+    manifest = data_stage.data(cfg.data, cfg.seed, tmp / "downloads", tmp / "data", cfg.pii)
+    print(f"data: {manifest.summary()}; personal data (data.pii={manifest.pii}) per split: {manifest.pii_found}",
+          flush=True)
     model_stage.model(cfg.model.model_copy(update={"strategy": "full"}), manifest.labels, cfg.seed, tmp / "init")
     return [f"work_dir={tmp}"]
 
@@ -119,21 +125,23 @@ def train_and_score(config: str, overrides: list[str], work: Path) -> dict:
             "train_s": round(train_s, 1), "epochs_run": result.epochs_run, "peak_rss_mb": round(peak_mb),
             "batch_size": cfg.train.batch_size, "learning_rate": cfg.train.learning_rate,
             "accuracy": metrics.test_accuracy, "accuracy_ci": intervals["accuracy"],
-            "macro_f1": metrics.test_macro_f1, "macro_f1_ci": intervals["macro_f1"], "test_size": metrics.test_size}
+            "macro_f1": metrics.test_macro_f1, "macro_f1_ci": intervals["macro_f1"], "test_size": metrics.test_size,
+            "epsilon_spent": result.epsilon_spent}
 
 
 def print_table(results: list[dict], args, elapsed: float) -> None:
     print(f"\n{args.config} {' '.join(args.set)}: {len(results)} rows in {elapsed / 60:.1f} min, "
           f"{results[0]['test_size'] if results else 0} test texts\n")
     print("| row | trainable parameters | lr | epochs | train time | peak RSS | test accuracy (95% CI) | "
-          "macro-F1 (95% CI) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "macro-F1 (95% CI) | ε spent |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         share = r["trainable_parameters"] / r["total_parameters"]
         (a_low, a_high), (f_low, f_high) = r["accuracy_ci"], r["macro_f1_ci"]
         print(f"| {r['row']} | {r['trainable_parameters']:,} ({share:.2%}) | {r['learning_rate']:g} | "
               f"{r['epochs_run']} | {r['train_s']:.1f} s | {r['peak_rss_mb']:,} MB | "
-              f"{r['accuracy']:.2%} ({a_low:.2%}-{a_high:.2%}) | {r['macro_f1']:.4f} ({f_low:.4f}-{f_high:.4f}) |")
+              f"{r['accuracy']:.2%} ({a_low:.2%}-{a_high:.2%}) | {r['macro_f1']:.4f} ({f_low:.4f}-{f_high:.4f}) | "
+              + ("none" if r["epsilon_spent"] is None else f"{r['epsilon_spent']:.2f}") + " |")
 
 
 if __name__ == "__main__":

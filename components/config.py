@@ -68,6 +68,10 @@ class DataConfig(_Section):
     # A text in two splits scores memorisation as generalisation. fail: stop and name them; drop: remove from val
     # and test the texts train holds, and from test those val holds (counted in the manifest and the model card).
     on_leakage: Literal["fail", "drop"] = "fail"
+    # Personal data in the texts (found as the pii section says): report (counted per split in the manifest, MLflow
+    # and the model card), redact (each finding replaced by its typed placeholder, <PHONE_NUMBER>, in every split
+    # before anything is checked, split or written) or fail (stop and name the rows).
+    pii: Literal["report", "redact", "fail"] = "report"
     split: SplitConfig = SplitConfig()
     name: str = "dataset"  # for the model card and MLflow inputs
     licence: str = "unknown"
@@ -104,6 +108,35 @@ class DataConfig(_Section):
         if self.min_text_chars > self.max_text_chars:
             raise ValueError("min_text_chars is larger than max_text_chars")
         return self
+
+
+class PiiConfig(_Section):
+    """What counts as personal data (components/pii.py: Microsoft Presidio's recognizers, by its entity names)."""
+    entities: list[str] = Field(["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "URL",
+                                 "PERSON"], min_length=1)
+    # Names (PERSON) need a spaCy pipeline with named entities, installed (en_core_web_lg) or a folder; None: the
+    # patterns only, and names are not checked (the model card says so).
+    spacy_model: Optional[str] = None
+    language: str = "en"
+    # Where phone numbers are written in their national form (ISO 3166 codes); international ones (+44...) always.
+    phone_regions: list[str] = Field(["US", "GB", "DE", "FR", "IN", "CA", "BR", "IL", "AU"], min_length=1)
+    # Presidio's confidence that a finding is one (0..1); its phone numbers score 0.4, its URLs 0.5 to 0.6.
+    min_score: float = Field(0.4, ge=0, le=1)
+
+    @field_validator("entities")
+    @classmethod
+    def _known_entities(cls, entities: list[str]) -> list[str]:
+        unknown = sorted(set(entities) - PII_ENTITIES)
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: not an entity these recognizers find; they find "
+                             f"{', '.join(sorted(PII_ENTITIES))}")
+        return entities
+
+
+# The entities of Presidio's predefined recognizers for any language (the country-specific ones, US_SSN,
+# UK_NHS, ..., are left out: their patterns match many ordinary numbers) and of its spaCy recognizer.
+PII_ENTITIES = {"EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "URL", "PERSON",
+                "CRYPTO", "DATE_TIME", "LOCATION", "NRP", "MEDICAL_LICENSE"}
 
 
 class LoraConfig(_Section):
@@ -242,6 +275,20 @@ STRATEGY_DEFAULTS = {"full": (32, 5e-5), "partial": (32, 3e-4), "lora": (32, 2e-
 PEFT_DEFAULTS = {"IA3": (32, 3e-2), "PROMPT_TUNING": (32, 3e-2)}
 
 
+class PrivacyConfig(_Section):
+    """train.privacy: differentially private fine-tuning (DP-SGD through Opacus): each text's gradient clipped to
+    max_grad_norm, Gaussian noise added to each batch's sum, batches drawn by Poisson sampling; the noise is what
+    spends no more than `epsilon` over all the epochs (Opacus's PRV accountant, at `delta`)."""
+    epsilon: float = Field(gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1)  # well below 1 / (training texts)
+    max_grad_norm: float = Field(1.0, gt=0)  # of each text's gradient (train.max_grad_norm is not used)
+
+
+# Strategies whose trained layers Opacus cannot compute per-text gradients of: 4-bit quantized linear layers.
+NOT_PRIVATE = {"qlora": "its base is 4-bit quantized (bitsandbytes), whose layers Opacus has no per-text gradients "
+                        "for; use model.strategy=lora"}
+
+
 class TrainConfig(_Section):
     epochs: int = Field(3, ge=1)
     batch_size: Optional[int] = Field(None, ge=1)  # None: the strategy's default
@@ -268,6 +315,17 @@ class TrainConfig(_Section):
     # balanced: each text's cross-entropy weighted by n / (classes x its class's count in the train split), as
     # scikit-learn's class_weight="balanced". The validation loss that picks the best epoch stays unweighted.
     class_weights: Literal["none", "balanced"] = "none"
+    privacy: Optional[PrivacyConfig] = None  # None: no differential privacy
+
+    @model_validator(mode="after")
+    def _privacy_trains_alone(self) -> "TrainConfig":
+        if self.privacy and (self.processes or 1) * self.nodes > 1:
+            raise ValueError("train.privacy trains in one process: set train.processes=1 and train.nodes=1 (DP-SGD "
+                             "across processes is not built)")
+        if self.privacy and self.class_weights != "none":
+            raise ValueError("train.privacy clips each text's gradient of the unweighted loss: set "
+                             "train.class_weights=none, or data.balance to balance the classes")
+        return self
 
     def for_strategy(self, model_cfg: ModelConfig) -> "TrainConfig":
         """This config with the strategy's default batch size and learning rate where none is set."""
@@ -342,6 +400,12 @@ class ServeConfig(_Section):
     # A server started on models:/NAME@ALIAS reads the registry this often and swaps in the version the alias
     # (and a rollout's candidate) points at, without a restart.
     follow_seconds: float = Field(5, gt=0)
+    # What the prediction log stores of each text's personal data (the pii section finds it): keep, redact (its typed
+    # placeholder) or hash (a SHA-256 keyed with the secret in the environment variable log_pii_key_env, the same
+    # for the same value). redact by default: the log is read by whoever reads the bucket, and neither the drift
+    # check nor a rollout's decision needs the values; hash keeps "the same number again" for those who need it.
+    log_pii: Literal["keep", "redact", "hash"] = "redact"
+    log_pii_key_env: str = "LIFECYCLE_PII_HASH_KEY"
 
 
 class RolloutConfig(_Section):
@@ -480,6 +544,7 @@ class LifecycleConfig(_Section):
     gate: GateConfig = GateConfig()
     tracking: TrackingConfig = TrackingConfig()
     kfp: KfpConfig = KfpConfig()
+    pii: PiiConfig = PiiConfig()
     serve: ServeConfig = ServeConfig()
     deploy: DeployConfig = DeployConfig()
     monitor: MonitorConfig = MonitorConfig()
@@ -495,6 +560,13 @@ class LifecycleConfig(_Section):
     @model_validator(mode="after")
     def _strategy_defaults(self) -> "LifecycleConfig":
         self.train = self.train.for_strategy(self.model)
+        return self
+
+    @model_validator(mode="after")
+    def _private_strategy(self) -> "LifecycleConfig":
+        if self.train.privacy and self.model.strategy in NOT_PRIVATE:
+            raise ValueError(f"train.privacy: model.strategy={self.model.strategy} cannot train privately: "
+                             f"{NOT_PRIVATE[self.model.strategy]}")
         return self
 
     @model_validator(mode="after")

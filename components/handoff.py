@@ -44,6 +44,9 @@ BUNDLE = "bundle"  # the folder that is registered and served
 BUNDLE_MODEL = "model.onnx"  # in the bundle: the graph that is served
 REFERENCE = "reference.parquet"  # in the bundle: training texts as the served graph sees them (drift reference)
 CALIBRATION = "calibration.json"  # in the bundle: the temperature stage 5 fitted, when it kept one
+# In the bundle of a model trained on redacted texts (data.pii=redact): the pii section it was redacted with, so
+# that what it scores is redacted the same way
+INPUT_PII = "input_pii.json"
 # In the bundle, from the fine-tuned model's folder where present: the tokenizer's files, the label map, the
 # transformers config
 BUNDLE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
@@ -72,6 +75,10 @@ class Manifest:
     skipped_files: int = 0  # feedback files that could not be read at all
     control_characters: str = "strip"  # the policy (data.control_characters)
     stripped_control_characters: int = 0  # texts that held control characters, stripped
+    pii: str = "report"  # the policy (data.pii): report, redact or fail
+    pii_entities: list[str] = field(default_factory=list)  # the kinds of personal data looked for
+    pii_found: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> kind -> texts holding it
+    pii_texts: dict[str, int] = field(default_factory=dict)  # split -> texts holding any kind
     schema: dict[str, str] = field(default_factory=dict)  # the splits' columns
 
     def to_dict(self) -> dict:
@@ -86,7 +93,9 @@ class Manifest:
                 + (f"; skipped {self.skipped_records:,} damaged records" if self.skipped_records else "")
                 + (f" and {self.skipped_files:,} unreadable files" if self.skipped_files else "")
                 + (f"; stripped control characters from {self.stripped_control_characters:,} texts"
-                   if self.stripped_control_characters else ""))
+                   if self.stripped_control_characters else "")
+                + (f"; {sum(self.pii_texts.values()):,} texts hold personal data"
+                   f"{' (redacted)' if self.pii == 'redact' else ''}" if any(self.pii_texts.values()) else ""))
 
 
 @dataclass
@@ -141,6 +150,8 @@ class TrainResult:
     samples_per_second: float
     history: list[dict] = field(default_factory=list)  # one row per epoch
     hyperparameters: dict = field(default_factory=dict)  # config.resolved_hyperparameters of this training
+    # train.privacy: the privacy spent by all the epochs run (the saved epoch's model spent no more), at its delta
+    epsilon_spent: Optional[float] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -301,6 +312,11 @@ def read_job(path: str | Path) -> FineTuneJob:
 def read_temperature(bundle: str | Path) -> float:
     """The served logits are divided by this before the softmax (1.0: no calibration)."""
     return _read_json(bundle, CALIBRATION)["temperature"] if (Path(bundle) / CALIBRATION).is_file() else 1.0
+
+
+def read_input_pii(bundle: str | Path) -> Optional[dict]:
+    """The pii section the bundle's inputs are redacted with before scoring (None: scored as they come)."""
+    return _read_json(bundle, INPUT_PII) if (Path(bundle) / INPUT_PII).is_file() else None
 
 
 def model_card_path(evaluation_dir: str | Path) -> Path:

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 SHARD_PREFIX = "predictions-"
 # Of each record. role: "answer" (what the client received) or "shadow" (a rollout's second opinion, never sent);
@@ -25,15 +25,17 @@ ANSWER, SHADOW = "answer", "shadow"
 
 class PredictionLog:
     """Buffers records and writes them as one shard when `flush_texts` records wait, when the oldest has waited
-    `flush_seconds` (a background thread), and on close. A crash loses at most the records still waiting."""
+    `flush_seconds` (a background thread), and on close. A crash loses at most the records still waiting.
+    `text_form` puts each text in the form the log stores (components/pii.py: its personal data redacted or
+    hashed) before it is buffered, so no other form is ever written."""
 
     def __init__(self, root: str, flush_texts: int = 100, flush_seconds: float = 30.0,
-                 replica: Optional[str] = None):
+                 replica: Optional[str] = None, text_form: Callable[[list[str]], list[str]] = list):
         from components.storage import filesystem
 
         filesystem(root)  # a URI without a file system fails now, and fsspec is imported before any exit
         self.root = str(root)
-        self.flush_texts, self.flush_seconds = flush_texts, flush_seconds
+        self.flush_texts, self.flush_seconds, self.text_form = flush_texts, flush_seconds, text_form
         self.replica = replica or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._lock = threading.Lock()
         self._waiting: list[str] = []
@@ -49,6 +51,7 @@ class PredictionLog:
               error: Optional[str] = None) -> None:
         stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
         latency = None if latency_ms is None else round(latency_ms, 3)
+        texts = self.text_form(list(texts))
         lines = [json.dumps(dict(zip(COLUMNS, (stamp, model, version, text, label, probs, role, latency, error))),
                             ensure_ascii=False) + "\n" for text, label, probs in zip(texts, labels, probabilities)]
         with self._lock:

@@ -279,12 +279,15 @@ def _serve(args) -> int:
 
     from components.deploy.serving import SERVER_PORTS, Follow, Limits, check_ports_free, resolve_bundle, serve
     from components.handoff import model_uri
+    from components.pii import HASH, LogPii, log_hash_key
     from components.registry import CHAMPION
     from pipelines.local import tracking_uri_for
 
     cfg = load(args)
     port = args.port or cfg.serve.port
     check_ports_free(cfg.serve.host, port)  # before the model is downloaded
+    if cfg.serve.log_pii == HASH:
+        log_hash_key(cfg.serve.log_pii_key_env)
     mlflow.set_tracking_uri(tracking_uri_for(cfg))
     served = args.model or model_uri(cfg.tracking.registered_model, CHAMPION)
     downloads = Path(cfg.work_dir) / "serving"
@@ -297,10 +300,11 @@ def _serve(args) -> int:
     metrics_port = port + SERVER_PORTS["metrics"]
     args.console.show(f"serving {served} (version {version}{following}) on http://{cfg.serve.host}:{port}: POST "
                       f"/v2/models/{name}/infer, POST /predict; metrics on :{metrics_port}/metrics; predictions "
-                      f"logged to {log}")
+                      f"logged to {log} (personal data: {cfg.serve.log_pii})")
     serve(bundle, name, version, port, log,
           Limits(cfg.serve.max_batch, cfg.serve.max_text_chars, cfg.serve.max_request_bytes),
-          (cfg.serve.log_flush_texts, cfg.serve.log_flush_seconds), cfg.serve.host, follow)
+          (cfg.serve.log_flush_texts, cfg.serve.log_flush_seconds), cfg.serve.host, follow,
+          LogPii.of(cfg))
     return 0
 
 

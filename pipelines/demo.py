@@ -101,6 +101,7 @@ def _replay(cfg: LifecycleConfig, texts: list[str], log_dir: Path) -> Path:
 
     from components.deploy.onnx_classifier import OnnxClassifier, label_probabilities
     from components.deploy.serving import resolve_bundle
+    from components.pii import LogPii
     from components.handoff import model_uri
     from components.registry import CHAMPION
     from components.storage import list_files
@@ -111,7 +112,7 @@ def _replay(cfg: LifecycleConfig, texts: list[str], log_dir: Path) -> Path:
     classifier = OnnxClassifier(bundle)
     probabilities = classifier.probabilities(texts)
     shutil.rmtree(log_dir, ignore_errors=True)
-    log = PredictionLog(str(log_dir), flush_texts=len(texts))
+    log = PredictionLog(str(log_dir), flush_texts=len(texts), text_form=LogPii.of(cfg).text_form())
     log.write(texts, [classifier.labels[i] for i in probabilities.argmax(1)],
               label_probabilities(classifier.labels, probabilities), name, version)
     log.close()

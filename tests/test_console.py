@@ -91,11 +91,15 @@ def test_compile_takes_a_directory_for_its_output_and_refuses_other_suffixes(tmp
     (["monitor"], [], {}, "has no version of 'sms-spam-classifier' with the alias 'champion'"),
     (["serve", "--port", "{port}"], [], {}, "has no version of 'sms-spam-classifier' with the alias 'champion'"),
     (["serve", "--port", "65534"], [], {}, "--port 65534: expected 1 to 65533 (MLServer uses the HTTP port and"),
+    (["serve", "--port", "{port}"], ["serve.log_pii=hash"], {"LIFECYCLE_PII_HASH_KEY": "short"},
+     "serve.log_pii=hash needs a secret key of at least 16 characters in the environment variable "
+     "LIFECYCLE_PII_HASH_KEY (serve.log_pii_key_env); it is 5 characters long"),
     (["rollback"], [], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"}, "does not answer (ConnectionError)"),
     (["run"], ["data.separator=;;"], {}, "data.separator: expected one character (\\t for a tab) (got ';;')"),
     (["run"], ["data.encoding=utf-9"], {}, "data.encoding: unknown encoding; e.g. utf-8, latin-1, cp1252"),
 ], ids=["bad-config-value", "config-is-a-directory", "data-is-a-directory", "rollback-without-previous",
-        "monitor-without-champion", "serve-without-champion", "serve-port-too-high", "tracking-server-unreachable",
+        "monitor-without-champion", "serve-without-champion", "serve-port-too-high", "serve-hash-without-key",
+        "tracking-server-unreachable",
         "separator-too-long", "unknown-encoding"])
 def test_a_user_mistake_is_one_message_and_exit_code_2_without_a_traceback(command, settings, environment, expected,
                                                                            tmp_path, capsys, monkeypatch):

@@ -201,8 +201,16 @@ def test_grpc_bodies_count_inflated_too(server):
     assert answers[:2] == ["label ham", "refused StatusCode.RESOURCE_EXHAUSTED"]  # 0.2 kB gzipped, 100 kB inflated
 
 
-def test_every_served_text_is_logged_and_nothing_is_lost_on_shutdown(server):
+def test_every_served_text_is_logged_and_nothing_is_lost_on_shutdown(server, tiny_bundle):
+    """A text with personal data is answered as sent and logged redacted (serve.log_pii's default)."""
+    from components.deploy.onnx_classifier import OnnxClassifier
+
     url, process, log_dir = server
+    personal = f"{SPAM} on 07700 900123 or jane.doe@example.com"
+    answered = requests.post(f"{url}/predict", json={"texts": [personal]}, timeout=10).json()["predictions"][0]
+    classifier = OnnxClassifier(tiny_bundle / "bundle")
+    expected = classifier.probabilities([personal])[0]
+    assert answered["probabilities"] == pytest.approx(dict(zip(classifier.labels, expected.tolist())), abs=1e-6)
     texts = [f"{SPAM} (logged)", f"{HAM} (logged)"]
     for _ in range(20):
         answer = requests.post(f"{url}/predict", json={"texts": texts}, timeout=10).json()
@@ -211,6 +219,8 @@ def test_every_served_text_is_logged_and_nothing_is_lost_on_shutdown(server):
     logged = read_predictions(log_dir)
     assert logged["text"].value_counts()[texts[0]] == 20 and logged["text"].value_counts()[texts[1]] == 20
     assert not logged["text"].str.contains("never answered").any()
+    assert f"{SPAM} on <PHONE_NUMBER> or <EMAIL_ADDRESS>" in set(logged["text"])
+    assert not any("07700" in p.read_text() or "jane.doe" in p.read_text() for p in log_dir.iterdir())
     last = logged.iloc[-1]
     assert last["text"] == texts[1] and last["label"] == answer["predictions"][1]["label"]
     assert last["model_version"] == "3" and set(json.loads(json.dumps(last["probabilities"]))) == {"ham", "spam"}

@@ -9,30 +9,36 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.config import DataConfig
+from components.config import DataConfig, PiiConfig
 from components.data.tables import DataError, SkippedRecords, TableFormat, fetch, file_sha256, format_of, read_table
 from components.data.validation import (CONTROL_CHARACTERS, DataValidationError, ValidationRules, validate_table,
                                         without_controls)
 from components.handoff import (MANIFEST, SPLITS, VALIDATION_REPORT, Manifest, data_docs_path, split_path,
                                 write_json)
+from components.pii import KEEP, REDACT, PiiScanner, checked_entities
 
 log = logging.getLogger(__name__)
 
 FEEDBACK = "feedback"  # the source names of feedback files start with this
 SOURCE = "_lifecycle_source"  # the column that stage 1 adds to each table read: "data" or "feedback"
+PII = "_lifecycle_pii"  # the column of the kinds of personal data in each text (comma-separated), never written
 # Every split's Parquet file: the text, its label, where it came from ("data" or "feedback") and, with
 # data.group_column, the group it belongs to (for stage 5's slices).
 SCHEMA = {"text": "string", "label": "string", "source": "string", "group": "string (with data.group_column)"}
 
 
-def data(config: DataConfig, seed: int, cache_dir: str | Path, out_dir: str | Path) -> Manifest:
-    """Stage 1: read, validate (a gate), clean, balance, split, check for leakage; writes the splits, the
-    manifest, the validation report and the data docs to out_dir (components.handoff names them)."""
+def data(config: DataConfig, seed: int, cache_dir: str | Path, out_dir: str | Path,
+         pii: PiiConfig | None = None) -> Manifest:
+    """Stage 1: read, find personal data (redact it or stop, as data.pii says), validate (a gate), clean, balance,
+    split, check for leakage; writes the splits, the manifest, the validation report and the data docs to out_dir
+    (components.handoff names them)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sources = resolve_sources(config, cache_dir)
     frames, digests, skipped = read_sources(config, sources)
     frames, stripped = strip_control_characters(frames, config)
+    pii = pii or PiiConfig()
+    frames = find_personal_data(frames, config, pii, sources)
     reports = validate_sources(config, frames, sources, out_dir, skipped, stripped)
     labels = sorted(set().union(*(r.labels for r in reports.values())))
     duplicates = sum(r.duplicate_rows for r in reports.values())
@@ -40,7 +46,7 @@ def data(config: DataConfig, seed: int, cache_dir: str | Path, out_dir: str | Pa
     splits = split_sources(config, frames, sources, labels, duplicates + conflicts, seed)
     splits, leaking = resolve_leakage(splits, sources, config.on_leakage)
     for name, rows in splits.items():
-        rows.to_parquet(split_path(out_dir, name), index=False)
+        rows.drop(columns=PII).to_parquet(split_path(out_dir, name), index=False)
     manifest = Manifest(
         out_dir=str(out_dir),
         source=", ".join(sources.values()),
@@ -55,6 +61,10 @@ def data(config: DataConfig, seed: int, cache_dir: str | Path, out_dir: str | Pa
         skipped_files=sum(n.objects for n in skipped.values()),
         control_characters=config.control_characters,
         stripped_control_characters=sum(stripped.values()),
+        pii=config.pii,
+        pii_entities=checked_entities(pii),
+        pii_found={name: _pii_counts(rows) for name, rows in splits.items()},
+        pii_texts={name: int(rows[PII].astype(bool).sum()) for name, rows in splits.items()},
         schema=SCHEMA,
     )
     write_json(out_dir, MANIFEST, manifest.to_dict())
@@ -110,6 +120,45 @@ def strip_control_characters(frames: dict[str, pd.DataFrame],
         stripped[name] = int(held.sum())
         cleaned[name] = frame.assign(**{config.text_column: texts.mask(held, texts[held].map(without_controls))})
     return cleaned, stripped
+
+
+def find_personal_data(frames: dict[str, pd.DataFrame], config: DataConfig, pii: PiiConfig,
+                       sources: dict[str, str]) -> dict[str, pd.DataFrame]:
+    """Each table with the kinds of personal data in each text (column PII, for the counts per split) and, with
+    data.pii=redact, its texts redacted; with fail, the first texts holding any are named by row and kind (never
+    by value: the message reaches logs)."""
+    from components.console import Progress
+
+    scanner = PiiScanner(pii)
+    form = REDACT if config.pii == "redact" else KEEP
+    found, marked = {}, {}
+    progress = Progress(sum(map(len, frames.values())), "looking for personal data", log)
+    for name, frame in frames.items():
+        if config.text_column not in frame:
+            marked[name] = frame.assign(**{PII: ""})  # the gate says the column is missing
+            continue
+        texts, kinds = [], []
+        for text in frame[config.text_column]:
+            changed, found_kinds = scanner.transform(text, form) if isinstance(text, str) else (text, [])
+            texts.append(changed)
+            kinds.append(",".join(sorted(set(found_kinds))))
+            progress.update(1)
+        marked[name] = frame.assign(**{config.text_column: texts, PII: kinds})
+        found[name] = [(row, k) for row, k in zip(frame.index, kinds) if k]
+    holding = {name: rows for name, rows in found.items() if rows}
+    if config.pii == "fail" and holding:
+        listed = "\n".join(f"  {sources[name]}: {len(rows)} texts, e.g. "
+                           + ", ".join(f"row {row} ({kinds})" for row, kinds in rows[:5]) for name, rows in holding.items())
+        raise DataValidationError(f"personal data in the texts (data.pii=fail; rows are lines of the file read):\n"
+                                  f"{listed}\nSet data.pii=redact to replace each finding with its type "
+                                  f"(<PHONE_NUMBER>), or report to train on the texts as they are")
+    return marked
+
+
+def _pii_counts(rows: pd.DataFrame) -> dict[str, int]:
+    """Findings of each kind in a split (a text counts once per kind it holds)."""
+    kinds = rows[PII].str.split(",").explode()
+    return {kind: int(n) for kind, n in kinds[kinds.astype(bool)].value_counts().sort_index().items()}
 
 
 def validate_sources(config: DataConfig, frames: dict[str, pd.DataFrame], sources: dict[str, str], out_dir: Path,
@@ -207,11 +256,12 @@ def _from_config(kind, config: DataConfig):
 
 
 def clean(frame: pd.DataFrame, text_column: str, label_column: str, group_column: str | None = None) -> pd.DataFrame:
-    """Keep text and label (and the source and group, when there), strip texts, drop exact duplicates (the first
+    """Keep text and label (and the source, the personal data found and the group, when there), strip texts, drop exact duplicates (the first
     kept: the data's before feedback's) and texts seen with two labels (ambiguous)."""
     rows = pd.DataFrame({"text": frame[text_column].str.strip(), "label": frame[label_column]})
-    if SOURCE in frame:
-        rows["source"] = frame[SOURCE]
+    for column, name in ((SOURCE, "source"), (PII, PII)):
+        if column in frame:
+            rows[name] = frame[column]
     if group_column:
         rows["group"] = frame[group_column].astype("string")
     rows = rows.drop_duplicates(subset=["text", "label"])

@@ -6,15 +6,15 @@ from __future__ import annotations
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from components.decision import Decision
 from components.errors import RunFailure
 from components.deploy.onnx_classifier import EMBEDDING_OUTPUT, OnnxClassifier
-from components.handoff import (BUNDLE_FILES, BUNDLE_MODEL, CALIBRATION, DEPLOYMENT, REFERENCE, bundle_dir,
-                                read_labels, read_split, write_json)
+from components.handoff import (BUNDLE_FILES, BUNDLE_MODEL, CALIBRATION, DEPLOYMENT, INPUT_PII, REFERENCE,
+                                bundle_dir, read_labels, read_split, write_json)
 from components.statistics import softmax
 from monitoring.drift import profile_texts
 
@@ -86,15 +86,19 @@ def export_onnx(model, tokenizer, path: str | Path) -> None:
 
 
 def deploy(model_dir: str, data_dir: str, out_dir: str, reference_size: int = 1000, seed: int = 0,
-           batch_size: int = 64, temperature: float = 1.0) -> DeploymentReport:
+           batch_size: int = 64, temperature: float = 1.0,
+           reference_form: Callable[[list[str]], list[str]] = list,
+           input_pii: Optional[dict] = None) -> DeploymentReport:
     """Stage 6 up to the registry: out_dir/bundle holds the model to serve (its probabilities scaled by the
-    `temperature` stage 5 kept) and its monitoring reference, out_dir/deployment.json the report. Raises
-    ParityError when the fp32 export does not give the PyTorch model's answers."""
+    `temperature` stage 5 kept) and its monitoring reference, its texts in `reference_form` (the prediction log's:
+    their personal data redacted or hashed as serve.log_pii says), out_dir/deployment.json the report.
+    `input_pii`: the pii section the training texts were redacted with (data.pii=redact), with which the bundle
+    redacts what it scores. Raises ParityError when the fp32 export does not give the PyTorch model's answers."""
     from components.evaluate.core import class_indices
     from components.model.core import load_classifier
 
     out, bundle = Path(out_dir), bundle_dir(out_dir)
-    _assemble_bundle(model_dir, bundle, temperature)
+    _assemble_bundle(model_dir, bundle, temperature, input_pii)
     labels = read_labels(bundle)
     model, tokenizer = load_classifier(model_dir, labels)
     test = read_split(data_dir, "test")
@@ -108,9 +112,10 @@ def deploy(model_dir: str, data_dir: str, out_dir: str, reference_size: int = 10
         raise ParityError(report.reason)
     # 2. int8 dynamic quantization, served only when it keeps fp32's accuracy
     _quantize_and_choose(out, bundle, texts, targets, labels, fp32_logits, batch_size, report)
-    # 3. the drift reference: training texts as the served graph sees them (stage 7 compares traffic with it)
+    # 3. the drift reference: training texts in the log's form as the served graph sees them (stage 7 compares
+    # the logged traffic with it; another form would be drift of its own)
     train = read_split(data_dir, "train")
-    sample = train.sample(min(reference_size, len(train)), random_state=seed)["text"].tolist()
+    sample = reference_form(train.sample(min(reference_size, len(train)), random_state=seed)["text"].tolist())
     profile_texts(OnnxClassifier(bundle), sample).to_parquet(bundle / REFERENCE, index=False)
     _write_report(out, report)
     shutil.copy(out / DEPLOYMENT, bundle / DEPLOYMENT)
@@ -143,13 +148,15 @@ def parity_report(torch_logits: np.ndarray, onnx_logits: np.ndarray) -> Deployme
     return DeploymentReport(len(torch_logits), diff, agreement, parity.value, reason=parity.reason)
 
 
-def _assemble_bundle(model_dir: str, bundle: Path, temperature: float) -> None:
+def _assemble_bundle(model_dir: str, bundle: Path, temperature: float, input_pii: Optional[dict]) -> None:
     bundle.mkdir(parents=True, exist_ok=True)
     for name in BUNDLE_FILES:
         if (Path(model_dir) / name).is_file():
             shutil.copy(Path(model_dir) / name, bundle / name)
     if temperature != 1.0:
         write_json(bundle, CALIBRATION, {"temperature": temperature})
+    if input_pii is not None:
+        write_json(bundle, INPUT_PII, input_pii)
 
 
 def _torch_logits(model, tokenizer, texts: list[str], batch_size: int) -> np.ndarray:

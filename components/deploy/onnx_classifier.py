@@ -1,7 +1,8 @@
 """Text in, label and probabilities out, through onnxruntime: what the registered model and the server run.
 
-A bundle is a directory with `model.onnx`, the tokenizer files, `label_map.json` and, when stage 5 kept a
-temperature, `calibration.json`. Needs no torch.
+A bundle is a directory with `model.onnx`, the tokenizer files, `label_map.json`, when stage 5 kept a
+temperature, `calibration.json` and, for a model trained on redacted texts, `input_pii.json` (texts are redacted
+the same way before they are scored). Needs no torch.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.handoff import BUNDLE_MODEL, read_labels, read_temperature
+from components.handoff import BUNDLE_MODEL, read_input_pii, read_labels, read_temperature
 from components.statistics import softmax
 
 EMBEDDING_OUTPUT = "sentence_embedding"  # the graph's second output, for embedding drift
@@ -29,6 +30,7 @@ class OnnxClassifier:
         bundle_dir = Path(bundle_dir)
         self.labels = read_labels(bundle_dir)
         self.temperature = read_temperature(bundle_dir)
+        self.prepare = _input_form(read_input_pii(bundle_dir))
         self.tokenizer = AutoTokenizer.from_pretrained(bundle_dir)
         options = ort.SessionOptions()
         if threads:
@@ -44,7 +46,7 @@ class OnnxClassifier:
         """The graph's named outputs ("logits", EMBEDDING_OUTPUT), rows in the order of `texts`. Texts are tokenized
         once, sorted by length and run in small batches of similar lengths: on a CPU the padding saved outweighs
         the extra calls (benchmarks/serving.py)."""
-        ids = self.tokenizer(list(texts), truncation=True)["input_ids"]
+        ids = self.tokenizer(self.prepare(list(texts)), truncation=True)["input_ids"]
         order = np.argsort([len(row) for row in ids], kind="stable")
         results = [np.empty((0, 0), dtype=np.float32) for _ in outputs]
         for start in range(0, len(order), batch_size):
@@ -70,6 +72,16 @@ class OnnxClassifier:
         probabilities = self.probabilities(texts)
         return [{"label": self.labels[int(p.argmax())], "probabilities": by_label}
                 for p, by_label in zip(probabilities, label_probabilities(self.labels, probabilities))]
+
+
+def _input_form(input_pii: dict | None):
+    """What the model scores of a text: the text, or the text redacted as its training texts were."""
+    if input_pii is None:
+        return list
+    from components.config import PiiConfig
+    from components.pii import REDACT, text_form
+
+    return text_form(REDACT, PiiConfig(**input_pii))
 
 
 def label_probabilities(labels: list[str], probabilities) -> list[dict[str, float]]:

@@ -21,6 +21,7 @@ from mlserver.handlers import custom_handler
 from mlserver.types import InferenceRequest, InferenceResponse
 from pydantic import BaseModel
 
+from components import pii
 from components.errors import LifecycleError
 from components.handoff import BUNDLE, BUNDLE_MODEL, version_uri
 
@@ -157,7 +158,9 @@ class TextClassifierRuntime(MLModel):
         self.served = Served(Loaded(extra["version"], OnnxClassifier(self.settings.parameters.uri, spinning=False)))
         self.limits = Limits(extra.get("max_batch", 64), extra.get("max_text_chars", 2000))
         self.log = PredictionLog(extra["prediction_log"], extra.get("log_flush_texts", 100),
-                                 extra.get("log_flush_seconds", 30.0)) if extra.get("prediction_log") else None
+                                 extra.get("log_flush_seconds", 30.0),
+                                 text_form=pii.LogPii(**extra.get("log_pii", {})).text_form()
+                                 ) if extra.get("prediction_log") else None
         self.shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="shadow", initializer=_yield_to_answers)
         self.shadow_room = threading.BoundedSemaphore(MAX_SHADOW_WAITING)
         self.follower = None
@@ -365,10 +368,12 @@ def check_ports_free(host: str, port: int) -> None:
 
 
 def serve(bundle_dir: str, name: str, version: str, port: int, prediction_log: str, limits: Limits,
-          log_flush: tuple[int, float] = (100, 30.0), host: str = "127.0.0.1", follow: Optional[Follow] = None) -> None:
+          log_flush: tuple[int, float] = (100, 30.0), host: str = "127.0.0.1", follow: Optional[Follow] = None,
+          log_pii: pii.LogPii = pii.LogPii()) -> None:
     """Run MLServer in this process on `host` until SIGINT/SIGTERM (the prediction log writes its last shard at
     exit). `log_flush`: (texts, seconds) after which waiting records are written as a shard. `follow`: the alias
-    whose moves (and rollouts) the server follows; without it, `version` is served until the server stops."""
+    whose moves (and rollouts) the server follows; without it, `version` is served until the server stops.
+    `log_pii`: what the log stores of each text's personal data (the answer is always scored on the text as sent)."""
     import asyncio
     import os
     from dataclasses import asdict
@@ -406,6 +411,7 @@ def serve(bundle_dir: str, name: str, version: str, port: int, prediction_log: s
         parameters=ModelParameters(uri=bundle_dir, extra={
             "version": version, "follow": asdict(follow) if follow else None,
             "prediction_log": prediction_log, "log_flush_texts": log_flush[0], "log_flush_seconds": log_flush[1],
+            "log_pii": asdict(log_pii),
             "max_batch": limits.max_batch, "max_text_chars": limits.max_text_chars}),
     )
 

@@ -69,7 +69,18 @@ def _data(f: CardFacts) -> str:
 
 | split | {" | ".join(labels)} | total |
 |---|{"---|" * len(labels)}---|
-{counts}"""
+{counts}{_personal_data_table(data)}"""
+
+
+def _personal_data_table(data: Manifest) -> str:
+    """Texts holding each kind of personal data, per split (none found: no table)."""
+    kinds = sorted({kind for found in data.pii_found.values() for kind in found})
+    if not kinds:
+        return ""
+    rows = "\n".join(f"| {split} | " + " | ".join(str(found.get(kind, 0)) for kind in kinds)
+                     + f" | {data.pii_texts.get(split, 0)} |" for split, found in data.pii_found.items())
+    return (f"\n\nPersonal data (texts holding each kind; data.pii={data.pii}):\n\n| split | {' | '.join(kinds)} "
+            f"| any |\n|---|{'---|' * len(kinds)}---|\n{rows}")
 
 
 def _training(f: CardFacts) -> str:
@@ -215,10 +226,37 @@ def _ethics(f: CardFacts) -> str:
     return f"""Ethical considerations
 - Bias: the data reflects the people, places and period it was collected from; the model may treat dialects,
   slang or non-native writing differently. The slices above show errors by length and source{groups}.
-- Privacy: training texts can be personal messages. Do not publish the model's inputs or predictions, and keep
-  served texts only as long as monitoring needs them.
+- Privacy: {_personal_data(f)}
+  {_private_training(f)} Do not publish the model's inputs or predictions, and keep served texts only as long as
+  monitoring needs them.
 - A wrong label has a cost (a lost legitimate message, a missed harmful one): keep a person in the loop where
   that cost is high."""
+
+
+def _personal_data(f: CardFacts) -> str:
+    """What stage 1 looked for, found and did (data.pii), in a sentence or two."""
+    data = f.manifest
+    if not data.pii_entities:  # a manifest from before personal data was looked for
+        return "the training texts were not checked for personal data."
+    found = {}
+    for kinds in data.pii_found.values():
+        for kind, n in kinds.items():
+            found[kind] = found.get(kind, 0) + n
+    names = "" if "PERSON" in data.pii_entities else " (names not checked: no pii.spacy_model)"
+    listed = ", ".join(f"{n} {kind}" for kind, n in sorted(found.items())) or "none"
+    done = {"redact": "each replaced by its typed placeholder (<PHONE_NUMBER>) before training",
+            "report": "trained on as they are (data.pii=report)"}.get(data.pii, "")
+    return (f"the texts were checked for {', '.join(data.pii_entities)}{names}; texts holding each kind: "
+            f"{listed}{'; ' + done if found and done else ''}.")
+
+
+def _private_training(f: CardFacts) -> str:
+    privacy = f.training.hyperparameters.get("privacy")
+    if not privacy:
+        return "Trained without differential privacy (train.privacy unset)."
+    return (f"Trained with differential privacy (DP-SGD, Opacus): ε = {f.training.epsilon_spent:.2f} spent of the "
+            f"target {privacy['epsilon']:g}, δ = {privacy['delta']:g}, per-text gradients clipped to "
+            f"{privacy['max_grad_norm']:g}.")
 
 
 def _cell(text: str, width: int = 80) -> str:

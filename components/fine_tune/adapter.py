@@ -22,7 +22,8 @@ def fine_tune(config_json: str, tracking_uri: str, parent_run_id: str, data_dir:
     env = read_environment(env_dir)
     torch.set_num_threads(env.threads)
     seed_everything(cfg.seed)
-    placement = decide_placement(cfg.train.nodes, cfg.train.processes, env.device, cfg.kfp.gpu.count)
+    placement = decide_placement(cfg.train.nodes, cfg.train.processes, env.device, cfg.kfp.gpu.count,
+                                 cfg.train.privacy is not None)
     with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, FINE_TUNE.run_name) as stage:
         mlflow.log_params({"processes": placement.value.processes, "nodes": cfg.train.nodes,
                            "placement": placement.value.where})
@@ -33,7 +34,8 @@ def fine_tune(config_json: str, tracking_uri: str, parent_run_id: str, data_dir:
         result = _train(cfg, parent_run_id, placement.value, job)
         mlflow.log_metrics({"train_seconds": result.train_seconds, "samples_per_second": result.samples_per_second,
                             "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
-                            "best_val_accuracy": result.best_val_accuracy})
+                            "best_val_accuracy": result.best_val_accuracy}
+                           | ({"epsilon_spent": result.epsilon_spent} if result.epsilon_spent is not None else {}))
         mlflow.log_dict(result.to_dict(), TRAIN_RESULT)
         stage.result = (f"best epoch {result.best_epoch} of {result.epochs_run}: val loss {result.best_val_loss:.4f}, "
                         f"val accuracy {result.best_val_accuracy:.2%}; {result.samples_per_second:.0f} texts/s")

@@ -12,7 +12,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from components.config import ConfigError, ModelConfig, TrainConfig, resolved_hyperparameters
 from components.console import Progress
@@ -22,6 +22,8 @@ from components.handoff import (MODEL_SPEC, TRAIN_RESULT, FineTuneJob, ModelSpec
                                 read_model_spec, read_split, write_json, write_labels)
 from components.model.core import (apply_strategy, load_classifier, save_trained, set_dropout, spec_as_trained,
                                    transformer_blocks)
+if TYPE_CHECKING:
+    from components.fine_tune.privacy import PrivateTraining
 from components.text_batches import autocast, collate, encode, loss_and_accuracy, predict_logits, train_batches
 
 MetricsLogger = Callable[[dict, int], None]  # (metrics, step)
@@ -75,6 +77,7 @@ class Session:
     resumed_from: int = 0
     seen: int = 0  # training texts seen by this rank
     class_weights: object = None  # train.class_weights: a tensor on the device, one weight per label; None: none
+    private: Optional["PrivateTraining"] = None  # train.privacy: DP-SGD's hooks, optimizer and accountant
 
     @property
     def trained(self):
@@ -143,18 +146,32 @@ def set_up(job: FineTuneJob, train_cfg: TrainConfig) -> Session:
     # Every epoch's batches up front, the same on every rank: the schedule needs the number of steps, and a
     # resumed run the same order.
     rng = random.Random(job.seed)
-    epoch_batches = [ranks.share(train_batches(train, train_cfg.batch_size, rng, train_cfg.max_batch_tokens))
-                     for _ in range(train_cfg.epochs)]
-    optimizer, scheduler = _optimizer(model, train_cfg, device, sum(map(len, epoch_batches)))
+    if train_cfg.privacy:  # DP-SGD's guarantee holds for Poisson-sampled batches (no token budget)
+        from components.fine_tune.privacy import poisson_batches
+
+        epoch_batches = [poisson_batches(len(train), train_cfg.batch_size, rng) for _ in range(train_cfg.epochs)]
+    else:
+        epoch_batches = [ranks.share(train_batches(train, train_cfg.batch_size, rng, train_cfg.max_batch_tokens))
+                         for _ in range(train_cfg.epochs)]
+    total_steps = sum(map(len, epoch_batches))
+    optimizer, scheduler = _optimizer(model, train_cfg, device, total_steps)
     checkpoint = Checkpoint(job.checkpoint_uri)
     state = checkpoint.load(getattr(model, "module", model), optimizer, scheduler) or TrainingState()
     if state.epoch and ranks.leader:
         log.info("resuming from the checkpoint after epoch %d in %s", state.epoch, job.checkpoint_uri)
+    private = None
+    if train_cfg.privacy:
+        from components.fine_tune.privacy import make_private
+
+        private = make_private(model, optimizer, train_cfg.privacy, train_cfg.batch_size, len(train), total_steps,
+                               sum(map(len, epoch_batches[:state.epoch])))
+        log.info("DP-SGD: noise multiplier %.3f for ε %g at δ %g over %d steps", private.noise_multiplier,
+                 train_cfg.privacy.epsilon, train_cfg.privacy.delta, total_steps)
     weights = (torch.tensor(balanced_class_weights(train.labels, len(labels)), device=device)
                if train_cfg.class_weights == "balanced" else None)
     return Session(model, tokenizer, labels, train, val, optimizer, scheduler, epoch_batches, checkpoint, state,
                    spec, ranks, device, precision, *session_feeds, contexts=contexts, resumed_from=state.epoch,
-                   class_weights=weights)
+                   class_weights=weights, private=private)
 
 
 def _optimizer(model, train_cfg: TrainConfig, device: str, total_steps: int):
@@ -207,17 +224,24 @@ def train_epoch(session: Session, epoch: int, train_cfg: TrainConfig, log_metric
     batches = session.epoch_batches[epoch - 1]
     first_step = sum(map(len, session.epoch_batches[:epoch - 1]))
     progress = Progress(len(batches), f"epoch {epoch}/{train_cfg.epochs}", log) if session.ranks.leader else None
+    optimizer = session.private.optimizer if session.private else session.optimizer
     for step, indices in enumerate(batches, start=1):
+        if not indices:  # a Poisson-sampled batch can be empty: the step is counted as spent all the same
+            session.private.step()
+            continue
         batch = collate(session.train, indices, session.tokenizer.pad_token_id, device)
         if session.feed_train:
             session.feed_train(indices)
         with autocast(device, session.precision):
             loss = training_loss(model, batch, session.class_weights)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
-        session.optimizer.step()
+        if session.private:  # DP-SGD clips each text's gradient instead
+            session.private.step()
+        else:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
+        optimizer.step()
         session.scheduler.step()
-        session.optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         running += loss.detach()
         window += loss.detach()
         window_steps += 1
@@ -309,6 +333,7 @@ def finish(session: Session, job: FineTuneJob, train_cfg: TrainConfig, elapsed: 
         samples_per_second=session.seen * session.ranks.world / elapsed if elapsed else 0.0,
         history=state.history,
         hyperparameters=resolved_hyperparameters(job.model_cfg, train_cfg),
+        epsilon_spent=session.private.epsilon() if session.private else None,
     )
     write_json(out_dir, TRAIN_RESULT, result.to_dict())
     write_json(out_dir, MODEL_SPEC, replace(session.spec, merged_into_base=merged).to_dict())

@@ -17,9 +17,13 @@ class Placement:
     processes: int  # ranks on this machine, or on each node of a TrainJob
 
 
-def decide_placement(nodes: int, processes: Optional[int], device: str, gpus: int) -> Decision[Placement]:
+def decide_placement(nodes: int, processes: Optional[int], device: str, gpus: int,
+                     private: bool = False) -> Decision[Placement]:
     """`nodes` (train.nodes) > 1 trains in a TrainJob; else `processes` (train.processes, default one rank per GPU
-    of `gpus` (kfp.gpu.count) on a CUDA device, one elsewhere) > 1 trains under torchrun."""
+    of `gpus` (kfp.gpu.count) on a CUDA device, one elsewhere) > 1 trains under torchrun. `private`
+    (train.privacy) trains in the task's process."""
+    if private:
+        return Decision(Placement("in_process", 1), "in the task's process (train.privacy: DP-SGD in one process)")
     ranks = processes or (gpus if device == "cuda" else 1) or 1
     origin = (f"train.processes={processes}" if processes else
               f"one per GPU of kfp.gpu.count={gpus}" if device == "cuda" and gpus else "one on this device")

@@ -95,14 +95,15 @@ def _alert(cfg: LifecycleConfig, check: RolloutCheck) -> str:
 
 
 def _feedback(cfg: LifecycleConfig, skipped):
-    """The labelled texts of data.feedback_path (every file of it) as columns text and label; a file that cannot
-    be read is skipped and counted."""
+    """The labelled texts of data.feedback_path (every file of it) as columns text and label, the texts in the
+    prediction log's form; a file that cannot be read is skipped and counted."""
     import tempfile
 
     import pandas as pd
 
     from components.data.core import feedback_files, table_format
     from components.data.tables import DataError, format_of, read_source
+    from components.pii import LogPii
 
     try:
         files = feedback_files(cfg.data.feedback_path)
@@ -124,4 +125,8 @@ def _feedback(cfg: LifecycleConfig, skipped):
                                     f"{cfg.data.label_column!r}); found {list(frame.columns)}")
                 continue
             frames.append(frame[columns].set_axis(["text", "label"], axis=1))
-    return pd.concat(frames) if frames else pd.DataFrame(columns=["text", "label"])
+    if not frames:
+        return pd.DataFrame(columns=["text", "label"])
+    feedback = pd.concat(frames)
+    # The log stores each text in serve.log_pii's form: a label joins its text only in that same form.
+    return feedback.assign(text=LogPii.of(cfg).text_form()(feedback["text"].astype(str).tolist()))
