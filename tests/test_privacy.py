@@ -207,3 +207,17 @@ def test_redact_through_the_whole_run_leaves_no_value_in_any_file_or_the_trackin
     card = next((tmp_path / "work").rglob("model_card.md")).read_text()
     assert "each replaced by its typed placeholder" in card and "Trained without differential privacy" in card
     assert "Personal data (texts holding each kind; data.pii=redact):" in card and "| CREDIT_CARD |" in card
+
+
+def test_names_are_found_with_a_spacy_pipeline_the_user_gives(tmp_path):
+    """A pipeline of the user's (here a blank one with an entity ruler that knows one name, saved to a folder)."""
+    import spacy
+
+    from components.pii import PiiScanner
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("entity_ruler").add_patterns([{"label": "PERSON", "pattern": "Jane Doe"}])
+    nlp.to_disk(tmp_path / "names")
+    scanner = PiiScanner(PiiConfig(spacy_model=str(tmp_path / "names")))
+    assert scanner.transform("ask Jane Doe on 07700 900123", REDACT) == (
+        "ask <PERSON> on <PHONE_NUMBER>", ["PHONE_NUMBER", "PERSON"])
