@@ -221,3 +221,24 @@ def test_names_are_found_with_a_spacy_pipeline_the_user_gives(tmp_path):
     scanner = PiiScanner(PiiConfig(spacy_model=str(tmp_path / "names")))
     assert scanner.transform("ask Jane Doe on 07700 900123", REDACT) == (
         "ask <PERSON> on <PHONE_NUMBER>", ["PHONE_NUMBER", "PERSON"])
+
+
+def test_a_private_run_logs_the_epsilon_spent_and_the_card_states_it(tmp_path, tiny_bert, monkeypatch):
+    import mlflow
+
+    from pipelines.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    make_texts(240).to_csv(tmp_path / "texts.csv", index=False)
+    settings = tiny_settings(tmp_path / "work", tmp_path / "texts.csv", tiny_bert, "model.strategy=head",
+                             "train.privacy.epsilon=8", "gate.min_accuracy=0", "gate.min_macro_f1=0")
+    assert main(["run", *as_args(settings)]) == 0
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    (fine_tune,) = client.search_runs([client.get_experiment_by_name("sms-spam").experiment_id],
+                                      "attributes.run_name = '4-fine-tune'")
+    assert 7 < fine_tune.data.metrics["epsilon_spent"] <= 8 + 1e-6
+    assert fine_tune.data.params["placement"] == "in_process"
+    card = next((tmp_path / "work").rglob("model_card.md")).read_text()
+    assert re.search(r"Trained with differential privacy \(DP-SGD, Opacus\): ε = [78]\.\d\d spent of the\s+target 8",
+                     card), card
