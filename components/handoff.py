@@ -314,6 +314,11 @@ def read_temperature(bundle: str | Path) -> float:
     return _read_json(bundle, CALIBRATION)["temperature"] if (Path(bundle) / CALIBRATION).is_file() else 1.0
 
 
+def read_deployment(bundle: str | Path) -> Optional[dict]:
+    """Stage 6's report in the bundle (None for a bundle made before it was copied there)."""
+    return _read_json(bundle, DEPLOYMENT) if (Path(bundle) / DEPLOYMENT).is_file() else None
+
+
 def read_input_pii(bundle: str | Path) -> Optional[dict]:
     """The pii section the bundle's inputs are redacted with before scoring (None: scored as they come)."""
     return _read_json(bundle, INPUT_PII) if (Path(bundle) / INPUT_PII).is_file() else None

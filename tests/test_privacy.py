@@ -9,6 +9,7 @@ import pytest
 
 from components.config import ConfigError, DataConfig, ModelConfig, PiiConfig, PrivacyConfig, TrainConfig
 from components.data import core as data_stage
+from components.data.tables import DataError
 from components.data.validation import DataValidationError
 from components.errors import LifecycleError
 from components.handoff import SPLITS, read_split
@@ -133,9 +134,9 @@ def test_monitoring_redacted_traffic_of_the_training_mix_raises_no_drift(pii_csv
     heavy = rows.assign(text=[f"{VALUES[i % len(VALUES)]} {t}" if i % 2 else t for i, t in enumerate(rows["text"])])
     heavy[:240].to_csv(tmp_path / "mix.csv", index=False)
     run_stage_1(tmp_path / "mix.csv", tmp_path / "data", "report")
-    form = LogPii(REDACT).text_form()
     deploy(str(tiny_run[1]), str(tmp_path / "data"), str(tmp_path / "deploy"), reference_size=240,
-           reference_form=form)
+           log_pii=LogPii(REDACT))
+    form = LogPii(REDACT).text_form()
     bundle = bundle_dir(tmp_path / "deploy")
     cfg = LifecycleConfig(data=DataConfig(path="x.csv"))
     traffic = form(heavy["text"][240:].tolist())  # as the server logs them
@@ -143,6 +144,11 @@ def test_monitoring_redacted_traffic_of_the_training_mix_raises_no_drift(pii_csv
     assert not result.drift_detected, result.reason
     as_they_came = profile_texts(OnnxClassifier(bundle), read_split(tmp_path / "data", "train")["text"].tolist())
     assert check_drift(as_they_came, profile_texts(OnnxClassifier(bundle), traffic), cfg.monitor)[0].drift_detected
+    # A log kept in another form than the reference's gets no verdict (which could start a retraining).
+    keeping = LifecycleConfig(data=DataConfig(path="x.csv"), serve={"log_pii": "keep"})
+    with pytest.raises(DataError, match="as serve.log_pii=redact made them, and the prediction log stores them as "
+                                        "serve.log_pii=keep: no verdict"):
+        monitor(bundle, heavy["text"][240:].tolist(), keeping, tmp_path / "report")
 
 
 def test_private_fine_tuning_spends_at_most_its_epsilon_for_head_partial_and_lora(tiny_bert, tiny_run, tmp_path):

@@ -11,8 +11,6 @@ from components.stages import DEPLOY
 
 def deploy(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: str, model_dir: str,
            challenger_version: str, out_dir: str) -> dict:
-    import secrets
-
     import mlflow
 
     from components.deploy import core
@@ -27,17 +25,15 @@ def deploy(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: st
         source = challenger(name, challenger_version)
         temperature = float(source.tags.get(TEMPERATURE_TAG, 1.0))  # stage 5's calibration, served as it decided
         try:
-            # Hashed with a key of its own: the reference needs the log's form (a hash's length), not its values.
             report = core.deploy(model_dir, data_dir, out_dir, cfg.monitor.reference_size, cfg.seed,
-                                 temperature=temperature,
-                                 reference_form=LogPii.of(cfg).text_form(hash_key=secrets.token_hex(16)),
+                                 temperature=temperature, log_pii=LogPii.of(cfg),
                                  input_pii=cfg.pii.model_dump() if cfg.data.pii == "redact" else None)
         finally:  # the parity report matters most when parity failed
             if (Path(out_dir) / DEPLOYMENT).is_file():
                 mlflow.log_artifact(str(Path(out_dir) / DEPLOYMENT))
         mlflow.log_metrics({k: v for k, v in report.to_dict().items() if isinstance(v, float)})
         mlflow.log_params({"served": report.served, "served_reason": report.reason, "temperature": temperature,
-                           "reference_pii": cfg.serve.log_pii})
+                           "reference_pii": report.reference_pii})
         version, demoted, rollout = publish_champion(
             source, str(bundle_dir(out_dir)), read_labels(model_dir),
             {"format": f"onnx-{report.served}", "parity_max_abs_logit_diff": f"{report.max_abs_logit_diff:.2e}"},

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -15,6 +15,7 @@ from components.errors import RunFailure
 from components.deploy.onnx_classifier import EMBEDDING_OUTPUT, OnnxClassifier
 from components.handoff import (BUNDLE_FILES, BUNDLE_MODEL, CALIBRATION, DEPLOYMENT, INPUT_PII, REFERENCE,
                                 bundle_dir, read_labels, read_split, write_json)
+from components.pii import KEEP, LogPii
 from components.statistics import softmax
 from monitoring.drift import profile_texts
 
@@ -39,6 +40,7 @@ class DeploymentReport:
     int8_size_mb: Optional[float] = None
     served: Optional[str] = None  # "int8" or "fp32"
     reason: str = ""
+    reference_pii: str = KEEP  # the form of the drift reference's texts (serve.log_pii when it was deployed)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,10 +89,9 @@ def export_onnx(model, tokenizer, path: str | Path) -> None:
 
 def deploy(model_dir: str, data_dir: str, out_dir: str, reference_size: int = 1000, seed: int = 0,
            batch_size: int = 64, temperature: float = 1.0,
-           reference_form: Callable[[list[str]], list[str]] = list,
-           input_pii: Optional[dict] = None) -> DeploymentReport:
+           log_pii: LogPii = LogPii(), input_pii: Optional[dict] = None) -> DeploymentReport:
     """Stage 6 up to the registry: out_dir/bundle holds the model to serve (its probabilities scaled by the
-    `temperature` stage 5 kept) and its monitoring reference, its texts in `reference_form` (the prediction log's:
+    `temperature` stage 5 kept) and its monitoring reference, its texts in the prediction log's form (`log_pii`:
     their personal data redacted or hashed as serve.log_pii says), out_dir/deployment.json the report.
     `input_pii`: the pii section the training texts were redacted with (data.pii=redact), with which the bundle
     redacts what it scores. Raises ParityError when the fp32 export does not give the PyTorch model's answers."""
@@ -115,8 +116,9 @@ def deploy(model_dir: str, data_dir: str, out_dir: str, reference_size: int = 10
     # 3. the drift reference: training texts in the log's form as the served graph sees them (stage 7 compares
     # the logged traffic with it; another form would be drift of its own)
     train = read_split(data_dir, "train")
-    sample = reference_form(train.sample(min(reference_size, len(train)), random_state=seed)["text"].tolist())
+    sample = log_pii.drift_form()(train.sample(min(reference_size, len(train)), random_state=seed)["text"].tolist())
     profile_texts(OnnxClassifier(bundle), sample).to_parquet(bundle / REFERENCE, index=False)
+    report.reference_pii = log_pii.form
     _write_report(out, report)
     shutil.copy(out / DEPLOYMENT, bundle / DEPLOYMENT)
     return report

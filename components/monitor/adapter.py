@@ -25,7 +25,7 @@ def monitor(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: s
 
     cfg = LifecycleConfig.model_validate_json(config_json)
     with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, MONITOR.run_name) as stage:
-        result = core.monitor(bundle_dir, read_texts(data_dir, "test"), cfg, out_dir)
+        result = core.monitor(bundle_dir, core.in_log_form(cfg, read_texts(data_dir, "test")), cfg, out_dir)
         _log_drift(result, out_dir, "test split")
         stage.result = f"the test split against the champion's reference: {core.verdict(result)}"
     mlflow.MlflowClient().set_tag(parent_run_id, "test_split_drift", str(result.drift_detected).lower())

@@ -10,17 +10,17 @@ import pandas as pd
 
 from components.config import LifecycleConfig
 from components.data.tables import DataError, SkippedRecords
-from components.handoff import REFERENCE
+from components.handoff import REFERENCE, read_deployment
 from monitoring.drift import DriftResult, check_drift, profile_texts, write_report
 
 
 def current_texts(cfg: LifecycleConfig, current_path: Optional[str], skipped: SkippedRecords) -> tuple[list[str], str]:
-    """(texts, where they came from): the file named (here or in monitor.current), else the prediction log's
-    last monitor.window_hours. Either may be a storage URI. Damaged records, and rows without a text, are skipped
+    """(texts in the prediction log's form, where they came from): the file named (here or in monitor.current),
+    else the prediction log's last monitor.window_hours. Either may be a storage URI. Damaged records, and rows without a text, are skipped
     and counted in `skipped`; an empty window is no error, a window of nothing but damaged input is."""
     path = current_path or cfg.monitor.current
-    if path:
-        texts, source = _file_texts(cfg, path, skipped), str(path)
+    if path:  # put in the prediction log's form, which the reference is in (a log's texts are already)
+        texts, source = in_log_form(cfg, _file_texts(cfg, path, skipped)), str(path)
     else:
         from monitoring.prediction_log import answered, read_window
 
@@ -59,14 +59,29 @@ def _file_texts(cfg: LifecycleConfig, path: str, skipped: SkippedRecords) -> lis
     return texts[usable].tolist()
 
 
+def in_log_form(cfg: LifecycleConfig, texts: list[str]) -> list[str]:
+    """Texts as the prediction log stores them (serve.log_pii), as drift is measured on them."""
+    from components.pii import LogPii
+
+    return LogPii.of(cfg).drift_form()(texts)
+
+
 def monitor(bundle_dir: str | Path, texts: list[str], cfg: LifecycleConfig, out_dir: str | Path) -> DriftResult:
-    """Profile `texts` with the bundle's model, compare them with the bundle's reference, write the report."""
+    """Profile `texts` (in the prediction log's form) with the bundle's model, compare them with the bundle's
+    reference, write the report. A reference in another form than the log's is refused: the verdict would measure
+    the difference of the forms, and could start a retraining for it."""
     from components.deploy.onnx_classifier import OnnxClassifier
 
     reference_file = Path(bundle_dir) / REFERENCE
     if not reference_file.is_file():
         raise DataError(f"{bundle_dir}: no {REFERENCE}; this model was deployed before drift monitoring "
                         f"existed. Run `lifecycle run` to deploy one that carries its reference.")
+    deployed = (read_deployment(bundle_dir) or {}).get("reference_pii", "keep")  # older bundles: texts as they came
+    if deployed != cfg.serve.log_pii:
+        raise DataError(f"{bundle_dir}: the champion's drift reference holds its texts as serve.log_pii={deployed} "
+                        f"made them, and the prediction log stores them as serve.log_pii={cfg.serve.log_pii}: no "
+                        f"verdict, it would measure the difference of the two. Set serve.log_pii={deployed}, or "
+                        f"deploy a champion with `lifecycle run` under the new setting")
     reference = pd.read_parquet(reference_file)
     current = profile_texts(OnnxClassifier(bundle_dir), texts) if texts else reference.iloc[:0]
     result, snapshot = check_drift(reference, current, cfg.monitor)
