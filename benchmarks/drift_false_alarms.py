@@ -30,7 +30,7 @@ def main() -> None:
     from components.config import load_config
     from components.deploy.serving import resolve_bundle
     from components.handoff import model_uri
-    from components.monitor.core import monitor
+    from components.monitor.core import in_log_form, monitor
     from components.registry import CHAMPION
     from pipelines.demo import champion_splits, unseen_rows
     from pipelines.local import tracking_uri_for
@@ -65,8 +65,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, window, count in kinds:
-            results = [monitor(bundle, window(seed)["text"].tolist(), cfg, Path(tmp) / f"{name}-{seed}")
-                       for seed in range(count)]
+            results = [monitor(bundle, in_log_form(cfg, window(seed)["text"].tolist()), cfg,
+                               Path(tmp) / f"{name}-{seed}") for seed in range(count)]
             alerts = sum(r.drift_detected for r in results)
             rows.append((name, count, alerts, sum(r.drifted_share for r in results) / count))
             print(f"  {name}: {alerts} alerts in {count} windows", flush=True)
