@@ -82,7 +82,8 @@ def prepare_split(args, tmp: Path) -> Path:
     from components.model import core as model_stage
 
     cfg = load_config(args.config, [f"data.path={Path(args.data).resolve()}", f"model.base={args.model}"])
-    manifest = data_stage.data(cfg.data, cfg.seed, tmp / "downloads", tmp / "data")
+    # Personal data is not looked for: the split is what both sides train on, and the GPU machine has no Presidio.
+    manifest = data_stage.data(cfg.data.model_copy(update={"pii": "off"}), cfg.seed, tmp / "downloads", tmp / "data")
     model_stage.model(cfg.model.model_copy(update={"strategy": "full"}), manifest.labels, cfg.seed, tmp / "data" / "init")
     return tmp / "data"
 

@@ -88,6 +88,16 @@ def test_fail_stops_stage_1_naming_the_rows_and_not_the_values(pii_csv, tmp_path
     assert not (tmp_path / "data" / "train.parquet").exists()
 
 
+def test_off_looks_for_nothing_and_says_so(pii_csv, tmp_path):
+    from components.config import validate_config
+
+    assert validate_config({"data": {"path": "x.csv", "pii": False}}).data.pii == "off"  # YAML's reading of off
+    manifest = run_stage_1(pii_csv, tmp_path / "data", "off")
+    assert manifest.pii_entities == [] and manifest.pii_found == {split: {} for split in SPLITS}
+    texts = pd.concat(read_split(tmp_path / "data", split)["text"] for split in SPLITS)
+    assert texts.str.contains("07700 900123", regex=False).sum() == 3  # as they came
+
+
 def test_names_need_a_spacy_model_the_user_has(tmp_path):
     from components.pii import PiiScanner
 

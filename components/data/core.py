@@ -62,7 +62,7 @@ def data(config: DataConfig, seed: int, cache_dir: str | Path, out_dir: str | Pa
         control_characters=config.control_characters,
         stripped_control_characters=sum(stripped.values()),
         pii=config.pii,
-        pii_entities=checked_entities(pii),
+        pii_entities=checked_entities(pii) if config.pii != "off" else [],
         pii_found={name: _pii_counts(rows) for name, rows in splits.items()},
         pii_texts={name: int(rows[PII].astype(bool).sum()) for name, rows in splits.items()},
         schema=SCHEMA,
@@ -129,6 +129,8 @@ def find_personal_data(frames: dict[str, pd.DataFrame], config: DataConfig, pii:
     by value: the message reaches logs)."""
     from components.console import Progress
 
+    if config.pii == "off":
+        return {name: frame.assign(**{PII: ""}) for name, frame in frames.items()}
     scanner = PiiScanner(pii)
     form = REDACT if config.pii == "redact" else KEEP
     found, marked = {}, {}
