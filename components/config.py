@@ -71,7 +71,7 @@ class DataConfig(_Section):
     # Personal data in the texts (found as the pii section says): report (counted per split in the manifest, MLflow
     # and the model card), redact (each finding replaced by its typed placeholder, <PHONE_NUMBER>, in every split
     # before anything is checked, split or written), fail (stop and name the rows) or off (not looked for, for data
-    # known to hold none or too large to scan at about 2 ms a text; the model card says it was not checked).
+    # known to hold none or too large to scan at about 0.5 ms a text; the model card says it was not checked).
     pii: Literal["report", "redact", "fail", "off"] = "report"
     split: SplitConfig = SplitConfig()
     name: str = "dataset"  # for the model card and MLflow inputs
