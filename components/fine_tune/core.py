@@ -22,9 +22,10 @@ from components.handoff import (MODEL_SPEC, TRAIN_RESULT, FineTuneJob, ModelSpec
                                 read_model_spec, read_split, write_json, write_labels)
 from components.model.core import (apply_strategy, load_classifier, save_trained, set_dropout, spec_as_trained,
                                    transformer_blocks)
+from components.text_batches import autocast, collate, encode, loss_and_accuracy, predict_logits, train_batches
+
 if TYPE_CHECKING:
     from components.fine_tune.privacy import PrivateTraining
-from components.text_batches import autocast, collate, encode, loss_and_accuracy, predict_logits, train_batches
 
 MetricsLogger = Callable[[dict, int], None]  # (metrics, step)
 EpochHook = Callable[[dict], None]  # an epoch's row of the history; a sweep's pruner raises to stop the training
