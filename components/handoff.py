@@ -75,7 +75,7 @@ class Manifest:
     skipped_files: int = 0  # feedback files that could not be read at all
     control_characters: str = "strip"  # the policy (data.control_characters)
     stripped_control_characters: int = 0  # texts that held control characters, stripped
-    pii: str = "report"  # the policy (data.pii): report, redact or fail
+    pii: str = "report"  # the policy (data.pii): report, redact, fail or off
     pii_entities: list[str] = field(default_factory=list)  # the kinds of personal data looked for
     pii_found: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> kind -> texts holding it
     pii_texts: dict[str, int] = field(default_factory=dict)  # split -> texts holding any kind

@@ -209,7 +209,8 @@ def test_redact_through_the_whole_run_leaves_no_value_in_any_file_or_the_trackin
         searched += 1
         if path.suffix == ".parquet":
             frame = pd.read_parquet(path)
-            content = "\n".join(frame[c].astype(str).str.cat(sep="\n") for c in frame.columns if frame[c].dtype == object)
+            content = "\n".join(frame[c].astype(str).str.cat(sep="\n") for c in frame.columns
+                                 if frame[c].dtype == object)
         else:
             content = path.read_bytes().decode("utf-8", errors="replace")
         assert not [value for value in VALUES if value in content], path

@@ -150,7 +150,8 @@ def find_personal_data(frames: dict[str, pd.DataFrame], config: DataConfig, pii:
     holding = {name: rows for name, rows in found.items() if rows}
     if config.pii == "fail" and holding:
         listed = "\n".join(f"  {sources[name]}: {len(rows)} texts, e.g. "
-                           + ", ".join(f"row {row} ({kinds})" for row, kinds in rows[:5]) for name, rows in holding.items())
+                           + ", ".join(f"row {row} ({kinds})" for row, kinds in rows[:5])
+                           for name, rows in holding.items())
         raise DataValidationError(f"personal data in the texts (data.pii=fail; rows are lines of the file read):\n"
                                   f"{listed}\nSet data.pii=redact to replace each finding with its type "
                                   f"(<PHONE_NUMBER>), or report to train on the texts as they are")
@@ -258,8 +259,8 @@ def _from_config(kind, config: DataConfig):
 
 
 def clean(frame: pd.DataFrame, text_column: str, label_column: str, group_column: str | None = None) -> pd.DataFrame:
-    """Keep text and label (and the source, the personal data found and the group, when there), strip texts, drop exact duplicates (the first
-    kept: the data's before feedback's) and texts seen with two labels (ambiguous)."""
+    """Keep text and label (and the source, the personal data found and the group, when there), strip texts, drop
+    exact duplicates (the first kept: the data's before feedback's) and texts seen with two labels (ambiguous)."""
     rows = pd.DataFrame({"text": frame[text_column].str.strip(), "label": frame[label_column]})
     for column, name in ((SOURCE, "source"), (PII, PII)):
         if column in frame:

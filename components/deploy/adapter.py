@@ -14,8 +14,8 @@ def deploy(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: st
     import mlflow
 
     from components.deploy import core
-    from components.pii import LogPii
     from components.handoff import DEPLOYMENT, TEMPERATURE_TAG, bundle_dir, read_labels, read_texts
+    from components.pii import LogPii
     from components.registry import challenger, publish_champion
     from components.tracking import stage_run
 

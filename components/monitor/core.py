@@ -16,8 +16,9 @@ from monitoring.drift import DriftResult, check_drift, profile_texts, write_repo
 
 def current_texts(cfg: LifecycleConfig, current_path: Optional[str], skipped: SkippedRecords) -> tuple[list[str], str]:
     """(texts in the prediction log's form, where they came from): the file named (here or in monitor.current),
-    else the prediction log's last monitor.window_hours. Either may be a storage URI. Damaged records, and rows without a text, are skipped
-    and counted in `skipped`; an empty window is no error, a window of nothing but damaged input is."""
+    else the prediction log's last monitor.window_hours. Either may be a storage URI. Damaged records, and rows
+    without a text, are skipped and counted in `skipped`; an empty window is no error, a window of nothing but
+    damaged input is."""
     path = current_path or cfg.monitor.current
     if path:  # put in the prediction log's form, which the reference is in (a log's texts are already)
         texts, source = in_log_form(cfg, _file_texts(cfg, path, skipped)), str(path)
