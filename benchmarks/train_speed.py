@@ -63,10 +63,29 @@ def main() -> None:
                 work = Path(tmp) / strategy / side
                 work.mkdir(parents=True)
                 print(f"\n== {strategy}: {side} ==", flush=True)
-                subprocess.run([sys.executable, __file__, "--worker", side, "--strategy", strategy,
-                                "--work", str(work), "--data", str(data_dir), "--model", args.model,
-                                "--epochs", str(args.epochs), "--device", args.device, "--config", args.config],
-                               check=True)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--worker",
+                        side,
+                        "--strategy",
+                        strategy,
+                        "--work",
+                        str(work),
+                        "--data",
+                        str(data_dir),
+                        "--model",
+                        args.model,
+                        "--epochs",
+                        str(args.epochs),
+                        "--device",
+                        args.device,
+                        "--config",
+                        args.config,
+                    ],
+                    check=True,
+                )
                 sides[side] = json.loads((work / f"{side}.json").read_text())
             results.append({"strategy": strategy, **sides})
     print_table(results, args)
@@ -84,7 +103,9 @@ def prepare_split(args, tmp: Path) -> Path:
     cfg = load_config(args.config, [f"data.path={Path(args.data).resolve()}", f"model.base={args.model}"])
     # Personal data is not looked for: the split is what both sides train on, and the GPU machine has no Presidio.
     manifest = data_stage.data(cfg.data.model_copy(update={"pii": "off"}), cfg.seed, tmp / "downloads", tmp / "data")
-    model_stage.model(cfg.model.model_copy(update={"strategy": "full"}), manifest.labels, cfg.seed, tmp / "data" / "init")
+    model_stage.model(
+        cfg.model.model_copy(update={"strategy": "full"}), manifest.labels, cfg.seed, tmp / "data" / "init"
+    )
     return tmp / "data"
 
 
@@ -99,31 +120,60 @@ def train_ours(args) -> dict:
     from components.handoff import FineTuneJob, read_manifest, read_split
     from components.statistics import softmax
 
-    cfg = load_config(args.config, [f"data.path={args.data}", f"model.base={args.model}",
-                                    f"model.strategy={args.strategy}", f"train.epochs={args.epochs}",
-                                    f"train.device={args.device}"])
+    cfg = load_config(
+        args.config,
+        [
+            f"data.path={args.data}",
+            f"model.base={args.model}",
+            f"model.strategy={args.strategy}",
+            f"train.epochs={args.epochs}",
+            f"train.device={args.device}",
+        ],
+    )
     env = environment_stage.environment(cfg.train.device, cfg.train.precision, cfg.train.threads, cfg.seed, {})
     work = Path(args.work)
     started = time.perf_counter()
-    result = fine_tune(FineTuneJob(str(Path(args.data) / "init"), args.data, str(work / "model"),
-                                   str(work / "checkpoint"), cfg.model, cfg.train, env.device, env.precision, cfg.seed))
+    result = fine_tune(
+        FineTuneJob(
+            str(Path(args.data) / "init"),
+            args.data,
+            str(work / "model"),
+            str(work / "checkpoint"),
+            cfg.model,
+            cfg.train,
+            env.device,
+            env.precision,
+            cfg.seed,
+        )
+    )
     train_s, memory = time.perf_counter() - started, peak_memory(args.device)
     labels, test = read_manifest(args.data).labels, read_split(args.data, "test")
-    logits = load_logits_predictor(str(work / "model"), labels, cfg.model.max_length, cfg.train.eval_batch_size,
-                                   env.device, env.precision)(test["text"].tolist())
+    logits = load_logits_predictor(
+        str(work / "model"), labels, cfg.model.max_length, cfg.train.eval_batch_size, env.device, env.precision
+    )(test["text"].tolist())
     probabilities, targets = softmax(logits), class_indices(test, labels)
-    settings = {"batch_size": cfg.train.batch_size, "learning_rate": cfg.train.learning_rate,
-                "epochs_run": result.epochs_run, "precision": env.precision}
+    settings = {
+        "batch_size": cfg.train.batch_size,
+        "learning_rate": cfg.train.learning_rate,
+        "epochs_run": result.epochs_run,
+        "precision": env.precision,
+    }
     train_rows = len(read_split(args.data, "train"))
-    return side_result(train_s, train_rows * result.epochs_run, torch.log(torch.from_numpy(probabilities)), targets,
-                       memory, settings)
+    return side_result(
+        train_s, train_rows * result.epochs_run, torch.log(torch.from_numpy(probabilities)), targets, memory, settings
+    )
 
 
 def train_peer(args) -> dict:
     """A plain Trainer script: tokenize with the tokenizer, pad per batch, train, evaluate each epoch."""
     import torch
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
 
     from components.config import LoraConfig, ModelConfig, load_config
     from components.handoff import SPLITS, read_manifest, read_split
@@ -147,26 +197,50 @@ def train_peer(args) -> dict:
 
     def dataset(rows):
         encoded = tokenizer(rows["text"].tolist(), truncation=True, max_length=max_length)
-        return [{"input_ids": ids, "attention_mask": mask, "labels": labels.index(label)}
-                for ids, mask, label in zip(encoded["input_ids"], encoded["attention_mask"], rows["label"])]
+        return [
+            {"input_ids": ids, "attention_mask": mask, "labels": labels.index(label)}
+            for ids, mask, label in zip(encoded["input_ids"], encoded["attention_mask"], rows["label"])
+        ]
 
     training_args = TrainingArguments(
-        output_dir=str(Path(args.work) / "trainer"), per_device_train_batch_size=PEER_BATCH_SIZE,
-        per_device_eval_batch_size=PEER_BATCH_SIZE, num_train_epochs=args.epochs,
-        learning_rate=PEER_LEARNING_RATE[args.strategy], weight_decay=0.01, eval_strategy="epoch",
-        save_strategy="epoch", save_total_limit=1, load_best_model_at_end=True, logging_strategy="epoch",
-        bf16=precision == "bf16", use_cpu=args.device == "cpu", seed=123, report_to="none")
-    trainer = Trainer(model=model, args=training_args, train_dataset=dataset(splits["train"]),
-                      eval_dataset=dataset(splits["val"]), data_collator=DataCollatorWithPadding(tokenizer))
+        output_dir=str(Path(args.work) / "trainer"),
+        per_device_train_batch_size=PEER_BATCH_SIZE,
+        per_device_eval_batch_size=PEER_BATCH_SIZE,
+        num_train_epochs=args.epochs,
+        learning_rate=PEER_LEARNING_RATE[args.strategy],
+        weight_decay=0.01,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        logging_strategy="epoch",
+        bf16=precision == "bf16",
+        use_cpu=args.device == "cpu",
+        seed=123,
+        report_to="none",
+    )
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset(splits["train"]),
+        eval_dataset=dataset(splits["val"]),
+        data_collator=DataCollatorWithPadding(tokenizer),
+    )
     trainer.train()
     train_s, memory = time.perf_counter() - started, peak_memory(args.device)
-    test = encode(tokenizer, splits["test"]["text"].tolist(), max_length,
-                  [labels.index(v) for v in splits["test"]["label"]])
+    test = encode(
+        tokenizer, splits["test"]["text"].tolist(), max_length, [labels.index(v) for v in splits["test"]["label"]]
+    )
     logits = predict_logits(trainer.model, test, 64, tokenizer.pad_token_id, args.device, precision)
-    settings = {"batch_size": PEER_BATCH_SIZE, "learning_rate": PEER_LEARNING_RATE[args.strategy],
-                "epochs_run": args.epochs, "precision": precision}
-    return side_result(train_s, len(splits["train"]) * args.epochs, torch.log_softmax(logits, -1), test.labels,
-                       memory, settings)
+    settings = {
+        "batch_size": PEER_BATCH_SIZE,
+        "learning_rate": PEER_LEARNING_RATE[args.strategy],
+        "epochs_run": args.epochs,
+        "precision": precision,
+    }
+    return side_result(
+        train_s, len(splits["train"]) * args.epochs, torch.log_softmax(logits, -1), test.labels, memory, settings
+    )
 
 
 def peak_memory(device: str) -> dict:
@@ -215,20 +289,33 @@ def print_table(results: list[dict], args) -> None:
         for side in ("peer", "ours"):
             r = row[side]
             s = r["settings"]
-            cells = [row["strategy"], side, f"{s['batch_size']}, {s['learning_rate']:g}", f"{r['train_s']:.1f} s",
-                     f"{r['samples_per_s']:.1f}", f"{r['peak_rss_mb']} MB"]
+            cells = [
+                row["strategy"],
+                side,
+                f"{s['batch_size']}, {s['learning_rate']:g}",
+                f"{r['train_s']:.1f} s",
+                f"{r['samples_per_s']:.1f}",
+                f"{r['peak_rss_mb']} MB",
+            ]
             if gpu:
                 cells.append(f"{r['gpu_max_allocated_mb']} MB")
             cells += [f"{r['test_accuracy']:.2%}", f"{r['test_loss']:.4f}"]
             print("| " + " | ".join(cells) + " |")
         ours, peer = row["ours"], row["peer"]
-        cells = [row["strategy"], "**ratio**", "", f"**{ours['train_s'] / peer['train_s']:.2f}×**",
-                 f"{ours['samples_per_s'] / peer['samples_per_s']:.2f}×",
-                 f"{ours['peak_rss_mb'] / peer['peak_rss_mb']:.2f}×"]
+        cells = [
+            row["strategy"],
+            "**ratio**",
+            "",
+            f"**{ours['train_s'] / peer['train_s']:.2f}×**",
+            f"{ours['samples_per_s'] / peer['samples_per_s']:.2f}×",
+            f"{ours['peak_rss_mb'] / peer['peak_rss_mb']:.2f}×",
+        ]
         if gpu:
             cells.append(f"{ours['gpu_max_allocated_mb'] / max(peer['gpu_max_allocated_mb'], 1):.2f}×")
-        cells += [f"{100 * (ours['test_accuracy'] - peer['test_accuracy']):+.2f} points",
-                  f"{ours['test_loss'] - peer['test_loss']:+.4f}"]
+        cells += [
+            f"{100 * (ours['test_accuracy'] - peer['test_accuracy']):+.2f} points",
+            f"{ours['test_loss'] - peer['test_loss']:+.4f}",
+        ]
         print("| " + " | ".join(cells) + " |")
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,7 +26,7 @@ class SplitConfig(_Section):
     test: float = Field(0.2, gt=0, lt=1)
 
     @model_validator(mode="after")
-    def _sums_to_one(self) -> "SplitConfig":
+    def _sums_to_one(self) -> SplitConfig:
         if abs(self.train + self.val + self.test - 1.0) > 1e-6:
             raise ValueError(f"train + val + test must sum to 1, got {self.train + self.val + self.test:g}")
         return self
@@ -34,27 +34,27 @@ class SplitConfig(_Section):
 
 class DataConfig(_Section):
     # Every path here is a file or a storage URI (s3://, gs://, abfs://, https://, file://; components/storage.py).
-    path: Optional[str] = None  # one file to split; wins over url
-    url: Optional[str] = None  # downloaded on request and cached under work_dir/downloads
-    url_member: Optional[str] = None  # the file inside a downloaded zip
-    sha256: Optional[str] = None  # of the data file (the zip member for a zip)
-    train_path: Optional[str] = None  # or: the splits given, train and test at least
-    val_path: Optional[str] = None  # None: val_from_train of the train file, stratified and seeded
-    test_path: Optional[str] = None
+    path: str | None = None  # one file to split; wins over url
+    url: str | None = None  # downloaded on request and cached under work_dir/downloads
+    url_member: str | None = None  # the file inside a downloaded zip
+    sha256: str | None = None  # of the data file (the zip member for a zip)
+    train_path: str | None = None  # or: the splits given, train and test at least
+    val_path: str | None = None  # None: val_from_train of the train file, stratified and seeded
+    test_path: str | None = None
     val_from_train: float = Field(0.1, gt=0, lt=1)
     # Newly labelled data (a file, or a folder of files in this format), added to the data on every run.
-    feedback_path: Optional[str] = None
+    feedback_path: str | None = None
     format: Literal["auto", "delimited", "jsonl", "parquet"] = "auto"
     separator: str = ","
     header: bool = True
-    column_names: Optional[list[str]] = None  # for header-less delimited files
+    column_names: list[str] | None = None  # for header-less delimited files
     quoting: bool = True  # False: quote characters are plain text (csv.QUOTE_NONE)
     encoding: str = "utf-8"
     text_column: str = "text"
     label_column: str = "label"
     # A column to report metrics per value of (language, channel, ...): carried through stage 1 as `group`.
-    group_column: Optional[str] = None
-    labels: Optional[list[str]] = None  # None: inferred from the data and reported
+    group_column: str | None = None
+    labels: list[str] | None = None  # None: inferred from the data and reported
     # Control characters in a text (NUL and the other C0 controls but tab and newline): strip (whitespace-like ones
     # become a space, the rest go; counted in the manifest and the model card) or refuse (the gate names the rows).
     control_characters: Literal["strip", "refuse"] = "strip"
@@ -102,13 +102,17 @@ class DataConfig(_Section):
         return encoding
 
     @model_validator(mode="after")
-    def _one_source(self) -> "DataConfig":
+    def _one_source(self) -> DataConfig:
         if (self.train_path or self.val_path or self.test_path) and not (self.train_path and self.test_path):
-            raise ValueError("give train_path and test_path (and val_path, or val_from_train of the train file is "
-                             "held out for validation), or none of them")
+            raise ValueError(
+                "give train_path and test_path (and val_path, or val_from_train of the train file is "
+                "held out for validation), or none of them"
+            )
         if not (self.path or self.url or self.train_path):
-            raise ValueError("no data: set data.path (a file or storage URI), data.url, or "
-                             "train_path and test_path (val_path optional)")
+            raise ValueError(
+                "no data: set data.path (a file or storage URI), data.url, or "
+                "train_path and test_path (val_path optional)"
+            )
         if self.labels is not None and len(set(self.labels)) < 2:
             raise ValueError("labels must name at least two distinct classes")
         if self.min_text_chars > self.max_text_chars:
@@ -118,11 +122,13 @@ class DataConfig(_Section):
 
 class PiiConfig(_Section):
     """What counts as personal data (components/pii.py: Microsoft Presidio's recognizers, by its entity names)."""
-    entities: list[str] = Field(["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "URL",
-                                 "PERSON"], min_length=1)
+
+    entities: list[str] = Field(
+        ["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "URL", "PERSON"], min_length=1
+    )
     # Names (PERSON) need a spaCy pipeline with named entities, installed (en_core_web_lg) or a folder; None: the
     # patterns only, and names are not checked (the model card says so).
-    spacy_model: Optional[str] = None
+    spacy_model: str | None = None
     language: str = "en"
     # Where phone numbers are written in their national form (ISO 3166 codes); international ones (+44...) always.
     phone_regions: list[str] = Field(["US", "GB", "DE", "FR", "IN", "CA", "BR", "IL", "AU"], min_length=1)
@@ -134,15 +140,29 @@ class PiiConfig(_Section):
     def _known_entities(cls, entities: list[str]) -> list[str]:
         unknown = sorted(set(entities) - PII_ENTITIES)
         if unknown:
-            raise ValueError(f"{', '.join(unknown)}: not an entity these recognizers find; they find "
-                             f"{', '.join(sorted(PII_ENTITIES))}")
+            raise ValueError(
+                f"{', '.join(unknown)}: not an entity these recognizers find; they find "
+                f"{', '.join(sorted(PII_ENTITIES))}"
+            )
         return entities
 
 
 # The entities of Presidio's predefined recognizers for any language (the country-specific ones, US_SSN,
 # UK_NHS, ..., are left out: their patterns match many ordinary numbers) and of its spaCy recognizer.
-PII_ENTITIES = {"EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "URL", "PERSON",
-                "CRYPTO", "DATE_TIME", "LOCATION", "NRP", "MEDICAL_LICENSE"}
+PII_ENTITIES = {
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "CREDIT_CARD",
+    "IBAN_CODE",
+    "IP_ADDRESS",
+    "URL",
+    "PERSON",
+    "CRYPTO",
+    "DATE_TIME",
+    "LOCATION",
+    "NRP",
+    "MEDICAL_LICENSE",
+}
 
 
 class LoraConfig(_Section):
@@ -150,7 +170,7 @@ class LoraConfig(_Section):
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
     # None: a default per architecture; "all-linear": every linear layer but the head (peft's)
-    target_modules: Optional[list[str] | Literal["all-linear"]] = None
+    target_modules: list[str] | Literal["all-linear"] | None = None
 
 
 class PeftMethodConfig(BaseModel):
@@ -158,11 +178,12 @@ class PeftMethodConfig(BaseModel):
     name for it (ia3, loha, lokr, adalora, vera, prompt_tuning, prefix_tuning, ...; any case); every other key is an
     argument of that method's config class (peft.IA3Config, peft.PromptTuningConfig, ...), e.g. target_modules or
     num_virtual_tokens. peft itself checks the values."""
+
     model_config = ConfigDict(extra="allow", protected_namespaces=())
     method: str
 
     @model_validator(mode="after")
-    def _known_to_peft(self) -> "PeftMethodConfig":
+    def _known_to_peft(self) -> PeftMethodConfig:
         self.method = self.method.upper()  # peft's PeftType values
         self.peft_config()
         return self
@@ -181,16 +202,20 @@ class PeftMethodConfig(BaseModel):
 
         methods = sorted(t.value.lower() for t in PeftType)
         if self.method not in PeftType.__members__:
-            raise ValueError(f"method {self.method.lower()!r} is not a method of peft {peft.__version__}; it has "
-                             f"{', '.join(methods)}")
+            raise ValueError(
+                f"method {self.method.lower()!r} is not a method of peft {peft.__version__}; it has "
+                f"{', '.join(methods)}"
+            )
         config_class = PEFT_TYPE_TO_CONFIG_MAPPING[PeftType[self.method]]
         accepted = {f.name for f in dataclasses.fields(config_class) if f.init} - SET_BY_THE_LIFECYCLE
         for key in self.arguments():
             if key not in accepted:
                 near = difflib.get_close_matches(key, accepted, n=3)
-                raise ValueError(f"{key!r} is not an argument of peft's {config_class.__name__} (method "
-                                 f"{self.method.lower()})" + (f"; did you mean {', '.join(near)}?" if near else
-                                                               f"; it takes {', '.join(sorted(accepted))}"))
+                raise ValueError(
+                    f"{key!r} is not an argument of peft's {config_class.__name__} (method "
+                    f"{self.method.lower()})"
+                    + (f"; did you mean {', '.join(near)}?" if near else f"; it takes {', '.join(sorted(accepted))}")
+                )
         _check_types(config_class, self.arguments())
         try:
             return config_class(task_type=TaskType.SEQ_CLS, **self.arguments())
@@ -214,8 +239,9 @@ def _check_types(config_class, arguments: dict) -> None:
             adapter.validate_python(value)
         except ValidationError as err:
             expected = getattr(hints[key], "__name__", str(hints[key]).replace("typing.", ""))
-            raise ValueError(f"{key}={value!r}: {err.errors()[0]['msg']} (peft's {config_class.__name__} takes "
-                             f"{expected})") from None
+            raise ValueError(
+                f"{key}={value!r}: {err.errors()[0]['msg']} (peft's {config_class.__name__} takes {expected})"
+            ) from None
 
 
 # Keys of peft's configs that the lifecycle sets itself: the task (sequence classification), the base model's
@@ -225,6 +251,7 @@ SET_BY_THE_LIFECYCLE = {"peft_type", "task_type", "base_model_name_or_path", "in
 
 class AdapterConfig(_Section):
     """model.adapter (strategy adapter): bottleneck adapters (Houlsby et al., 2019) in every transformer block."""
+
     size: int = Field(64, ge=1)  # the bottleneck's width
     # after the attention's output projection, after the feed-forward block's, or both
     after: list[Literal["attention", "feed_forward"]] = Field(["attention", "feed_forward"], min_length=1)
@@ -239,24 +266,25 @@ class ModelConfig(_Section):
     strategy: Literal["full", "partial", "lora", "head", "qlora", "peft", "adapter"] = "full"
     trainable_blocks: int = Field(1, ge=1)  # for partial: the last N blocks (+ final norm + head)
     lora: LoraConfig = LoraConfig()
-    peft: Optional[PeftMethodConfig] = None
+    peft: PeftMethodConfig | None = None
     adapter: AdapterConfig = AdapterConfig()
     max_length: int = Field(128, ge=8)
     # The rate of every dropout layer of the base model while it trains (hidden, attention, head; LoRA's adapters
     # have lora.dropout). Left out: the strategy's default (STRATEGY_DROPOUT); null: the base model's own rates.
-    dropout: Optional[float] = Field(None, ge=0, lt=1)
+    dropout: float | None = Field(None, ge=0, lt=1)
 
     @model_validator(mode="after")
-    def _strategy_dropout(self) -> "ModelConfig":
+    def _strategy_dropout(self) -> ModelConfig:
         if "dropout" not in self.model_fields_set:
             self.dropout = STRATEGY_DROPOUT.get(self.strategy)
         return self
 
     @model_validator(mode="after")
-    def _peft_has_a_method(self) -> "ModelConfig":
+    def _peft_has_a_method(self) -> ModelConfig:
         if self.strategy == "peft" and self.peft is None:
-            raise ValueError("model.strategy=peft needs model.peft.method (e.g. ia3, loha, prompt_tuning) and the "
-                             "method's arguments")
+            raise ValueError(
+                "model.strategy=peft needs model.peft.method (e.g. ia3, loha, prompt_tuning) and the method's arguments"
+            )
         return self
 
     def training_defaults(self) -> tuple[int, float]:
@@ -274,9 +302,14 @@ STRATEGY_DROPOUT = {"full": 0.0}
 # Per strategy, the batch size and learning rate chosen with benchmarks/train_speed.py on the SMS data: the
 # tried settings that matched or beat the Trainer peer's test accuracy (docs/benchmarks.md). Used where the
 # config leaves them unset.
-STRATEGY_DEFAULTS = {"full": (32, 5e-5), "partial": (32, 3e-4), "lora": (32, 2e-3), "head": (32, 2e-3),
-                     "qlora": (32, 2e-3),  # qlora: LoRA's, untuned (no GPU here to tune it on)
-                     "adapter": (32, 3e-3)}
+STRATEGY_DEFAULTS = {
+    "full": (32, 5e-5),
+    "partial": (32, 3e-4),
+    "lora": (32, 2e-3),
+    "head": (32, 2e-3),
+    "qlora": (32, 2e-3),  # qlora: LoRA's, untuned (no GPU here to tune it on)
+    "adapter": (32, 3e-3),
+}
 # The peft methods measured so (benchmarks/strategies.py at 3e-3, 1e-2 and 3e-2); any other takes LoRA's.
 PEFT_DEFAULTS = {"IA3": (32, 3e-2), "PROMPT_TUNING": (32, 3e-2)}
 
@@ -285,35 +318,38 @@ class PrivacyConfig(_Section):
     """train.privacy: differentially private fine-tuning (DP-SGD through Opacus): each text's gradient clipped to
     max_grad_norm, Gaussian noise added to each batch's sum, batches drawn by Poisson sampling; the noise is what
     spends no more than `epsilon` over all the epochs (Opacus's PRV accountant, at `delta`)."""
+
     epsilon: float = Field(gt=0)
     delta: float = Field(1e-5, gt=0, lt=1)  # well below 1 / (training texts)
     max_grad_norm: float = Field(1.0, gt=0)  # of each text's gradient (train.max_grad_norm is not used)
 
 
 # Strategies whose trained layers Opacus cannot compute per-text gradients of: 4-bit quantized linear layers.
-NOT_PRIVATE = {"qlora": "its base is 4-bit quantized (bitsandbytes), whose layers Opacus has no per-text gradients "
-                        "for; use model.strategy=lora"}
+NOT_PRIVATE = {
+    "qlora": "its base is 4-bit quantized (bitsandbytes), whose layers Opacus has no per-text gradients "
+    "for; use model.strategy=lora"
+}
 
 
 class TrainConfig(_Section):
     epochs: int = Field(3, ge=1)
-    batch_size: Optional[int] = Field(None, ge=1)  # None: the strategy's default
+    batch_size: int | None = Field(None, ge=1)  # None: the strategy's default
     eval_batch_size: int = Field(64, ge=1)
     # Padded tokens per training batch at most: long texts come in smaller batches, so a step's activation
     # memory stays near that of a batch of 8 long texts while short texts still train in full batches.
-    max_batch_tokens: Optional[int] = Field(768, ge=8)
-    learning_rate: Optional[float] = Field(None, gt=0)  # None: the strategy's default
+    max_batch_tokens: int | None = Field(768, ge=8)
+    learning_rate: float | None = Field(None, gt=0)  # None: the strategy's default
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
     early_stopping_patience: int = Field(2, ge=1)  # epochs without a better val loss
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    threads: Optional[int] = Field(None, ge=1)  # CPU threads; None: all cores
-    max_train_samples: Optional[int] = Field(None, ge=1)  # for quick runs
+    threads: int | None = Field(None, ge=1)  # CPU threads; None: all cores
+    max_train_samples: int | None = Field(None, ge=1)  # for quick runs
     # Training processes (torchrun, DDP; gloo on CPU, one GPU each with NCCL). None: one per GPU the task asks
     # for (kfp.gpu.count) on a GPU machine, else one.
-    processes: Optional[int] = Field(None, ge=1)
+    processes: int | None = Field(None, ge=1)
     # Nodes, each running `processes` ranks: more than one is a Kubeflow Trainer TrainJob (kfp.trainjob) that the
     # fine-tune task submits and follows; its pods reach the task's files only through storage.checkpoints.
     nodes: int = Field(1, ge=1)
@@ -321,31 +357,41 @@ class TrainConfig(_Section):
     # balanced: each text's cross-entropy weighted by n / (classes x its class's count in the train split), as
     # scikit-learn's class_weight="balanced". The validation loss that picks the best epoch stays unweighted.
     class_weights: Literal["none", "balanced"] = "none"
-    privacy: Optional[PrivacyConfig] = None  # None: no differential privacy
+    privacy: PrivacyConfig | None = None  # None: no differential privacy
 
     @model_validator(mode="after")
-    def _privacy_trains_alone(self) -> "TrainConfig":
+    def _privacy_trains_alone(self) -> TrainConfig:
         if self.privacy and (self.processes or 1) * self.nodes > 1:
-            raise ValueError("train.privacy trains in one process: set train.processes=1 and train.nodes=1 (DP-SGD "
-                             "across processes is not built)")
+            raise ValueError(
+                "train.privacy trains in one process: set train.processes=1 and train.nodes=1 (DP-SGD "
+                "across processes is not built)"
+            )
         if self.privacy and self.class_weights != "none":
-            raise ValueError("train.privacy clips each text's gradient of the unweighted loss: set "
-                             "train.class_weights=none, or data.balance to balance the classes")
+            raise ValueError(
+                "train.privacy clips each text's gradient of the unweighted loss: set "
+                "train.class_weights=none, or data.balance to balance the classes"
+            )
         return self
 
-    def for_strategy(self, model_cfg: ModelConfig) -> "TrainConfig":
+    def for_strategy(self, model_cfg: ModelConfig) -> TrainConfig:
         """This config with the strategy's default batch size and learning rate where none is set."""
         batch_size, learning_rate = model_cfg.training_defaults()
-        return self.model_copy(update={"batch_size": self.batch_size or batch_size,
-                                       "learning_rate": self.learning_rate or learning_rate})
+        return self.model_copy(
+            update={"batch_size": self.batch_size or batch_size, "learning_rate": self.learning_rate or learning_rate}
+        )
 
 
 def resolved_hyperparameters(model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict:
     """What a model was trained with, as stage 3 logs it and the model card shows it."""
-    method = {"peft": {"peft": model_cfg.peft.model_dump() if model_cfg.peft else None},
-              "adapter": {"adapter": model_cfg.adapter.model_dump()}}.get(model_cfg.strategy, {})
-    return train_cfg.model_dump() | {"max_length": model_cfg.max_length, "strategy": model_cfg.strategy,
-                                     "dropout": model_cfg.dropout} | method
+    method = {
+        "peft": {"peft": model_cfg.peft.model_dump() if model_cfg.peft else None},
+        "adapter": {"adapter": model_cfg.adapter.model_dump()},
+    }.get(model_cfg.strategy, {})
+    return (
+        train_cfg.model_dump()
+        | {"max_length": model_cfg.max_length, "strategy": model_cfg.strategy, "dropout": model_cfg.dropout}
+        | method
+    )
 
 
 class GateConfig(_Section):
@@ -358,15 +404,15 @@ class GateConfig(_Section):
     champion_rule: Literal["not_worse", "better"] = "not_worse"
     significance: float = Field(0.05, gt=0, lt=1)
     beat_baseline: bool = False  # require a higher test accuracy than the TF-IDF + logistic regression baseline
-    min_slice_accuracy: Optional[float] = Field(None, ge=0, le=1)  # a floor for the worst slice's accuracy
+    min_slice_accuracy: float | None = Field(None, ge=0, le=1)  # a floor for the worst slice's accuracy
     min_slice_size: int = Field(20, ge=1)  # slices smaller than this are reported but not judged (noise)
 
 
 class TrackingConfig(_Section):
-    uri: Optional[str] = None  # MLFLOW_TRACKING_URI wins; default sqlite in work_dir
+    uri: str | None = None  # MLFLOW_TRACKING_URI wins; default sqlite in work_dir
     # Where a new experiment keeps its artifacts. None: the tracking server's own artifact store, or
     # work_dir/mlartifacts with the local SQLite store.
-    artifact_location: Optional[str] = None
+    artifact_location: str | None = None
     experiment: str = "lifecycle"
     registered_model: str = "text-classifier"
 
@@ -378,12 +424,13 @@ class GpuConfig(_Section):  # what a cluster task that trains asks for
 
 class TrainJobConfig(_Section):
     """The Kubeflow Trainer TrainJob of a fine-tuning on several nodes (train.nodes > 1)."""
+
     runtime: str = "torch-distributed"  # a ClusterTrainingRuntime of the torch framework
-    namespace: Optional[str] = None  # None: the fine-tune task's own namespace
+    namespace: str | None = None  # None: the fine-tune task's own namespace
     # A Secret whose keys give the job's pods the bucket's credentials (the keys of infra/README.md, step 5; each
     # optional). None: the pods' service account reaches the bucket (IRSA, Workload Identity).
-    storage_secret: Optional[str] = "lifecycle-s3"
-    deadline_hours: Optional[float] = Field(None, gt=0)  # the job fails when still running after this
+    storage_secret: str | None = "lifecycle-s3"
+    deadline_hours: float | None = Field(None, gt=0)  # the job fails when still running after this
     poll_seconds: float = Field(20, gt=0)  # how often the task reads the job's status
 
 
@@ -419,6 +466,7 @@ class RolloutConfig(_Section):
     shadow (the default): the champion answers, the candidate scores a copy of each request off the answer path;
     canary: `canary_percent` of requests, by a stable hash of the request, are answered by the candidate; direct:
     all traffic at once. shadow and canary end in a decision on live evidence (monitoring/rollout.py)."""
+
     mode: Literal["shadow", "canary", "direct"] = "shadow"
     canary_percent: float = Field(10, gt=0, lt=100)
     min_texts: int = Field(200, ge=1)  # texts scored by both versions before any decision but a rollback
@@ -432,14 +480,15 @@ class RolloutConfig(_Section):
 class Distribution(_Section):
     """One hyper-parameter's range, low..high (log scale with `log`; whole numbers for a key that takes them), or a
     list of choices."""
-    low: Optional[float] = None
-    high: Optional[float] = None
+
+    low: float | None = None
+    high: float | None = None
     log: bool = False
-    step: Optional[float] = Field(None, gt=0)
-    choices: Optional[list[Optional[str | int | float | bool]]] = None
+    step: float | None = Field(None, gt=0)
+    choices: list[str | int | float | bool | None] | None = None
 
     @model_validator(mode="after")
-    def _range_or_choices(self) -> "Distribution":
+    def _range_or_choices(self) -> Distribution:
         if self.choices is not None:
             if not self.choices or self.low is not None or self.high is not None:
                 raise ValueError("give either choices (a non-empty list) or low and high")
@@ -460,9 +509,12 @@ COMMON_SPACE = {
     "train.weight_decay": {"low": 0.0, "high": 0.1},
 }
 STRATEGY_SPACE = {
-    "lora": {"model.lora.r": {"choices": [4, 8, 16, 32]}, "model.lora.alpha": {"choices": [8, 16, 32, 64]},
-             "model.lora.dropout": {"low": 0.0, "high": 0.2},
-             "model.lora.target_modules": {"choices": [None, "all-linear"]}},
+    "lora": {
+        "model.lora.r": {"choices": [4, 8, 16, 32]},
+        "model.lora.alpha": {"choices": [8, 16, 32, 64]},
+        "model.lora.dropout": {"low": 0.0, "high": 0.2},
+        "model.lora.target_modules": {"choices": [None, "all-linear"]},
+    },
     "partial": {"model.trainable_blocks": {"low": 1, "high": 3}},
     "adapter": {"model.adapter.size": {"choices": [16, 32, 64, 128]}},
 }
@@ -474,8 +526,9 @@ NOT_SEARCHABLE = ("train.device", "train.nodes", "train.processes", "train.threa
 class TuneConfig(_Section):
     """`lifecycle tune`: an Optuna study over stage 4's hyper-parameters, each trial a nested MLflow run of the
     sweep's run; the best trial by validation loss goes through stages 5-7 as a run's model does."""
+
     trials: int = Field(16, ge=1)  # trials that finish (complete or pruned), over all workers and resumes
-    timeout_minutes: Optional[float] = Field(None, gt=0)  # of each sweep run (a resume has its own); None: no limit
+    timeout_minutes: float | None = Field(None, gt=0)  # of each sweep run (a resume has its own); None: no limit
     # Workers at once: pods on a cluster, each with its GPU; processes on one machine, sharing its cores. A worker
     # starts no trial once the study has its budget, so at most parallel - 1 trials more may finish.
     parallel: int = Field(1, ge=1)
@@ -483,27 +536,34 @@ class TuneConfig(_Section):
     prune_after_trials: int = Field(3, ge=0)  # the median pruner judges none before this many trials finished
     # The study's database. None: optuna.db beside a SQLite tracking store; on a cluster, a PostgreSQL database of
     # its own (postgresql://USER:PASSWORD@HOST/optuna: Optuna's tables and MLflow's would collide in one).
-    storage: Optional[str] = None
+    storage: str | None = None
     # Overrides of the strategy's default space (COMMON_SPACE, STRATEGY_SPACE), by the config key they set; a key
     # set to null is not searched.
-    space: dict[str, Optional[Distribution]] = {}
+    space: dict[str, Distribution | None] = {}
 
     @field_validator("space")
     @classmethod
     def _searchable_keys(cls, space: dict) -> dict:
         for key in space:
             if not key.startswith(SEARCHABLE) or key in NOT_SEARCHABLE:
-                raise ValueError(f"{key!r}: a trial can change the keys under model. and train. but "
-                                 f"{', '.join(NOT_SEARCHABLE)}")
+                raise ValueError(
+                    f"{key!r}: a trial can change the keys under model. and train. but {', '.join(NOT_SEARCHABLE)}"
+                )
         return space
 
 
-def search_space(cfg: "LifecycleConfig") -> dict[str, Distribution]:
+def search_space(cfg: LifecycleConfig) -> dict[str, Distribution]:
     """The strategy's default space with tune.space's overrides: key -> distribution, in search order."""
-    merged = {"train.learning_rate": _learning_rates(cfg.model), **COMMON_SPACE,
-              **STRATEGY_SPACE.get(cfg.model.strategy, {})} | cfg.tune.space
-    return {key: spec if isinstance(spec, Distribution) else Distribution(**spec)
-            for key, spec in merged.items() if spec is not None}
+    merged = {
+        "train.learning_rate": _learning_rates(cfg.model),
+        **COMMON_SPACE,
+        **STRATEGY_SPACE.get(cfg.model.strategy, {}),
+    } | cfg.tune.space
+    return {
+        key: spec if isinstance(spec, Distribution) else Distribution(**spec)
+        for key, spec in merged.items()
+        if spec is not None
+    }
 
 
 def _learning_rates(model_cfg: ModelConfig) -> dict:
@@ -518,13 +578,14 @@ class DeployConfig(_Section):
 
 class StorageConfig(_Section):
     """What outlives a task or a process, at storage URIs (on a cluster: an object-store prefix)."""
-    checkpoints: Optional[str] = None  # fine-tuning checkpoints, for --resume; None: work_dir/checkpoints
+
+    checkpoints: str | None = None  # fine-tuning checkpoints, for --resume; None: work_dir/checkpoints
     # The prediction log that serving writes and monitoring reads; None: work_dir/predictions.
-    predictions: Optional[str] = None
+    predictions: str | None = None
 
 
 class MonitorConfig(_Section):
-    current: Optional[str] = None  # a file of texts to check; None: the prediction log
+    current: str | None = None  # a file of texts to check; None: the prediction log
     window_hours: float = Field(24, gt=0)  # the prediction log window: the last N hours
     min_window: int = Field(100, ge=10)  # fewer texts than this: no verdict
     reference_size: int = Field(1000, ge=50)  # training texts kept (seeded sample) as the drift reference
@@ -532,7 +593,7 @@ class MonitorConfig(_Section):
     p_value: float = Field(0.05, gt=0, lt=1)  # text descriptors and predictions (K-S and chi-square tests)
     text_quantile: float = Field(0.95, gt=0.5, lt=1)  # text content: domain classifier vs a random one
     embedding_auc: float = Field(0.55, gt=0.5, lt=1)  # embeddings: domain classifier ROC AUC above this
-    webhook_url: Optional[str] = None  # Slack/Teams incoming webhook for alerts
+    webhook_url: str | None = None  # Slack/Teams incoming webhook for alerts
     cooldown_hours: float = Field(24, ge=0)  # at most one retraining started per cool-down
     retraining_timeout_hours: float = Field(6, gt=0)  # a retraining still running after this counts as crashed
     # A claimer re-reads the claims this long after recording its own: longer than a claim takes to reach the
@@ -564,27 +625,31 @@ class LifecycleConfig(_Section):
         return self.storage.predictions or str(Path(self.work_dir) / "predictions")
 
     @model_validator(mode="after")
-    def _strategy_defaults(self) -> "LifecycleConfig":
+    def _strategy_defaults(self) -> LifecycleConfig:
         self.train = self.train.for_strategy(self.model)
         return self
 
     @model_validator(mode="after")
-    def _private_strategy(self) -> "LifecycleConfig":
+    def _private_strategy(self) -> LifecycleConfig:
         if self.train.privacy and self.model.strategy in NOT_PRIVATE:
-            raise ValueError(f"train.privacy: model.strategy={self.model.strategy} cannot train privately: "
-                             f"{NOT_PRIVATE[self.model.strategy]}")
+            raise ValueError(
+                f"train.privacy: model.strategy={self.model.strategy} cannot train privately: "
+                f"{NOT_PRIVATE[self.model.strategy]}"
+            )
         return self
 
     @model_validator(mode="after")
-    def _nodes_share_storage(self) -> "LifecycleConfig":
+    def _nodes_share_storage(self) -> LifecycleConfig:
         if self.train.nodes > 1 and "://" not in self.checkpoints_uri():
-            raise ValueError(f"train.nodes={self.train.nodes} trains in the pods of a Kubeflow Trainer TrainJob, "
-                             "which share no disk with this task: set storage.checkpoints to a storage URI they all "
-                             f"reach (s3://, gs://, ..., or file:// on a shared volume), not {self.checkpoints_uri()}")
+            raise ValueError(
+                f"train.nodes={self.train.nodes} trains in the pods of a Kubeflow Trainer TrainJob, "
+                "which share no disk with this task: set storage.checkpoints to a storage URI they all "
+                f"reach (s3://, gs://, ..., or file:// on a shared volume), not {self.checkpoints_uri()}"
+            )
         return self
 
     @model_validator(mode="after")
-    def _space_names_keys(self) -> "LifecycleConfig":
+    def _space_names_keys(self) -> LifecycleConfig:
         for key in self.tune.space:
             if config_field(key) is None:
                 raise ValueError(f"tune.space: {key!r} is not a key of the config (e.g. train.learning_rate)")

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import sys
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 MARK = "[lifecycle] "
 ERROR_MARK = "[lifecycle:error] "
@@ -91,8 +91,12 @@ def reported_stage(stage: str) -> Iterator[StageReport]:
         raise
     finally:
         timings.stage_ended()
-    log.info("%-14s done in %s%s", stage, duration(time.perf_counter() - started),
-             f": {report.result}" if report.result else "")
+    log.info(
+        "%-14s done in %s%s",
+        stage,
+        duration(time.perf_counter() - started),
+        f": {report.result}" if report.result else "",
+    )
 
 
 def duration(seconds: float) -> str:

@@ -8,7 +8,7 @@ import html
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,8 +49,16 @@ CALIBRATION = "calibration.json"  # in the bundle: the temperature stage 5 fitte
 INPUT_PII = "input_pii.json"
 # In the bundle, from the fine-tuned model's folder where present: the tokenizer's files, the label map, the
 # transformers config
-BUNDLE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
-                "merges.txt", LABEL_MAP, "config.json")
+BUNDLE_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    LABEL_MAP,
+    "config.json",
+)
 # Stage 7
 DRIFT_REPORT = "drift_report.html"  # Evidently's report; absent when the window was too small for a verdict
 DRIFT_SUMMARY = "drift_summary.json"
@@ -62,6 +70,7 @@ CONFIG = "config.json"  # the whole config, an artifact of the MLflow parent run
 @dataclass
 class Manifest:
     """Stage 1's account of the splits."""
+
     out_dir: str
     source: str  # the file(s) read, for the model card and MLflow inputs
     source_sha256: str
@@ -88,19 +97,30 @@ class Manifest:
         """Rows per split and rows dropped, in a line."""
         rows = ", ".join(f"{split} {sum(counts.values()):,}" for split, counts in self.counts.items())
         leaking = sum(self.dropped_leaking_texts.values())
-        return (f"{rows} rows; dropped {self.dropped_duplicates:,} duplicates, {self.dropped_conflicting_texts:,} "
-                f"texts with conflicting labels" + (f", {leaking:,} texts leaking across splits" if leaking else "")
-                + (f"; skipped {self.skipped_records:,} damaged records" if self.skipped_records else "")
-                + (f" and {self.skipped_files:,} unreadable files" if self.skipped_files else "")
-                + (f"; stripped control characters from {self.stripped_control_characters:,} texts"
-                   if self.stripped_control_characters else "")
-                + (f"; {sum(self.pii_texts.values()):,} texts hold personal data"
-                   f"{' (redacted)' if self.pii == 'redact' else ''}" if any(self.pii_texts.values()) else ""))
+        return (
+            f"{rows} rows; dropped {self.dropped_duplicates:,} duplicates, {self.dropped_conflicting_texts:,} "
+            f"texts with conflicting labels"
+            + (f", {leaking:,} texts leaking across splits" if leaking else "")
+            + (f"; skipped {self.skipped_records:,} damaged records" if self.skipped_records else "")
+            + (f" and {self.skipped_files:,} unreadable files" if self.skipped_files else "")
+            + (
+                f"; stripped control characters from {self.stripped_control_characters:,} texts"
+                if self.stripped_control_characters
+                else ""
+            )
+            + (
+                f"; {sum(self.pii_texts.values()):,} texts hold personal data"
+                f"{' (redacted)' if self.pii == 'redact' else ''}"
+                if any(self.pii_texts.values())
+                else ""
+            )
+        )
 
 
 @dataclass
 class ModelSpec:
     """Stage 2: which weights, which layers train."""
+
     base: str  # as configured
     source: str  # the directory or hub id loaded
     architecture: str
@@ -110,11 +130,11 @@ class ModelSpec:
     total_parameters: int
     trainable_parameters: int
     labels: list[str]
-    trainable_blocks: Optional[int] = None  # partial
-    peft_method: Optional[str] = None  # peft: peft's name of it (IA3, PROMPT_TUNING, ...)
+    trainable_blocks: int | None = None  # partial
+    peft_method: str | None = None  # peft: peft's name of it (IA3, PROMPT_TUNING, ...)
     # the modules that LoRA, the peft method or the bottleneck adapters change, where it names any
-    adapted_modules: Optional[list[str]] = None
-    merged_into_base: Optional[bool] = None  # peft, after stage 4: the method's weights merged into the base's
+    adapted_modules: list[str] | None = None
+    merged_into_base: bool | None = None  # peft, after stage 4: the method's weights merged into the base's
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,6 +143,7 @@ class ModelSpec:
 @dataclass
 class Environment:
     """Stage 3: where and how training runs, and what reproduces it."""
+
     device: str
     precision: str  # bf16 (autocast over fp32 master weights) or fp32
     threads: int
@@ -139,6 +160,7 @@ class Environment:
 @dataclass
 class TrainResult:
     """Stage 4: how fine-tuning went."""
+
     model_dir: str
     epochs_run: int
     best_epoch: int
@@ -151,7 +173,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # one row per epoch
     hyperparameters: dict = field(default_factory=dict)  # config.resolved_hyperparameters of this training
     # train.privacy: the privacy spent by all the epochs run (the saved epoch's model spent no more), at its delta
-    epsilon_spent: Optional[float] = None
+    epsilon_spent: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -161,35 +183,44 @@ class TrainResult:
 class FineTuneJob:
     """Stage 4's arguments, the same in process, in each rank and on each TrainJob node (where the folders are
     storage URIs): what `job.json` holds."""
+
     init_dir: str  # stage 2's model
     data_dir: str  # stage 1's splits
     out_dir: str  # the fine-tuned model
     checkpoint_uri: str  # a folder or storage URI; a later job with the same URI resumes
-    model_cfg: "ModelConfig"
-    train_cfg: "TrainConfig"
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
     device: str
     precision: str
     seed: int
     threads: int = 0  # CPU threads of each rank (0: as many as the machine has, shared by its ranks)
-    mlflow_run: Optional[tuple[str, str]] = None  # (tracking URI, run id) that rank 0 logs metrics to
+    mlflow_run: tuple[str, str] | None = None  # (tracking URI, run id) that rank 0 logs metrics to
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self) | {"model_cfg": self.model_cfg.model_dump(mode="json"),
-                                          "train_cfg": self.train_cfg.model_dump(mode="json")})
+        return json.dumps(
+            asdict(self)
+            | {"model_cfg": self.model_cfg.model_dump(mode="json"), "train_cfg": self.train_cfg.model_dump(mode="json")}
+        )
 
     @classmethod
-    def from_json(cls, text: str) -> "FineTuneJob":
+    def from_json(cls, text: str) -> FineTuneJob:
         from components.config import ModelConfig, TrainConfig
 
         fields_ = json.loads(text)
-        return cls(**fields_ | {"model_cfg": ModelConfig(**fields_["model_cfg"]),
-                                "train_cfg": TrainConfig(**fields_["train_cfg"]),
-                                "mlflow_run": tuple(fields_["mlflow_run"]) if fields_["mlflow_run"] else None})
+        return cls(
+            **fields_
+            | {
+                "model_cfg": ModelConfig(**fields_["model_cfg"]),
+                "train_cfg": TrainConfig(**fields_["train_cfg"]),
+                "mlflow_run": tuple(fields_["mlflow_run"]) if fields_["mlflow_run"] else None,
+            }
+        )
 
 
 @dataclass
 class StudyRef:
     """What a sweep's workers are given: the study (named after the sweep's MLflow run) and its deadline."""
+
     parent_run_id: str
     deadline: float  # seconds since the epoch; 0: none
 
@@ -197,6 +228,7 @@ class StudyRef:
 @dataclass
 class GateOutcome:
     """Stage 5's verdict on the model it registered."""
+
     passed: bool
     reasons: list[str]
     model_version: str  # the registered version (the challenger when the gate passed)
@@ -217,14 +249,14 @@ def split_path(data_dir: str | Path, split: str) -> Path:
     return Path(data_dir) / f"{split}.parquet"
 
 
-def read_split(data_dir: str | Path, split: str) -> "pd.DataFrame":
+def read_split(data_dir: str | Path, split: str) -> pd.DataFrame:
     """One of stage 1's splits: text, label, source (and group with data.group_column)."""
     import pandas as pd
 
     return pd.read_parquet(split_path(data_dir, split))
 
 
-def read_texts(data_dir: str | Path, split: str, limit: Optional[int] = None) -> list[str]:
+def read_texts(data_dir: str | Path, split: str, limit: int | None = None) -> list[str]:
     return read_split(data_dir, split)["text"].head(limit).tolist()
 
 
@@ -241,8 +273,11 @@ def data_docs_page(data_dir: str | Path) -> str:
     pages = sorted(Path(data_dir).glob(DATA_DOCS.format(source="*")))
     if len(pages) == 1:
         return pages[0].read_text()
-    frames = "".join(f"<h2>{page.stem.removeprefix('validation_')}</h2><iframe style='width:100%;height:80vh' "
-                     f"srcdoc=\"{html.escape(page.read_text())}\"></iframe>" for page in pages)
+    frames = "".join(
+        f"<h2>{page.stem.removeprefix('validation_')}</h2><iframe style='width:100%;height:80vh' "
+        f'srcdoc="{html.escape(page.read_text())}"></iframe>'
+        for page in pages
+    )
     return f"<!doctype html><html><body>{frames}</body></html>"
 
 
@@ -280,7 +315,7 @@ def read_study(study_dir: str | Path) -> StudyRef:
     return StudyRef(**_read_json(study_dir, STUDY))
 
 
-def read_sweep(model_dir: str | Path) -> Optional[dict]:
+def read_sweep(model_dir: str | Path) -> dict | None:
     """The account of the sweep a model won, or None for a model that one training run made."""
     return _read_json(model_dir, SWEEP) if (Path(model_dir) / SWEEP).is_file() else None
 
@@ -314,12 +349,12 @@ def read_temperature(bundle: str | Path) -> float:
     return _read_json(bundle, CALIBRATION)["temperature"] if (Path(bundle) / CALIBRATION).is_file() else 1.0
 
 
-def read_deployment(bundle: str | Path) -> Optional[dict]:
+def read_deployment(bundle: str | Path) -> dict | None:
     """Stage 6's report in the bundle (None for a bundle made before it was copied there)."""
     return _read_json(bundle, DEPLOYMENT) if (Path(bundle) / DEPLOYMENT).is_file() else None
 
 
-def read_input_pii(bundle: str | Path) -> Optional[dict]:
+def read_input_pii(bundle: str | Path) -> dict | None:
     """The pii section the bundle's inputs are redacted with before scoring (None: scored as they come)."""
     return _read_json(bundle, INPUT_PII) if (Path(bundle) / INPUT_PII).is_file() else None
 

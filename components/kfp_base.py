@@ -15,5 +15,6 @@ def open_parent_run(config_json: str, tracking_uri: str, parent_run_id: str, kin
     from components.config import LifecycleConfig
     from components.tracking import start_parent_run
 
-    return parent_run_id or start_parent_run(LifecycleConfig.model_validate_json(config_json), tracking_uri,
-                                             run_kind=kind)
+    return parent_run_id or start_parent_run(
+        LifecycleConfig.model_validate_json(config_json), tracking_uri, run_kind=kind
+    )

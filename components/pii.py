@@ -11,8 +11,8 @@ import functools
 import logging
 import os
 import secrets
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from components.config import ConfigError, PiiConfig
 from components.errors import LifecycleError
@@ -38,10 +38,10 @@ class PiiScanner:
         registry = RecognizerRegistry(supported_languages=[config.language])
         registry.load_predefined_recognizers(languages=[config.language], nlp_engine=nlp_engine)
         registry.remove_recognizer("PhoneRecognizer")
-        registry.add_recognizer(PhoneRecognizer(supported_regions=config.phone_regions,
-                                                supported_language=config.language))
-        self.analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp_engine,
-                                       supported_languages=[config.language])
+        registry.add_recognizer(
+            PhoneRecognizer(supported_regions=config.phone_regions, supported_language=config.language)
+        )
+        self.analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=[config.language])
         self.anonymizer = AnonymizerEngine()
         self.entities = checked_entities(config)
 
@@ -50,14 +50,22 @@ class PiiScanner:
         them)."""
         from presidio_anonymizer.entities import OperatorConfig
 
-        found = [result for result in self.analyzer.analyze(text=text, language=self.config.language,
-                                                            entities=self.entities,
-                                                            score_threshold=self.config.min_score)
-                 if _plausible(result, text)]
+        found = [
+            result
+            for result in self.analyzer.analyze(
+                text=text, language=self.config.language, entities=self.entities, score_threshold=self.config.min_score
+            )
+            if _plausible(result, text)
+        ]
         if not found:
             return text, []
-        operator = (OperatorConfig("hash", {"hash_type": "sha256", "salt": self.hash_key}) if form == HASH else
-                    OperatorConfig("replace") if form == REDACT else OperatorConfig("keep"))
+        operator = (
+            OperatorConfig("hash", {"hash_type": "sha256", "salt": self.hash_key})
+            if form == HASH
+            else OperatorConfig("replace")
+            if form == REDACT
+            else OperatorConfig("keep")
+        )
         result = self.anonymizer.anonymize(text=text, analyzer_results=found, operators={"DEFAULT": operator})
         return (text if form == KEEP else result.text), [item.entity_type for item in result.items]
 
@@ -72,7 +80,7 @@ def _plausible(result, text: str) -> bool:
     finding counts only when it starts with www. or has a path."""
     if result.entity_type != "URL" or result.score >= 0.6:
         return True
-    found = text[result.start:result.end].lower()
+    found = text[result.start : result.end].lower()
     return found.startswith("www.") or "/" in found
 
 
@@ -95,12 +103,16 @@ def _nlp_engine(config: PiiConfig):
             try:
                 self.nlp = {config.language: spacy.load(config.spacy_model)}
             except OSError as err:
-                raise ConfigError(f"pii.spacy_model: {config.spacy_model!r} is neither an installed spaCy pipeline "
-                                  f"nor a folder holding one ({err}); install it (python -m spacy download NAME) "
-                                  f"or leave pii.spacy_model unset to check patterns only, without names") from None
+                raise ConfigError(
+                    f"pii.spacy_model: {config.spacy_model!r} is neither an installed spaCy pipeline "
+                    f"nor a folder holding one ({err}); install it (python -m spacy download NAME) "
+                    f"or leave pii.spacy_model unset to check patterns only, without names"
+                ) from None
 
-    engine = InstalledSpacy(models=[{"lang_code": config.language, "model_name": config.spacy_model or "blank"}],
-                            ner_model_configuration=NerModelConfiguration())
+    engine = InstalledSpacy(
+        models=[{"lang_code": config.language, "model_name": config.spacy_model or "blank"}],
+        ner_model_configuration=NerModelConfiguration(),
+    )
     engine.load()
     return engine
 
@@ -117,12 +129,13 @@ def text_form(form: str, config: PiiConfig, hash_key: str | None = None) -> Call
 class LogPii:
     """What the prediction log stores of the personal data in each text (serve.log_pii: keep, redact, hash), found
     as `pii` (a PiiConfig's fields) says; hash's key is read from the environment variable `key_env`."""
+
     form: str = "redact"
     pii: dict = field(default_factory=dict)
     key_env: str = "LIFECYCLE_PII_HASH_KEY"
 
     @classmethod
-    def of(cls, cfg) -> "LogPii":
+    def of(cls, cfg) -> LogPii:
         """The LifecycleConfig's serve.log_pii, found as its pii section says."""
         return cls(cfg.serve.log_pii, cfg.pii.model_dump(), cfg.serve.log_pii_key_env)
 
@@ -143,10 +156,14 @@ def log_hash_key(env_name: str) -> str:
     cluster): at least 16 characters, or hashes of phone numbers could be reversed by trying them all."""
     key = os.environ.get(env_name, "")
     if len(key) < MIN_KEY_CHARS:
-        raise LifecycleError(f"serve.log_pii=hash needs a secret key of at least {MIN_KEY_CHARS} characters in the "
-                             f"environment variable {env_name} (serve.log_pii_key_env); it is "
-                             + ("unset" if not key else f"{len(key)} characters long")
-                             + ". E.g. export " + env_name + "=$(openssl rand -hex 16)")
+        raise LifecycleError(
+            f"serve.log_pii=hash needs a secret key of at least {MIN_KEY_CHARS} characters in the "
+            f"environment variable {env_name} (serve.log_pii_key_env); it is "
+            + ("unset" if not key else f"{len(key)} characters long")
+            + ". E.g. export "
+            + env_name
+            + "=$(openssl rand -hex 16)"
+        )
     return key
 
 

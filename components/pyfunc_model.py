@@ -28,8 +28,9 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
         rows = []
         with torch.inference_mode():
             for start in range(0, len(texts), BATCH_SIZE):
-                batch = self.tokenizer(texts[start:start + BATCH_SIZE], truncation=True, padding=True,
-                                       return_tensors="pt")
+                batch = self.tokenizer(
+                    texts[start : start + BATCH_SIZE], truncation=True, padding=True, return_tensors="pt"
+                )
                 rows.append(torch.softmax(self.model(**batch).logits.float(), dim=-1))
         return as_frame(self.labels, torch.cat(rows).numpy() if rows else [])
 
@@ -50,10 +51,12 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
 def as_frame(labels: list[str], probabilities) -> pd.DataFrame:
     from components.deploy.onnx_classifier import label_probabilities
 
-    return pd.DataFrame({
-        "label": [labels[int(p.argmax())] for p in probabilities],
-        "probabilities": label_probabilities(labels, probabilities),
-    })
+    return pd.DataFrame(
+        {
+            "label": [labels[int(p.argmax())] for p in probabilities],
+            "probabilities": label_probabilities(labels, probabilities),
+        }
+    )
 
 
 def _texts(model_input) -> list[str]:

@@ -4,7 +4,6 @@ publishing stage 6's champion, rollback. The registry is the source of truth for
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -41,8 +40,15 @@ def champion_predictor(model_name: str, labels: list[str]):
     return version, predict
 
 
-def register_model(python_model, artifacts: dict[str, str], labels: list[str], model_name: str, card: str,
-                   tags: dict[str, str], example_texts: list[str]) -> str:
+def register_model(
+    python_model,
+    artifacts: dict[str, str],
+    labels: list[str],
+    model_name: str,
+    card: str,
+    tags: dict[str, str],
+    example_texts: list[str],
+) -> str:
     """Log a pyfunc (texts in, label and probabilities out) in the active run and register it with the model
     card as its description and `tags`. Returns the new version."""
     import mlflow
@@ -69,23 +75,38 @@ def register_model(python_model, artifacts: dict[str, str], labels: list[str], m
     return version
 
 
-def register_challenger(model_name: str, model_dir: str, labels: list[str], card: str, tags: dict[str, str],
-                        example_texts: list[str], gate_passed: bool) -> str:
+def register_challenger(
+    model_name: str,
+    model_dir: str,
+    labels: list[str],
+    card: str,
+    tags: dict[str, str],
+    example_texts: list[str],
+    gate_passed: bool,
+) -> str:
     """Stage 5: the fine-tuned PyTorch model as a new version with the card and the gate's tags; `challenger` when it
     passed the gate. Returns the version."""
     import mlflow
 
     from components.pyfunc_model import TextClassifier
 
-    version = register_model(TextClassifier(), {"model_dir": model_dir}, labels, model_name, card,
-                             tags | {"format": "pytorch"}, example_texts)
+    version = register_model(
+        TextClassifier(),
+        {"model_dir": model_dir},
+        labels,
+        model_name,
+        card,
+        tags | {"format": "pytorch"},
+        example_texts,
+    )
     if gate_passed:
         mlflow.MlflowClient().set_registered_model_alias(model_name, CHALLENGER, version)
     return version
 
 
-def publish_champion(source, bundle: str, labels: list[str], tags: dict[str, str], example_texts: list[str],
-                     rollout) -> tuple[str, Optional[str], str]:
+def publish_champion(
+    source, bundle: str, labels: list[str], tags: dict[str, str], example_texts: list[str], rollout
+) -> tuple[str, str | None, str]:
     """Stage 6: the ONNX bundle of the challenger `source` (a registered version, see `challenger`) as a new version
     with its card and tags, and `tags`; then `champion` directly (rollout.mode direct, or no champion yet), or
     `candidate` for a rollout on live traffic. Returns (the new version, the champion it replaced or None, the mode
@@ -94,8 +115,15 @@ def publish_champion(source, bundle: str, labels: list[str], tags: dict[str, str
 
     from components.pyfunc_model import OnnxTextClassifier
 
-    version = register_model(OnnxTextClassifier(), {"bundle": bundle}, labels, source.name, source.description,
-                             source.tags | tags | {"source_version": str(source.version)}, example_texts)
+    version = register_model(
+        OnnxTextClassifier(),
+        {"bundle": bundle},
+        labels,
+        source.name,
+        source.description,
+        source.tags | tags | {"source_version": str(source.version)},
+        example_texts,
+    )
     if rollout.mode == "direct" or alias_version(mlflow.MlflowClient(), source.name, CHAMPION) is None:
         return version, promote(source.name, version), "direct"
     start_rollout(source.name, version, rollout.mode, rollout.canary_percent)
@@ -120,18 +148,22 @@ def start_rollout(model_name: str, version: str, mode: str, canary_percent: floa
     client.set_registered_model_alias(model_name, CANDIDATE, version)
 
 
-def rollout_settings(version) -> tuple[str, float, "dt.datetime"]:
+def rollout_settings(version) -> tuple[str, float, dt.datetime]:
     """(mode, canary share, start) of a candidate's registered version (a ModelVersion). An alias set by hand has
     no rollout tags: a shadow since the version was registered."""
     import datetime as dt
 
     mode, percent, started = (version.tags.get(key) for key in ROLLOUT_TAGS)
-    return (mode or "shadow", float(percent or 0),
-            dt.datetime.fromisoformat(started) if started else
-            dt.datetime.fromtimestamp(version.creation_timestamp / 1000, dt.timezone.utc))
+    return (
+        mode or "shadow",
+        float(percent or 0),
+        dt.datetime.fromisoformat(started)
+        if started
+        else dt.datetime.fromtimestamp(version.creation_timestamp / 1000, dt.timezone.utc),
+    )
 
 
-def end_rollout(model_name: str, candidate: str, promoted: bool, reason: str) -> Optional[str]:
+def end_rollout(model_name: str, candidate: str, promoted: bool, reason: str) -> str | None:
     """Promote the candidate to champion (the champion it leaves gets `previous`) or roll it back; either way the
     alias `candidate` goes, after `champion` moved, so that a server never sees neither. Returns the replaced
     champion when promoted."""
@@ -152,7 +184,7 @@ def challenger(model_name: str, version: str):
     return mlflow.MlflowClient().get_model_version(model_name, version)
 
 
-def promote(model_name: str, version: str) -> Optional[str]:
+def promote(model_name: str, version: str) -> str | None:
     """Point `champion` at `version`; the version it leaves gets `previous`. Returns that version, if any."""
     import mlflow
 
@@ -173,8 +205,10 @@ def rollback(model_name: str) -> tuple[str, str]:
     previous = alias_version(client, model_name, PREVIOUS)
     champion = alias_version(client, model_name, CHAMPION)
     if previous is None:
-        raise RegistryError(f"registered model {model_name!r} has no version with the alias '{PREVIOUS}' to roll "
-                            f"back to (a champion that replaced another has one)")
+        raise RegistryError(
+            f"registered model {model_name!r} has no version with the alias '{PREVIOUS}' to roll "
+            f"back to (a champion that replaced another has one)"
+        )
     client.set_registered_model_alias(model_name, CHAMPION, previous)
     if champion:
         client.set_registered_model_alias(model_name, PREVIOUS, champion)
@@ -197,11 +231,15 @@ def registry_description(card: str, run_id: str) -> str:
             kept += "\n## " + section
         else:
             left_out.append(section.split("\n", 1)[0])
-    return (kept.rstrip() + f"\n\n*Shortened to the registry's {DESCRIPTION_LIMIT:,} characters; left out: "
-            + ", ".join(left_out) + f". The whole card is `model_card.md` in MLflow run {run_id}.*\n")
+    return (
+        kept.rstrip()
+        + f"\n\n*Shortened to the registry's {DESCRIPTION_LIMIT:,} characters; left out: "
+        + ", ".join(left_out)
+        + f". The whole card is `model_card.md` in MLflow run {run_id}.*\n"
+    )
 
 
-def alias_version(client, model_name: str, alias: str) -> Optional[str]:
+def alias_version(client, model_name: str, alias: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:

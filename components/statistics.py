@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def bootstrap_intervals(targets: np.ndarray, predicted: np.ndarray, n_classes: int, seed: int,
-                        resamples: int = 1000, level: float = 0.95) -> dict[str, tuple[float, float]]:
+def bootstrap_intervals(
+    targets: np.ndarray, predicted: np.ndarray, n_classes: int, seed: int, resamples: int = 1000, level: float = 0.95
+) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap intervals of accuracy and macro-F1 (texts resampled with replacement, seeded)."""
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(targets), size=(resamples, len(targets)))
@@ -20,8 +21,10 @@ def bootstrap_intervals(targets: np.ndarray, predicted: np.ndarray, n_classes: i
         wrong = ((guess == k) & (true != k)).sum(axis=1) + ((guess != k) & (true == k)).sum(axis=1)
         f1.append(np.where(hits > 0, 2 * hits / np.maximum(2 * hits + wrong, 1), 0.0))
     tails = [50 * (1 - level), 50 * (1 + level)]
-    return {name: tuple(float(v) for v in np.percentile(values, tails))
-            for name, values in (("accuracy", (true == guess).mean(axis=1)), ("macro_f1", np.mean(f1, axis=0)))}
+    return {
+        name: tuple(float(v) for v in np.percentile(values, tails))
+        for name, values in (("accuracy", (true == guess).mean(axis=1)), ("macro_f1", np.mean(f1, axis=0)))
+    }
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -39,8 +42,11 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
     """The temperature T that minimises the cross-entropy of softmax(logits / T) (searched on log T)."""
     from scipy.optimize import minimize_scalar
 
-    found = minimize_scalar(lambda log_t: cross_entropy(softmax(logits, np.exp(log_t)), targets),
-                            bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    found = minimize_scalar(
+        lambda log_t: cross_entropy(softmax(logits, np.exp(log_t)), targets),
+        bounds=(np.log(0.05), np.log(20.0)),
+        method="bounded",
+    )
     return float(np.exp(found.x))
 
 
@@ -73,8 +79,15 @@ def reliability(probabilities: np.ndarray, targets: np.ndarray, bins: int = 10) 
     for b in range(bins):
         inside = which == b
         if inside.any():
-            rows.append({"low": b / bins, "high": (b + 1) / bins, "count": int(inside.sum()),
-                         "confidence": float(confidence[inside].mean()), "accuracy": float(correct[inside].mean())})
+            rows.append(
+                {
+                    "low": b / bins,
+                    "high": (b + 1) / bins,
+                    "count": int(inside.sum()),
+                    "confidence": float(confidence[inside].mean()),
+                    "accuracy": float(correct[inside].mean()),
+                }
+            )
             error += inside.mean() * abs(rows[-1]["accuracy"] - rows[-1]["confidence"])
     return float(error), rows
 
@@ -82,6 +95,7 @@ def reliability(probabilities: np.ndarray, targets: np.ndarray, bins: int = 10) 
 @dataclass
 class PairedComparison:
     """A challenger against the champion on the same test texts."""
+
     champion_version: str
     champion_accuracy: float
     challenger_only_right: int  # texts the challenger gets right and the champion wrong
@@ -109,9 +123,15 @@ def mcnemar_exact(first_only: int, second_only: int) -> float:
     return float(binomtest(min(first_only, second_only), first_only + second_only, 0.5).pvalue)
 
 
-def compare_paired(challenger_correct: np.ndarray, champion_correct: np.ndarray,
-                   champion_version: str) -> PairedComparison:
+def compare_paired(
+    challenger_correct: np.ndarray, champion_correct: np.ndarray, champion_version: str
+) -> PairedComparison:
     challenger_only = int((challenger_correct & ~champion_correct).sum())
     champion_only = int((champion_correct & ~challenger_correct).sum())
-    return PairedComparison(champion_version, float(champion_correct.mean()), challenger_only, champion_only,
-                            mcnemar_exact(challenger_only, champion_only))
+    return PairedComparison(
+        champion_version,
+        float(champion_correct.mean()),
+        challenger_only,
+        champion_only,
+        mcnemar_exact(challenger_only, champion_only),
+    )

@@ -5,8 +5,8 @@ such a URI, never on a disk only one pod sees. Cloud back-ends are extras: pip i
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 from components.errors import LifecycleError
 
@@ -32,7 +32,7 @@ def filesystem(uri: str):
         raise StorageError(f"{uri}: not a storage URI fsspec knows: {err}") from None
 
 
-def local_path(uri: str) -> Optional[Path]:
+def local_path(uri: str) -> Path | None:
     """The path on this machine for a plain path or a file:// URI, else None (the data lives elsewhere)."""
     uri = str(uri)
     if uri.startswith("file://"):

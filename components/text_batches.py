@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -12,20 +12,21 @@ import numpy as np
 @dataclass
 class EncodedSplit:
     input_ids: list[list[int]]
-    labels: Optional[np.ndarray]  # class indices; None for unlabelled text
+    labels: np.ndarray | None  # class indices; None for unlabelled text
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
 
-def encode(tokenizer, texts: list[str], max_length: int, labels: Optional[list[int]] = None) -> EncodedSplit:
+def encode(tokenizer, texts: list[str], max_length: int, labels: list[int] | None = None) -> EncodedSplit:
     """Tokenize every text once, truncated, unpadded: padding happens per batch."""
     ids = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)["input_ids"]
     return EncodedSplit(ids, None if labels is None else np.asarray(labels, dtype=np.int64))
 
 
-def train_batches(split: EncodedSplit, batch_size: int, rng: random.Random,
-                  max_tokens: Optional[int] = None) -> list[list[int]]:
+def train_batches(
+    split: EncodedSplit, batch_size: int, rng: random.Random, max_tokens: int | None = None
+) -> list[list[int]]:
     """Shuffled batches of similar lengths: sort within pools of 50 batches, then shuffle the batches.
 
     Less padding per batch than plain shuffling, while each epoch still sees a different order. A batch holds
@@ -37,23 +38,24 @@ def train_batches(split: EncodedSplit, batch_size: int, rng: random.Random,
     pool = batch_size * 50
     batches = []
     for start in range(0, len(order), pool):
-        batches += _cut_by_length(split, order[start:start + pool], batch_size, max_tokens)
+        batches += _cut_by_length(split, order[start : start + pool], batch_size, max_tokens)
     rng.shuffle(batches)
     return batches
 
 
-def eval_batches(split: EncodedSplit, batch_size: int, max_tokens: Optional[int] = None) -> list[list[int]]:
+def eval_batches(split: EncodedSplit, batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
     """Batches sorted by length: the least padding; results are put back in the original order."""
     return _cut_by_length(split, range(len(split)), batch_size, max_tokens)
 
 
-def _cut_by_length(split: EncodedSplit, indices, batch_size: int, max_tokens: Optional[int]) -> list[list[int]]:
+def _cut_by_length(split: EncodedSplit, indices, batch_size: int, max_tokens: int | None) -> list[list[int]]:
     """Sort the texts by length and cut batches of at most batch_size texts and max_tokens padded tokens."""
     batches, batch = [], []
     for i in sorted(indices, key=lambda i: len(split.input_ids[i])):
         # Sorted by length, so this text is the longest of the batch so far: it sets the padded width.
-        if batch and (len(batch) == batch_size or
-                      max_tokens and (len(batch) + 1) * len(split.input_ids[i]) > max_tokens):
+        if batch and (
+            len(batch) == batch_size or max_tokens and (len(batch) + 1) * len(split.input_ids[i]) > max_tokens
+        ):
             batches.append(batch)
             batch = []
         batch.append(i)
@@ -77,8 +79,16 @@ def collate(split: EncodedSplit, indices: list[int], pad_id: int, device: str) -
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def predict_logits(model, split: EncodedSplit, batch_size: int, pad_id: int, device: str, precision: str,
-                   before_batch: Optional[Callable[[list[int]], None]] = None, max_tokens: Optional[int] = None):
+def predict_logits(
+    model,
+    split: EncodedSplit,
+    batch_size: int,
+    pad_id: int,
+    device: str,
+    precision: str,
+    before_batch: Callable[[list[int]], None] | None = None,
+    max_tokens: int | None = None,
+):
     """Logits for every text of the split, in the split's order, as float32 on the CPU.
 
     before_batch(indices) runs before each batch (training feeds cached frozen-block outputs with it)."""
@@ -107,5 +117,6 @@ def loss_and_accuracy(logits, labels: np.ndarray) -> tuple[float, float]:
 def autocast(device: str, precision: str):
     import torch
 
-    return torch.autocast(device_type=device if device != "mps" else "cpu", dtype=torch.bfloat16,
-                          enabled=precision == "bf16")
+    return torch.autocast(
+        device_type=device if device != "mps" else "cpu", dtype=torch.bfloat16, enabled=precision == "bf16"
+    )

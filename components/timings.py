@@ -53,6 +53,7 @@ class _Clock:
                 return function(*args, **kwargs)
             finally:
                 self.leave()
+
         return timed
 
 
@@ -93,6 +94,7 @@ def _process_started() -> float:
 
 def _timed_import(clock: _Clock, original):
     """__import__, timed; each outermost import's time is kept by module name, for the slowest to be named."""
+
     def timed_import(name, *args, **kwargs):
         if not clock.running or clock.stack[-1] == IMPORTS:
             return original(name, *args, **kwargs)
@@ -103,6 +105,7 @@ def _timed_import(clock: _Clock, original):
         finally:
             clock.leave()
             clock.imported[name] = clock.imported.get(name, 0.0) + time.perf_counter() - started
+
     return timed_import
 
 
@@ -126,7 +129,10 @@ def _time_mlflow(clock: _Clock) -> None:
 def _write(path: str) -> None:
     clock = _record.pop("clock")
     slowest = sorted(clock.imported.items(), key=lambda item: -item[1])[:SLOWEST_IMPORTS]
-    record = _record | {"exited": time.time(), "slowest_imports": {name: round(s, 2) for name, s in slowest}} | {
-        k: round(v, 3) for k, v in clock.spent.items()}
+    record = (
+        _record
+        | {"exited": time.time(), "slowest_imports": {name: round(s, 2) for name, s in slowest}}
+        | {k: round(v, 3) for k, v in clock.spent.items()}
+    )
     with open(path, "a") as out:
         out.write(json.dumps(record) + "\n")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 from components.handoff import CONFIG
 
@@ -36,17 +36,22 @@ def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
     try:
         requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout)
     except requests.RequestException as err:
-        raise LifecycleError(f"the MLflow tracking server {tracking_uri} does not answer ({type(err).__name__}); "
-                             f"start it, or point MLFLOW_TRACKING_URI or tracking.uri at one that runs") from None
+        raise LifecycleError(
+            f"the MLflow tracking server {tracking_uri} does not answer ({type(err).__name__}); "
+            f"start it, or point MLFLOW_TRACKING_URI or tracking.uri at one that runs"
+        ) from None
 
 
 def ui_link(ui: str, experiment_id: str, run_id: str = "") -> str:
     """The MLflow UI's page of an experiment (or of one of its runs) in its Model training view."""
-    return (f"{ui.rstrip('/')}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
-            + "?workflowType=machine_learning")
+    return (
+        f"{ui.rstrip('/')}/#/experiments/{experiment_id}"
+        + (f"/runs/{run_id}" if run_id else "")
+        + "?workflowType=machine_learning"
+    )
 
 
-def artifact_location(cfg, tracking_uri: str) -> Optional[str]:
+def artifact_location(cfg, tracking_uri: str) -> str | None:
     """Where a new experiment keeps its artifacts: the one configured; else, with a tracking server, none of the
     client's (the server's own store, so no artifact lands on the disk of the pod that logged it); else, with a
     local store, work_dir/mlartifacts."""
@@ -62,7 +67,7 @@ def use_config_experiment(cfg, tracking_uri: str) -> str:
     return use_experiment(tracking_uri, cfg.tracking.experiment, artifact_location(cfg, tracking_uri))
 
 
-def use_experiment(tracking_uri: str, experiment: str, location: Optional[str] = None) -> str:
+def use_experiment(tracking_uri: str, experiment: str, location: str | None = None) -> str:
     """Point MLflow at the store and the experiment (created with its artifacts at `location` when given)."""
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -116,7 +121,7 @@ def parent_run_name(cfg, kind: str = "") -> str:
     return "-".join(filter(None, [cfg.name, kind, cfg.model.strategy, time.strftime("%Y%m%d-%H%M%S")]))
 
 
-def start_parent_run(cfg, tracking_uri: str, tags: Optional[dict] = None, run_kind: str = "") -> str:
+def start_parent_run(cfg, tracking_uri: str, tags: dict | None = None, run_kind: str = "") -> str:
     """Create the pipeline run's parent run with the flattened config as params; returns its id (left open).
     `run_kind` goes into the run name (e.g. "retrain"); `tags` are added to the run's tags. A sweep's run leaves out
     the keys it searches: the winner's values go there once it is chosen."""
@@ -126,8 +131,11 @@ def start_parent_run(cfg, tracking_uri: str, tags: Optional[dict] = None, run_ki
 
     experiment_id = use_config_experiment(cfg, tracking_uri)
     client = mlflow.MlflowClient()
-    tags = {"strategy": cfg.model.strategy, "base_model": cfg.model.base,
-            "mlflow.runName": parent_run_name(cfg, run_kind)} | (tags or {})
+    tags = {
+        "strategy": cfg.model.strategy,
+        "base_model": cfg.model.base,
+        "mlflow.runName": parent_run_name(cfg, run_kind),
+    } | (tags or {})
     run = client.create_run(experiment_id, tags=tags, run_name=tags["mlflow.runName"])
     searched = search_space(cfg) if run_kind == SWEEP else {}
     # A training run trains with no tune section; a sweep's storage URL may hold a password.

@@ -7,7 +7,6 @@ import logging
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from components.handoff import ALERT, write_json
 
@@ -31,25 +30,45 @@ class Alert:
 
     def message(self) -> str:
         if self.kind == "rollback":
-            return (f":warning: Rollout of {self.model} v{self.model_version} rolled back: {self.summary}. The "
-                    f"champion is unchanged. Alert {self.id}, MLflow run {self.monitor_run_id}.")
+            return (
+                f":warning: Rollout of {self.model} v{self.model_version} rolled back: {self.summary}. The "
+                f"champion is unchanged. Alert {self.id}, MLflow run {self.monitor_run_id}."
+            )
         features = ", ".join(f"{f['feature']} ({f['method']} {f['score']:.3g})" for f in self.drifted_features)
-        return (f":warning: Drift on {self.model} v{self.model_version}: {self.summary}. Drifted: {features or '-'}. "
-                f"Retraining: {self.retraining or 'not decided'}. Alert {self.id}, MLflow run {self.monitor_run_id}.")
+        return (
+            f":warning: Drift on {self.model} v{self.model_version}: {self.summary}. Drifted: {features or '-'}. "
+            f"Retraining: {self.retraining or 'not decided'}. Alert {self.id}, MLflow run {self.monitor_run_id}."
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def new_alert(model: str, model_version: str, summary: str, drifted_features: list[dict], report: str,
-              monitor_run_id: str, kind: str = "drift") -> Alert:
+def new_alert(
+    model: str,
+    model_version: str,
+    summary: str,
+    drifted_features: list[dict],
+    report: str,
+    monitor_run_id: str,
+    kind: str = "drift",
+) -> Alert:
     now = dt.datetime.now(dt.timezone.utc)
     alert_id = f"{kind}-{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-    return Alert(alert_id, now.isoformat(timespec="seconds"), model, model_version, summary, drifted_features,
-                 report, monitor_run_id, kind=kind)
+    return Alert(
+        alert_id,
+        now.isoformat(timespec="seconds"),
+        model,
+        model_version,
+        summary,
+        drifted_features,
+        report,
+        monitor_run_id,
+        kind=kind,
+    )
 
 
-def send_alert(alert: Alert, alerts_dir: str | Path, webhook_url: Optional[str] = None) -> Path:
+def send_alert(alert: Alert, alerts_dir: str | Path, webhook_url: str | None = None) -> Path:
     """Log the alert, POST it to the webhook when one is configured, write alerts_dir/<id>.json. A failing
     webhook is logged and recorded in the file; it never stops the monitor."""
     import requests

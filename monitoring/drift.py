@@ -58,8 +58,9 @@ def profile_texts(classifier, texts: list[str]) -> pd.DataFrame:
     return frame
 
 
-def decide_drift(features: list[FeatureDrift], current_size: int, min_window: int,
-                 drift_share: float) -> tuple[bool, str]:
+def decide_drift(
+    features: list[FeatureDrift], current_size: int, min_window: int, drift_share: float
+) -> tuple[bool, str]:
     """Drift when at least `drift_share` of the features drifted (Evidently's data set drift rule): one feature
     alone moves by chance too often to start a retraining."""
     if current_size < min_window:
@@ -84,16 +85,25 @@ def check_drift(reference: pd.DataFrame, current: pd.DataFrame, cfg: MonitorConf
     data_drift_utils.roc_auc_random_classifier_percentile = random_auc_percentile
 
     predictions = [c for c in reference.columns if c == "predicted_label" or c.startswith("probability_")]
-    kinds = {name: "text descriptor" for name in DESCRIPTORS} | {"text": "text content"} | {
-        name: "prediction" for name in predictions}
+    kinds = (
+        {name: "text descriptor" for name in DESCRIPTORS}
+        | {"text": "text content"}
+        | {name: "prediction" for name in predictions}
+    )
     metrics = [ValueDrift(column=name, method="ks", threshold=cfg.p_value) for name in DESCRIPTORS]
     metrics.append(ValueDrift(column="text", method="perc_text_content_drift", threshold=cfg.text_quantile))
-    metrics += [ValueDrift(column=name, method="chisquare" if name == "predicted_label" else "ks",
-                           threshold=cfg.p_value) for name in predictions]
-    metrics.append(EmbeddingsDrift(embeddings_name=EMBEDDING, drift_method=ModelDriftMethod(
-        threshold=cfg.embedding_auc, bootstrap=False)))
-    snapshot = Report(metrics, include_tests=True).run(current_data=_dataset(current, predictions),
-                                                        reference_data=_dataset(reference, predictions))
+    metrics += [
+        ValueDrift(column=name, method="chisquare" if name == "predicted_label" else "ks", threshold=cfg.p_value)
+        for name in predictions
+    ]
+    metrics.append(
+        EmbeddingsDrift(
+            embeddings_name=EMBEDDING, drift_method=ModelDriftMethod(threshold=cfg.embedding_auc, bootstrap=False)
+        )
+    )
+    snapshot = Report(metrics, include_tests=True).run(
+        current_data=_dataset(current, predictions), reference_data=_dataset(reference, predictions)
+    )
     features = _features(snapshot.dict(), kinds, cfg.embedding_auc)
     verdict, reason = decide_drift(features, len(current), cfg.min_window, cfg.drift_share)
     share = sum(f.drifted for f in features) / len(features)
@@ -127,11 +137,15 @@ def _dataset(frame: pd.DataFrame, predictions: list[str]):
 
     vectors = np.stack(frame[EMBEDDING].to_numpy())
     dims = [f"{EMBEDDING}_{i}" for i in range(vectors.shape[1])]
-    table = pd.concat([frame.drop(columns=[EMBEDDING]).reset_index(drop=True),
-                       pd.DataFrame(vectors, columns=dims)], axis=1)
-    definition = DataDefinition(text_columns=["text"], categorical_columns=["predicted_label"],
-                                numerical_columns=[c for c in predictions if c != "predicted_label"],
-                                embeddings={EMBEDDING: dims})
+    table = pd.concat(
+        [frame.drop(columns=[EMBEDDING]).reset_index(drop=True), pd.DataFrame(vectors, columns=dims)], axis=1
+    )
+    definition = DataDefinition(
+        text_columns=["text"],
+        categorical_columns=["predicted_label"],
+        numerical_columns=[c for c in predictions if c != "predicted_label"],
+        embeddings={EMBEDDING: dims},
+    )
     descriptors = [getattr(evidently_descriptors, kind)("text", alias=name) for name, kind in DESCRIPTORS.items()]
     return Dataset.from_pandas(table, data_definition=definition, descriptors=descriptors)
 
@@ -144,11 +158,22 @@ def _features(snapshot: dict, kinds: dict[str, str], embedding_auc: float) -> li
     for metric in snapshot["metrics"]:
         config, score = metric["config"], float(metric["value"])
         if "column" in config:
-            features.append(FeatureDrift(config["column"], kinds[config["column"]], config["method"],
-                                         config["threshold"], score, metric["id"] in failed))
+            features.append(
+                FeatureDrift(
+                    config["column"],
+                    kinds[config["column"]],
+                    config["method"],
+                    config["threshold"],
+                    score,
+                    metric["id"] in failed,
+                )
+            )
         else:
-            features.append(FeatureDrift(EMBEDDING, "embedding", "domain classifier ROC AUC", embedding_auc, score,
-                                         score > embedding_auc))
+            features.append(
+                FeatureDrift(
+                    EMBEDDING, "embedding", "domain classifier ROC AUC", embedding_auc, score, score > embedding_auc
+                )
+            )
     return features
 
 

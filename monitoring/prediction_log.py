@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
 
 SHARD_PREFIX = "predictions-"
 # Of each record. role: "answer" (what the client received) or "shadow" (a rollout's second opinion, never sent);
@@ -29,8 +29,14 @@ class PredictionLog:
     `text_form` puts each text in the form the log stores (components/pii.py: its personal data redacted or
     hashed) before it is buffered, so no other form is ever written."""
 
-    def __init__(self, root: str, flush_texts: int = 100, flush_seconds: float = 30.0,
-                 replica: Optional[str] = None, text_form: Callable[[list[str]], list[str]] = list):
+    def __init__(
+        self,
+        root: str,
+        flush_texts: int = 100,
+        flush_seconds: float = 30.0,
+        replica: str | None = None,
+        text_form: Callable[[list[str]], list[str]] = list,
+    ):
         from components.storage import filesystem
 
         filesystem(root)  # a URI without a file system fails now, and fsspec is imported before any exit
@@ -46,14 +52,28 @@ class PredictionLog:
         self._flusher.start()
         atexit.register(self.close)  # MLServer stops on SIGTERM without unloading its models
 
-    def write(self, texts: Iterable[str], labels: Iterable[Optional[str]], probabilities: Iterable[Optional[dict]],
-              model: str, version: str, role: str = ANSWER, latency_ms: Optional[float] = None,
-              error: Optional[str] = None) -> None:
+    def write(
+        self,
+        texts: Iterable[str],
+        labels: Iterable[str | None],
+        probabilities: Iterable[dict | None],
+        model: str,
+        version: str,
+        role: str = ANSWER,
+        latency_ms: float | None = None,
+        error: str | None = None,
+    ) -> None:
         stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
         latency = None if latency_ms is None else round(latency_ms, 3)
         texts = self.text_form(list(texts))
-        lines = [json.dumps(dict(zip(COLUMNS, (stamp, model, version, text, label, probs, role, latency, error))),
-                            ensure_ascii=False) + "\n" for text, label, probs in zip(texts, labels, probabilities)]
+        lines = [
+            json.dumps(
+                dict(zip(COLUMNS, (stamp, model, version, text, label, probs, role, latency, error))),
+                ensure_ascii=False,
+            )
+            + "\n"
+            for text, label, probs in zip(texts, labels, probabilities)
+        ]
         with self._lock:
             if not self._waiting:
                 self._oldest = time.monotonic()
@@ -89,7 +109,7 @@ class PredictionLog:
                     self._flush()
 
 
-def read_predictions(root: str, files: Optional[list[str]] = None, skipped=None):
+def read_predictions(root: str, files: list[str] | None = None, skipped=None):
     """The logged predictions under root (or in `files`) as a DataFrame, oldest shard first, with timestamps as
     UTC datetimes. A record that is not a JSON object with a text and a timestamp, and a shard that cannot be read,
     are skipped with a warning and counted in `skipped` (a SkippedRecords)."""
@@ -117,7 +137,7 @@ def read_predictions(root: str, files: Optional[list[str]] = None, skipped=None)
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _prediction_time(record: dict) -> tuple[Optional[dt.datetime], str]:
+def _prediction_time(record: dict) -> tuple[dt.datetime | None, str]:
     """(the record's timestamp in UTC, '') for a usable record, else (None, why it is not)."""
     text, stamp = record.get("text"), record.get("timestamp")
     if not isinstance(text, str) or not text.strip():

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 TRIGGER_TAG = "lifecycle.trigger"  # "drift" on a retraining's parent run
 ALERT_TAG = "lifecycle.alert"  # the alert id
@@ -36,8 +36,9 @@ class Retraining:
         return self.started, self.run_id
 
 
-def may_retrain(now: dt.datetime, earlier: list[Retraining], cooldown_hours: float,
-                timeout_hours: float) -> tuple[bool, str]:
+def may_retrain(
+    now: dt.datetime, earlier: list[Retraining], cooldown_hours: float, timeout_hours: float
+) -> tuple[bool, str]:
     timeout, cooldown = dt.timedelta(hours=timeout_hours), dt.timedelta(hours=cooldown_hours)
     for run in earlier:
         if run.status == "RUNNING" and now - run.started < timeout:
@@ -45,21 +46,29 @@ def may_retrain(now: dt.datetime, earlier: list[Retraining], cooldown_hours: flo
     recent = [run for run in earlier if now - run.started < cooldown]
     if recent:
         last = max(recent, key=lambda run: run.started)
-        return False, (f"retraining {last.run_id} started {_hours(now - last.started)} ago, inside the cool-down "
-                       f"of {cooldown_hours:g} h (monitor.cooldown_hours)")
+        return False, (
+            f"retraining {last.run_id} started {_hours(now - last.started)} ago, inside the cool-down "
+            f"of {cooldown_hours:g} h (monitor.cooldown_hours)"
+        )
     return True, "no retraining running and none inside the cool-down"
 
 
-def keeps_claim(own: Retraining, claims: list[Retraining], cooldown_hours: float,
-                timeout_hours: float) -> tuple[bool, str]:
+def keeps_claim(
+    own: Retraining, claims: list[Retraining], cooldown_hours: float, timeout_hours: float
+) -> tuple[bool, str]:
     """Does `own` win against the claims re-read after recording it? It does when no earlier claim blocks it."""
     earlier = [c for c in claims if c.order < own.order]
     allowed, reason = may_retrain(own.started, earlier, cooldown_hours, timeout_hours)
     return allowed, reason if not allowed else "no earlier claim blocks it"
 
 
-def claim_retraining(cfg, tracking_uri: str, alert_id: str, now: Optional[dt.datetime] = None,
-                     pause: Optional[Callable[[str], None]] = None) -> tuple[Optional[str], str]:
+def claim_retraining(
+    cfg,
+    tracking_uri: str,
+    alert_id: str,
+    now: dt.datetime | None = None,
+    pause: Callable[[str], None] | None = None,
+) -> tuple[str | None, str]:
     """(the retraining's parent run id, reason) when this claimer wins, else (None, reason). `pause(phase)` is
     called after the first read ("decided") and in place of the settle wait ("claimed")."""
     import mlflow
@@ -69,13 +78,16 @@ def claim_retraining(cfg, tracking_uri: str, alert_id: str, now: Optional[dt.dat
     pause = pause or (lambda phase: time.sleep(cfg.monitor.claim_settle_seconds) if phase == "claimed" else None)
     experiment_id = use_config_experiment(cfg, tracking_uri)
     client = mlflow.MlflowClient()
-    allowed, reason = may_retrain(now or dt.datetime.now(dt.timezone.utc), retrainings(client, experiment_id),
-                                  cfg.monitor.cooldown_hours, cfg.monitor.retraining_timeout_hours)
+    allowed, reason = may_retrain(
+        now or dt.datetime.now(dt.timezone.utc),
+        retrainings(client, experiment_id),
+        cfg.monitor.cooldown_hours,
+        cfg.monitor.retraining_timeout_hours,
+    )
     if not allowed:
         return None, reason
     pause("decided")
-    run_id = start_parent_run(cfg, tracking_uri, tags={TRIGGER_TAG: "drift", ALERT_TAG: alert_id},
-                              run_kind="retrain")
+    run_id = start_parent_run(cfg, tracking_uri, tags={TRIGGER_TAG: "drift", ALERT_TAG: alert_id}, run_kind="retrain")
     pause("claimed")
     claims = retrainings(client, experiment_id)
     own = next(c for c in claims if c.run_id == run_id)
@@ -89,10 +101,14 @@ def claim_retraining(cfg, tracking_uri: str, alert_id: str, now: Optional[dt.dat
 
 def retrainings(client, experiment_id: str) -> list[Retraining]:
     """The retraining claims of the experiment, newest first, withdrawn ones left out."""
-    runs = client.search_runs([experiment_id], f"tags.`{TRIGGER_TAG}` = 'drift'",
-                              order_by=["attributes.start_time DESC"], max_results=100)
-    return [Retraining(r.info.run_id, dt.datetime.fromtimestamp(r.info.start_time / 1000, dt.timezone.utc),
-                       r.info.status) for r in runs if r.data.tags.get(CLAIM_TAG) != "withdrawn"]
+    runs = client.search_runs(
+        [experiment_id], f"tags.`{TRIGGER_TAG}` = 'drift'", order_by=["attributes.start_time DESC"], max_results=100
+    )
+    return [
+        Retraining(r.info.run_id, dt.datetime.fromtimestamp(r.info.start_time / 1000, dt.timezone.utc), r.info.status)
+        for r in runs
+        if r.data.tags.get(CLAIM_TAG) != "withdrawn"
+    ]
 
 
 def _hours(delta: dt.timedelta) -> str:

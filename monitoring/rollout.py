@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -39,8 +38,8 @@ class RolloutEvidence:
     candidate_scored: int
     champion_failed: int
     candidate_failed: int
-    champion_p99_ms: Optional[float]  # of its answers
-    candidate_p99_ms: Optional[float]  # of its answers: a canary's; none in shadow
+    champion_p99_ms: float | None  # of its answers
+    candidate_p99_ms: float | None  # of its answers: a canary's; none in shadow
 
     @property
     def candidate_failure_rate(self) -> float:
@@ -51,8 +50,9 @@ class RolloutEvidence:
         return figures | {"candidate_failure_rate": self.candidate_failure_rate}
 
 
-def gather_evidence(predictions: pd.DataFrame, feedback: pd.DataFrame, champion: str, candidate: str, mode: str,
-                    started: dt.datetime) -> RolloutEvidence:
+def gather_evidence(
+    predictions: pd.DataFrame, feedback: pd.DataFrame, champion: str, candidate: str, mode: str, started: dt.datetime
+) -> RolloutEvidence:
     """`predictions`: the prediction log (read_predictions' columns); `feedback`: columns text and label."""
     rows = predictions[predictions["timestamp"] >= started] if not predictions.empty else predictions
     versions = rows["model_version"].astype(str) if not rows.empty else pd.Series(dtype=str)
@@ -66,19 +66,34 @@ def gather_evidence(predictions: pd.DataFrame, feedback: pd.DataFrame, champion:
     champion_right = (labelled["label_champion"] == labelled["truth"]).to_numpy(bool)
     candidate_right = (labelled["label_candidate"] == labelled["truth"]).to_numpy(bool)
     # Stage 5's paired test, on live texts; none without labels.
-    test = compare_paired(candidate_right, champion_right, champion) if len(labelled) else \
-        PairedComparison(champion, 0.0, 0, 0, 1.0)
+    test = (
+        compare_paired(candidate_right, champion_right, champion)
+        if len(labelled)
+        else PairedComparison(champion, 0.0, 0, 0, 1.0)
+    )
     return RolloutEvidence(
-        champion, candidate, mode, started, len(pairs),
+        champion,
+        candidate,
+        mode,
+        started,
+        len(pairs),
         float((pairs["label_champion"] == pairs["label_candidate"]).mean()) if len(pairs) else 0.0,
-        len(labelled), test.champion_accuracy,
-        float(candidate_right.mean()) if len(labelled) else 0.0, test.challenger_only_right,
-        test.champion_only_right, test.p_value, len(scored[champion]), len(scored[candidate]),
-        len(scored[champion]) - len(ok[champion]), len(scored[candidate]) - len(ok[candidate]),
-        _p99(ok[champion]), _p99(ok[candidate]))
+        len(labelled),
+        test.champion_accuracy,
+        float(candidate_right.mean()) if len(labelled) else 0.0,
+        test.challenger_only_right,
+        test.champion_only_right,
+        test.p_value,
+        len(scored[champion]),
+        len(scored[candidate]),
+        len(scored[champion]) - len(ok[champion]),
+        len(scored[candidate]) - len(ok[candidate]),
+        _p99(ok[champion]),
+        _p99(ok[candidate]),
+    )
 
 
-def _p99(frame: pd.DataFrame) -> Optional[float]:
+def _p99(frame: pd.DataFrame) -> float | None:
     """p99 of the scoring latency of the texts the version answered (a request's latency counts once per text it
     carried). Scorings aside run at the lowest priority, after the answer: their time is not what a client waits,
     so a shadow's latency is not judged, and a canary's is judged on its share."""
@@ -97,36 +112,53 @@ def decide_rollout(evidence: RolloutEvidence, rollout, gate, now: dt.datetime) -
     labelled, are in (and, under the rule `better`, once it is significantly better). Until then it waits, and
     at the deadline too little evidence ends the rollout by rollout.on_deadline."""
     e = evidence
-    counts = (f"{e.paired} texts scored by both, {e.labelled} of them labelled; candidate right alone on "
-              f"{e.candidate_only_right}, the champion alone on {e.champion_only_right}; exact McNemar p = "
-              f"{e.p_value:.3g}")
+    counts = (
+        f"{e.paired} texts scored by both, {e.labelled} of them labelled; candidate right alone on "
+        f"{e.candidate_only_right}, the champion alone on {e.champion_only_right}; exact McNemar p = "
+        f"{e.p_value:.3g}"
+    )
     if e.candidate_failed and e.candidate_failure_rate > rollout.max_error_rate:
-        return Decision(ROLLBACK, f"version {e.candidate} failed on {e.candidate_failed} of {e.candidate_scored} "
-                                  f"texts ({e.candidate_failure_rate:.1%}; at most {rollout.max_error_rate:.1%})")
+        return Decision(
+            ROLLBACK,
+            f"version {e.candidate} failed on {e.candidate_failed} of {e.candidate_scored} "
+            f"texts ({e.candidate_failure_rate:.1%}; at most {rollout.max_error_rate:.1%})",
+        )
     deadline = e.started + dt.timedelta(hours=rollout.deadline_hours)
 
     def wait(why: str) -> Decision[str]:
         if now < deadline:
             return Decision(WAIT, f"{why}; deciding by {deadline:%Y-%m-%d %H:%M} UTC ({counts})")
-        return Decision(rollout.on_deadline, f"the deadline {deadline:%Y-%m-%d %H:%M} UTC passed and {why} "
-                                             f"(deploy.rollout.on_deadline: {rollout.on_deadline}; {counts})")
+        return Decision(
+            rollout.on_deadline,
+            f"the deadline {deadline:%Y-%m-%d %H:%M} UTC passed and {why} "
+            f"(deploy.rollout.on_deadline: {rollout.on_deadline}; {counts})",
+        )
 
     if e.paired < rollout.min_texts:
         return wait(f"{e.paired} texts scored by both versions of the {rollout.min_texts} needed")
     if e.champion_p99_ms and e.candidate_p99_ms and e.candidate_p99_ms > rollout.max_p99_ratio * e.champion_p99_ms:
-        return Decision(ROLLBACK, f"version {e.candidate}'s p99 latency {e.candidate_p99_ms:.1f} ms is over "
-                                  f"{rollout.max_p99_ratio:g}x the champion's {e.champion_p99_ms:.1f} ms")
+        return Decision(
+            ROLLBACK,
+            f"version {e.candidate}'s p99 latency {e.candidate_p99_ms:.1f} ms is over "
+            f"{rollout.max_p99_ratio:g}x the champion's {e.champion_p99_ms:.1f} ms",
+        )
     if e.labelled < rollout.min_labelled:
         return wait(f"{e.labelled} labelled texts of the {rollout.min_labelled} needed")
     verdict = paired_verdict(e.candidate_only_right, e.champion_only_right, e.p_value, gate.significance)
     if verdict == "worse":
-        return Decision(ROLLBACK, f"version {e.candidate} is worse than champion version {e.champion} on live "
-                                  f"traffic: accuracy {e.candidate_accuracy:.4f} vs {e.champion_accuracy:.4f} at "
-                                  f"level {gate.significance:g} ({counts})")
+        return Decision(
+            ROLLBACK,
+            f"version {e.candidate} is worse than champion version {e.champion} on live "
+            f"traffic: accuracy {e.candidate_accuracy:.4f} vs {e.champion_accuracy:.4f} at "
+            f"level {gate.significance:g} ({counts})",
+        )
     if gate.champion_rule == "better" and verdict != "better":
         return wait(f"version {e.candidate} is not yet significantly better (rule better)")
-    return Decision(PROMOTE, f"version {e.candidate} is {'better' if verdict == 'better' else 'not worse'} than "
-                             f"champion version "
-                             f"{e.champion} on live traffic: accuracy {e.candidate_accuracy:.4f} vs "
-                             f"{e.champion_accuracy:.4f}, agreement {e.agreement:.1%} (rule {gate.champion_rule}; "
-                             f"{counts})")
+    return Decision(
+        PROMOTE,
+        f"version {e.candidate} is {'better' if verdict == 'better' else 'not worse'} than "
+        f"champion version "
+        f"{e.champion} on live traffic: accuracy {e.candidate_accuracy:.4f} vs "
+        f"{e.champion_accuracy:.4f}, agreement {e.agreement:.1%} (rule {gate.champion_rule}; "
+        f"{counts})",
+    )

@@ -51,29 +51,49 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="command")
 
     def with_config(sub):
-        sub.add_argument("-v", "--verbose", action="store_true",
-                         help="stream everything (KFP's task logs, the libraries' messages) as well as the log file")
+        sub.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            help="stream everything (KFP's task logs, the libraries' messages) as well as the log file",
+        )
         sub.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
-        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                         help="override a config key by its dotted path, e.g. train.epochs=2 (repeatable)")
+        sub.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            dest="overrides",
+            help="override a config key by its dotted path, e.g. train.epochs=2 (repeatable)",
+        )
         return sub
 
     run = with_config(commands.add_parser("run", help="run stages 1-7 locally through kfp.local"))
     run.add_argument("--resume", metavar="RUN_ID", help="resume an interrupted run from its last checkpoint")
     run.set_defaults(handler=_run)
-    tune = with_config(commands.add_parser("tune", help="stages 1-7 with stage 4 as a hyper-parameter search (the "
-                                                        "config's tune section); the best trial by validation loss "
-                                                        "goes on like a run's model"))
+    tune = with_config(
+        commands.add_parser(
+            "tune",
+            help="stages 1-7 with stage 4 as a hyper-parameter search (the "
+            "config's tune section); the best trial by validation loss "
+            "goes on like a run's model",
+        )
+    )
     tune.add_argument("--resume", metavar="RUN_ID", help="resume an interrupted sweep: finished trials are kept")
     tune.set_defaults(handler=_run)
     compile_ = with_config(commands.add_parser("compile", help="write the training and monitor pipelines' KFP YAML"))
-    compile_.add_argument("-o", "--output", default="pipeline.yaml",
-                          help="training pipeline: a .yaml file, or a directory for pipeline.yaml "
-                               "(default %(default)s)")
-    compile_.add_argument("--monitor-output",
-                          help="monitor pipeline (default: monitor_pipeline.yaml beside the training pipeline)")
-    compile_.add_argument("--sweep-output",
-                          help="sweep pipeline (default: sweep_pipeline.yaml beside the training pipeline)")
+    compile_.add_argument(
+        "-o",
+        "--output",
+        default="pipeline.yaml",
+        help="training pipeline: a .yaml file, or a directory for pipeline.yaml (default %(default)s)",
+    )
+    compile_.add_argument(
+        "--monitor-output", help="monitor pipeline (default: monitor_pipeline.yaml beside the training pipeline)"
+    )
+    compile_.add_argument(
+        "--sweep-output", help="sweep pipeline (default: sweep_pipeline.yaml beside the training pipeline)"
+    )
     compile_.set_defaults(handler=_compile)
     monitor = with_config(commands.add_parser("monitor", help="one drift check of the champion, now"))
     monitor.add_argument("--current", metavar="FILE", help="texts to check (default: the prediction log window)")
@@ -87,33 +107,48 @@ def _parser() -> argparse.ArgumentParser:
     schedule.add_argument("--cron", required=True, help='cron, 5 fields ("0 * * * *") or KFP\'s 6 (seconds first)')
     schedule.add_argument("--experiment", help="KFP experiment (default: tracking.experiment)")
     schedule.set_defaults(handler=_schedule)
-    demo = with_config(commands.add_parser("demo-drift", help="replay normal then shifted traffic: drift -> alert "
-                                                              "-> retraining -> gate"))
+    demo = with_config(
+        commands.add_parser(
+            "demo-drift", help="replay normal then shifted traffic: drift -> alert -> retraining -> gate"
+        )
+    )
     demo.add_argument("--work-dir", default="work/demo-drift", help="the demo's own work dir (default %(default)s)")
     demo.set_defaults(handler=_demo)
     serve = with_config(commands.add_parser("serve", help="serve a registered ONNX model over HTTP (KServe V2)"))
     serve.add_argument("--model", help="models:/NAME@ALIAS or models:/NAME/VERSION (default: the champion)")
-    serve.add_argument("--port", type=int,
-                       help="HTTP port (default serve.port; gRPC on the next one, metrics on the one after)")
+    serve.add_argument(
+        "--port", type=int, help="HTTP port (default serve.port; gRPC on the next one, metrics on the one after)"
+    )
     serve.set_defaults(handler=_serve)
     rollback = with_config(commands.add_parser("rollback", help="put the previous champion back"))
     rollback.set_defaults(handler=_rollback)
-    rollout = with_config(commands.add_parser("rollout", help="a new champion on trial on live traffic: its "
-                                                              "evidence, or a person's decision"))
-    rollout.add_argument("action", choices=["status", "promote", "abort"],
-                         help="status: the evidence and what the monitor would decide now (changes nothing); "
-                              "promote: the candidate becomes the champion now; abort: it is rolled back")
+    rollout = with_config(
+        commands.add_parser(
+            "rollout", help="a new champion on trial on live traffic: its evidence, or a person's decision"
+        )
+    )
+    rollout.add_argument(
+        "action",
+        choices=["status", "promote", "abort"],
+        help="status: the evidence and what the monitor would decide now (changes nothing); "
+        "promote: the candidate becomes the champion now; abort: it is rolled back",
+    )
     rollout.set_defaults(handler=_rollout)
     ui = with_config(commands.add_parser("ui", help="start the MLflow UI on the project's tracking store"))
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(handler=_ui)
     server = commands.add_parser("tracking-server", help="an MLflow server on PostgreSQL here, as on a cluster")
-    server.add_argument("--dir", default="work/tracking-server",
-                        help="its database and artifacts (default %(default)s)")
+    server.add_argument(
+        "--dir", default="work/tracking-server", help="its database and artifacts (default %(default)s)"
+    )
     server.add_argument("--port", type=int, default=5001, help="HTTP port (default %(default)s)")
-    server.add_argument("--artifacts", metavar="URI", help="its artifact store, e.g. s3://BUCKET/mlflow (credentials "
-                                                           "and MLFLOW_S3_ENDPOINT_URL from the environment; "
-                                                           "default: a folder in --dir)")
+    server.add_argument(
+        "--artifacts",
+        metavar="URI",
+        help="its artifact store, e.g. s3://BUCKET/mlflow (credentials "
+        "and MLFLOW_S3_ENDPOINT_URL from the environment; "
+        "default: a folder in --dir)",
+    )
     server.set_defaults(handler=_tracking_server, verbose=False)
     for name, sub in commands.choices.items():
         sub.set_defaults(command=name)
@@ -125,7 +160,6 @@ def load(args, absolute: bool = True):
     """The validated config, with work_dir made absolute (stages run in other processes) unless `absolute` is
     False (a compiled pipeline must hold no path of this machine); the command's log file goes in work_dir."""
     from components.config import load_config
-
     from components.tracking import check_reachable
     from pipelines.local import tracking_uri_for
 
@@ -162,15 +196,21 @@ def _run(args) -> int:
         f"registered    {version_uri(name, result.model_version)} (PyTorch; gate {result.gate}{alias})",
     ]
     if result.champion_version:
-        lines += [f"deployed      {version_uri(name, result.champion_version)} (ONNX, alias {CHAMPION})",
-                  f"  serve it    lifecycle serve --model {model_uri(name, CHAMPION)}"]
+        lines += [
+            f"deployed      {version_uri(name, result.champion_version)} (ONNX, alias {CHAMPION})",
+            f"  serve it    lifecycle serve --model {model_uri(name, CHAMPION)}",
+        ]
     if result.candidate_version:
-        lines += [f"deployed      {version_uri(name, result.candidate_version)} (ONNX, alias {CANDIDATE}: a "
-                  f"{cfg.deploy.rollout.mode} rollout beside the champion; servers of @{CHAMPION} take it up)",
-                  "  follow it   lifecycle rollout status"]
+        lines += [
+            f"deployed      {version_uri(name, result.candidate_version)} (ONNX, alias {CANDIDATE}: a "
+            f"{cfg.deploy.rollout.mode} rollout beside the champion; servers of @{CHAMPION} take it up)",
+            "  follow it   lifecycle rollout status",
+        ]
     if result.sweep_winner:
-        lines += [f"sweep         {result.sweep_winner} won (by validation loss); its settings: the sweep run's "
-                  f"sweep/best_config.yaml"]
+        lines += [
+            f"sweep         {result.sweep_winner} won (by validation loss); its settings: the sweep run's "
+            f"sweep/best_config.yaml"
+        ]
     lines.append(f"artifacts     {result.artifacts_dir}")
     args.console.show("\n" + "\n".join(lines))
     return 0
@@ -197,8 +237,10 @@ def _resume_command(args, run_id: str) -> str:
     reach), with --resume."""
     import shlex
 
-    given = [*(("--config", args.config) if args.config != DEFAULT_CONFIG else ()),
-             *(part for setting in args.overrides for part in ("--set", setting))]
+    given = [
+        *(("--config", args.config) if args.config != DEFAULT_CONFIG else ()),
+        *(part for setting in args.overrides for part in ("--set", setting)),
+    ]
     return shlex.join(["lifecycle", args.command, *given, "--resume", run_id])
 
 
@@ -212,10 +254,14 @@ def _compile(args) -> int:
     training = _yaml_path(args.output, "pipeline.yaml")
     monitor = _yaml_path(args.monitor_output or str(Path(training).parent), "monitor_pipeline.yaml")
     sweep = _yaml_path(args.sweep_output or str(Path(training).parent), "sweep_pipeline.yaml")
-    for build, path in ((build_training_pipeline, training), (build_monitor_pipeline, monitor),
-                        (build_sweep_pipeline, sweep)):
-        compiler.Compiler().compile(build(cfg), package_path=path,
-                                    pipeline_parameters={"config_json": cfg.model_dump_json()})
+    for build, path in (
+        (build_training_pipeline, training),
+        (build_monitor_pipeline, monitor),
+        (build_sweep_pipeline, sweep),
+    ):
+        compiler.Compiler().compile(
+            build(cfg), package_path=path, pipeline_parameters={"config_json": cfg.model_dump_json()}
+        )
         args.console.show(f"wrote {path}")
     return 0
 
@@ -295,16 +341,33 @@ def _serve(args) -> int:
     _, _, alias = served.partition("@")
     follow = Follow(alias, cfg.serve.follow_seconds, str(downloads)) if alias else None
     log = cfg.predictions_uri()
-    following = (f"; follows @{alias}" + (" and its rollouts" if alias == CHAMPION else "")
-                 + f" (every {cfg.serve.follow_seconds:g} s)") if follow else ""
+    following = (
+        (
+            f"; follows @{alias}"
+            + (" and its rollouts" if alias == CHAMPION else "")
+            + f" (every {cfg.serve.follow_seconds:g} s)"
+        )
+        if follow
+        else ""
+    )
     metrics_port = port + SERVER_PORTS["metrics"]
-    args.console.show(f"serving {served} (version {version}{following}) on http://{cfg.serve.host}:{port}: POST "
-                      f"/v2/models/{name}/infer, POST /predict; metrics on :{metrics_port}/metrics; predictions "
-                      f"logged to {log} (personal data: {cfg.serve.log_pii})")
-    serve(bundle, name, version, port, log,
-          Limits(cfg.serve.max_batch, cfg.serve.max_text_chars, cfg.serve.max_request_bytes),
-          (cfg.serve.log_flush_texts, cfg.serve.log_flush_seconds), cfg.serve.host, follow,
-          LogPii.of(cfg))
+    args.console.show(
+        f"serving {served} (version {version}{following}) on http://{cfg.serve.host}:{port}: POST "
+        f"/v2/models/{name}/infer, POST /predict; metrics on :{metrics_port}/metrics; predictions "
+        f"logged to {log} (personal data: {cfg.serve.log_pii})"
+    )
+    serve(
+        bundle,
+        name,
+        version,
+        port,
+        log,
+        Limits(cfg.serve.max_batch, cfg.serve.max_text_chars, cfg.serve.max_request_bytes),
+        (cfg.serve.log_flush_texts, cfg.serve.log_flush_seconds),
+        cfg.serve.host,
+        follow,
+        LogPii.of(cfg),
+    )
     return 0
 
 
@@ -317,9 +380,11 @@ def _rollback(args) -> int:
     cfg = load(args)
     mlflow.set_tracking_uri(tracking_uri_for(cfg))
     champion, demoted = rollback(cfg.tracking.registered_model)
-    args.console.show(f"{cfg.tracking.registered_model}: champion is version {champion} again; version {demoted} is "
-                      f"now 'previous' (a second rollback undoes this). Servers of @champion answer with version "
-                      f"{champion} within serve.follow_seconds ({cfg.serve.follow_seconds:g} s).")
+    args.console.show(
+        f"{cfg.tracking.registered_model}: champion is version {champion} again; version {demoted} is "
+        f"now 'previous' (a second rollback undoes this). Servers of @champion answer with version "
+        f"{champion} within serve.follow_seconds ({cfg.serve.follow_seconds:g} s)."
+    )
     return 0
 
 
@@ -334,29 +399,37 @@ def _rollout(args) -> int:
 
     cfg = load(args)
     mlflow.set_tracking_uri(tracking_uri_for(cfg))
-    by_hand = {"promote": Decision(PROMOTE, "promoted by hand (lifecycle rollout promote)"),
-               "abort": Decision(ROLLBACK, "aborted by hand (lifecycle rollout abort)")}.get(args.action)
+    by_hand = {
+        "promote": Decision(PROMOTE, "promoted by hand (lifecycle rollout promote)"),
+        "abort": Decision(ROLLBACK, "aborted by hand (lifecycle rollout abort)"),
+    }.get(args.action)
     check = check_rollout(cfg, by_hand=by_hand, record=args.action != "status")
     if check is None:
         if args.action != "status":
-            raise RegistryError(f"registered model {cfg.tracking.registered_model!r} has no rollout running (no "
-                                "version with the alias 'candidate')")
+            raise RegistryError(
+                f"registered model {cfg.tracking.registered_model!r} has no rollout running (no "
+                "version with the alias 'candidate')"
+            )
         args.console.show(f"{cfg.tracking.registered_model}: no rollout running")
         return 0
     e = check.evidence
     p99 = lambda ms: f"{ms:.1f} ms" if ms is not None else "-"  # noqa: E731
-    args.console.show("\n".join([
-        f"{cfg.tracking.registered_model}: version {e.candidate} in {e.mode} beside champion {e.champion}, since "
-        f"{e.started:%Y-%m-%d %H:%M} UTC",
-        f"  scored        champion {e.champion_scored} texts ({e.champion_failed} failed, p99 "
-        f"{p99(e.champion_p99_ms)}); candidate {e.candidate_scored} ({e.candidate_failed} failed, p99 "
-        f"{p99(e.candidate_p99_ms)})",
-        f"  paired        {e.paired} texts, agreement {e.agreement:.1%}; {e.labelled} labelled: accuracy champion "
-        f"{e.champion_accuracy:.4f}, candidate {e.candidate_accuracy:.4f}, exact McNemar p = {e.p_value:.3g}",
-        ("  decision now  " if args.action == "status" else "  done          ")
-        + f"{check.decision.value}: {check.decision.reason}",
-        *([f"  MLflow run    {check.run_id}"] if check.run_id else []),
-    ]))
+    args.console.show(
+        "\n".join(
+            [
+                f"{cfg.tracking.registered_model}: version {e.candidate} in {e.mode} beside champion {e.champion}, since "
+                f"{e.started:%Y-%m-%d %H:%M} UTC",
+                f"  scored        champion {e.champion_scored} texts ({e.champion_failed} failed, p99 "
+                f"{p99(e.champion_p99_ms)}); candidate {e.candidate_scored} ({e.candidate_failed} failed, p99 "
+                f"{p99(e.candidate_p99_ms)})",
+                f"  paired        {e.paired} texts, agreement {e.agreement:.1%}; {e.labelled} labelled: accuracy champion "
+                f"{e.champion_accuracy:.4f}, candidate {e.candidate_accuracy:.4f}, exact McNemar p = {e.p_value:.3g}",
+                ("  decision now  " if args.action == "status" else "  done          ")
+                + f"{check.decision.value}: {check.decision.reason}",
+                *([f"  MLflow run    {check.run_id}"] if check.run_id else []),
+            ]
+        )
+    )
     return 0
 
 
@@ -372,8 +445,18 @@ def _ui(args) -> int:
         args.console.show(f"the tracking server serves the MLflow UI itself: open {ui_link(uri, experiment_id)}")
         return 0
     # One worker on one machine; the UI runs in a process group of its own, which Ctrl-C and SIGTERM stop whole.
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(args.port),
-               "--workers", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--port",
+        str(args.port),
+        "--workers",
+        "1",
+    ]
     args.console.show(" ".join(command))
     args.console.show(f"open {ui_link(f'http://127.0.0.1:{args.port}', experiment_id)}")
     return run_until_stopped(command)

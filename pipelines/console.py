@@ -13,19 +13,20 @@ import io
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional, TextIO
+from typing import TextIO
 
 from components.console import ERROR_MARK, MARK, PACKAGES, PROGRESS_MARK, USER_ERROR_MARK, MarkedFormatter
 
-_active: Optional["Console"] = None  # the console of the command running in this process, if any
+_active: Console | None = None  # the console of the command running in this process, if any
 
 
 class Console(io.TextIOBase):
     def __init__(self, terminal: TextIO, errors: TextIO, verbose: bool = False):
         self.terminal, self.error_stream, self.verbose = terminal, errors, verbose
-        self.log_path: Optional[Path] = None
-        self.last_error: Optional[str] = None  # the last failure a stage reported
+        self.log_path: Path | None = None
+        self.last_error: str | None = None  # the last failure a stage reported
         self.users_error = False  # whether it was a mistake of the user's (bad data, say) rather than a bug
         self._log: TextIO | io.StringIO = io.StringIO()  # lines before the log file is known
         self._partial = ""
@@ -77,7 +78,7 @@ class Console(io.TextIOBase):
         self._log.write(line + "\n")
         content = line.strip()  # kfp.local indents a task's lines
         if content.startswith(PROGRESS_MARK):
-            self._progress(content[len(PROGRESS_MARK):])
+            self._progress(content[len(PROGRESS_MARK) :])
             if self.verbose and not self.terminal.isatty():
                 self._print(line)
         elif content.startswith((ERROR_MARK, USER_ERROR_MARK)):
@@ -85,11 +86,11 @@ class Console(io.TextIOBase):
             self.last_error = content.split("] ", 1)[1]
             self._print(self.last_error, self.error_stream)
         elif content.startswith(MARK):
-            self._print(content[len(MARK):])
+            self._print(content[len(MARK) :])
         elif self.verbose:
             self._print(line)
 
-    def _print(self, text: str, stream: Optional[TextIO] = None) -> None:
+    def _print(self, text: str, stream: TextIO | None = None) -> None:
         self._end_bar()
         stream = stream or self.terminal
         stream.write(text + "\n")
@@ -150,7 +151,7 @@ def capturing(verbose: bool, capture_output: bool = True) -> Iterator[Console]:
         console.close()
 
 
-def active() -> Optional[Console]:
+def active() -> Console | None:
     return _active
 
 

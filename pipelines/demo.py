@@ -48,23 +48,30 @@ def demo_drift(cfg: LifecycleConfig) -> None:
     first_label = sorted(unseen["label"].unique())[0]
     shifted_rows = unseen[unseen["label"] == first_label]
     if len(shifted_rows) < WINDOW:
-        raise DataError(f"the demo needs {WINDOW} texts of one class that no split holds; the data has "
-                        f"{len(shifted_rows)} (use data with more texts than the balanced splits take)")
+        raise DataError(
+            f"the demo needs {WINDOW} texts of one class that no split holds; the data has "
+            f"{len(shifted_rows)} (use data with more texts than the balanced splits take)"
+        )
     shifted_rows = shifted_rows.sample(WINDOW, random_state=cfg.seed)
     shifted = _replay(cfg, shifted_rows["text"].tolist(), work / "demo-traffic" / "shifted")
     feedback = work / "feedback" / "shifted.jsonl"
     feedback.parent.mkdir(parents=True, exist_ok=True)
     shifted_rows.rename(columns={"text": cfg.data.text_column, "label": cfg.data.label_column}).to_json(
-        feedback, orient="records", lines=True, force_ascii=False)
+        feedback, orient="records", lines=True, force_ascii=False
+    )
     retrain_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"feedback_path": str(feedback.parent)})})
 
-    _say(f"3. Shifted traffic: {WINDOW} unseen texts, all '{first_label}' -> {shifted}; their labels are the "
-         f"feedback in {feedback}")
+    _say(
+        f"3. Shifted traffic: {WINDOW} unseen texts, all '{first_label}' -> {shifted}; their labels are the "
+        f"feedback in {feedback}"
+    )
     monitor_once_on(retrain_cfg, shifted)
     _say("4. The same shifted window again, inside the cool-down")
     monitor_once_on(retrain_cfg, shifted)
-    _say(f"Done. Alerts in {work / 'alerts'}; `lifecycle ui --set work_dir={work}` shows the runs "
-         f"(the retraining's parent run is tagged lifecycle.alert).")
+    _say(
+        f"Done. Alerts in {work / 'alerts'}; `lifecycle ui --set work_dir={work}` shows the runs "
+        f"(the retraining's parent run is tagged lifecycle.alert)."
+    )
 
 
 def monitor_once_on(cfg: LifecycleConfig, current: Path) -> None:
@@ -78,19 +85,25 @@ def champion_splits(cfg: LifecycleConfig) -> dict[str, pd.DataFrame]:
     from components.handoff import SPLITS, read_split
     from components.stages import DATA, DEPLOY
 
-    runs = sorted((p for p in (Path(cfg.work_dir) / "kfp").glob(f"{cfg.name}-training-*")
-                   if (p / DEPLOY.task_name).is_dir()), key=lambda p: p.stat().st_mtime)
+    runs = sorted(
+        (p for p in (Path(cfg.work_dir) / "kfp").glob(f"{cfg.name}-training-*") if (p / DEPLOY.task_name).is_dir()),
+        key=lambda p: p.stat().st_mtime,
+    )
     data_dir = runs[-1] / DATA.task_name / "dataset"
     return {name: read_split(data_dir, name) for name in SPLITS}
 
 
 def unseen_rows(cfg: LifecycleConfig, splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    from components.data.tables import read_table
     from components.data.core import clean, resolve_sources, table_format
+    from components.data.tables import read_table
 
     sources = resolve_sources(cfg.data.model_copy(update={"feedback_path": None}), Path(cfg.work_dir) / "downloads")
-    rows = pd.concat([clean(read_table(path, table_format(cfg.data)), cfg.data.text_column, cfg.data.label_column)
-                      for path in sources.values()])
+    rows = pd.concat(
+        [
+            clean(read_table(path, table_format(cfg.data)), cfg.data.text_column, cfg.data.label_column)
+            for path in sources.values()
+        ]
+    )
     used = set(pd.concat(splits.values())["text"])
     return rows[~rows["text"].isin(used)]
 
@@ -101,20 +114,26 @@ def _replay(cfg: LifecycleConfig, texts: list[str], log_dir: Path) -> Path:
 
     from components.deploy.onnx_classifier import OnnxClassifier, label_probabilities
     from components.deploy.serving import resolve_bundle
-    from components.pii import LogPii
     from components.handoff import model_uri
+    from components.pii import LogPii
     from components.registry import CHAMPION
     from components.storage import list_files
     from monitoring.prediction_log import PredictionLog
 
-    bundle, name, version = resolve_bundle(model_uri(cfg.tracking.registered_model, CHAMPION),
-                                           Path(cfg.work_dir) / "serving")
+    bundle, name, version = resolve_bundle(
+        model_uri(cfg.tracking.registered_model, CHAMPION), Path(cfg.work_dir) / "serving"
+    )
     classifier = OnnxClassifier(bundle)
     probabilities = classifier.probabilities(texts)
     shutil.rmtree(log_dir, ignore_errors=True)
     log = PredictionLog(str(log_dir), flush_texts=len(texts), text_form=LogPii.of(cfg).text_form())
-    log.write(texts, [classifier.labels[i] for i in probabilities.argmax(1)],
-              label_probabilities(classifier.labels, probabilities), name, version)
+    log.write(
+        texts,
+        [classifier.labels[i] for i in probabilities.argmax(1)],
+        label_probabilities(classifier.labels, probabilities),
+        name,
+        version,
+    )
     log.close()
     (shard,) = list_files(str(log_dir))
     return Path(shard)

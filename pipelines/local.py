@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 from components.config import LifecycleConfig
 from components.tracking import default_tracking_uri
@@ -28,12 +28,12 @@ class LocalRun:
     experiment_id: str
     parent_run_id: str
     model_version: str  # registered by stage 5
-    champion_version: Optional[str]  # registered and promoted by stage 6, when the gate passed
-    candidate_version: Optional[str]  # or registered as the candidate of a rollout on live traffic
+    champion_version: str | None  # registered and promoted by stage 6, when the gate passed
+    candidate_version: str | None  # or registered as the candidate of a rollout on live traffic
     registered_model: str
     gate: str
     artifacts_dir: str
-    sweep_winner: Optional[str] = None  # `lifecycle tune`: the trial whose model went on
+    sweep_winner: str | None = None  # `lifecycle tune`: the trial whose model went on
 
 
 def tracking_uri_for(cfg: LifecycleConfig, environ=os.environ) -> str:
@@ -42,8 +42,12 @@ def tracking_uri_for(cfg: LifecycleConfig, environ=os.environ) -> str:
 
 
 @warm_tasks()  # from the start: the warm process imports while this one opens the run
-def run_locally(cfg: LifecycleConfig, resume_run_id: Optional[str] = None,
-                on_start: Callable[[str], None] = lambda parent_run_id: None, sweep: bool = False) -> LocalRun:
+def run_locally(
+    cfg: LifecycleConfig,
+    resume_run_id: str | None = None,
+    on_start: Callable[[str], None] = lambda parent_run_id: None,
+    sweep: bool = False,
+) -> LocalRun:
     """Run stages 1-7 (with `sweep`, stage 4 as a search) with kfp.local's subprocess runner in this environment;
     the parent run is FAILED if any stage fails, and a resumed run reuses its parent run and its fine-tuning
     checkpoint (or its study). `on_start` is told the parent run's id before the first stage starts."""
@@ -70,12 +74,16 @@ def run_locally(cfg: LifecycleConfig, resume_run_id: Optional[str] = None,
         client.set_terminated(parent, status="FAILED")
         if isinstance(err, PipelineFailed):
             promoted = client.get_run(parent).data.tags.get("champion_version")
-            err.outcome = (f"version {promoted} became the champion before the failure" if promoted else
-                           "the champion is unchanged") + f"; MLflow run {parent} is marked FAILED"
+            err.outcome = (
+                f"version {promoted} became the champion before the failure"
+                if promoted
+                else "the champion is unchanged"
+            ) + f"; MLflow run {parent} is marked FAILED"
         raise
     client.set_terminated(parent, status="FINISHED")
-    runs = sorted(pipeline_root.glob(f"{cfg.name}-{'sweep' if sweep else 'training'}-*"),
-                  key=lambda p: p.stat().st_mtime)
+    runs = sorted(
+        pipeline_root.glob(f"{cfg.name}-{'sweep' if sweep else 'training'}-*"), key=lambda p: p.stat().st_mtime
+    )
     tags = client.get_run(parent).data.tags
     return LocalRun(
         tracking_uri=uri,
@@ -114,7 +122,7 @@ def run_pipeline(pipeline, cfg: LifecycleConfig, run_id: str, **arguments) -> No
 class MonitorOutcome:
     monitor_run_id: str
     tags: dict  # the monitor run's: drift_detected, drift_reason, alert, retraining, retraining_run_id, ...
-    retraining: Optional[dict] = None  # the retraining run's tags (gate, gate_reasons, champion_version, ...)
+    retraining: dict | None = None  # the retraining run's tags (gate, gate_reasons, champion_version, ...)
 
 
 @warm_tasks()
@@ -158,7 +166,8 @@ def config_of_run(run_id: str, tracking_uri: str) -> LifecycleConfig:
 
 
 def _close_interrupted_stages(client, experiment_id: str, parent_run_id: str) -> None:
-    stale = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' "
-                                                "and attributes.status = 'RUNNING'")
+    stale = client.search_runs(
+        [experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    )
     for run in stale:
         client.set_terminated(run.info.run_id, status="KILLED")

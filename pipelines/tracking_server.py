@@ -15,7 +15,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from components.errors import LifecycleError
 from pipelines.processes import start_group, stop_group, wait_until_answers
@@ -47,8 +46,9 @@ class TrackingServer:
         _as_postgres([_pg_bin("pg_ctl"), "-D", str(self.postgres_dir / "data"), "-m", "fast", "-w", "stop"])
 
 
-def start_tracking_server(root: str | Path, port: int = 0, db_port: int = 0,
-                          artifacts: Optional[str] = None) -> TrackingServer:
+def start_tracking_server(
+    root: str | Path, port: int = 0, db_port: int = 0, artifacts: str | None = None
+) -> TrackingServer:
     """PostgreSQL in root/postgres and `mlflow server` on it with its artifacts in `artifacts` (an object-store URI
     such as s3://bucket/mlflow, reached with the usual credentials and MLFLOW_S3_ENDPOINT_URL), by default in
     root/artifacts; ready on return."""
@@ -60,8 +60,22 @@ def start_tracking_server(root: str | Path, port: int = 0, db_port: int = 0,
         Path(artifacts).mkdir(exist_ok=True)
     port = port or free_port()
     log = open(root / "mlflow-server.log", "ab")
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination",
-               artifacts, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend,
+        "--artifacts-destination",
+        artifacts,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     process = start_group(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ | NO_JOBS)
     server = TrackingServer(f"http://127.0.0.1:{port}", backend, artifacts, root / "postgres", process)
     _wait_until_healthy(server, root / "mlflow-server.log")
@@ -76,11 +90,39 @@ def start_postgres(folder: Path, port: int) -> str:
         shutil.chown(folder, "postgres", "postgres")
     if not (data / "PG_VERSION").is_file():
         _as_postgres([_pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", USER, "-E", "UTF8"])
-    _as_postgres([_pg_bin("pg_ctl"), "-D", str(data), "-l", str(folder / "postgres.log"), "-w", "-t", "60",
-                  "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"])
-    created = subprocess.run([_pg_bin("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", USER, "-d", "postgres",
-                              "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    _as_postgres(
+        [
+            _pg_bin("pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(folder / "postgres.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {port} -k {folder} -c listen_addresses=127.0.0.1",
+            "start",
+        ]
+    )
+    created = subprocess.run(
+        [
+            _pg_bin("psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            USER,
+            "-d",
+            "postgres",
+            "-tAc",
+            f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     if not created:
         subprocess.run([_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", USER, DATABASE], check=True)
     return f"postgresql://{USER}@127.0.0.1:{port}/{DATABASE}"
@@ -105,11 +147,16 @@ def _bindable(port: int) -> bool:
             return False
 
 
-def run_tracking_server(root: str | Path, port: int, artifacts: Optional[str] = None) -> None:
+def run_tracking_server(root: str | Path, port: int, artifacts: str | None = None) -> None:
     """Start the server, print how to use it, serve until Ctrl-C or SIGTERM, then stop both processes."""
     server = start_tracking_server(root, port, artifacts=artifacts)
-    log.info("MLflow server %s (backend %s, artifacts %s)\n  export MLFLOW_TRACKING_URI=%s\nCtrl-C stops it.",
-             server.uri, server.backend_uri, server.artifacts, server.uri)
+    log.info(
+        "MLflow server %s (backend %s, artifacts %s)\n  export MLFLOW_TRACKING_URI=%s\nCtrl-C stops it.",
+        server.uri,
+        server.backend_uri,
+        server.artifacts,
+        server.uri,
+    )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while server.process.poll() is None:
@@ -146,5 +193,3 @@ def _wait_until_healthy(server: TrackingServer, log: Path, timeout_s: float = 12
         return
     server.stop()
     raise ServerError(f"the MLflow server did not become healthy; its log: {log}")
-
-

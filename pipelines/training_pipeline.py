@@ -13,8 +13,10 @@ from components.tracking import SWEEP
 def build_training_pipeline(cfg: LifecycleConfig):
     """The pipeline function for this config: the image and the GPU request come from cfg.kfp."""
 
-    @dsl.pipeline(name=f"{cfg.name}-training", description="Stages 1-7: data, model, environment, fine-tuning, "
-                                                              "evaluation, deployment, drift monitoring")
+    @dsl.pipeline(
+        name=f"{cfg.name}-training",
+        description="Stages 1-7: data, model, environment, fine-tuning, evaluation, deployment, drift monitoring",
+    )
     def training_pipeline(config_json: str, tracking_uri: str, parent_run_id: str = ""):
         common, inputs = prepare(cfg, config_json, tracking_uri, parent_run_id)
         tune = FINE_TUNE.component()(**common, **inputs)
@@ -29,21 +31,29 @@ def build_sweep_pipeline(cfg: LifecycleConfig):
     winner, then stages 5-7 with the winner's config as a run's."""
     from components.tune.component import tune_select, tune_study
 
-    @dsl.pipeline(name=f"{cfg.name}-sweep", description="Stages 1-7 with stage 4 as a hyper-parameter search: "
-                                                           "an Optuna study whose trials are nested MLflow runs")
+    @dsl.pipeline(
+        name=f"{cfg.name}-sweep",
+        description="Stages 1-7 with stage 4 as a hyper-parameter search: "
+        "an Optuna study whose trials are nested MLflow runs",
+    )
     def sweep_pipeline(config_json: str, tracking_uri: str, parent_run_id: str = ""):
         common, inputs = prepare(cfg, config_json, tracking_uri, parent_run_id, kind=SWEEP)
         study = tune_study(**common).after(inputs["environment"].task)
         configure_task(study, cfg)
-        with dsl.ParallelFor(items=list(range(cfg.tune.parallel)), parallelism=cfg.tune.parallel,
-                             name="tune-workers") as worker:
-            workers = TUNE.component()(config_json=config_json, tracking_uri=tracking_uri,
-                                       study=study.outputs["study"], **inputs, worker=worker)
+        with dsl.ParallelFor(
+            items=list(range(cfg.tune.parallel)), parallelism=cfg.tune.parallel, name="tune-workers"
+        ) as worker:
+            workers = TUNE.component()(
+                config_json=config_json,
+                tracking_uri=tracking_uri,
+                study=study.outputs["study"],
+                **inputs,
+                worker=worker,
+            )
             configure_task(workers, cfg)
         winner = tune_select(**common).after(workers)
         configure_task(winner, cfg)
-        evaluate_and_deploy(cfg, common | {"config_json": winner.outputs["Output"]}, inputs,
-                            winner.outputs["model"])
+        evaluate_and_deploy(cfg, common | {"config_json": winner.outputs["Output"]}, inputs, winner.outputs["model"])
 
     return sweep_pipeline
 
@@ -58,8 +68,11 @@ def prepare(cfg: LifecycleConfig, config_json: str, tracking_uri: str, parent_ru
     env = ENVIRONMENT.component()(**common).after(init)  # the stages run in lifecycle order
     for task in (run, data, init, env):
         configure_task(task, cfg)
-    return common, {"dataset": dataset, "init_model": init.outputs["init_model"],
-                    "environment": env.outputs["environment"]}
+    return common, {
+        "dataset": dataset,
+        "init_model": init.outputs["init_model"],
+        "environment": env.outputs["environment"],
+    }
 
 
 def evaluate_and_deploy(cfg: LifecycleConfig, common: dict, inputs: dict, model) -> None:
@@ -68,8 +81,7 @@ def evaluate_and_deploy(cfg: LifecycleConfig, common: dict, inputs: dict, model)
     evaluation = EVALUATE.component()(**common, dataset=dataset, environment=inputs["environment"], model=model)
     configure_task(evaluation, cfg)
     with dsl.If(evaluation.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (KFP's condition)
-        deployment = DEPLOY.component()(**common, dataset=dataset, model=model,
-                                        evaluation=evaluation.outputs["report"])
+        deployment = DEPLOY.component()(**common, dataset=dataset, model=model, evaluation=evaluation.outputs["report"])
         monitoring = MONITOR.component()(**common, dataset=dataset, onnx_model=deployment.outputs["onnx_model"])
         for task in (deployment, monitoring):
             configure_task(task, cfg)

@@ -22,11 +22,32 @@ import threading
 # (the tasks run one after another, so mostly while one runs), what the later tasks import. A task that starts before
 # a module of WARM_UP is in imports it itself, as a cold task does.
 EXECUTOR = "kfp.dsl.executor_main"
-PRELOAD = (EXECUTOR, "mlflow", "mlflow.store.tracking.sqlalchemy_store", "git", "pandas",
-           "pyarrow.parquet", "psutil", "components.config", "components.tracking", "components.handoff",
-           "components.console")
-WARM_UP = ("great_expectations", "torch", "transformers.modeling_utils", "peft", "sklearn.metrics", "matplotlib.pyplot",
-           "torch.export", "onnxscript", "torch.onnx._internal.exporter._core", "onnxruntime.quantization", "evidently")
+PRELOAD = (
+    EXECUTOR,
+    "mlflow",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "git",
+    "pandas",
+    "pyarrow.parquet",
+    "psutil",
+    "components.config",
+    "components.tracking",
+    "components.handoff",
+    "components.console",
+)
+WARM_UP = (
+    "great_expectations",
+    "torch",
+    "transformers.modeling_utils",
+    "peft",
+    "sklearn.metrics",
+    "matplotlib.pyplot",
+    "torch.export",
+    "onnxscript",
+    "torch.onnx._internal.exporter._core",
+    "onnxruntime.quantization",
+    "evidently",
+)
 _HEADER = 8  # bytes: the length of the request that follows
 
 
@@ -49,7 +70,7 @@ def warm_tasks():
         server.stop()
 
 
-def _run_task(server: "TaskServer", original, full_command: list[str], env_vars: dict | None = None) -> int:
+def _run_task(server: TaskServer, original, full_command: list[str], env_vars: dict | None = None) -> int:
     call = executor_call(full_command)
     if call is None or not server.alive():
         return original(full_command=full_command, env_vars=env_vars)
@@ -90,9 +111,13 @@ class TaskServer:
     def __init__(self):
         ours, theirs = socket.socketpair()
         self.socket, self.lock = ours, threading.Lock()
-        self.process = subprocess.Popen([sys.executable, "-m", __name__, str(theirs.fileno())],
-                                        pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", __name__, str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         theirs.close()
 
     def alive(self) -> bool:
@@ -173,8 +198,11 @@ def _run_child(request: dict, output: int, status: int) -> None:
     import tempfile
     import traceback
 
-    for signum, handler in ((signal.SIGCHLD, signal.SIG_DFL), (signal.SIGTERM, signal.SIG_DFL),
-                            (signal.SIGINT, signal.default_int_handler)):
+    for signum, handler in (
+        (signal.SIGCHLD, signal.SIG_DFL),
+        (signal.SIGTERM, signal.SIG_DFL),
+        (signal.SIGINT, signal.default_int_handler),
+    ):
         signal.signal(signum, handler)
     os.dup2(output, 1)
     os.dup2(output, 2)

@@ -40,17 +40,30 @@ def monitor_once(cfg: LifecycleConfig) -> None:
 
     outcome = run_monitor_locally(cfg)
     tags = outcome.tags
-    log.info("monitor run %s: drift %s (%s)", outcome.monitor_run_id, tags.get("drift_detected", "?"),
-             tags.get("drift_reason", "no verdict"))
+    log.info(
+        "monitor run %s: drift %s (%s)",
+        outcome.monitor_run_id,
+        tags.get("drift_detected", "?"),
+        tags.get("drift_reason", "no verdict"),
+    )
     if tags.get("alert"):
         log.info("alert %s (webhook: %s); retraining: %s", tags["alert"], tags.get("webhook"), tags.get("retraining"))
     if outcome.retraining:
         r = outcome.retraining
-        moved = (f"champion is now version {r['champion_version']}" if r.get("champion_version") else
-                 f"version {r['candidate_version']} is on trial as the candidate" if r.get("candidate_version")
-                 else "champion unchanged")
-        log.info("retraining %s: gate %s (%s); %s", tags["retraining_run_id"], r.get("gate", "?"),
-                 r.get("gate_reasons", ""), moved)
+        moved = (
+            f"champion is now version {r['champion_version']}"
+            if r.get("champion_version")
+            else f"version {r['candidate_version']} is on trial as the candidate"
+            if r.get("candidate_version")
+            else "champion unchanged"
+        )
+        log.info(
+            "retraining %s: gate %s (%s); %s",
+            tags["retraining_run_id"],
+            r.get("gate", "?"),
+            r.get("gate_reasons", ""),
+            moved,
+        )
 
 
 def watch(cfg: LifecycleConfig, every: str) -> None:
@@ -61,8 +74,16 @@ def watch(cfg: LifecycleConfig, every: str) -> None:
     seconds = parse_interval(every)
     scheduler = BlockingScheduler(executors={"default": ThreadPoolExecutor(1)}, timezone="UTC")
     # One at a time; a tick missed while a run goes on is merged into the next one.
-    scheduler.add_job(monitor_once, "interval", args=[cfg], seconds=seconds, max_instances=1, coalesce=True,
-                      next_run_time=dt.datetime.now(dt.timezone.utc), id="monitor")
+    scheduler.add_job(
+        monitor_once,
+        "interval",
+        args=[cfg],
+        seconds=seconds,
+        max_instances=1,
+        coalesce=True,
+        next_run_time=dt.datetime.now(dt.timezone.utc),
+        id="monitor",
+    )
 
     def stop(signum, _frame):
         log.info("%s: stopping the watch after the run in progress, if any", signal.Signals(signum).name)
@@ -85,8 +106,10 @@ def schedule(cfg: LifecycleConfig, host: str, cron: str, experiment: str | None 
 
     tracking_uri = tracking_uri_for(cfg)
     if tracking_uri.startswith("sqlite:"):
-        raise ConfigError(f"tracking URI {tracking_uri}: a cluster cannot reach this machine's SQLite file; set "
-                          f"tracking.uri (or MLFLOW_TRACKING_URI) to an MLflow server the cluster can reach")
+        raise ConfigError(
+            f"tracking URI {tracking_uri}: a cluster cannot reach this machine's SQLite file; set "
+            f"tracking.uri (or MLFLOW_TRACKING_URI) to an MLflow server the cluster can reach"
+        )
     client = kfp.Client(host=host)
     name = experiment or cfg.tracking.experiment
     experiment_id = client.create_experiment(name).experiment_id  # returns the existing one when it exists
@@ -94,9 +117,15 @@ def schedule(cfg: LifecycleConfig, host: str, cron: str, experiment: str | None 
         package = str(Path(tmp) / "monitor_pipeline.yaml")
         compiler.Compiler().compile(build_monitor_pipeline(cfg), package_path=package)
         job = client.create_recurring_run(
-            experiment_id=experiment_id, job_name=f"{cfg.name}-monitor", cron_expression=kfp_cron(cron),
-            max_concurrency=1, no_catchup=True, pipeline_package_path=package,
-            params={"config_json": cfg.model_dump_json(), "tracking_uri": tracking_uri})
-    return (f"recurring run {job.recurring_run_id} ({cfg.name}-monitor, cron '{kfp_cron(cron)}') in KFP experiment "
-            f"{name} at {host}")
-
+            experiment_id=experiment_id,
+            job_name=f"{cfg.name}-monitor",
+            cron_expression=kfp_cron(cron),
+            max_concurrency=1,
+            no_catchup=True,
+            pipeline_package_path=package,
+            params={"config_json": cfg.model_dump_json(), "tracking_uri": tracking_uri},
+        )
+    return (
+        f"recurring run {job.recurring_run_id} ({cfg.name}-monitor, cron '{kfp_cron(cron)}') in KFP experiment "
+        f"{name} at {host}"
+    )

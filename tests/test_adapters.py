@@ -4,11 +4,10 @@ kfp.local): an adapter bug shows here in seconds, with the run, the artifacts an
 from pathlib import Path
 
 import pytest
+from conftest import make_texts, tiny_settings
 
 from components.config import load_config
 from components.stages import DATA, DEPLOY, ENVIRONMENT, EVALUATE, FINE_TUNE, MODEL, MONITOR
-
-from conftest import make_texts, tiny_settings
 
 
 @pytest.fixture(scope="module")
@@ -20,19 +19,28 @@ def run(tmp_path_factory, tiny_bert):
 
     root = tmp_path_factory.mktemp("adapters")
     make_texts(240).to_csv(root / "texts.csv", index=False)
-    cfg = load_config("configs/sms_spam.yaml", tiny_settings(root / "work", root / "texts.csv", tiny_bert,
-                                                             "gate.compare_with_champion=false"))
+    cfg = load_config(
+        "configs/sms_spam.yaml",
+        tiny_settings(root / "work", root / "texts.csv", tiny_bert, "gate.compare_with_champion=false"),
+    )
     uri = f"sqlite:///{root / 'mlflow.db'}"
     parent = start_parent_run(cfg, uri)
-    return {"config": cfg.model_dump_json(), "uri": uri, "parent": parent, "root": root, "outputs": {},
-            "client": mlflow.MlflowClient()}
+    return {
+        "config": cfg.model_dump_json(),
+        "uri": uri,
+        "parent": parent,
+        "root": root,
+        "outputs": {},
+        "client": mlflow.MlflowClient(),
+    }
 
 
 def stage_run(run, stage):
     client = run["client"]
     experiment = client.get_experiment_by_name("sms-spam").experiment_id
-    (found,) = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{run['parent']}' and "
-                                                f"attributes.run_name = '{stage.run_name}'")
+    (found,) = client.search_runs(
+        [experiment], f"tags.mlflow.parentRunId = '{run['parent']}' and attributes.run_name = '{stage.run_name}'"
+    )
     return found
 
 
@@ -47,8 +55,9 @@ def test_data_logs_the_splits_as_inputs_and_the_reports(run):
     assert result["labels"] == ["ham", "spam"] and sum(result["counts"]["train"].values()) == 168
     found = stage_run(run, DATA)
     assert found.info.status == "FINISHED" and found.data.metrics["test_rows"] == 48
-    assert {i.dataset.name for i in found.inputs.dataset_inputs} == {f"SMS Spam Collection v.1 {split}"
-                                                                      for split in ("train", "val", "test")}
+    assert {i.dataset.name for i in found.inputs.dataset_inputs} == {
+        f"SMS Spam Collection v.1 {split}" for split in ("train", "val", "test")
+    }
     reports = {Path(a.path).name for a in run["client"].list_artifacts(found.info.run_id, "validation")}
     assert reports == {"validation.json", "validation_all.html"}
     assert run["client"].get_run(run["parent"]).data.tags["data_fingerprint"] == result["fingerprint"]
@@ -76,8 +85,9 @@ def test_environment_logs_the_facts_and_hands_them_on(run):
 def test_fine_tune_logs_the_curves_and_the_placement(run):
     from components.fine_tune import adapter
 
-    result = adapter.fine_tune(run["config"], run["uri"], run["parent"], out(run, "data"), out(run, "init"),
-                               out(run, "env"), out(run, "model"))
+    result = adapter.fine_tune(
+        run["config"], run["uri"], run["parent"], out(run, "data"), out(run, "init"), out(run, "env"), out(run, "model")
+    )
     found = stage_run(run, FINE_TUNE)
     assert found.data.params["placement"] == "in_process" and result["epochs_run"] == 2
     history = run["client"].get_metric_history(found.info.run_id, "val_loss")
@@ -90,8 +100,15 @@ def test_evaluate_registers_the_challenger_with_its_card(run):
     from components.handoff import read_gate
     from components.registry import CHALLENGER, alias_version
 
-    result = adapter.evaluate(run["config"], run["uri"], run["parent"], out(run, "data"), out(run, "env"),
-                              out(run, "model"), out(run, "report"))
+    result = adapter.evaluate(
+        run["config"],
+        run["uri"],
+        run["parent"],
+        out(run, "data"),
+        out(run, "env"),
+        out(run, "model"),
+        out(run, "report"),
+    )
     client, name = run["client"], "sms-spam-classifier"
     assert result["gate_passed"] and alias_version(client, name, CHALLENGER) == result["model_version"]
     version = client.get_model_version(name, result["model_version"])
@@ -108,8 +125,15 @@ def test_deploy_publishes_the_onnx_bundle_as_champion(run):
     from components.deploy import adapter
     from components.registry import CHAMPION, alias_version
 
-    result = adapter.deploy(run["config"], run["uri"], run["parent"], out(run, "data"), out(run, "model"),
-                            run["challenger"], out(run, "deploy"))
+    result = adapter.deploy(
+        run["config"],
+        run["uri"],
+        run["parent"],
+        out(run, "data"),
+        out(run, "model"),
+        run["challenger"],
+        out(run, "deploy"),
+    )
     client, name = run["client"], "sms-spam-classifier"
     assert alias_version(client, name, CHAMPION) == result["model_version"] != run["challenger"]
     version = client.get_model_version(name, result["model_version"])
@@ -122,8 +146,14 @@ def test_monitor_checks_the_test_split_against_the_champions_reference(run):
     from components.handoff import bundle_dir
     from components.monitor import adapter
 
-    result = adapter.monitor(run["config"], run["uri"], run["parent"], out(run, "data"),
-                             str(bundle_dir(out(run, "deploy"))), out(run, "drift"))
+    result = adapter.monitor(
+        run["config"],
+        run["uri"],
+        run["parent"],
+        out(run, "data"),
+        str(bundle_dir(out(run, "deploy"))),
+        out(run, "drift"),
+    )
     assert result["drift_detected"] is False
     found = stage_run(run, MONITOR)
     assert found.data.tags["drift_detected"] == "false"
@@ -152,14 +182,20 @@ def damaged_shards(folder: Path, texts: list[str]) -> None:
 
 def test_monitor_skips_damaged_shards_counts_them_and_still_gives_a_verdict(run, capsys):
     """The prediction log as a bucket may hold it: one good shard beside shards cut, mis-encoded or malformed."""
-    from pipelines.cli import main
     from conftest import as_args
+
+    from pipelines.cli import main
 
     folder = run["root"] / "predictions"
     folder.mkdir()
     damaged_shards(folder, make_texts(240, seed=7)["text"].sample(60, random_state=0).tolist())
-    settings = tiny_settings(run["root"] / "work", run["root"] / "texts.csv", "unused", f"tracking.uri={run['uri']}",
-                             f"storage.predictions={folder}")
+    settings = tiny_settings(
+        run["root"] / "work",
+        run["root"] / "texts.csv",
+        "unused",
+        f"tracking.uri={run['uri']}",
+        f"storage.predictions={folder}",
+    )
     assert main(["monitor", *as_args(settings)]) == 0
     printed = capsys.readouterr()
     assert "Traceback" not in printed.out + printed.err
@@ -169,8 +205,11 @@ def test_monitor_skips_damaged_shards_counts_them_and_still_gives_a_verdict(run,
     assert "drift not detected" in printed.out
     client = run["client"]
     experiment = client.get_experiment_by_name("sms-spam").experiment_id
-    check = client.search_runs([experiment], "tags.`lifecycle.stage` = '7-monitor' and tags.mlflow.parentRunId "
-                                             "IS NULL", order_by=["attributes.start_time DESC"])[0]
+    check = client.search_runs(
+        [experiment],
+        "tags.`lifecycle.stage` = '7-monitor' and tags.mlflow.parentRunId IS NULL",
+        order_by=["attributes.start_time DESC"],
+    )[0]
     assert check.data.metrics["skipped_records"] == 6 and check.data.metrics["current_size"] == 62
 
     # Nothing but damaged shards: a clear message, exit code 2, no traceback.
@@ -185,9 +224,9 @@ def test_monitor_skips_damaged_shards_counts_them_and_still_gives_a_verdict(run,
 @pytest.mark.parametrize("name", ["empty.jsonl", "empty.tsv", "empty.csv", "empty.parquet"])
 def test_an_empty_window_is_no_verdict_whatever_its_format(run, name, capsys):
     import pandas as pd
+    from conftest import as_args
 
     from pipelines.cli import main
-    from conftest import as_args
 
     current = run["root"] / name
     if name.endswith(".parquet"):

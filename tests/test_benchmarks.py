@@ -10,8 +10,13 @@ def test_the_gpu_check_dry_run_runs_every_step_on_the_cpu_and_prints_one_table(t
     """`make gpu-check` on a machine without a GPU (--dry-run): the GPU tests (they skip), the fine-tuning benchmark
     against the Trainer peer, the pipeline benchmark and the serving benchmark, each measured, in one table."""
     out = tmp_path / "gpu-check"
-    run = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--dry-run", "--out", str(out)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=900)
+    run = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--dry-run", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert run.stdout.startswith("GPU check on no GPU: a dry run on the CPU")
     rows = json.loads((out / "gpu_check.json").read_text())
@@ -19,8 +24,11 @@ def test_the_gpu_check_dry_run_runs_every_step_on_the_cpu_and_prints_one_table(t
     assert checks[0] == "GPU tests (pytest -m gpu)" and "3 skipped" in rows[0]["result"]
     assert checks[1] == "fine-tuning, partial: ours vs the Trainer peer" and "x); test accuracy" in rows[1]["result"]
     assert checks[2] == "the default run (benchmarks/pipeline.py)" and "x its fine-tuning stage" in rows[2]["result"]
-    assert [c for c in checks[3:]] == ["serving, PyTorch eager (transformers, cpu)", "serving, onnxruntime fp32 (CPU)",
-                                       "serving, onnxruntime int8 (CPU)"]
+    assert [c for c in checks[3:]] == [
+        "serving, PyTorch eager (transformers, cpu)",
+        "serving, onnxruntime fp32 (CPU)",
+        "serving, onnxruntime int8 (CPU)",
+    ]
     assert all("did not run" not in row["result"] and row["seconds"] > 0 for row in rows)
     for row in rows:
         assert f"| {row['check']} | {row['result']} |" in run.stdout

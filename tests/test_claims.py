@@ -15,8 +15,13 @@ def claim_in_process(tracking_uri: str, experiment: str, index: int, decided, cl
     from components.config import LifecycleConfig
     from monitoring.retraining import claim_retraining
 
-    cfg = LifecycleConfig.model_validate({"data": {"path": "x.csv"}, "tracking": {"experiment": experiment},
-                                          "monitor": {"cooldown_hours": 24, "claim_settle_seconds": 0}})
+    cfg = LifecycleConfig.model_validate(
+        {
+            "data": {"path": "x.csv"},
+            "tracking": {"experiment": experiment},
+            "monitor": {"cooldown_hours": 24, "claim_settle_seconds": 0},
+        }
+    )
 
     def pause(phase: str) -> None:
         barrier = decided if phase == "decided" else claimed
@@ -40,8 +45,12 @@ def test_concurrent_claimers_start_exactly_one_retraining(interleaving, tracking
     claimed = context.Barrier(CLAIMERS) if interleaving.startswith("all record") else None
     stagger = 0.0 if claimed else 1.5
     results = context.Queue()
-    claimers = [context.Process(target=claim_in_process, args=(tracking_server.uri, experiment, i, decided, claimed,
-                                                               stagger, results)) for i in range(CLAIMERS)]
+    claimers = [
+        context.Process(
+            target=claim_in_process, args=(tracking_server.uri, experiment, i, decided, claimed, stagger, results)
+        )
+        for i in range(CLAIMERS)
+    ]
     for claimer in claimers:
         claimer.start()
     outcomes = sorted(results.get(timeout=180) for _ in claimers)

@@ -15,15 +15,26 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import requests
-
 from conftest import as_args, make_texts, tiny_settings, wait_until_ready
+
 from pipelines.cli import main
 from pipelines.tracking_server import free_port
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sms_spam.yaml"
 MODEL = "sms-spam-classifier"
 BUCKET = "lifecycle"
-OTHER_WORDS = "invoice quarterly revenue forecast budget market analysis report board growth".split()
+OTHER_WORDS = [
+    "invoice",
+    "quarterly",
+    "revenue",
+    "forecast",
+    "budget",
+    "market",
+    "analysis",
+    "report",
+    "board",
+    "growth",
+]
 
 
 def shifted_texts(n: int) -> list[str]:
@@ -42,10 +53,18 @@ def s3_tracking_server():
 
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    moto = start_group([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    environment = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION":
-                   "us-east-1", "AWS_ENDPOINT_URL": endpoint, "MLFLOW_S3_ENDPOINT_URL": endpoint}
+    moto = start_group(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    environment = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "MLFLOW_S3_ENDPOINT_URL": endpoint,
+    }
     saved = {key: os.environ.get(key) for key in environment}
     os.environ.update(environment)
     deadline = time.monotonic() + 60
@@ -95,7 +114,7 @@ def classify(port: int, texts: list[str]) -> set[str]:
     client = httpclient.InferenceServerClient(url=f"127.0.0.1:{port}")
     versions = set()
     for start in range(0, len(texts), 10):
-        batch = texts[start:start + 10]
+        batch = texts[start : start + 10]
         tensor = httpclient.InferInput("text", [len(batch)], "BYTES")
         tensor.set_data_from_numpy(np.array(batch, dtype=object), binary_data=False)
         versions.add(client.infer(MODEL, [tensor]).get_response()["model_version"])
@@ -118,7 +137,8 @@ def until_candidate(port: int, version: str, seconds: float = 60) -> None:
 
 
 def test_drift_retrains_and_a_shadow_rollout_promotes_on_a_server_never_restarted_across_pods_sharing_only_the_server_and_a_bucket(  # noqa: E501
-        s3_tracking_server, tiny_bert, tmp_path, monkeypatch, capsys):
+    s3_tracking_server, tiny_bert, tmp_path, monkeypatch, capsys
+):
     import mlflow
 
     from components import storage
@@ -131,11 +151,22 @@ def test_drift_retrains_and_a_shadow_rollout_promotes_on_a_server_never_restarte
     served = shifted_texts(50)  # another kind of text than the model was trained on
 
     def settings(pod, *more: str) -> list[str]:
-        return tiny_settings(pod, f"{bucket}/data/texts.csv", tiny_bert, f"storage.checkpoints={bucket}/checkpoints",
-                             f"storage.predictions={bucket}/predictions", "serve.log_flush_texts=20",
-                             "serve.log_flush_seconds=1", "serve.follow_seconds=1", "gate.significance=0.001",
-                             "train.epochs=3", f"data.feedback_path={bucket}/feedback",
-                             "deploy.rollout.min_texts=20", "deploy.rollout.min_labelled=20", *more)
+        return tiny_settings(
+            pod,
+            f"{bucket}/data/texts.csv",
+            tiny_bert,
+            f"storage.checkpoints={bucket}/checkpoints",
+            f"storage.predictions={bucket}/predictions",
+            "serve.log_flush_texts=20",
+            "serve.log_flush_seconds=1",
+            "serve.follow_seconds=1",
+            "gate.significance=0.001",
+            "train.epochs=3",
+            f"data.feedback_path={bucket}/feedback",
+            "deploy.rollout.min_texts=20",
+            "deploy.rollout.min_labelled=20",
+            *more,
+        )
 
     pods = Pods(tmp_path / "pods")
     client = mlflow.MlflowClient(tracking_server.uri)
@@ -151,9 +182,22 @@ def test_drift_retrains_and_a_shadow_rollout_promotes_on_a_server_never_restarte
     port = free_port(3)  # serve: HTTP, gRPC, metrics
     output = serving_pod / "server.out"
     with open(output, "w") as sink:
-        server = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--config", str(CONFIG), "--port",
-                                   str(port), *as_args(settings(serving_pod))], cwd=serving_pod,
-                                  stdout=sink, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipelines.cli",
+                "serve",
+                "--config",
+                str(CONFIG),
+                "--port",
+                str(port),
+                *as_args(settings(serving_pod)),
+            ],
+            cwd=serving_pod,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_until_ready(f"http://127.0.0.1:{port}", server, output=output)
         assert classify(port, served) == {first_champion}
@@ -164,8 +208,9 @@ def test_drift_retrains_and_a_shadow_rollout_promotes_on_a_server_never_restarte
         with pods as pod:  # the monitor pipeline: drift on the served window -> alert -> retraining -> candidate
             assert main(["watch", "--once", *as_args(settings(pod))]) == 0
         experiment = client.get_experiment_by_name("sms-spam")
-        (check,) = client.search_runs([experiment.experiment_id], "tags.`lifecycle.stage` = '7-monitor' and "
-                                                                  "tags.mlflow.parentRunId IS NULL")
+        (check,) = client.search_runs(
+            [experiment.experiment_id], "tags.`lifecycle.stage` = '7-monitor' and tags.mlflow.parentRunId IS NULL"
+        )
         # The served predictions reached the monitor, through the bucket.
         assert check.data.metrics["current_size"] == len(served)
         assert f"{bucket}/predictions" in check.data.tags["current_source"]
@@ -204,8 +249,15 @@ def test_drift_retrains_and_a_shadow_rollout_promotes_on_a_server_never_restarte
         # The operator's commands against the same server, each in a pod of its own; the server follows.
         with pods as pod:
             assert main(["monitor", *as_args(settings(pod))]) == 0
-        assert len(client.search_runs([experiment.experiment_id], "tags.`lifecycle.stage` = '7-monitor' and "
-                                                                  "tags.mlflow.parentRunId IS NULL")) == 3
+        assert (
+            len(
+                client.search_runs(
+                    [experiment.experiment_id],
+                    "tags.`lifecycle.stage` = '7-monitor' and tags.mlflow.parentRunId IS NULL",
+                )
+            )
+            == 3
+        )
         with pods as pod:
             assert main(["rollback", *as_args(settings(pod))]) == 0
         assert str(client.get_model_version_by_alias(MODEL, "champion").version) == first_champion

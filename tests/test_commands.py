@@ -14,9 +14,22 @@ from pipelines.tracking_server import free_port
 def test_lifecycle_ui_stops_with_every_process_it_started_on_sigterm(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     port = free_port()
-    ui = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "ui", "--port", str(port), "--set",
-                           f"work_dir={tmp_path}", "--set", "data.path=x.csv"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ui = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "ui",
+            "--port",
+            str(port),
+            "--set",
+            f"work_dir={tmp_path}",
+            "--set",
+            "data.path=x.csv",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert ui.poll() is None, "lifecycle ui ended by itself"

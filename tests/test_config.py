@@ -13,13 +13,16 @@ def test_default_config_is_valid_and_set_overrides_by_dotted_path():
     assert cfg.data.labels == ["a", "b"]
 
 
-@pytest.mark.parametrize("override, named", [
-    ("train.epoch=2", "train.epoch"),                  # unknown key (typo)
-    ("train.epochs=zero", "train.epochs"),             # bad value
-    ("model.strategy=half", "model.strategy"),         # not one of the strategies
-    ("data.split.train=0.9", "data.split"),            # splits must sum to 1
-    ("train.learning_rate=-1", "train.learning_rate"),
-])
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("train.epoch=2", "train.epoch"),  # unknown key (typo)
+        ("train.epochs=zero", "train.epochs"),  # bad value
+        ("model.strategy=half", "model.strategy"),  # not one of the strategies
+        ("data.split.train=0.9", "data.split"),  # splits must sum to 1
+        ("train.learning_rate=-1", "train.learning_rate"),
+    ],
+)
 def test_bad_config_is_a_clear_error_naming_the_key(override, named):
     with pytest.raises(ConfigError) as err:
         load_config(BASE, [override])

@@ -5,8 +5,8 @@ import logging
 import warnings
 
 import pytest
-
 from conftest import SHARED_SMS
+
 from pipelines.cli import main
 from pipelines.tracking_server import free_port
 
@@ -14,16 +14,29 @@ STAGES = ["1-data", "2-model", "3-environment", "4-fine-tune", "5-evaluate", "6-
 
 
 @pytest.mark.skipif(not SHARED_SMS.is_file(), reason="needs ../shared/data/sms_spam")
-def test_a_default_run_prints_a_line_per_stage_start_and_end_and_logs_everything_else(tmp_path, capsys,
-                                                                                      monkeypatch):
+def test_a_default_run_prints_a_line_per_stage_start_and_end_and_logs_everything_else(tmp_path, capsys, monkeypatch):
     import mlflow
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     sms_slice = tmp_path / "sms.tsv"
     sms_slice.write_text("".join(SHARED_SMS.read_text(encoding="utf-8").splitlines(keepends=True)[:700]))
     # The default config (the bundled model, its strategy and epochs) on 700 of the SMS texts.
-    assert main(["run", "--set", f"data.path={sms_slice}", "--set", f"work_dir={tmp_path / 'work'}",
-                 "--set", "gate.min_accuracy=0", "--set", "gate.min_macro_f1=0"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--set",
+                f"data.path={sms_slice}",
+                "--set",
+                f"work_dir={tmp_path / 'work'}",
+                "--set",
+                "gate.min_accuracy=0",
+                "--set",
+                "gate.min_macro_f1=0",
+            ]
+        )
+        == 0
+    )
 
     printed = capsys.readouterr()
     lines = printed.out.splitlines()
@@ -41,8 +54,9 @@ def test_a_default_run_prints_a_line_per_stage_start_and_end_and_logs_everything
     assert "KFP Executor" in log and "executor_input" in log and "4-fine-tune" in log
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
     client = mlflow.MlflowClient()
-    (parent,) = client.search_runs([client.get_experiment_by_name("sms-spam").experiment_id],
-                                   "tags.mlflow.parentRunId IS NULL")
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name("sms-spam").experiment_id], "tags.mlflow.parentRunId IS NULL"
+    )
     (logged,) = client.list_artifacts(parent.info.run_id, "logs")
     assert logged.path.endswith(".log") and logged.file_size > 10_000
 
@@ -75,34 +89,63 @@ def test_the_console_shows_marked_lines_draws_no_bar_off_a_terminal_and_logs_eve
 
 def test_compile_takes_a_directory_for_its_output_and_refuses_other_suffixes(tmp_path, capsys):
     out = tmp_path / "compiled"
-    assert main(["compile", "--set", "data.path=x.tsv", "--set", f"work_dir={tmp_path / 'work'}",
-                 "-o", f"{out}/"]) == 0
+    assert main(["compile", "--set", "data.path=x.tsv", "--set", f"work_dir={tmp_path / 'work'}", "-o", f"{out}/"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["monitor_pipeline.yaml", "pipeline.yaml", "sweep_pipeline.yaml"]
-    assert main(["compile", "--set", "data.path=x.tsv", "--set", f"work_dir={tmp_path / 'work'}",
-                 "-o", str(tmp_path / "pipeline.txt")]) == 2
+    assert (
+        main(
+            [
+                "compile",
+                "--set",
+                "data.path=x.tsv",
+                "--set",
+                f"work_dir={tmp_path / 'work'}",
+                "-o",
+                str(tmp_path / "pipeline.txt"),
+            ]
+        )
+        == 2
+    )
     assert "expected a .yaml file or a directory" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command, settings, environment, expected", [
-    (["run"], ["train.epochs=abc"], {}, "train.epochs: Input should be a valid integer"),
-    (["run", "--config", "{tmp}"], [], {}, "cannot read the config: [Errno 21] Is a directory"),
-    (["run"], ["data.path={tmp}"], {}, "{tmp}: a folder; expected a file"),
-    (["rollback"], [], {}, "has no version with the alias 'previous' to roll back to"),
-    (["monitor"], [], {}, "has no version of 'sms-spam-classifier' with the alias 'champion'"),
-    (["serve", "--port", "{port}"], [], {}, "has no version of 'sms-spam-classifier' with the alias 'champion'"),
-    (["serve", "--port", "65534"], [], {}, "--port 65534: expected 1 to 65533 (MLServer uses the HTTP port and"),
-    (["serve", "--port", "{port}"], ["serve.log_pii=hash"], {"LIFECYCLE_PII_HASH_KEY": "short"},
-     "serve.log_pii=hash needs a secret key of at least 16 characters in the environment variable "
-     "LIFECYCLE_PII_HASH_KEY (serve.log_pii_key_env); it is 5 characters long"),
-    (["rollback"], [], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"}, "does not answer (ConnectionError)"),
-    (["run"], ["data.separator=;;"], {}, "data.separator: expected one character (\\t for a tab) (got ';;')"),
-    (["run"], ["data.encoding=utf-9"], {}, "data.encoding: unknown encoding; e.g. utf-8, latin-1, cp1252"),
-], ids=["bad-config-value", "config-is-a-directory", "data-is-a-directory", "rollback-without-previous",
-        "monitor-without-champion", "serve-without-champion", "serve-port-too-high", "serve-hash-without-key",
+@pytest.mark.parametrize(
+    "command, settings, environment, expected",
+    [
+        (["run"], ["train.epochs=abc"], {}, "train.epochs: Input should be a valid integer"),
+        (["run", "--config", "{tmp}"], [], {}, "cannot read the config: [Errno 21] Is a directory"),
+        (["run"], ["data.path={tmp}"], {}, "{tmp}: a folder; expected a file"),
+        (["rollback"], [], {}, "has no version with the alias 'previous' to roll back to"),
+        (["monitor"], [], {}, "has no version of 'sms-spam-classifier' with the alias 'champion'"),
+        (["serve", "--port", "{port}"], [], {}, "has no version of 'sms-spam-classifier' with the alias 'champion'"),
+        (["serve", "--port", "65534"], [], {}, "--port 65534: expected 1 to 65533 (MLServer uses the HTTP port and"),
+        (
+            ["serve", "--port", "{port}"],
+            ["serve.log_pii=hash"],
+            {"LIFECYCLE_PII_HASH_KEY": "short"},
+            "serve.log_pii=hash needs a secret key of at least 16 characters in the environment variable "
+            "LIFECYCLE_PII_HASH_KEY (serve.log_pii_key_env); it is 5 characters long",
+        ),
+        (["rollback"], [], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"}, "does not answer (ConnectionError)"),
+        (["run"], ["data.separator=;;"], {}, "data.separator: expected one character (\\t for a tab) (got ';;')"),
+        (["run"], ["data.encoding=utf-9"], {}, "data.encoding: unknown encoding; e.g. utf-8, latin-1, cp1252"),
+    ],
+    ids=[
+        "bad-config-value",
+        "config-is-a-directory",
+        "data-is-a-directory",
+        "rollback-without-previous",
+        "monitor-without-champion",
+        "serve-without-champion",
+        "serve-port-too-high",
+        "serve-hash-without-key",
         "tracking-server-unreachable",
-        "separator-too-long", "unknown-encoding"])
-def test_a_user_mistake_is_one_message_and_exit_code_2_without_a_traceback(command, settings, environment, expected,
-                                                                           tmp_path, capsys, monkeypatch):
+        "separator-too-long",
+        "unknown-encoding",
+    ],
+)
+def test_a_user_mistake_is_one_message_and_exit_code_2_without_a_traceback(
+    command, settings, environment, expected, tmp_path, capsys, monkeypatch
+):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     port = free_port(3)  # serve's HTTP, gRPC and metrics
     for name, value in environment.items():
@@ -115,8 +158,9 @@ def test_a_user_mistake_is_one_message_and_exit_code_2_without_a_traceback(comma
     assert "Traceback" not in printed.out + printed.err
 
 
-def test_serve_on_a_port_whose_grpc_neighbour_is_taken_names_that_port_before_downloading_anything(tmp_path, capsys,
-                                                                                                   monkeypatch):
+def test_serve_on_a_port_whose_grpc_neighbour_is_taken_names_that_port_before_downloading_anything(
+    tmp_path, capsys, monkeypatch
+):
     import socket
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -3,13 +3,13 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from conftest import SHARED_SMS, make_texts
 
 from components.config import DataConfig
-from components.data.tables import DataError
 from components.data import core as data_stage
-from components.handoff import SPLITS, read_split
+from components.data.tables import DataError
 from components.data.validation import DataValidationError
-from conftest import SHARED_SMS, make_texts
+from components.handoff import SPLITS, read_split
 
 
 def data_config(path, **overrides) -> DataConfig:
@@ -59,8 +59,7 @@ def test_undersampling_balances_the_classes(tmp_path):
     assert total == {"ham": 50, "spam": 50}
 
 
-def test_oversampling_repeats_the_smaller_classes_of_train_only_and_keeps_val_and_test_as_the_data_has_them(
-        tmp_path):
+def test_oversampling_repeats_the_smaller_classes_of_train_only_and_keeps_val_and_test_as_the_data_has_them(tmp_path):
     rows = pd.concat([make_texts(100), extra_ham()])
     path = tmp_path / "skewed.csv"
     rows.to_csv(path, index=False)
@@ -80,8 +79,13 @@ def test_undersampling_given_splits_balances_train_only(tmp_path):
     texts = make_texts(100)
     pd.concat([texts.iloc[:80], extra_ham()]).to_csv(tmp_path / "train.csv", index=False)
     texts.iloc[80:].to_csv(tmp_path / "test.csv", index=False)
-    config = DataConfig(train_path=str(tmp_path / "train.csv"), test_path=str(tmp_path / "test.csv"),
-                        labels=["ham", "spam"], min_rows_per_class=5, balance="undersample")
+    config = DataConfig(
+        train_path=str(tmp_path / "train.csv"),
+        test_path=str(tmp_path / "test.csv"),
+        labels=["ham", "spam"],
+        min_rows_per_class=5,
+        balance="undersample",
+    )
     prepared = data_stage.data(config, 1, tmp_path, tmp_path / "out")
     assert len(set(prepared.counts["train"].values())) == 1
     assert prepared.counts["test"] == {"ham": 10, "spam": 10}
@@ -147,8 +151,11 @@ def test_wrong_separator_is_a_clear_error(tmp_path):
     path = tmp_path / "sms.tsv"
     path.write_text("ham\tsee you, later\nspam\tWIN cash, now, call\n" * 20)
     config = data_config(path, separator=",", header=False, column_names=["label", "text"], quoting=False)
-    with pytest.raises(DataValidationError, match=r"reading skipped 20 damaged records, e.g. .*sms.tsv: line 2: 3 "
-                                                  r"fields for the 2 column names.*data.separator \(now .,.\)"):
+    with pytest.raises(
+        DataValidationError,
+        match=r"reading skipped 20 damaged records, e.g. .*sms.tsv: line 2: 3 "
+        r"fields for the 2 column names.*data.separator \(now .,.\)",
+    ):
         data_stage.data(config, 1, tmp_path, tmp_path / "out")
 
 
@@ -158,10 +165,18 @@ def test_leakage_between_given_splits_stops_by_default_and_is_dropped_on_request
     test = pd.concat([rows[50:], rows[:2], rows[40:41]])  # two train texts and a val text
     for name, part in (("train", rows[:40]), ("val", val), ("test", test)):
         part.to_csv(tmp_path / f"{name}.csv", index=False)
-    config = DataConfig(train_path=str(tmp_path / "train.csv"), val_path=str(tmp_path / "val.csv"),
-                        test_path=str(tmp_path / "test.csv"), labels=["ham", "spam"], min_rows_per_class=2)
-    with pytest.raises(DataValidationError, match=r"4 texts stand in two splits(.|\n)*row 2 of train and row 12 of "
-                                                  r"val(.|\n)*data.on_leakage=drop"):
+    config = DataConfig(
+        train_path=str(tmp_path / "train.csv"),
+        val_path=str(tmp_path / "val.csv"),
+        test_path=str(tmp_path / "test.csv"),
+        labels=["ham", "spam"],
+        min_rows_per_class=2,
+    )
+    with pytest.raises(
+        DataValidationError,
+        match=r"4 texts stand in two splits(.|\n)*row 2 of train and row 12 of "
+        r"val(.|\n)*data.on_leakage=drop",
+    ):
         data_stage.data(config, 1, tmp_path, tmp_path / "out")
     prepared = data_stage.data(config.model_copy(update={"on_leakage": "drop"}), 1, tmp_path, tmp_path / "out")
     assert prepared.dropped_leaking_texts == {"val": 1, "test": 3}
@@ -174,19 +189,36 @@ def test_leakage_between_given_splits_stops_by_default_and_is_dropped_on_request
     from components.evaluate import model_card
     from components.handoff import read_manifest
 
-    facts = model_card.CardFacts("m", SimpleNamespace(labels=["ham", "spam"]), read_manifest(tmp_path / "out"),
-                                 {"name": "texts", "licence": "CC0", "citation": ""}, None, None, None, None)
-    assert ("Leakage: 1 texts of val and 3 texts of test that an earlier split also holds were dropped"
-            in model_card._data(facts))
+    facts = model_card.CardFacts(
+        "m",
+        SimpleNamespace(labels=["ham", "spam"]),
+        read_manifest(tmp_path / "out"),
+        {"name": "texts", "licence": "CC0", "citation": ""},
+        None,
+        None,
+        None,
+        None,
+    )
+    assert (
+        "Leakage: 1 texts of val and 3 texts of test that an earlier split also holds were dropped"
+        in model_card._data(facts)
+    )
 
 
 def test_a_class_left_too_small_by_its_duplicates_is_named_with_the_rows_it_needs(tmp_path):
-    rows = pd.DataFrame({"label": ["ham"] * 20 + ["spam"] * 20,
-                         "text": [f"see you at {i}" for i in range(20)] + ["WIN a prize now"] * 20})
+    rows = pd.DataFrame(
+        {
+            "label": ["ham"] * 20 + ["spam"] * 20,
+            "text": [f"see you at {i}" for i in range(20)] + ["WIN a prize now"] * 20,
+        }
+    )
     rows.to_csv(tmp_path / "dupes.csv", index=False)
     config = DataConfig(path=str(tmp_path / "dupes.csv"), labels=["ham", "spam"], min_rows_per_class=5)
-    with pytest.raises(DataValidationError, match=r"dupes.csv: after dropping 19 duplicate rows and ambiguous texts, "
-                                                  r"class 'spam' has 1 rows; data.min_rows_per_class needs 5"):
+    with pytest.raises(
+        DataValidationError,
+        match=r"dupes.csv: after dropping 19 duplicate rows and ambiguous texts, "
+        r"class 'spam' has 1 rows; data.min_rows_per_class needs 5",
+    ):
         data_stage.data(config, 1, tmp_path, tmp_path / "out")
 
 
@@ -263,12 +295,20 @@ def test_control_characters_are_stripped_and_counted_or_refused_naming_the_row_n
     assert "FreeMsg Hey there darling it's been 3 week's now and no word back" in texts  # whole, not cut at the NUL
     assert prepared.stripped_control_characters == 1 and prepared.control_characters == "strip"
     assert json.loads((tmp_path / "out" / "validation.json").read_text())["all"]["stripped_control_characters"] == 1
-    facts = model_card.CardFacts("m", SimpleNamespace(labels=["ham", "spam"]), read_manifest(tmp_path / "out"),
-                                 {"name": "texts", "licence": "CC0", "citation": ""}, None, None, None, None)
+    facts = model_card.CardFacts(
+        "m",
+        SimpleNamespace(labels=["ham", "spam"]),
+        read_manifest(tmp_path / "out"),
+        {"name": "texts", "licence": "CC0", "citation": ""},
+        None,
+        None,
+        None,
+        None,
+    )
     assert "1 texts held control characters (NUL and other C0 controls" in model_card._data(facts)
 
     message = bad_data_error(tmp_path, rows, control_characters="refuse")
-    assert "row 6: \"FreeMsg Hey there da\\x00rling" in message and "hold control characters" in message
+    assert 'row 6: "FreeMsg Hey there da\\x00rling' in message and "hold control characters" in message
 
 
 def test_damaged_records_are_skipped_named_and_counted_in_every_format(tmp_path, caplog):
@@ -294,15 +334,28 @@ def test_damaged_records_are_skipped_named_and_counted_in_every_format(tmp_path,
     assert report["all"]["skipped_records"] == 2 and report["feedback-cut"]["skipped_records"] == 1
 
 
-@pytest.mark.parametrize("content, settings, message", [
-    ("label,text\nham,see you,later\nspam,win,cash now\n", {},
-     r"no row has the 2 fields of the column names \['label', 'text'\]: 2 rows have 3 fields"),
-    ("ham\tsee you\tsoon\nspam\twin\tnow\n", {"separator": "\t", "header": False, "column_names": ["label", "text"]},
-     r"2 rows have 3 fields.*data.separator \(now '\\t'\)"),
-    ("text,label,text\na,ham,b\n", {}, r"the column name\(s\) \['text'\] appear more than once"),
-    ('label,text\nham,"see you\nspam,win\n', {}, r"line 2: a quote opened in this row is never closed.*data.quoting"),
-    ("", {}, r"no rows to read"),
-])
+@pytest.mark.parametrize(
+    "content, settings, message",
+    [
+        (
+            "label,text\nham,see you,later\nspam,win,cash now\n",
+            {},
+            r"no row has the 2 fields of the column names \['label', 'text'\]: 2 rows have 3 fields",
+        ),
+        (
+            "ham\tsee you\tsoon\nspam\twin\tnow\n",
+            {"separator": "\t", "header": False, "column_names": ["label", "text"]},
+            r"2 rows have 3 fields.*data.separator \(now '\\t'\)",
+        ),
+        ("text,label,text\na,ham,b\n", {}, r"the column name\(s\) \['text'\] appear more than once"),
+        (
+            'label,text\nham,"see you\nspam,win\n',
+            {},
+            r"line 2: a quote opened in this row is never closed.*data.quoting",
+        ),
+        ("", {}, r"no rows to read"),
+    ],
+)
 def test_a_file_that_does_not_fit_its_format_says_why(tmp_path, content, settings, message):
     path = tmp_path / "bad.csv"
     path.write_text(content)
@@ -310,10 +363,16 @@ def test_a_file_that_does_not_fit_its_format_says_why(tmp_path, content, setting
         data_stage.data(data_config(path, **settings), 1, tmp_path, tmp_path / "out")
 
 
-@pytest.mark.parametrize("change, named", [
-    (lambda rows: rows.assign(label=rows["label"].where(rows.index % 7 != 0, "Spam")), "not among them: ['Spam']"),
-    (lambda rows: pd.concat([pd.DataFrame({"label": ["label"], "text": ["text"]}), rows]), "not among them: ['label']"),
-])
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (lambda rows: rows.assign(label=rows["label"].where(rows.index % 7 != 0, "Spam")), "not among them: ['Spam']"),
+        (
+            lambda rows: pd.concat([pd.DataFrame({"label": ["label"], "text": ["text"]}), rows]),
+            "not among them: ['label']",
+        ),
+    ],
+)
 def test_more_labels_than_configured_are_named(tmp_path, change, named):
     message = bad_data_error(tmp_path, change(make_texts(60)))
     assert "more than the 2 of data.labels" in message and named in message
@@ -322,8 +381,13 @@ def test_more_labels_than_configured_are_named(tmp_path, change, named):
 def test_a_published_train_and_test_pair_gets_its_validation_split_from_train_with_leakage_checked(tmp_path):
     """TREC as published: a train file and a test file (six imbalanced classes, a header, an extra column)."""
     trec = SHARED_SMS.parents[1] / "trec"
-    config = DataConfig(train_path=str(trec / "train.tsv"), test_path=str(trec / "test.tsv"), separator="\t",
-                        min_rows_per_class=5, val_from_train=0.1)
+    config = DataConfig(
+        train_path=str(trec / "train.tsv"),
+        test_path=str(trec / "test.tsv"),
+        separator="\t",
+        min_rows_per_class=5,
+        val_from_train=0.1,
+    )
     with pytest.raises(DataValidationError, match=r"texts stand in two splits(.|\n)*of test(.|\n)*on_leakage=drop"):
         data_stage.data(config, 1, tmp_path, tmp_path / "out")
     prepared = data_stage.data(config.model_copy(update={"on_leakage": "drop"}), 1, tmp_path, tmp_path / "out")

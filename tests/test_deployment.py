@@ -2,12 +2,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import job_for
 
-from components.handoff import read_split
 from components.deploy.core import PARITY_TOLERANCE, ParityError
 from components.deploy.onnx_classifier import OnnxClassifier
-
-from conftest import job_for
+from components.handoff import read_split
 
 
 def test_onnx_export_matches_pytorch_and_serves_int8_only_when_accuracy_holds(tiny_bundle, tiny_run):
@@ -33,8 +32,9 @@ def test_a_failed_parity_check_fails_the_stage(tiny_run, tmp_path, monkeypatch):
     import components.deploy.core as deployment
 
     real_logits = OnnxClassifier.logits
-    monkeypatch.setattr(OnnxClassifier, "logits", lambda self, texts, batch_size=32:
-                        real_logits(self, texts, batch_size) + 1e-3)
+    monkeypatch.setattr(
+        OnnxClassifier, "logits", lambda self, texts, batch_size=32: real_logits(self, texts, batch_size) + 1e-3
+    )
     with pytest.raises(ParityError, match="largest logit difference"):
         deployment.deploy(str(tiny_run[1]), str(tiny_run[0]), str(tmp_path))
     assert json.loads((tmp_path / "deployment.json").read_text())["parity_passed"] is False
@@ -45,13 +45,21 @@ def test_a_gpt2_style_decoder_exports_with_parity(tiny_gpt2, tiny_run, tmp_path)
     # Right padding and last-token pooling must survive the export: parity runs padded batches of mixed lengths.
     from components.config import ModelConfig, TrainConfig
     from components.deploy.core import deploy
-    from components.model import core as model_stage
     from components.fine_tune.core import fine_tune
+    from components.model import core as model_stage
 
     data_dir = tiny_run[0]
     model_cfg = ModelConfig(max_length=32)
     model_stage.model(ModelConfig(base=str(tiny_gpt2)), ["ham", "spam"], 0, tmp_path / "init")
-    fine_tune(job_for(tmp_path / "init", data_dir, tmp_path / "model", tmp_path / "ckpt", model_cfg,
-                      TrainConfig(epochs=1, batch_size=16, learning_rate=3e-3)))
+    fine_tune(
+        job_for(
+            tmp_path / "init",
+            data_dir,
+            tmp_path / "model",
+            tmp_path / "ckpt",
+            model_cfg,
+            TrainConfig(epochs=1, batch_size=16, learning_rate=3e-3),
+        )
+    )
     report = deploy(str(tmp_path / "model"), str(data_dir), str(tmp_path / "deploy"))
     assert report.parity_passed and report.max_abs_logit_diff <= PARITY_TOLERANCE

@@ -44,7 +44,9 @@ def test_gate_can_require_beating_the_baseline_and_a_floor_for_the_worst_slice()
     strict = GateConfig(min_accuracy=0.9, beat_baseline=True, min_slice_accuracy=0.85)
     decision = decide_gate(metrics_with_accuracy(0.95), strict, baseline=metrics_with_accuracy(0.96), worst=worst)
     assert not decision.passed
-    assert decision.reasons == ["test_accuracy 0.9500 vs linear baseline 0.9600",
-                                "worst slice length=short (<= 20 chars) (30 texts) accuracy 0.8000 vs minimum 0.8500"]
+    assert decision.reasons == [
+        "test_accuracy 0.9500 vs linear baseline 0.9600",
+        "worst slice length=short (<= 20 chars) (30 texts) accuracy 0.8000 vs minimum 0.8500",
+    ]
     lenient = GateConfig(min_accuracy=0.9)  # by default neither rule applies
     assert decide_gate(metrics_with_accuracy(0.95), lenient, baseline=metrics_with_accuracy(0.96), worst=worst).passed

@@ -11,8 +11,12 @@ MANIFESTS = sorted(INFRA.glob("*.yaml"))
 
 
 def documents() -> list[tuple[str, dict]]:
-    return [(f"{path.name}#{i}", doc) for path in MANIFESTS
-            for i, doc in enumerate(yaml.safe_load_all(path.read_text())) if doc]
+    return [
+        (f"{path.name}#{i}", doc)
+        for path in MANIFESTS
+        for i, doc in enumerate(yaml.safe_load_all(path.read_text()))
+        if doc
+    ]
 
 
 def as_kubernetes_model(document: dict, model: str):
@@ -29,8 +33,11 @@ def as_kubernetes_model(document: dict, model: str):
 
 
 def test_the_manifests_are_there():
-    assert {p.name for p in MANIFESTS} == {"mlflow-server.yaml", "kserve-inferenceservice.yaml",
-                                           "monitor-recurring-run.yaml"}
+    assert {p.name for p in MANIFESTS} == {
+        "mlflow-server.yaml",
+        "kserve-inferenceservice.yaml",
+        "monitor-recurring-run.yaml",
+    }
 
 
 @pytest.mark.parametrize("name, document", documents(), ids=[name for name, _ in documents()])

@@ -7,13 +7,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import job_for, wait_until_ready, write_splits
 
 from components.config import AdapterConfig, ConfigError, ModelConfig, PeftMethodConfig, TrainConfig, validate_config
 from components.handoff import BOTTLENECK_ADAPTERS, PEFT_ADAPTER, read_model_spec, read_split
 from components.model import core as model_stage
 from components.model.core import ModelError, load_classifier
-
-from conftest import job_for, wait_until_ready, write_splits
 from pipelines.tracking_server import free_port
 
 LABELS = ["ham", "spam"]
@@ -22,14 +21,23 @@ SPAM, HAM = "win free prize cash claim now call", "see you at lunch tomorrow tha
 # (base fixture, model config, saved beside the base): merged methods leave a plain model, the others their adapter.
 METHODS = {
     "bert-ia3": ("tiny_bert", {"strategy": "peft", "peft": {"method": "ia3"}}, None),
-    "bert-prompt_tuning": ("tiny_bert", {"strategy": "peft", "peft": {"method": "prompt_tuning",
-                                                                       "num_virtual_tokens": 4}}, PEFT_ADAPTER),
+    "bert-prompt_tuning": (
+        "tiny_bert",
+        {"strategy": "peft", "peft": {"method": "prompt_tuning", "num_virtual_tokens": 4}},
+        PEFT_ADAPTER,
+    ),
     "bert-adapter": ("tiny_bert", {"strategy": "adapter", "adapter": {"size": 8}}, BOTTLENECK_ADAPTERS),
     "gpt2-ia3": ("tiny_gpt2", {"strategy": "peft", "peft": {"method": "IA3"}}, None),
-    "gpt2-adapter": ("tiny_gpt2", {"strategy": "adapter", "adapter": {"size": 8, "activation": "gelu"}},
-                     BOTTLENECK_ADAPTERS),
-    "llama-adapter": ("tiny_llama", {"strategy": "adapter", "adapter": {"size": 8, "after": ["feed_forward"]}},
-                      BOTTLENECK_ADAPTERS),
+    "gpt2-adapter": (
+        "tiny_gpt2",
+        {"strategy": "adapter", "adapter": {"size": 8, "activation": "gelu"}},
+        BOTTLENECK_ADAPTERS,
+    ),
+    "llama-adapter": (
+        "tiny_llama",
+        {"strategy": "adapter", "adapter": {"size": 8, "after": ["feed_forward"]}},
+        BOTTLENECK_ADAPTERS,
+    ),
 }
 
 
@@ -41,8 +49,9 @@ def tiny_llama(tiny_decoders):
 def test_an_unknown_peft_method_or_argument_is_a_config_error_naming_it(tmp_path):
     def error(peft: dict) -> str:
         with pytest.raises(ConfigError) as caught:
-            validate_config({"data": {"path": "x.csv"}, "model": {"strategy": "peft", "peft": peft}},
-                            str(tmp_path / "c.yaml"))
+            validate_config(
+                {"data": {"path": "x.csv"}, "model": {"strategy": "peft", "peft": peft}}, str(tmp_path / "c.yaml")
+            )
         return str(caught.value)
 
     message = error({"method": "ia4"})
@@ -55,23 +64,35 @@ def test_an_unknown_peft_method_or_argument_is_a_config_error_naming_it(tmp_path
     assert PeftMethodConfig(method="Prompt_Tuning", num_virtual_tokens=8).peft_config().num_virtual_tokens == 8
 
 
-@pytest.mark.parametrize("fixture, method, message", [
-    ("tiny_gpt2", "prompt_tuning", "prompt_tuning on the decoder gpt2: its classification head would read a padding"),
-    ("tiny_bert", "prefix_tuning", "prefix_tuning on bert: peft passes the prefix as past_key_values")])
-def test_a_prompt_style_method_the_model_cannot_take_is_refused_at_stage_2(fixture, method, message, request,
-                                                                          tmp_path):
+@pytest.mark.parametrize(
+    "fixture, method, message",
+    [
+        (
+            "tiny_gpt2",
+            "prompt_tuning",
+            "prompt_tuning on the decoder gpt2: its classification head would read a padding",
+        ),
+        ("tiny_bert", "prefix_tuning", "prefix_tuning on bert: peft passes the prefix as past_key_values"),
+    ],
+)
+def test_a_prompt_style_method_the_model_cannot_take_is_refused_at_stage_2(fixture, method, message, request, tmp_path):
     """Prompt tuning on a decoder: peft gives it embeddings, not ids, so its head would read the batch's last
     position, a padding token. Prefix tuning: peft 0.21 looks for past_key_values, which transformers 5 renamed."""
-    cfg = ModelConfig(base=str(request.getfixturevalue(fixture)), strategy="peft",
-                      peft={"method": method, "num_virtual_tokens": 4})
+    cfg = ModelConfig(
+        base=str(request.getfixturevalue(fixture)), strategy="peft", peft={"method": method, "num_virtual_tokens": 4}
+    )
     with pytest.raises(ModelError, match=message):
         model_stage.model(cfg, LABELS, 0, tmp_path)
 
 
-@pytest.mark.parametrize("fixture, expected", [
-    ("tiny_bert", ["attention.output.dense", "output.dense"]),
-    ("tiny_gpt2", ["attn.c_proj", "mlp.c_proj"]),
-    ("tiny_llama", ["self_attn.o_proj", "mlp.down_proj"])])
+@pytest.mark.parametrize(
+    "fixture, expected",
+    [
+        ("tiny_bert", ["attention.output.dense", "output.dense"]),
+        ("tiny_gpt2", ["attn.c_proj", "mlp.c_proj"]),
+        ("tiny_llama", ["self_attn.o_proj", "mlp.down_proj"]),
+    ],
+)
 def test_adapters_follow_the_attention_and_feed_forward_output_of_every_block(fixture, expected, request):
     import torch
 
@@ -87,8 +108,13 @@ def test_adapters_follow_the_attention_and_feed_forward_output_of_every_block(fi
         adapted = sorted(name for name, module in block.named_modules() if hasattr(module, ADAPTER_CHILD))
         assert adapted == sorted(expected)
     trained = {name for name, p in model.named_parameters() if p.requires_grad}
-    assert trained and all(ADAPTER_CHILD in name or name.startswith(("classifier", "score", "bert.pooler"))
-                           or "ln_f" in name or name.startswith("model.norm") for name in trained)
+    assert trained and all(
+        ADAPTER_CHILD in name
+        or name.startswith(("classifier", "score", "bert.pooler"))
+        or "ln_f" in name
+        or name.startswith("model.norm")
+        for name in trained
+    )
     assert count_parameters(model)[1] < count_parameters(model)[0] / 2
     with torch.no_grad():  # a new adapter is the identity: the base model's outputs
         torch.testing.assert_close(model(**batch).logits, before)
@@ -121,8 +147,9 @@ def test_each_method_trains_exports_with_parity_serves_and_loads_back(method, re
     texts = read_split(data_dir, "test")["text"].tolist()
     pyfunc = TextClassifier()
     pyfunc.load_context(SimpleNamespace(artifacts={"model_dir": result.model_dir}))
-    served_by_torch = np.stack(pyfunc.predict(None, texts)["probabilities"].map(
-        lambda p: [p[label] for label in LABELS]))
+    served_by_torch = np.stack(
+        pyfunc.predict(None, texts)["probabilities"].map(lambda p: [p[label] for label in LABELS])
+    )
     base_model, tokenizer = load_classifier(str(init), LABELS)
     with torch.no_grad():
         untrained = torch.softmax(base_model.eval()(**tokenizer(texts, padding=True, return_tensors="pt")).logits, -1)
@@ -144,8 +171,10 @@ def served_probabilities(bundle, texts: list[str], tmp_path) -> np.ndarray:
     import tritonclient.http as httpclient
 
     port = free_port(3)
-    code = (f"from components.deploy.serving import Limits, serve; "
-            f"serve({str(bundle)!r}, 'method', '1', {port}, {str(tmp_path / 'predictions')!r}, Limits())")
+    code = (
+        f"from components.deploy.serving import Limits, serve; "
+        f"serve({str(bundle)!r}, 'method', '1', {port}, {str(tmp_path / 'predictions')!r}, Limits())"
+    )
     with open(tmp_path / "server.out", "w") as sink:
         process = subprocess.Popen([sys.executable, "-c", code], stdout=sink, stderr=subprocess.STDOUT)
     try:
@@ -153,8 +182,9 @@ def served_probabilities(bundle, texts: list[str], tmp_path) -> np.ndarray:
         client = httpclient.InferenceServerClient(url=f"127.0.0.1:{port}")
         inputs = httpclient.InferInput("text", [len(texts)], "BYTES")
         inputs.set_data_from_numpy(np.array(texts, dtype=object), binary_data=False)
-        result = client.infer("method", [inputs], outputs=[httpclient.InferRequestedOutput("probabilities",
-                                                                                           binary_data=False)])
+        result = client.infer(
+            "method", [inputs], outputs=[httpclient.InferRequestedOutput("probabilities", binary_data=False)]
+        )
         return result.as_numpy("probabilities")
     finally:
         process.kill()

@@ -37,8 +37,12 @@ def test_head_strategy_freezes_every_block(fixture, request):
 
 @pytest.mark.parametrize("fixture, targets", [("tiny_bert", {"query", "value"}), ("tiny_gpt2", {"c_attn"})])
 def test_lora_uses_per_architecture_default_targets_and_trains_adapters_and_head(fixture, targets, request, tmp_path):
-    spec = model_stage.model(ModelConfig(base=str(request.getfixturevalue(fixture)), strategy="lora", lora=LoraConfig(r=4)),
-                             LABELS, 0, tmp_path)
+    spec = model_stage.model(
+        ModelConfig(base=str(request.getfixturevalue(fixture)), strategy="lora", lora=LoraConfig(r=4)),
+        LABELS,
+        0,
+        tmp_path,
+    )
     assert set(spec.adapted_modules) == targets
     assert 0 < spec.trainable_parameters < spec.total_parameters
 

@@ -19,16 +19,21 @@ NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.timezone.utc)
 
 
 def features(drifted: int, total: int = 7) -> list[FeatureDrift]:
-    return [FeatureDrift(f"f{i}", "text descriptor", "ks", 0.05, 0.01 if i < drifted else 0.5, i < drifted)
-            for i in range(total)]
+    return [
+        FeatureDrift(f"f{i}", "text descriptor", "ks", 0.05, 0.01 if i < drifted else 0.5, i < drifted)
+        for i in range(total)
+    ]
 
 
-@pytest.mark.parametrize("drifted, size, expected, reason", [
-    (7, 50, False, "fewer than monitor.min_window=100"),  # too few texts: no verdict, whatever moved
-    (0, 200, False, "0 of 7 features drifted"),
-    (3, 200, False, "3 of 7"),  # a minority of features moves by chance: no alert
-    (4, 200, True, "4 of 7 features drifted (57%; drift at 50%): f0, f1, f2, f3"),
-])
+@pytest.mark.parametrize(
+    "drifted, size, expected, reason",
+    [
+        (7, 50, False, "fewer than monitor.min_window=100"),  # too few texts: no verdict, whatever moved
+        (0, 200, False, "0 of 7 features drifted"),
+        (3, 200, False, "3 of 7"),  # a minority of features moves by chance: no alert
+        (4, 200, True, "4 of 7 features drifted (57%; drift at 50%): f0, f1, f2, f3"),
+    ],
+)
 def test_drift_is_a_share_of_drifted_features_over_a_large_enough_window(drifted, size, expected, reason):
     verdict, why = decide_drift(features(drifted), size, min_window=100, drift_share=0.5)
     assert verdict is expected and reason in why
@@ -38,13 +43,16 @@ def retraining(hours_ago: float, status: str = "FINISHED") -> Retraining:
     return Retraining("r1", NOW - dt.timedelta(hours=hours_ago), status)
 
 
-@pytest.mark.parametrize("earlier, allowed, reason", [
-    ([], True, "none inside the cool-down"),
-    ([retraining(2)], False, "inside the cool-down of 24 h"),
-    ([retraining(30)], True, "none inside"),
-    ([retraining(30, "RUNNING")], False, "still running"),  # longer than the cool-down, not yet timed out
-    ([retraining(50, "RUNNING")], True, "none inside"),  # a holder that crashed: its claim has timed out
-])
+@pytest.mark.parametrize(
+    "earlier, allowed, reason",
+    [
+        ([], True, "none inside the cool-down"),
+        ([retraining(2)], False, "inside the cool-down of 24 h"),
+        ([retraining(30)], True, "none inside"),
+        ([retraining(30, "RUNNING")], False, "still running"),  # longer than the cool-down, not yet timed out
+        ([retraining(50, "RUNNING")], True, "none inside"),  # a holder that crashed: its claim has timed out
+    ],
+)
 def test_retraining_waits_for_the_cool_down_and_for_a_live_retraining(earlier, allowed, reason):
     verdict, why = may_retrain(NOW, earlier, cooldown_hours=24, timeout_hours=48)
     assert verdict is allowed and reason in why
@@ -99,11 +107,14 @@ def test_an_alert_is_logged_written_and_posted_and_a_dead_webhook_does_not_stop_
 def test_the_window_holds_only_the_last_hours_of_the_prediction_log(tmp_path):
     from monitoring.prediction_log import read_window
 
-    rows = [{"timestamp": (NOW - dt.timedelta(hours=h)).isoformat(), "text": t, "label": "ham"}
-            for h, t in ((30, "old"), (2, "recent"), (0.5, "123"))]
+    rows = [
+        {"timestamp": (NOW - dt.timedelta(hours=h)).isoformat(), "text": t, "label": "ham"}
+        for h, t in ((30, "old"), (2, "recent"), (0.5, "123"))
+    ]
     for day in ("20261122", "20261123"):
         (tmp_path / f"predictions-{day}.jsonl").write_text(
-            "".join(json.dumps(r) + "\n" for r in rows if r["timestamp"].startswith(f"{day[:4]}-{day[4:6]}-{day[6:]}")))
+            "".join(json.dumps(r) + "\n" for r in rows if r["timestamp"].startswith(f"{day[:4]}-{day[4:6]}-{day[6:]}"))
+        )
     window = read_window(tmp_path, hours=24, now=NOW)
     assert window["text"].tolist() == ["recent", "123"]  # and a text of digits stays text
 
@@ -111,9 +122,14 @@ def test_the_window_holds_only_the_last_hours_of_the_prediction_log(tmp_path):
 def frame(texts: list[str], spam_share: float, shift: float, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     spam = rng.random(len(texts)) < spam_share
-    return pd.DataFrame({"text": texts, "predicted_label": np.where(spam, "spam", "ham"),
-                         "probability_spam": np.clip(np.where(spam, 0.9, 0.1) + rng.normal(0, 0.05, len(texts)), 0, 1),
-                         "embedding": list(rng.normal(shift, 1, (len(texts), 8)).astype(np.float32))})
+    return pd.DataFrame(
+        {
+            "text": texts,
+            "predicted_label": np.where(spam, "spam", "ham"),
+            "probability_spam": np.clip(np.where(spam, 0.9, 0.1) + rng.normal(0, 0.05, len(texts)), 0, 1),
+            "embedding": list(rng.normal(shift, 1, (len(texts), 8)).astype(np.float32)),
+        }
+    )
 
 
 def test_evidently_finds_no_drift_in_the_same_distribution_and_drift_in_another_kind_of_text():
@@ -121,7 +137,18 @@ def test_evidently_finds_no_drift_in_the_same_distribution_and_drift_in_another_
 
     reference = frame(make_texts(400, seed=1)["text"].tolist(), 0.5, 0.0, 1)
     same = frame(make_texts(150, seed=2)["text"].tolist(), 0.5, 0.0, 2)
-    other_words = "invoice quarterly revenue forecast budget market analysis report board growth".split()
+    other_words = [
+        "invoice",
+        "quarterly",
+        "revenue",
+        "forecast",
+        "budget",
+        "market",
+        "analysis",
+        "report",
+        "board",
+        "growth",
+    ]
     rng = np.random.default_rng(3)
     other = frame([" ".join(rng.choice(other_words, 25)) for _ in range(150)], 0.1, 1.5, 3)
     cfg = MonitorConfig(min_window=100)

@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import as_args, make_texts, stop_at_line, tiny_settings
+
 from pipelines.cli import main
 
 
@@ -15,8 +15,22 @@ def test_compile_writes_yaml_that_kfp_loads_back_with_the_gpu_request(tmp_path):
     from kfp import components
 
     out, monitor_out = tmp_path / "pipeline.yaml", tmp_path / "monitor.yaml"
-    assert main(["compile", "--set", "data.path=x.tsv", "--set", "kfp.gpu.count=2", "-o", str(out),
-                 "--monitor-output", str(monitor_out)]) == 0
+    assert (
+        main(
+            [
+                "compile",
+                "--set",
+                "data.path=x.tsv",
+                "--set",
+                "kfp.gpu.count=2",
+                "-o",
+                str(out),
+                "--monitor-output",
+                str(monitor_out),
+            ]
+        )
+        == 0
+    )
     loaded = components.load_component_from_file(str(out))
     assert loaded.name == "sms-spam-training"
     monitor = components.load_component_from_file(str(monitor_out))
@@ -39,8 +53,24 @@ def test_compile_writes_yaml_that_kfp_loads_back_with_the_gpu_request(tmp_path):
 
 def test_on_several_nodes_the_fine_tune_task_asks_for_no_gpu_its_trainjob_does(tmp_path):
     out = tmp_path / "pipeline.yaml"
-    assert main(["compile", "--set", "data.path=s3://b/x.tsv", "--set", "kfp.gpu.count=2", "--set", "train.nodes=2",
-                 "--set", "storage.checkpoints=s3://b/checkpoints", "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "compile",
+                "--set",
+                "data.path=s3://b/x.tsv",
+                "--set",
+                "kfp.gpu.count=2",
+                "--set",
+                "train.nodes=2",
+                "--set",
+                "storage.checkpoints=s3://b/checkpoints",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     executors = yaml.safe_load(out.read_text())["deploymentSpec"]["executors"]
     assert "resources" not in executors["exec-fine-tune"]["container"]
     assert executors["exec-evaluate"]["container"]["resources"]["accelerator"]["resourceCount"] == "2"
@@ -69,8 +99,9 @@ def stage_runs(client, parent):
     return client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
 
 
-def test_lifecycle_run_tracks_every_stage_registers_promotes_and_keeps_the_champion_on_a_failed_gate(run_args,
-                                                                                                     tmp_path, capsys):
+def test_lifecycle_run_tracks_every_stage_registers_promotes_and_keeps_the_champion_on_a_failed_gate(
+    run_args, tmp_path, capsys
+):
     """The first run is stopped in stage 1 and resumed with the command it printed: a resumed run is a whole one."""
     import shlex
 
@@ -85,18 +116,32 @@ def test_lifecycle_run_tracks_every_stage_registers_promotes_and_keeps_the_champ
     assert parent.info.run_id == run_id and parent.info.status == "FINISHED"
     assert {r.info.status for r in stage_runs(client, parent)} <= {"FINISHED", "KILLED"}  # none left RUNNING
     stages = {r.info.run_name: r for r in stage_runs(client, parent) if r.info.status == "FINISHED"}
-    assert sorted(stages) == ["1-data", "2-model", "3-environment", "4-fine-tune", "5-evaluate", "6-deploy",
-                              "7-monitor"]
+    assert sorted(stages) == [
+        "1-data",
+        "2-model",
+        "3-environment",
+        "4-fine-tune",
+        "5-evaluate",
+        "6-deploy",
+        "7-monitor",
+    ]
     evaluation = stages["5-evaluate"]
     assert evaluation.data.metrics["test_accuracy"] >= 0.8 and evaluation.data.metrics["test_loss"] > 0
     evaluated = {a.path for a in client.list_artifacts(evaluation.info.run_id)}
     assert {"model_card.md", "reliability_diagram.png", "confusion_matrix.png"} <= evaluated
     assert {"evaluation/slices.json", "evaluation/robustness.json", "evaluation/most_confident_mistakes.json"} <= {
-        a.path for a in client.list_artifacts(evaluation.info.run_id, "evaluation")}
+        a.path for a in client.list_artifacts(evaluation.info.run_id, "evaluation")
+    }
     found = evaluation.data.metrics
     assert found["test_accuracy_ci_low"] <= found["test_accuracy"] <= found["test_accuracy_ci_high"]
-    assert {"baseline_test_accuracy", "test_ece", "temperature", "robustness.typos.drop",
-            "slice.length.short.accuracy", "slice.source.data.accuracy"} <= set(found)
+    assert {
+        "baseline_test_accuracy",
+        "test_ece",
+        "temperature",
+        "robustness.typos.drop",
+        "slice.length.short.accuracy",
+        "slice.source.data.accuracy",
+    } <= set(found)
     assert len(stages["1-data"].inputs.dataset_inputs) == 3
     assert "train_loss" in stages["4-fine-tune"].data.metrics
     assert parent.data.params["model.strategy"] == "full" and parent.data.tags["data_fingerprint"]
@@ -104,15 +149,22 @@ def test_lifecycle_run_tracks_every_stage_registers_promotes_and_keeps_the_champ
     assert stages["6-deploy"].data.metrics["prediction_agreement"] == 1.0
     # Stage 7: the held-out test split against the training reference is no drift.
     assert stages["7-monitor"].data.tags["drift_detected"] == "false"
-    assert "drift/drift_report.html" in {a.path for a in client.list_artifacts(stages["7-monitor"].info.run_id,
-                                                                                "drift")}
+    assert "drift/drift_report.html" in {
+        a.path for a in client.list_artifacts(stages["7-monitor"].info.run_id, "drift")
+    }
 
     challenger = client.get_model_version_by_alias("sms-spam-classifier", "challenger")
     assert challenger.version == 1 and challenger.tags["gate"] == "passed" and challenger.tags["format"] == "pytorch"
     assert challenger.description.startswith("# Model card: sms-spam-classifier")
     card = mlflow.artifacts.load_text(f"runs:/{evaluation.info.run_id}/model_card.md")
-    for section in ("## Against a linear baseline", "## Calibration", "## Slices", "## Robustness",
-                    "## Most confident mistakes", "95% interval (bootstrap)"):
+    for section in (
+        "## Against a linear baseline",
+        "## Calibration",
+        "## Slices",
+        "## Robustness",
+        "## Most confident mistakes",
+        "95% interval (bootstrap)",
+    ):
         assert section in card, section
     champion = client.get_model_version_by_alias("sms-spam-classifier", "champion")
     assert champion.version == 2 and champion.tags["format"].startswith("onnx-")
@@ -123,8 +175,9 @@ def test_lifecycle_run_tracks_every_stage_registers_promotes_and_keeps_the_champ
     assert "is not an ONNX bundle" in capsys.readouterr().err
 
     # A much worse model: registered, but its gate fails against the champion, so nothing moves.
-    assert main(run_args("train.epochs=1", "train.learning_rate=1e-7", "gate.min_accuracy=0",
-                         "gate.min_macro_f1=0")) == 0
+    assert (
+        main(run_args("train.epochs=1", "train.learning_rate=1e-7", "gate.min_accuracy=0", "gate.min_macro_f1=0")) == 0
+    )
     worse = client.get_model_version("sms-spam-classifier", "3")
     assert worse.tags["gate"] == "failed" and "exact McNemar p = " in worse.tags["gate_reasons"]
     assert "worse (rule not_worse)" in worse.tags["gate_reasons"]
@@ -133,11 +186,14 @@ def test_lifecycle_run_tracks_every_stage_registers_promotes_and_keeps_the_champ
     assert len(client.search_model_versions("name = 'sms-spam-classifier'")) == 3  # no deployment ran
 
 
-@pytest.mark.parametrize("change, expected", [
-    (lambda rows: rows.rename(columns={"label": "category"}), "column 'label' is missing"),
-    (lambda rows: rows.assign(label=["ham"] * len(rows)), "at least 2"),
-    (lambda rows: rows.assign(label=rows["label"].replace("spam", "junk")), "not in ['ham', 'spam']"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda rows: rows.rename(columns={"label": "category"}), "column 'label' is missing"),
+        (lambda rows: rows.assign(label=["ham"] * len(rows)), "at least 2"),
+        (lambda rows: rows.assign(label=rows["label"].replace("spam", "junk")), "not in ['ham', 'spam']"),
+    ],
+)
 def test_bad_data_stops_at_stage_1_and_registers_nothing(change, expected, run_args, tmp_path, capsys):
     change(make_texts(240)).to_csv(tmp_path / "texts.csv", index=False)
     assert main(run_args("data.labels=[ham, spam]")) == 2  # a mistake in the data: the user's to fix
@@ -170,20 +226,26 @@ def test_drift_alerts_and_retrains_once_inside_the_cool_down_and_the_gate_decide
     # In-distribution traffic: no drift, no alert, nothing retrains.
     make_texts(240, seed=7).sample(60, random_state=0).to_csv(tmp_path / "normal.csv", index=False)
     assert main(watch + ["--set", f"monitor.current={tmp_path / 'normal.csv'}"]) == 0
-    (calm,) = client.search_runs([experiment], "tags.`lifecycle.stage` = '7-monitor' and tags.mlflow.parentRunId "
-                                               "IS NULL")
+    (calm,) = client.search_runs(
+        [experiment], "tags.`lifecycle.stage` = '7-monitor' and tags.mlflow.parentRunId IS NULL"
+    )
     assert calm.data.tags["drift_detected"] == "false" and "alert" not in calm.data.tags
 
     # Another kind of text, twice inside the cool-down: two alerts, one retraining, tagged with the first alert.
-    words = "invoice quarterly revenue forecast budget market analysis report board growth".split()
-    shifted = pd.DataFrame({"text": [" ".join(words[(i + k) % 10] for k in range(20)) + f" {i}" for i in range(60)],
-                            "label": "ham"})
+    words = ["invoice", "quarterly", "revenue", "forecast", "budget", "market", "analysis", "report", "board", "growth"]
+    shifted = pd.DataFrame(
+        {"text": [" ".join(words[(i + k) % 10] for k in range(20)) + f" {i}" for i in range(60)], "label": "ham"}
+    )
     shifted.to_csv(tmp_path / "shifted.csv", index=False)
     feedback = tmp_path / "feedback"
     feedback.mkdir()
     shifted.to_json(feedback / "labelled.jsonl", orient="records", lines=True)
-    shifted_watch = watch + ["--set", f"monitor.current={tmp_path / 'shifted.csv'}",
-                             "--set", f"data.feedback_path={feedback}"]
+    shifted_watch = watch + [
+        "--set",
+        f"monitor.current={tmp_path / 'shifted.csv'}",
+        "--set",
+        f"data.feedback_path={feedback}",
+    ]
     assert main(shifted_watch) == 0
     assert main(shifted_watch) == 0
     alerts = sorted((tmp_path / "work" / "alerts").glob("*.json"))
@@ -207,11 +269,13 @@ def test_drift_alerts_and_retrains_once_inside_the_cool_down_and_the_gate_decide
 def test_splits_that_share_texts_stop_stage_1_by_default(run_args, tmp_path, capsys):
     """With data.on_leakage=drop they train (tests/test_data.py drops them, tests/test_stages.py reads the card)."""
     rows = make_texts(240)
-    parts = {"train": rows[:160], "val": pd.concat([rows[160:190], rows[:1]]),
-             "test": pd.concat([rows[190:], rows[1:3], rows[160:161]])}
+    parts = {
+        "train": rows[:160],
+        "val": pd.concat([rows[160:190], rows[:1]]),
+        "test": pd.concat([rows[190:], rows[1:3], rows[160:161]]),
+    }
     for name, part in parts.items():
         part.to_csv(tmp_path / f"{name}.csv", index=False)
     splits = ["data.path=null", *(f"data.{name}_path={tmp_path / f'{name}.csv'}" for name in parts)]
     assert main(run_args(*splits)) == 2
     assert "4 texts stand in two splits" in capsys.readouterr().err
-

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import as_args, job_for, make_texts, tiny_settings
 
 from components.config import ConfigError, DataConfig, ModelConfig, PiiConfig, PrivacyConfig, TrainConfig
 from components.data import core as data_stage
@@ -14,7 +15,6 @@ from components.data.validation import DataValidationError
 from components.errors import LifecycleError
 from components.handoff import SPLITS, read_split
 from components.pii import HASH, REDACT, LogPii
-from conftest import as_args, job_for, make_texts, tiny_settings
 
 # Made-up personal data, two values of each kind, each planted in three texts of its own.
 PLANTED = {
@@ -52,8 +52,9 @@ def pii_csv(tmp_path_factory) -> Path:
 
 
 def run_stage_1(path: Path, out: Path, pii: str):
-    return data_stage.data(DataConfig(path=str(path), labels=["ham", "spam"], min_rows_per_class=5, pii=pii), 1,
-                           out.parent, out)
+    return data_stage.data(
+        DataConfig(path=str(path), labels=["ham", "spam"], min_rows_per_class=5, pii=pii), 1, out.parent, out
+    )
 
 
 def test_each_kind_is_found_and_counted_per_split(pii_csv, tmp_path):
@@ -62,7 +63,8 @@ def test_each_kind_is_found_and_counted_per_split(pii_csv, tmp_path):
     for split in SPLITS:
         assert manifest.pii_found[split] == kinds_in(read_split(tmp_path / "data", split)["text"]), split
     assert {kind: sum(found.get(kind, 0) for found in manifest.pii_found.values()) for kind in PLANTED} == {
-        kind: 6 for kind in PLANTED}
+        kind: 6 for kind in PLANTED
+    }
 
 
 def test_redact_leaves_no_value_in_the_splits_or_the_reports(pii_csv, tmp_path):
@@ -144,8 +146,9 @@ def test_monitoring_redacted_traffic_of_the_training_mix_raises_no_drift(pii_csv
     heavy = rows.assign(text=[f"{VALUES[i % len(VALUES)]} {t}" if i % 2 else t for i, t in enumerate(rows["text"])])
     heavy[:240].to_csv(tmp_path / "mix.csv", index=False)
     run_stage_1(tmp_path / "mix.csv", tmp_path / "data", "report")
-    deploy(str(tiny_run[1]), str(tmp_path / "data"), str(tmp_path / "deploy"), reference_size=240,
-           log_pii=LogPii(REDACT))
+    deploy(
+        str(tiny_run[1]), str(tmp_path / "data"), str(tmp_path / "deploy"), reference_size=240, log_pii=LogPii(REDACT)
+    )
     form = LogPii(REDACT).text_form()
     bundle = bundle_dir(tmp_path / "deploy")
     cfg = LifecycleConfig(data=DataConfig(path="x.csv"))
@@ -156,8 +159,10 @@ def test_monitoring_redacted_traffic_of_the_training_mix_raises_no_drift(pii_csv
     assert check_drift(as_they_came, profile_texts(OnnxClassifier(bundle), traffic), cfg.monitor)[0].drift_detected
     # A log kept in another form than the reference's gets no verdict (which could start a retraining).
     keeping = LifecycleConfig(data=DataConfig(path="x.csv"), serve={"log_pii": "keep"})
-    with pytest.raises(DataError, match="as serve.log_pii=redact made them, and the prediction log stores them as "
-                                        "serve.log_pii=keep: no verdict"):
+    with pytest.raises(
+        DataError,
+        match="as serve.log_pii=redact made them, and the prediction log stores them as serve.log_pii=keep: no verdict",
+    ):
         monitor(bundle, heavy["text"][240:].tolist(), keeping, tmp_path / "report")
 
 
@@ -169,10 +174,16 @@ def test_private_fine_tuning_spends_at_most_its_epsilon_for_head_partial_and_lor
     for strategy in ("head", "partial", "lora"):
         model_cfg = ModelConfig(base=str(tiny_bert), strategy=strategy, max_length=32)
         model_stage.model(model_cfg, ["ham", "spam"], 0, tmp_path / strategy / "init")
-        result = fine_tune(job_for(tmp_path / strategy / "init", data_dir, tmp_path / strategy / "model",
-                                   tmp_path / strategy / "ckpt", model_cfg,
-                                   TrainConfig(epochs=2, batch_size=16, learning_rate=3e-3,
-                                               privacy=PrivacyConfig(epsilon=8))))
+        result = fine_tune(
+            job_for(
+                tmp_path / strategy / "init",
+                data_dir,
+                tmp_path / strategy / "model",
+                tmp_path / strategy / "ckpt",
+                model_cfg,
+                TrainConfig(epochs=2, batch_size=16, learning_rate=3e-3, privacy=PrivacyConfig(epsilon=8)),
+            )
+        )
         assert 7 < result.epsilon_spent <= 8.0 + 1e-6, strategy  # the noise spends the budget, no more
         assert result.hyperparameters["privacy"] == {"epsilon": 8, "delta": 1e-5, "max_grad_norm": 1.0}
 
@@ -184,8 +195,9 @@ def test_a_strategy_or_layer_opacus_cannot_train_privately_is_a_config_error(tin
     from components.fine_tune.privacy import check_layers
 
     with pytest.raises(ConfigError, match="model.strategy=qlora cannot train privately"):
-        validate_config({"data": {"path": "x.csv"}, "model": {"strategy": "qlora"},
-                         "train": {"privacy": {"epsilon": 3}}})
+        validate_config(
+            {"data": {"path": "x.csv"}, "model": {"strategy": "qlora"}, "train": {"privacy": {"epsilon": 3}}}
+        )
     with pytest.raises(ConfigError, match="train.privacy trains in one process"):
         validate_config({"data": {"path": "x.csv"}, "train": {"processes": 2, "privacy": {"epsilon": 3}}})
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
@@ -193,8 +205,9 @@ def test_a_strategy_or_layer_opacus_cannot_train_privately_is_a_config_error(tin
         check_layers(model)
 
 
-def test_redact_through_the_whole_run_leaves_no_value_in_any_file_or_the_tracking_store(pii_csv, tmp_path,
-                                                                                     tiny_bert, monkeypatch):
+def test_redact_through_the_whole_run_leaves_no_value_in_any_file_or_the_tracking_store(
+    pii_csv, tmp_path, tiny_bert, monkeypatch
+):
     """Every file the run wrote (splits, MLflow's store and artifacts, the registered versions, the reports) is
     searched for the planted values; Parquet files are read, the others searched as bytes."""
     from pipelines.cli import main
@@ -209,8 +222,9 @@ def test_redact_through_the_whole_run_leaves_no_value_in_any_file_or_the_trackin
         searched += 1
         if path.suffix == ".parquet":
             frame = pd.read_parquet(path)
-            content = "\n".join(frame[c].astype(str).str.cat(sep="\n") for c in frame.columns
-                                 if frame[c].dtype == object)
+            content = "\n".join(
+                frame[c].astype(str).str.cat(sep="\n") for c in frame.columns if frame[c].dtype == object
+            )
         else:
             content = path.read_bytes().decode("utf-8", errors="replace")
         assert not [value for value in VALUES if value in content], path
@@ -237,7 +251,9 @@ def test_names_are_found_with_a_spacy_pipeline_the_user_gives(tmp_path):
     nlp.to_disk(tmp_path / "names")
     scanner = PiiScanner(PiiConfig(spacy_model=str(tmp_path / "names")))
     assert scanner.transform("ask Jane Doe on 07700 900123", REDACT) == (
-        "ask <PERSON> on <PHONE_NUMBER>", ["PHONE_NUMBER", "PERSON"])
+        "ask <PERSON> on <PHONE_NUMBER>",
+        ["PHONE_NUMBER", "PERSON"],
+    )
 
 
 def test_a_private_run_logs_the_epsilon_spent_and_the_card_states_it(tmp_path, tiny_bert, monkeypatch):
@@ -247,15 +263,24 @@ def test_a_private_run_logs_the_epsilon_spent_and_the_card_states_it(tmp_path, t
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     make_texts(240).to_csv(tmp_path / "texts.csv", index=False)
-    settings = tiny_settings(tmp_path / "work", tmp_path / "texts.csv", tiny_bert, "model.strategy=head",
-                             "train.privacy.epsilon=8", "gate.min_accuracy=0", "gate.min_macro_f1=0")
+    settings = tiny_settings(
+        tmp_path / "work",
+        tmp_path / "texts.csv",
+        tiny_bert,
+        "model.strategy=head",
+        "train.privacy.epsilon=8",
+        "gate.min_accuracy=0",
+        "gate.min_macro_f1=0",
+    )
     assert main(["run", *as_args(settings)]) == 0
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
     client = mlflow.MlflowClient()
-    (fine_tune,) = client.search_runs([client.get_experiment_by_name("sms-spam").experiment_id],
-                                      "attributes.run_name = '4-fine-tune'")
+    (fine_tune,) = client.search_runs(
+        [client.get_experiment_by_name("sms-spam").experiment_id], "attributes.run_name = '4-fine-tune'"
+    )
     assert 7 < fine_tune.data.metrics["epsilon_spent"] <= 8 + 1e-6
     assert fine_tune.data.params["placement"] == "in_process"
     card = next((tmp_path / "work").rglob("model_card.md")).read_text()
-    assert re.search(r"Trained with differential privacy \(DP-SGD, Opacus\): ε = [78]\.\d\d spent of the\s+target 8",
-                     card), card
+    assert re.search(
+        r"Trained with differential privacy \(DP-SGD, Opacus\): ε = [78]\.\d\d spent of the\s+target 8", card
+    ), card

@@ -42,7 +42,11 @@ def test_rollback_without_a_previous_champion_is_a_clear_error(client):
 def test_a_card_too_long_for_the_registry_keeps_the_sections_that_fit_and_says_where_the_whole_is():
     from components.registry import DESCRIPTION_LIMIT, registry_description
 
-    card = "# Model card: x\n\nintro\n## Model\nshort\n## Slices\n" + "| row |\n" * 800 + "## Validation gate: PASSED\n- ok\n"
+    card = (
+        "# Model card: x\n\nintro\n## Model\nshort\n## Slices\n"
+        + "| row |\n" * 800
+        + "## Validation gate: PASSED\n- ok\n"
+    )
     assert len(card) > DESCRIPTION_LIMIT
     shortened = registry_description(card, "run123")
     assert len(shortened) <= DESCRIPTION_LIMIT
@@ -51,8 +55,7 @@ def test_a_card_too_long_for_the_registry_keeps_the_sections_that_fit_and_says_w
     assert registry_description("# short card\n", "run123") == "# short card\n"
 
 
-def test_a_rollout_supersedes_a_running_one_and_ends_promoted_or_rolled_back_without_touching_the_champion_else(
-        client):
+def test_a_rollout_supersedes_a_running_one_and_ends_promoted_or_rolled_back_without_touching_the_champion_else(client):
     from components.registry import end_rollout, start_rollout
 
     promote(NAME, "1")

@@ -15,8 +15,8 @@ from pathlib import Path
 import mlflow
 import pytest
 import requests
-
 from conftest import as_args, make_texts, wait_until_ready
+
 from pipelines.cli import main
 from pipelines.tracking_server import free_port
 
@@ -42,8 +42,9 @@ def versions(tiny_bundle, tmp_path_factory):
     mlflow.set_experiment("rollout")
     for bundle in (tiny_bundle / "bundle", tiny_bundle / "bundle", worse):
         with mlflow.start_run():
-            register_model(OnnxTextClassifier(), {"bundle": str(bundle)}, ["ham", "spam"], NAME, "# card", {},
-                           ["see you at lunch"])
+            register_model(
+                OnnxTextClassifier(), {"bundle": str(bundle)}, ["ham", "spam"], NAME, "# card", {}, ["see you at lunch"]
+            )
     promote(NAME, "1")
     return root, uri
 
@@ -53,11 +54,23 @@ def server(versions):
     root, uri = versions
     port = free_port(3)  # serve: HTTP, gRPC, metrics
     settings = settings_for(root)
-    command = [sys.executable, "-m", "pipelines.cli", "serve", "--config", str(CONFIG), "--port", str(port),
-               "--model", f"models:/{NAME}@champion", *as_args(settings)]
+    command = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "serve",
+        "--config",
+        str(CONFIG),
+        "--port",
+        str(port),
+        "--model",
+        f"models:/{NAME}@champion",
+        *as_args(settings),
+    ]
     with open(root / "server.out", "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_TRACKING_URI": uri}
+        )
     url = f"http://127.0.0.1:{port}"
     wait_until_ready(url, process, output=root / "server.out")
     yield url, settings, root
@@ -66,10 +79,17 @@ def server(versions):
 
 
 def settings_for(root: Path) -> list[str]:
-    return [f"work_dir={root / 'work'}", f"tracking.registered_model={NAME}", f"serve.follow_seconds={FOLLOW_SECONDS}",
-            "serve.log_flush_seconds=0.5", f"storage.predictions={root / 'predictions'}",
-            f"data.feedback_path={root / 'feedback.jsonl'}", "deploy.rollout.min_texts=40",
-            "deploy.rollout.min_labelled=40", "tracking.experiment=rollout"]
+    return [
+        f"work_dir={root / 'work'}",
+        f"tracking.registered_model={NAME}",
+        f"serve.follow_seconds={FOLLOW_SECONDS}",
+        "serve.log_flush_seconds=0.5",
+        f"storage.predictions={root / 'predictions'}",
+        f"data.feedback_path={root / 'feedback.jsonl'}",
+        "deploy.rollout.min_texts=40",
+        "deploy.rollout.min_labelled=40",
+        "tracking.experiment=rollout",
+    ]
 
 
 class Load:
@@ -152,8 +172,10 @@ def test_promotion_and_rollback_reach_a_running_server_under_load_with_no_error_
         time.sleep(0.5)
     assert "champion is version 1 again" in capsys.readouterr().out
     statuses = [a[1] for a in load.answers]
-    print(f"swap to 2 in {to_new:.2f} s, back to 1 in {to_old:.2f} s; {len(statuses)} requests: "
-          f"{ {s: statuses.count(s) for s in set(statuses)} }")
+    print(
+        f"swap to 2 in {to_new:.2f} s, back to 1 in {to_old:.2f} s; {len(statuses)} requests: "
+        f"{ {s: statuses.count(s) for s in set(statuses)} }"
+    )
     assert set(statuses) == {200} and len(statuses) > 50
     answered = [a for a in load.answers if a[1] == 200]
     wait_for_log(root, "answer", len(answered))
@@ -239,23 +261,42 @@ def rollout_config(**changes):
 def evidence(**changes):
     from monitoring.rollout import RolloutEvidence
 
-    base = dict(champion="1", candidate="2", mode="shadow", started=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
-                paired=500, agreement=0.95, labelled=200, champion_accuracy=0.9, candidate_accuracy=0.9,
-                candidate_only_right=10, champion_only_right=10, p_value=1.0, champion_scored=500,
-                candidate_scored=500, champion_failed=0, candidate_failed=0, champion_p99_ms=10.0,
-                candidate_p99_ms=12.0)
+    base = dict(
+        champion="1",
+        candidate="2",
+        mode="shadow",
+        started=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+        paired=500,
+        agreement=0.95,
+        labelled=200,
+        champion_accuracy=0.9,
+        candidate_accuracy=0.9,
+        candidate_only_right=10,
+        champion_only_right=10,
+        p_value=1.0,
+        champion_scored=500,
+        candidate_scored=500,
+        champion_failed=0,
+        candidate_failed=0,
+        champion_p99_ms=10.0,
+        candidate_p99_ms=12.0,
+    )
     return RolloutEvidence(**(base | changes))
 
 
-@pytest.mark.parametrize("changes, hours, expected, reason", [
-    ({}, 1, "promote", "not worse than champion version 1"),
-    ({"paired": 50}, 1, "wait", "50 texts scored by both versions of the 100 needed"),
-    ({"paired": 50}, 25, "rollback", "the deadline 2026-01-02 00:00 UTC passed"),
-    ({"labelled": 20}, 1, "wait", "20 labelled texts of the 50 needed"),
-    ({"candidate_only_right": 2, "champion_only_right": 30, "p_value": 1e-6}, 1, "rollback", "worse than champion"),
-    ({"candidate_failed": 20}, 1, "rollback", "failed on 20 of 500 texts"),
-    ({"candidate_p99_ms": 30.0}, 1, "rollback", "p99 latency 30.0 ms is over 2x"),
-], ids=["not-worse", "too-few-pairs", "deadline", "too-few-labels", "worse", "failures", "slower"])
+@pytest.mark.parametrize(
+    "changes, hours, expected, reason",
+    [
+        ({}, 1, "promote", "not worse than champion version 1"),
+        ({"paired": 50}, 1, "wait", "50 texts scored by both versions of the 100 needed"),
+        ({"paired": 50}, 25, "rollback", "the deadline 2026-01-02 00:00 UTC passed"),
+        ({"labelled": 20}, 1, "wait", "20 labelled texts of the 50 needed"),
+        ({"candidate_only_right": 2, "champion_only_right": 30, "p_value": 1e-6}, 1, "rollback", "worse than champion"),
+        ({"candidate_failed": 20}, 1, "rollback", "failed on 20 of 500 texts"),
+        ({"candidate_p99_ms": 30.0}, 1, "rollback", "p99 latency 30.0 ms is over 2x"),
+    ],
+    ids=["not-worse", "too-few-pairs", "deadline", "too-few-labels", "worse", "failures", "slower"],
+)
 def test_the_decision_promotes_rolls_back_or_waits_with_its_reason(changes, hours, expected, reason):
     from monitoring.rollout import decide_rollout
 
@@ -291,8 +332,9 @@ def test_a_server_whose_registry_is_unreachable_keeps_serving_its_version_and_sa
 
     served = Served(Loaded("7", OnnxClassifier(tiny_bundle / "bundle")))
     swaps = []
-    follower = Follower("unreachable-model", "champion", 1, tiny_bundle, lambda *a: pytest.fail("loaded"), served,
-                        swaps.append)
+    follower = Follower(
+        "unreachable-model", "champion", 1, tiny_bundle, lambda *a: pytest.fail("loaded"), served, swaps.append
+    )
     before = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"http://127.0.0.1:{free_port()}")  # a tracking server that is down: nothing listens
     try:

@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 import requests
+from conftest import wait_until_ready
 
 from components.deploy.serving import BadRequest, Limits, check_texts
-from conftest import wait_until_ready
 from monitoring.prediction_log import read_predictions
 from pipelines.tracking_server import free_port
 
@@ -24,10 +24,12 @@ SPAM, HAM = "win free prize cash claim now call", "see you at lunch tomorrow tha
 def server(tiny_bundle, tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("predictions")
     port = free_port(3)
-    code = (f"from components.console import mark_project_logs; mark_project_logs(); "
-            f"from components.deploy.serving import Limits, serve; "
-            f"serve({str(tiny_bundle / 'bundle')!r}, {MODEL!r}, '3', {port}, {str(log_dir)!r}, "
-            f"Limits(max_batch=8, max_text_chars=200, max_request_bytes=4096))")
+    code = (
+        f"from components.console import mark_project_logs; mark_project_logs(); "
+        f"from components.deploy.serving import Limits, serve; "
+        f"serve({str(tiny_bundle / 'bundle')!r}, {MODEL!r}, '3', {port}, {str(log_dir)!r}, "
+        f"Limits(max_batch=8, max_text_chars=200, max_request_bytes=4096))"
+    )
     output = log_dir.parent / "server.out"
     with open(output, "w") as sink:
         process = subprocess.Popen([sys.executable, "-c", code], stdout=sink, stderr=subprocess.STDOUT)
@@ -43,8 +45,11 @@ def metrics(url: str) -> dict[str, float]:
 
     host, port = url.rsplit(":", 1)
     page = requests.get(f"{host}:{int(port) + 2}/metrics", timeout=10).text
-    return {f"{s.name}{dict(sorted(s.labels.items()))}": s.value
-            for family in text_string_to_metric_families(page) for s in family.samples}
+    return {
+        f"{s.name}{dict(sorted(s.labels.items()))}": s.value
+        for family in text_string_to_metric_families(page)
+        for s in family.samples
+    }
 
 
 def test_kserve_v2_clients_get_the_right_labels(server):
@@ -113,8 +118,10 @@ def test_a_thousand_requests_with_ten_percent_malformed_get_no_5xx(server):
 
 def test_bad_requests_say_what_was_expected(server):
     url, _, _ = server
-    for kind, status, message in (("input misnamed", 400, "expected the input named 'text'"),
-                                  ("body too large", 413, "request body over 4096 bytes")):
+    for kind, status, message in (
+        ("input misnamed", 400, "expected the input named 'text'"),
+        ("body too large", 413, "request body over 4096 bytes"),
+    ):
         request = next(request for name, request in map(malformed, range(12)) if name == kind)
         response = requests.post(f"{url}/v2/models/{MODEL}/infer", timeout=10, **request)
         assert response.status_code == status and message in response.json()["error"], response.text
@@ -125,8 +132,10 @@ def test_metrics_count_requests_and_the_texts_classified_per_label_and_version(s
     before = metrics(url)
     requests.post(f"{url}/predict", json={"texts": [SPAM, SPAM, HAM]}, timeout=10).raise_for_status()
     after = metrics(url)
-    spam = (f"lifecycle_texts_classified_total{{'label': 'spam', 'model_name': '{MODEL}', 'model_version': '3', "
-            "'role': 'answer'}")
+    spam = (
+        f"lifecycle_texts_classified_total{{'label': 'spam', 'model_name': '{MODEL}', 'model_version': '3', "
+        "'role': 'answer'}"
+    )
     ham = spam.replace("'spam'", "'ham'")
     assert after[spam] - before.get(spam, 0) == 2 and after[ham] - before.get(ham, 0) == 1
     assert any(name.startswith("rest_server_requests_total") and "/predict" in name for name in after)
@@ -141,19 +150,29 @@ def test_gzip_bodies_count_inflated_and_other_encodings_are_refused(server):
     client = httpclient.InferenceServerClient(url=url.removeprefix("http://"))
     texts = httpclient.InferInput("text", [2], "BYTES")
     texts.set_data_from_numpy(np.array([SPAM, HAM], dtype=object), binary_data=False)
-    result = client.infer(MODEL, [texts], request_compression_algorithm="gzip",
-                          outputs=[httpclient.InferRequestedOutput("label", binary_data=False)])
+    result = client.infer(
+        MODEL,
+        [texts],
+        request_compression_algorithm="gzip",
+        outputs=[httpclient.InferRequestedOutput("label", binary_data=False)],
+    )
     assert [str(label) for label in result.as_numpy("label").ravel()] == ["spam", "ham"]
 
     before = metrics(url)
     bomb = json.dumps({"texts": ["x" * 100_000]}).encode()  # 100 kB of text, 0.2 kB gzipped, a 4 kB limit
     cut = gzip.compress(HAM.encode())[:-8]
-    for body, encoding, status, message in ((gzip.compress(bomb), "gzip", 413, "over 4096 bytes inflated"),
-                                            (cut, "gzip", 400, "ends before its gzip stream"),
-                                            (b"not gzip", "gzip", 400, "cannot be inflated"),
-                                            (bomb[:200], "br", 415, "Content-Encoding 'br'")):
-        response = requests.post(f"{url}/predict", data=body, timeout=10, headers={
-            "content-type": "application/json", "content-encoding": encoding})
+    for body, encoding, status, message in (
+        (gzip.compress(bomb), "gzip", 413, "over 4096 bytes inflated"),
+        (cut, "gzip", 400, "ends before its gzip stream"),
+        (b"not gzip", "gzip", 400, "cannot be inflated"),
+        (bomb[:200], "br", 415, "Content-Encoding 'br'"),
+    ):
+        response = requests.post(
+            f"{url}/predict",
+            data=body,
+            timeout=10,
+            headers={"content-type": "application/json", "content-encoding": encoding},
+        )
         assert response.status_code == status and message in response.json()["error"], response.text
     assert classified(metrics(url)) == classified(before)
 
@@ -168,13 +187,16 @@ def test_a_request_whose_body_never_completes_is_neither_classified_nor_logged(s
     body = json.dumps({"texts": [f"{SPAM} (never answered)"]}).encode()
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as client:
-        client.sendall(b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                       b"content-length: %d\r\n\r\n" % (len(body) + 10) + body)  # 10 bytes short; then gone
+        client.sendall(
+            b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n" % (len(body) + 10) + body
+        )  # 10 bytes short; then gone
     requests.post(f"{url}/predict", json={"texts": [HAM]}, timeout=10).raise_for_status()  # served after it
     assert classified(metrics(url)) == classified(before) + 1
 
 
-GRPC_CLIENT = """
+GRPC_CLIENT = (
+    """
 import sys
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -189,15 +211,22 @@ for text in sys.argv[2:]:
         print("label", answer.as_numpy("label").ravel()[0].decode())
     except InferenceServerException as err:
         print("refused", err.status())
-""" % MODEL
+"""
+    % MODEL
+)
 
 
 def test_grpc_bodies_count_inflated_too(server):
     """tritonclient's gRPC client in a process of its own: its protos and MLServer's cannot share one."""
     url, _, _ = server
     host, port = url.removeprefix("http://").split(":")
-    answers = subprocess.run([sys.executable, "-c", GRPC_CLIENT, f"{host}:{int(port) + 1}", HAM, "x" * 100_000],
-                             capture_output=True, text=True, timeout=60, check=True).stdout.split("\n")
+    answers = subprocess.run(
+        [sys.executable, "-c", GRPC_CLIENT, f"{host}:{int(port) + 1}", HAM, "x" * 100_000],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split("\n")
     assert answers[:2] == ["label ham", "refused StatusCode.RESOURCE_EXHAUSTED"]  # 0.2 kB gzipped, 100 kB inflated
 
 
@@ -229,8 +258,10 @@ def test_every_served_text_is_logged_and_nothing_is_lost_on_shutdown(server, tin
     assert "gRPC server shutdown" not in output and "Shutting down" not in output
 
 
-@pytest.mark.parametrize("texts, message", [([], "no texts"), (["a"] * 9, "at most 8"), (["x" * 201], "at most 200"),
-                                            ([3], "expected a string")])
+@pytest.mark.parametrize(
+    "texts, message",
+    [([], "no texts"), (["a"] * 9, "at most 8"), (["x" * 201], "at most 200"), ([3], "expected a string")],
+)
 def test_bad_text_lists_are_bad_requests(texts, message):
     with pytest.raises(BadRequest, match=message):
         check_texts(texts, Limits(max_batch=8, max_text_chars=200))

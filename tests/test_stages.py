@@ -25,15 +25,18 @@ def test_the_table_orders_the_stages_and_names_those_that_want_a_gpu():
     assert [s.run_name for s in STAGES if s.wants_gpu] == ["3-environment", "4-fine-tune", "5-evaluate"]
 
 
-@pytest.mark.parametrize("nodes, processes, device, gpus, where, ranks", [
-    (1, None, "cpu", 0, "in_process", 1),
-    (1, None, "cuda", 1, "in_process", 1),
-    (1, 2, "cpu", 0, "processes", 2),
-    (1, None, "cuda", 4, "processes", 4),  # one rank per GPU of the node
-    (1, None, "cpu", 4, "in_process", 1),  # GPUs asked for but training on the CPU
-    (2, None, "cuda", 2, "train_job", 2),
-    (3, 1, "cpu", 0, "train_job", 1),
-])
+@pytest.mark.parametrize(
+    "nodes, processes, device, gpus, where, ranks",
+    [
+        (1, None, "cpu", 0, "in_process", 1),
+        (1, None, "cuda", 1, "in_process", 1),
+        (1, 2, "cpu", 0, "processes", 2),
+        (1, None, "cuda", 4, "processes", 4),  # one rank per GPU of the node
+        (1, None, "cpu", 4, "in_process", 1),  # GPUs asked for but training on the CPU
+        (2, None, "cuda", 2, "train_job", 2),
+        (3, 1, "cpu", 0, "train_job", 1),
+    ],
+)
 def test_where_stage_4_runs(nodes, processes, device, gpus, where, ranks):
     from components.fine_tune.placement import decide_placement
 
@@ -42,8 +45,9 @@ def test_where_stage_4_runs(nodes, processes, device, gpus, where, ranks):
     assert decision.reason
 
 
-@pytest.mark.parametrize("diff, agreement, passed", [(2e-6, 1.0, True), (1e-4, 1.0, True), (2e-4, 1.0, False),
-                                                     (1e-6, 0.99, False)])
+@pytest.mark.parametrize(
+    "diff, agreement, passed", [(2e-6, 1.0, True), (1e-4, 1.0, True), (2e-4, 1.0, False), (1e-6, 0.99, False)]
+)
 def test_parity_needs_every_prediction_and_every_logit_close(diff, agreement, passed):
     from components.deploy.core import decide_parity
 
@@ -52,8 +56,10 @@ def test_parity_needs_every_prediction_and_every_logit_close(diff, agreement, pa
     assert ("passed" if passed else "failed") in decision.reason and "257 test texts" in decision.reason
 
 
-@pytest.mark.parametrize("fp32, int8, served", [(0.9922, 0.9883, "int8"), (0.9922, 0.9922, "int8"),
-                                                (0.9922, 0.98, "fp32"), (0.90, 0.91, "int8")])
+@pytest.mark.parametrize(
+    "fp32, int8, served",
+    [(0.9922, 0.9883, "int8"), (0.9922, 0.9922, "int8"), (0.9922, 0.98, "fp32"), (0.90, 0.91, "int8")],
+)
 def test_int8_is_served_only_within_half_a_point_of_fp32(fp32, int8, served):
     from components.deploy.core import choose_served_format
 
@@ -83,8 +89,11 @@ def test_python_models_pickled_before_the_stage_layout_still_load(kind, tiny_run
 
     from components.pyfunc_model import OnnxTextClassifier, TextClassifier
 
-    model, artifacts = ((OnnxTextClassifier(), {"bundle": str(tiny_bundle / "bundle")}) if kind == "onnx" else
-                        (TextClassifier(), {"model_dir": str(tiny_run[1])}))
+    model, artifacts = (
+        (OnnxTextClassifier(), {"bundle": str(tiny_bundle / "bundle")})
+        if kind == "onnx"
+        else (TextClassifier(), {"model_dir": str(tiny_run[1])})
+    )
     path = tmp_path / "model"
     mlflow.pyfunc.save_model(path, python_model=model, artifacts=artifacts)
     shutil.copy(ROOT / "tests" / "data" / f"python_model_{kind}_before_issue_20.pkl", path / "python_model.pkl")
@@ -97,8 +106,11 @@ def test_no_hand_off_file_is_named_outside_the_hand_off_module():
 
     from components import handoff
 
-    names = [value for key, value in vars(handoff).items() if key.isupper() and isinstance(value, str)
-             and re.search(r"\.(json|parquet|html|md|onnx)$", value)]
+    names = [
+        value
+        for key, value in vars(handoff).items()
+        if key.isupper() and isinstance(value, str) and re.search(r"\.(json|parquet|html|md|onnx)$", value)
+    ]
     names += ["train.parquet", "val.parquet", "test.parquet"]
     for folder in ("components", "pipelines", "monitoring"):
         for path in (ROOT / folder).rglob("*.py"):

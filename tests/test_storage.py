@@ -6,11 +6,11 @@ import threading
 from http.server import HTTPServer, SimpleHTTPRequestHandler
 
 import pytest
+from conftest import make_texts
 
 from components import storage
 from components.config import DataConfig
 from components.data import core as data_stage
-from conftest import make_texts
 
 LABELS = ["ham", "spam"]
 
@@ -54,17 +54,25 @@ def test_stage_1_reads_the_three_splits_over_http(http_folder, tmp_path):
     rows = make_texts(300)
     for name, part in (("train", rows[:200]), ("val", rows[200:250]), ("test", rows[250:])):
         part.to_csv(folder / f"{name}.csv", index=False)
-    config = DataConfig(train_path=f"{url}/train.csv", val_path=f"{url}/val.csv", test_path=f"{url}/test.csv",
-                        labels=LABELS, min_rows_per_class=5)
+    config = DataConfig(
+        train_path=f"{url}/train.csv",
+        val_path=f"{url}/val.csv",
+        test_path=f"{url}/test.csv",
+        labels=LABELS,
+        min_rows_per_class=5,
+    )
     prepared = data_stage.data(config, 1, tmp_path / "cache", tmp_path / "out")
     assert {split: sum(c.values()) for split, c in prepared.counts.items()} == {"train": 200, "val": 50, "test": 50}
 
 
-@pytest.mark.parametrize("uri, message", [
-    ("memory://bucket/no/such.csv", "memory://bucket/no/such.csv: no such file"),
-    ("gs://bucket/texts.csv", 'pip install "llm-lifecycle[gcs]"'),
-    ("nosuchprotocol://bucket/texts.csv", "nosuchprotocol://bucket/texts.csv"),
-])
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        ("memory://bucket/no/such.csv", "memory://bucket/no/such.csv: no such file"),
+        ("gs://bucket/texts.csv", 'pip install "llm-lifecycle[gcs]"'),
+        ("nosuchprotocol://bucket/texts.csv", "nosuchprotocol://bucket/texts.csv"),
+    ],
+)
 def test_a_missing_object_or_file_system_is_an_error_that_names_the_uri(uri, message, tmp_path):
     with pytest.raises(storage.StorageError, match=message.replace("[", r"\[").replace("]", r"\]")):
         data_stage.data(DataConfig(path=uri, labels=LABELS), 1, tmp_path / "cache", tmp_path / "out")

@@ -3,14 +3,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import job_for, make_texts, predict_test_split, write_splits
 
 from components.config import LoraConfig, ModelConfig, TrainConfig
-from components.handoff import read_split
 from components.evaluate.core import score
+from components.handoff import read_split
 from components.model import core as model_stage
 from components.model.core import load_classifier
-
-from conftest import job_for, make_texts, predict_test_split, write_splits
 
 LABELS = ["ham", "spam"]
 NO_GPU = not __import__("torch").cuda.is_available()
@@ -29,18 +28,27 @@ def tune(base, data_dir, tmp_path, strategy="full", epochs=3, name="tuned", devi
     model_stage.model(model_cfg.model_copy(update={"base": str(base)}), LABELS, 0, init)
     train_cfg = TrainConfig(epochs=epochs, batch_size=16, learning_rate=train.pop("learning_rate", 3e-3), **train)
     logged = []
-    result = fine_tune(job_for(init, data_dir, tmp_path / name, tmp_path / f"ckpt-{name}", model_cfg, train_cfg, device,
-                               precision), lambda metrics, step: logged.append((step, metrics)))
+    result = fine_tune(
+        job_for(init, data_dir, tmp_path / name, tmp_path / f"ckpt-{name}", model_cfg, train_cfg, device, precision),
+        lambda metrics, step: logged.append((step, metrics)),
+    )
     return result, logged
 
 
-@pytest.mark.parametrize("fixture, strategy", [("tiny_bert", "full"), ("tiny_gpt2", "full"), ("tiny_bert", "lora"),
-                                               ("tiny_gpt2", "partial")])
+@pytest.mark.parametrize(
+    "fixture, strategy", [("tiny_bert", "full"), ("tiny_gpt2", "full"), ("tiny_bert", "lora"), ("tiny_gpt2", "partial")]
+)
 def test_fine_tuning_lowers_the_loss_and_learns_the_task(fixture, strategy, request, data_dir, tmp_path):
     # LoRA on a random tiny base learns slower than full training: more epochs, higher rate.
     lora = strategy == "lora"
-    result, logged = tune(request.getfixturevalue(fixture), data_dir, tmp_path, strategy, epochs=6 if lora else 3,
-                          learning_rate=2e-2 if lora else 3e-3)
+    result, logged = tune(
+        request.getfixturevalue(fixture),
+        data_dir,
+        tmp_path,
+        strategy,
+        epochs=6 if lora else 3,
+        learning_rate=2e-2 if lora else 3e-3,
+    )
     losses = [r["train_loss"] for r in result.history]
     assert losses[-1] < losses[0]
     assert result.best_val_accuracy >= 0.9
@@ -57,11 +65,21 @@ def test_fine_tuning_lowers_the_loss_and_learns_the_task(fixture, strategy, requ
 @pytest.mark.parametrize("strategy", ["full", "partial", "lora", "head"])
 def test_llama_and_qwen2_decoders_fine_tune_with_every_strategy(family, strategy, tiny_decoders, data_dir, tmp_path):
     """Causal LMs loaded for sequence classification: a pad token set (they have none), last-token pooling."""
-    spec = model_stage.model(ModelConfig(base=str(tiny_decoders[family]), strategy=strategy, lora=LoraConfig(r=4)), LABELS,
-                             0, tmp_path / "spec")
+    spec = model_stage.model(
+        ModelConfig(base=str(tiny_decoders[family]), strategy=strategy, lora=LoraConfig(r=4)),
+        LABELS,
+        0,
+        tmp_path / "spec",
+    )
     assert spec.is_decoder and spec.model_type == family
-    result, _ = tune(tiny_decoders[family], data_dir, tmp_path, strategy, epochs=2,
-                     learning_rate=2e-2 if strategy in ("lora", "head") else 3e-3)
+    result, _ = tune(
+        tiny_decoders[family],
+        data_dir,
+        tmp_path,
+        strategy,
+        epochs=2,
+        learning_rate=2e-2 if strategy in ("lora", "head") else 3e-3,
+    )
     losses = [r["train_loss"] for r in result.history]
     assert losses[-1] < losses[0]
     probabilities, targets, labels = predict_test_split(result.model_dir, data_dir)
@@ -86,8 +104,16 @@ def test_qlora_trains_a_4bit_decoder_and_saves_it_merged_in_full_precision(tiny_
 
     quantized, _ = load(str(tiny_decoders["llama"]), LABELS, quantized=True)
     assert any("4bit" in type(m).__name__ for m in quantized.modules())  # bitsandbytes' Linear4bit
-    result, _ = tune(tiny_decoders["llama"], data_dir, tmp_path, "qlora", epochs=3, device="cuda", precision="bf16",
-                     learning_rate=2e-2)
+    result, _ = tune(
+        tiny_decoders["llama"],
+        data_dir,
+        tmp_path,
+        "qlora",
+        epochs=3,
+        device="cuda",
+        precision="bf16",
+        learning_rate=2e-2,
+    )
     losses = [r["train_loss"] for r in result.history]
     assert losses[-1] < losses[0]
     weights = load_file(Path(result.model_dir) / "model.safetensors")
@@ -101,10 +127,10 @@ def test_cached_outputs_stand_in_for_the_frozen_blocks(fixture, strategy, reques
     """The top trains on what the frozen blocks would give (eval mode), and they run once, not every epoch."""
     import torch
 
+    from components.fine_tune.core import frozen_block_count
     from components.fine_tune.frozen_blocks import CachedBlocks, frozen_outputs, standing_in
     from components.model.core import apply_strategy, transformer_blocks
     from components.text_batches import encode, predict_logits
-    from components.fine_tune.core import frozen_block_count
 
     model_cfg = ModelConfig(strategy=strategy)
     model, tokenizer = load_classifier(str(request.getfixturevalue(fixture)), LABELS)
@@ -128,12 +154,13 @@ def test_cached_outputs_stand_in_for_the_frozen_blocks(fixture, strategy, reques
 
 
 @pytest.mark.parametrize("strategy, attention", [("full", "sdpa"), ("full", "eager"), ("lora", "sdpa")])
-def test_the_last_block_runs_for_the_pooled_token_only_with_the_same_logits_and_gradients(tiny_bert, strategy,
-                                                                                          attention):
+def test_the_last_block_runs_for_the_pooled_token_only_with_the_same_logits_and_gradients(
+    tiny_bert, strategy, attention
+):
     import torch
 
-    from components.model.core import apply_strategy, transformer_blocks
     from components.fine_tune.pooled_block import first_token_only
+    from components.model.core import apply_strategy, transformer_blocks
 
     model, _ = load_classifier(str(tiny_bert), LABELS)
     model.set_attn_implementation(attention)
@@ -207,7 +234,11 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(where, tiny_bert, d
     if where == "uri":  # one complete checkpoint, named by LATEST
         assert storage.read_bytes(storage.join(checkpoints, "LATEST")) == b"epoch-0001"
         assert {Path(f).name for f in storage.list_files(storage.join(checkpoints, "epoch-0001"))} == {
-            "best.safetensors", "last.safetensors", "optim.pt", "state.json"}
+            "best.safetensors",
+            "last.safetensors",
+            "optim.pt",
+            "state.json",
+        }
     resumed = fine_tune(job_for(init, data_dir, tmp_path / "r", checkpoints, *cfg))
     assert resumed.resumed_from_epoch == 1
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
@@ -235,9 +266,18 @@ def test_fine_tuning_on_a_gpu_in_bf16(fixture, strategy, request, data_dir, tmp_
 
     init = tmp_path / "init"
     model_stage.model(ModelConfig(base=str(request.getfixturevalue(fixture)), strategy=strategy), LABELS, 0, init)
-    result = fine_tune(job_for(init, data_dir, tmp_path / "gpu", tmp_path / "ckpt",
-                               ModelConfig(strategy=strategy, max_length=32),
-                               TrainConfig(epochs=3, batch_size=16, learning_rate=3e-3), "cuda", "bf16"))
+    result = fine_tune(
+        job_for(
+            init,
+            data_dir,
+            tmp_path / "gpu",
+            tmp_path / "ckpt",
+            ModelConfig(strategy=strategy, max_length=32),
+            TrainConfig(epochs=3, batch_size=16, learning_rate=3e-3),
+            "cuda",
+            "bf16",
+        )
+    )
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert result.best_val_accuracy >= 0.9
 
@@ -288,8 +328,9 @@ def test_two_processes_train_with_ddp_and_an_interrupted_run_resumes_with_two(ti
     model_stage.model(ModelConfig(base=str(tiny_bert)), LABELS, 0, init)
     train_cfg = TrainConfig(epochs=6, batch_size=16, learning_rate=3e-3, early_stopping_patience=6)
     job = job_for(init, data_dir, tmp_path / "tuned", tmp_path / "ckpt", model_cfg, train_cfg, threads=1)
-    first = subprocess.Popen(torchrun_command(write_job(tmp_path, job), 2), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        torchrun_command(write_job(tmp_path, job), 2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     state = tmp_path / "ckpt" / "state.json"
     deadline = time.monotonic() + 120
     while not state.is_file() and first.poll() is None and time.monotonic() < deadline:
@@ -328,8 +369,12 @@ def test_balanced_class_weights_weigh_each_texts_loss_by_its_class_as_computed_b
     assert balanced_class_weights(np.array([0, 0]), 2).tolist() == [0.5, 0.0]  # a class with no text: no weight
     model, tokenizer = load_classifier(str(tiny_bert), LABELS)
     model.eval()
-    batch = dict(tokenizer(["win cash now", "see you at lunch", "thanks love", "call me later"], padding=True,
-                           return_tensors="pt"), labels=torch.tensor([1, 0, 0, 0]))
+    batch = dict(
+        tokenizer(
+            ["win cash now", "see you at lunch", "thanks love", "call me later"], padding=True, return_tensors="pt"
+        ),
+        labels=torch.tensor([1, 0, 0, 0]),
+    )
     with torch.no_grad():
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         weighted = training_loss(model, batch, torch.tensor(balanced_class_weights(batch["labels"].numpy(), 2)))

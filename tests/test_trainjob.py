@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import job_for, make_texts, predict_test_split, write_splits
 
 from components.config import validate_config
 from components.evaluate.core import score
 from components.model import core as model_stage
-
-from conftest import job_for, make_texts, predict_test_split, write_splits
 from pipelines.tracking_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +38,11 @@ def trainjob_schema() -> dict:
 
     def strict(node):
         if isinstance(node, dict):
-            if ("properties" in node and "additionalProperties" not in node
-                    and not node.get("x-kubernetes-preserve-unknown-fields")):
+            if (
+                "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
                 node["additionalProperties"] = False
             for value in node.values():
                 strict(value)
@@ -60,29 +62,54 @@ def problems_with(manifest: dict) -> list[str]:
 
 
 def lifecycle_config(tmp_path, base, **train):
-    return validate_config({
-        "name": "sms_spam", "seed": 0, "data": {"path": "texts.csv"},
-        "model": {"base": str(base), "strategy": "full", "max_length": 32},
-        "train": {"epochs": 4, "batch_size": 16, "learning_rate": 3e-3, "early_stopping_patience": 4, "threads": 1,
-                  "nodes": 2, "processes": 1, **train},
-        "storage": {"checkpoints": f"file://{tmp_path / 'bucket' / 'checkpoints'}"},
-        "kfp": {"image": "registry.example.com/llm-lifecycle:0.1.0-gpu", "gpu": {"count": 0},
-                "trainjob": {"poll_seconds": 0.2}}})
+    return validate_config(
+        {
+            "name": "sms_spam",
+            "seed": 0,
+            "data": {"path": "texts.csv"},
+            "model": {"base": str(base), "strategy": "full", "max_length": 32},
+            "train": {
+                "epochs": 4,
+                "batch_size": 16,
+                "learning_rate": 3e-3,
+                "early_stopping_patience": 4,
+                "threads": 1,
+                "nodes": 2,
+                "processes": 1,
+                **train,
+            },
+            "storage": {"checkpoints": f"file://{tmp_path / 'bucket' / 'checkpoints'}"},
+            "kfp": {
+                "image": "registry.example.com/llm-lifecycle:0.1.0-gpu",
+                "gpu": {"count": 0},
+                "trainjob": {"poll_seconds": 0.2},
+            },
+        }
+    )
 
 
-@pytest.mark.parametrize("settings", [
-    {"kfp": {"gpu": {"count": 4, "accelerator": "amd.com/gpu"}, "trainjob": {"deadline_hours": 1.5}},
-     "train": {"nodes": 3}},
-    {"kfp": {"gpu": {"count": 0}, "trainjob": {"storage_secret": None, "namespace": "team-a"}},
-     "train": {"nodes": 2, "processes": 2}},
-], ids=["gpus", "cpu"])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {
+            "kfp": {"gpu": {"count": 4, "accelerator": "amd.com/gpu"}, "trainjob": {"deadline_hours": 1.5}},
+            "train": {"nodes": 3},
+        },
+        {
+            "kfp": {"gpu": {"count": 0}, "trainjob": {"storage_secret": None, "namespace": "team-a"}},
+            "train": {"nodes": 2, "processes": 2},
+        },
+    ],
+    ids=["gpus", "cpu"],
+)
 def test_the_train_job_is_a_valid_trainjob_of_trainer_v2_3(settings):
     from kubernetes.client import ApiClient
 
     from components.fine_tune.trainjob import train_job_manifest
 
-    cfg = validate_config({"name": "sms_spam", "data": {"path": "x.csv"}, "storage": {"checkpoints": "s3://b/c"},
-                           **settings})
+    cfg = validate_config(
+        {"name": "sms_spam", "data": {"path": "x.csv"}, "storage": {"checkpoints": "s3://b/c"}, **settings}
+    )
     processes = cfg.train.processes or cfg.kfp.gpu.count
     manifest = train_job_manifest(cfg, "s3://b/c/trainjobs/run1", processes, "0123abcd" * 4)
     assert problems_with(manifest) == []
@@ -108,16 +135,20 @@ def test_the_train_job_is_a_valid_trainjob_of_trainer_v2_3(settings):
 def test_any_pipeline_name_gives_a_valid_job_name_prefix(name):
     from components.fine_tune.trainjob import train_job_manifest
 
-    cfg = validate_config({"name": name, "data": {"path": "x.csv"}, "storage": {"checkpoints": "s3://b/c"},
-                           "train": {"nodes": 2}})
+    cfg = validate_config(
+        {"name": name, "data": {"path": "x.csv"}, "storage": {"checkpoints": "s3://b/c"}, "train": {"nodes": 2}}
+    )
     prefix = train_job_manifest(cfg, "s3://b/c/trainjobs/r", 1, "r")["metadata"]["generateName"]
     assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?-", prefix) and len(prefix) + 5 <= 63, prefix
 
 
 def test_the_schema_check_refuses_a_misspelt_field_and_a_wrong_type():
-    manifest = {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob", "metadata": {"name": "a"},
-                "spec": {"runtimeRef": {"name": "torch-distributed"},
-                         "trainer": {"numProcsPerNode": 2, "numNodes": "2"}}}
+    manifest = {
+        "apiVersion": "trainer.kubeflow.org/v1alpha1",
+        "kind": "TrainJob",
+        "metadata": {"name": "a"},
+        "spec": {"runtimeRef": {"name": "torch-distributed"}, "trainer": {"numProcsPerNode": 2, "numNodes": "2"}},
+    }
     found = problems_with(manifest)
     assert any("numProcsPerNode" in p for p in found) and any(p.startswith("spec.trainer.numNodes") for p in found)
 
@@ -144,10 +175,17 @@ class LocalTrainer:
         name = f"{body['metadata']['generateName']}{len(self.nodes):05d}"
         trainer = body["spec"]["trainer"]
         port = free_port()
-        env = os.environ | {e["name"]: e["value"] for e in trainer["env"] if "value" in e} | {
-            "PYTHONPATH": str(ROOT), "PET_NNODES": str(trainer["numNodes"]),
-            "PET_NPROC_PER_NODE": str(trainer["numProcPerNode"]), "PET_MASTER_ADDR": "127.0.0.1",
-            "PET_MASTER_PORT": str(port)}
+        env = (
+            os.environ
+            | {e["name"]: e["value"] for e in trainer["env"] if "value" in e}
+            | {
+                "PYTHONPATH": str(ROOT),
+                "PET_NNODES": str(trainer["numNodes"]),
+                "PET_NPROC_PER_NODE": str(trainer["numProcPerNode"]),
+                "PET_MASTER_ADDR": "127.0.0.1",
+                "PET_MASTER_PORT": str(port),
+            }
+        )
         command = [sys.executable if part == "python" else part for part in trainer["command"]] + trainer["args"]
         self.given.append(json.dumps(body) + Path(trainer["args"][0].removeprefix("file://"), "job.json").read_text())
         self.nodes[name] = []
@@ -155,9 +193,15 @@ class LocalTrainer:
             pod = self.root / name / f"node-{rank}"
             pod.mkdir(parents=True)
             with open(pod / "log.txt", "w") as log:
-                self.nodes[name].append(subprocess.Popen(
-                    command, cwd=pod, env=env | {"PET_NODE_RANK": str(rank), "TMPDIR": str(pod)},
-                    stdout=log, stderr=subprocess.STDOUT))
+                self.nodes[name].append(
+                    subprocess.Popen(
+                        command,
+                        cwd=pod,
+                        env=env | {"PET_NODE_RANK": str(rank), "TMPDIR": str(pod)},
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
         return {**body, "metadata": {**body["metadata"], "name": name}}
 
     def get_namespaced_custom_object(self, group, version, namespace, plural, name):
@@ -167,11 +211,18 @@ class LocalTrainer:
         status = {"jobsStatus": [{"name": "node", **counts}]}
         if counts["failed"]:
             self.stop(name)  # JobSet's default failure policy: one failed node fails the whole set
-            status["conditions"] = [{"type": "Failed", "status": "True", "reason": "JobsFailed",
-                                     "message": f"{counts['failed']} of {len(codes)} nodes failed"}]
+            status["conditions"] = [
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "JobsFailed",
+                    "message": f"{counts['failed']} of {len(codes)} nodes failed",
+                }
+            ]
         elif counts["succeeded"] == len(codes):
-            status["conditions"] = [{"type": "Complete", "status": "True", "reason": "JobsCompleted",
-                                     "message": "TrainJob is completed"}]
+            status["conditions"] = [
+                {"type": "Complete", "status": "True", "reason": "JobsCompleted", "message": "TrainJob is completed"}
+            ]
         return {"metadata": {"name": name}, "status": status}
 
     def delete_namespaced_custom_object(self, group, version, namespace, plural, name):
@@ -202,8 +253,7 @@ def task_inputs(tmp_path, base, train_rows=None):
     init = tmp_path / "task" / "init"
     cfg = lifecycle_config(tmp_path, base)
     model_stage.model(cfg.model.model_copy(update={"base": str(base)}), LABELS, 0, init)
-    return cfg, job_for(init, data, tmp_path / "task" / "model", f"{cfg.checkpoints_uri()}/run1", cfg.model,
-                        cfg.train)
+    return cfg, job_for(init, data, tmp_path / "task" / "model", f"{cfg.checkpoints_uri()}/run1", cfg.model, cfg.train)
 
 
 def test_two_nodes_sharing_only_the_bucket_fine_tune_and_hand_back_the_model(tiny_bert, trainer, tmp_path, caplog):
@@ -236,8 +286,11 @@ def test_a_failed_train_job_fails_the_stage_naming_the_job_and_leaves_no_model(t
 
     unlabelled = make_texts(168).drop(columns="label")
     cfg, job = task_inputs(tmp_path, tiny_bert, train_rows=unlabelled)
-    with pytest.raises(TrainJobError, match=r"TrainJob default/ft-sms-spam-00000 failed: JobsFailed: [12] of 2 nodes"
-                                            r".*kubectl -n default logs"):
+    with pytest.raises(
+        TrainJobError,
+        match=r"TrainJob default/ft-sms-spam-00000 failed: JobsFailed: [12] of 2 nodes"
+        r".*kubectl -n default logs",
+    ):
         fine_tune_on_train_job(cfg, "run1", 1, job, api=trainer)
     assert "label" in trainer.logs("ft-sms-spam-00000")  # the node's own error is in its log
     assert not Path(job.out_dir).exists() and trainer.deleted == []  # kept for kubectl describe
@@ -249,9 +302,15 @@ def test_a_train_job_needs_an_mlflow_server_its_pods_reach(tmp_path):
 
     cfg = lifecycle_config(tmp_path, "unused")
     with pytest.raises(TrainJobRefused, match="needs a tracking server .*not sqlite:///work/mlflow.db"):
-        fine_tune_on_train_job(cfg, "run1", 1, job_for("init", "data", "out", "ckpt", cfg.model, cfg.train,
-                                                       mlflow_run=("sqlite:///work/mlflow.db", "abc")),
-                               api=RefusingCluster())
+        fine_tune_on_train_job(
+            cfg,
+            "run1",
+            1,
+            job_for(
+                "init", "data", "out", "ckpt", cfg.model, cfg.train, mlflow_run=("sqlite:///work/mlflow.db", "abc")
+            ),
+            api=RefusingCluster(),
+        )
 
 
 class RefusingCluster:
@@ -259,8 +318,12 @@ class RefusingCluster:
         from kubernetes.client.exceptions import ApiException
 
         error = ApiException(status=403, reason="Forbidden")
-        error.body = json.dumps({"message": 'trainjobs.trainer.kubeflow.org is forbidden: User "system:'
-                                            'serviceaccount:team-a:default-editor" cannot create resource'})
+        error.body = json.dumps(
+            {
+                "message": 'trainjobs.trainer.kubeflow.org is forbidden: User "system:'
+                'serviceaccount:team-a:default-editor" cannot create resource'
+            }
+        )
         raise error
 
 
@@ -327,8 +390,9 @@ def test_a_stopped_task_deletes_the_train_job_it_follows(tmp_path):
     import time
 
     record = tmp_path / "record"
-    task = subprocess.Popen([sys.executable, "-c", STOPPED_TASK, str(record)],
-                            env=os.environ | {"PYTHONPATH": str(ROOT)})
+    task = subprocess.Popen(
+        [sys.executable, "-c", STOPPED_TASK, str(record)], env=os.environ | {"PYTHONPATH": str(ROOT)}
+    )
     deadline = time.monotonic() + 60
     while not record.exists() and task.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -11,10 +11,14 @@ import pandas as pd
 
 from components.config import DataConfig, PiiConfig
 from components.data.tables import DataError, SkippedRecords, TableFormat, fetch, file_sha256, format_of, read_table
-from components.data.validation import (CONTROL_CHARACTERS, DataValidationError, ValidationRules, validate_table,
-                                        without_controls)
-from components.handoff import (MANIFEST, SPLITS, VALIDATION_REPORT, Manifest, data_docs_path, split_path,
-                                write_json)
+from components.data.validation import (
+    CONTROL_CHARACTERS,
+    DataValidationError,
+    ValidationRules,
+    validate_table,
+    without_controls,
+)
+from components.handoff import MANIFEST, SPLITS, VALIDATION_REPORT, Manifest, data_docs_path, split_path, write_json
 from components.pii import KEEP, REDACT, PiiScanner, checked_entities
 
 log = logging.getLogger(__name__)
@@ -27,8 +31,9 @@ PII = "_lifecycle_pii"  # the column of the kinds of personal data in each text 
 SCHEMA = {"text": "string", "label": "string", "source": "string", "group": "string (with data.group_column)"}
 
 
-def data(config: DataConfig, seed: int, cache_dir: str | Path, out_dir: str | Path,
-         pii: PiiConfig | None = None) -> Manifest:
+def data(
+    config: DataConfig, seed: int, cache_dir: str | Path, out_dir: str | Path, pii: PiiConfig | None = None
+) -> Manifest:
     """Stage 1: read, find personal data (redact it or stop, as data.pii says), validate (a gate), clean, balance,
     split, check for leakage; writes the splits, the manifest, the validation report and the data docs to out_dir
     (components.handoff names them)."""
@@ -71,8 +76,9 @@ def data(config: DataConfig, seed: int, cache_dir: str | Path, out_dir: str | Pa
     return manifest
 
 
-def read_sources(config: DataConfig, sources: dict[str, str]) -> tuple[dict[str, pd.DataFrame], list[str],
-                                                                      dict[str, SkippedRecords]]:
+def read_sources(
+    config: DataConfig, sources: dict[str, str]
+) -> tuple[dict[str, pd.DataFrame], list[str], dict[str, SkippedRecords]]:
     """Each source as a table (feedback files may also be JSONL or Parquet, whatever the data's format:
     monitoring writes JSONL), each file's sha256, and what each reading skipped as damaged. A feedback file that
     cannot be read at all, or holds no rows, is left out (a damaged one counted); the data's own files must hold
@@ -88,8 +94,12 @@ def read_sources(config: DataConfig, sources: dict[str, str]) -> tuple[dict[str,
             digests.append(file_sha256(path))
             feedback = name.startswith(FEEDBACK)
             try:
-                frame = read_table(path, format_of(uri, table_format(config)) if feedback else table_format(config),
-                                   name=uri, skipped=skipped[name])
+                frame = read_table(
+                    path,
+                    format_of(uri, table_format(config)) if feedback else table_format(config),
+                    name=uri,
+                    skipped=skipped[name],
+                )
             except DataError as err:
                 if not feedback:
                     raise
@@ -104,8 +114,9 @@ def read_sources(config: DataConfig, sources: dict[str, str]) -> tuple[dict[str,
     return frames, digests, skipped
 
 
-def strip_control_characters(frames: dict[str, pd.DataFrame],
-                             config: DataConfig) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
+def strip_control_characters(
+    frames: dict[str, pd.DataFrame], config: DataConfig
+) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
     """With data.control_characters=strip, the texts without them (whitespace-like ones become a space, the rest
     go, as BERT's tokenizer does) and how many texts of each table changed; with refuse, the gate names them."""
     if config.control_characters != "strip":
@@ -122,8 +133,9 @@ def strip_control_characters(frames: dict[str, pd.DataFrame],
     return cleaned, stripped
 
 
-def find_personal_data(frames: dict[str, pd.DataFrame], config: DataConfig, pii: PiiConfig,
-                       sources: dict[str, str]) -> dict[str, pd.DataFrame]:
+def find_personal_data(
+    frames: dict[str, pd.DataFrame], config: DataConfig, pii: PiiConfig, sources: dict[str, str]
+) -> dict[str, pd.DataFrame]:
     """Each table with the kinds of personal data in each text (column PII, for the counts per split) and, with
     data.pii=redact, its texts redacted; with fail, the first texts holding any are named by row and kind (never
     by value: the message reaches logs)."""
@@ -149,12 +161,16 @@ def find_personal_data(frames: dict[str, pd.DataFrame], config: DataConfig, pii:
         found[name] = [(row, k) for row, k in zip(frame.index, kinds) if k]
     holding = {name: rows for name, rows in found.items() if rows}
     if config.pii == "fail" and holding:
-        listed = "\n".join(f"  {sources[name]}: {len(rows)} texts, e.g. "
-                           + ", ".join(f"row {row} ({kinds})" for row, kinds in rows[:5])
-                           for name, rows in holding.items())
-        raise DataValidationError(f"personal data in the texts (data.pii=fail; rows are lines of the file read):\n"
-                                  f"{listed}\nSet data.pii=redact to replace each finding with its type "
-                                  f"(<PHONE_NUMBER>), or report to train on the texts as they are")
+        listed = "\n".join(
+            f"  {sources[name]}: {len(rows)} texts, e.g. "
+            + ", ".join(f"row {row} ({kinds})" for row, kinds in rows[:5])
+            for name, rows in holding.items()
+        )
+        raise DataValidationError(
+            f"personal data in the texts (data.pii=fail; rows are lines of the file read):\n"
+            f"{listed}\nSet data.pii=redact to replace each finding with its type "
+            f"(<PHONE_NUMBER>), or report to train on the texts as they are"
+        )
     return marked
 
 
@@ -164,8 +180,14 @@ def _pii_counts(rows: pd.DataFrame) -> dict[str, int]:
     return {kind: int(n) for kind, n in kinds[kinds.astype(bool)].value_counts().sort_index().items()}
 
 
-def validate_sources(config: DataConfig, frames: dict[str, pd.DataFrame], sources: dict[str, str], out_dir: Path,
-                     skipped: dict[str, SkippedRecords], stripped: dict[str, int]) -> dict:
+def validate_sources(
+    config: DataConfig,
+    frames: dict[str, pd.DataFrame],
+    sources: dict[str, str],
+    out_dir: Path,
+    skipped: dict[str, SkippedRecords],
+    stripped: dict[str, int],
+) -> dict:
     """The great-expectations gate on every table read (feedback needs no class sizes); the report (with what
     reading skipped and stripped) and one page of data docs per table are written before a failure stops the
     stage."""
@@ -173,16 +195,18 @@ def validate_sources(config: DataConfig, frames: dict[str, pd.DataFrame], source
     feedback_rules = replace(rules, min_rows_per_class=0, min_classes=1, group_column=None)
     reports = {}
     for name, frame in frames.items():
-        reports[name], page = validate_table(frame, feedback_rules if name.startswith(FEEDBACK) else rules,
-                                             source=str(sources[name]))
+        reports[name], page = validate_table(
+            frame, feedback_rules if name.startswith(FEEDBACK) else rules, source=str(sources[name])
+        )
         reports[name].skipped_records = skipped[name].records
         reports[name].stripped_control_characters = stripped.get(name, 0)
         data_docs_path(out_dir, name).write_text(page)
     write_json(out_dir, VALIDATION_REPORT, {name: report.to_dict() for name, report in reports.items()})
     failed = [name for name, report in reports.items() if not report.success]
     if failed:
-        raise DataValidationError("\n".join(reports[name].failure_message() + _skipped_hint(skipped[name], config)
-                                            for name in failed))
+        raise DataValidationError(
+            "\n".join(reports[name].failure_message() + _skipped_hint(skipped[name], config) for name in failed)
+        )
     return reports
 
 
@@ -190,27 +214,44 @@ def _skipped_hint(skipped: SkippedRecords, config: DataConfig) -> str:
     """What reading skipped, for a failed gate: a file read with the wrong format loses rows as well."""
     if not skipped.records:
         return ""
-    return (f"\n  - reading skipped {skipped.summary()}, e.g. {skipped.examples[0]}. Check data.separator (now "
-            f"{config.separator!r}), data.header, data.column_names, data.quoting and data.encoding")
+    return (
+        f"\n  - reading skipped {skipped.summary()}, e.g. {skipped.examples[0]}. Check data.separator (now "
+        f"{config.separator!r}), data.header, data.column_names, data.quoting and data.encoding"
+    )
 
 
-def split_sources(config: DataConfig, frames: dict[str, pd.DataFrame], sources: dict[str, str], labels: list[str],
-                  dropped: int, seed: int) -> dict[str, pd.DataFrame]:
+def split_sources(
+    config: DataConfig,
+    frames: dict[str, pd.DataFrame],
+    sources: dict[str, str],
+    labels: list[str],
+    dropped: int,
+    seed: int,
+) -> dict[str, pd.DataFrame]:
     """Cleaned train/val/test: the whole data set balanced and split, or the given splits. Feedback joins the whole
     data set (then balanced and split like the rest), or the train split when the splits are given."""
-    frames = {name: frame.assign(**{SOURCE: "feedback" if name.startswith(FEEDBACK) else "data"})
-              for name, frame in frames.items()}
+    frames = {
+        name: frame.assign(**{SOURCE: "feedback" if name.startswith(FEEDBACK) else "data"})
+        for name, frame in frames.items()
+    }
     feedback = [frames[name] for name in frames if name.startswith(FEEDBACK)]
     main = "all" if "all" in frames else "train"
     frames[main] = pd.concat([frames[main], *feedback])
-    cleaned = {name: clean(frames[name], config.text_column, config.label_column, config.group_column)
-               for name in (main, *SPLITS[1:]) if name in frames}
+    cleaned = {
+        name: clean(frames[name], config.text_column, config.label_column, config.group_column)
+        for name in (main, *SPLITS[1:])
+        if name in frames
+    }
     if "all" not in cleaned:
         if "val" not in cleaned:  # a published train/test pair: validation is held out of train
             train = cleaned["train"]
             cleaned["train"], cleaned["val"] = hold_out(
-                train, round(len(train) * config.val_from_train), seed, f"{sources['train']}: validation",
-                "Use more data, another data.val_from_train, or give data.val_path")
+                train,
+                round(len(train) * config.val_from_train),
+                seed,
+                f"{sources['train']}: validation",
+                "Use more data, another data.val_from_train, or give data.val_path",
+            )
         splits = {name: cleaned[name] for name in SPLITS}
         if config.balance == "undersample":
             splits["train"] = undersample(splits["train"], seed)
@@ -283,8 +324,10 @@ def oversample(rows: pd.DataFrame, seed: int) -> pd.DataFrame:
     """Every class drawn up to the largest class's size: its own rows once, then as many more drawn from them
     with replacement (seeded), in a shuffled order."""
     largest = rows["label"].value_counts().max()
-    parts = [pd.concat([group, group.sample(largest - len(group), replace=True, random_state=seed)])
-             for _, group in rows.groupby("label", sort=True)]
+    parts = [
+        pd.concat([group, group.sample(largest - len(group), replace=True, random_state=seed)])
+        for _, group in rows.groupby("label", sort=True)
+    ]
     return pd.concat(parts).sample(frac=1, random_state=seed)
 
 
@@ -294,12 +337,15 @@ def check_class_sizes(rows: pd.DataFrame, labels: list[str], min_rows: int, drop
     short = {label: int(counts.get(label, 0)) for label in labels if counts.get(label, 0) < min_rows}
     if short:
         listed = ", ".join(f"class {label!r} has {n} rows" for label, n in short.items())
-        raise DataValidationError(f"{source}: after dropping {dropped} duplicate rows and ambiguous texts, {listed}; "
-                                  f"data.min_rows_per_class needs {min_rows} of each")
+        raise DataValidationError(
+            f"{source}: after dropping {dropped} duplicate rows and ambiguous texts, {listed}; "
+            f"data.min_rows_per_class needs {min_rows} of each"
+        )
 
 
-def stratified_split(rows: pd.DataFrame, train: float, val: float, seed: int,
-                     source: str = "the data") -> dict[str, pd.DataFrame]:
+def stratified_split(
+    rows: pd.DataFrame, train: float, val: float, seed: int, source: str = "the data"
+) -> dict[str, pd.DataFrame]:
     # Whole row counts, rounded once: fractions like 0.7 + 0.1 are not exact in floating point.
     n_val = round(len(rows) * val)
     n_test = len(rows) - round(len(rows) * train) - n_val
@@ -316,12 +362,14 @@ def hold_out(rows: pd.DataFrame, count: int, seed: int, what: str, advice: str) 
     try:
         return tuple(train_test_split(rows, test_size=count, stratify=rows["label"], random_state=seed))
     except ValueError as err:  # too few rows of a class for both parts to hold one
-        raise DataValidationError(f"{what}: cannot hold out {count} of {len(rows)} rows stratified by label: {err}. "
-                                  f"{advice}") from None
+        raise DataValidationError(
+            f"{what}: cannot hold out {count} of {len(rows)} rows stratified by label: {err}. {advice}"
+        ) from None
 
 
-def resolve_leakage(splits: dict[str, pd.DataFrame], sources: dict[str, str],
-                    policy: str) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
+def resolve_leakage(
+    splits: dict[str, pd.DataFrame], sources: dict[str, str], policy: str
+) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
     """No text may stand in two splits: with policy "fail" that stops stage 1, naming the rows; with "drop" the
     later split loses the text. Returns the splits and how many texts each split lost."""
     leaks = find_leaks(splits)
@@ -330,9 +378,11 @@ def resolve_leakage(splits: dict[str, pd.DataFrame], sources: dict[str, str],
     if policy == "fail":
         where = ", ".join(sources.values())
         samples = "\n".join(f"    row {ra} of {a} and row {rb} of {b}: {t[:80]!r}" for a, ra, b, rb, t in leaks[:5])
-        raise DataValidationError(f"leakage in {where}: {len(leaks)} texts stand in two splits (rows are lines of "
-                                  f"the file read), e.g.\n{samples}\nSet data.on_leakage=drop to drop them from "
-                                  f"val and test")
+        raise DataValidationError(
+            f"leakage in {where}: {len(leaks)} texts stand in two splits (rows are lines of "
+            f"the file read), e.g.\n{samples}\nSet data.on_leakage=drop to drop them from "
+            f"val and test"
+        )
     kept, held, lost = {"train": splits["train"]}, set(splits["train"]["text"]), {}
     for name in SPLITS[1:]:
         leaking = splits[name]["text"].isin(held)
@@ -364,4 +414,3 @@ def fingerprint(splits: dict[str, pd.DataFrame]) -> str:
 def _class_counts(rows: pd.DataFrame, labels: list[str]) -> dict[str, int]:
     counts = rows["label"].value_counts()
     return {label: int(counts.get(label, 0)) for label in labels}
-

@@ -12,12 +12,10 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import pandas as pd
 
 from components.errors import LifecycleError
-
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +29,7 @@ class TableFormat:
     format: str = "auto"  # auto | delimited | jsonl | parquet
     separator: str = ","
     header: bool = True
-    column_names: Optional[list[str]] = None
+    column_names: list[str] | None = None
     quoting: bool = True
     encoding: str = "utf-8"
 
@@ -75,8 +73,11 @@ class SkippedRecords:
 
     def summary(self) -> str:
         """'' when nothing was skipped, else e.g. '3 damaged records and 1 damaged file'."""
-        parts = [f"{n} damaged {kind}{'s' if n != 1 else ''}" for n, kind in ((self.records, "record"),
-                                                                           (self.objects, "file")) if n]
+        parts = [
+            f"{n} damaged {kind}{'s' if n != 1 else ''}"
+            for n, kind in ((self.records, "record"), (self.objects, "file"))
+            if n
+        ]
         return " and ".join(parts)
 
     def metrics(self) -> dict[str, float]:
@@ -91,16 +92,18 @@ class SkippedRecords:
             log.warning("further damaged input is skipped and counted, not listed")
 
 
-def read_source(uri: str, fmt: TableFormat, scratch_dir: str | Path,
-                skipped: Optional[SkippedRecords] = None) -> pd.DataFrame:
+def read_source(
+    uri: str, fmt: TableFormat, scratch_dir: str | Path, skipped: SkippedRecords | None = None
+) -> pd.DataFrame:
     """read_table for a file or storage URI: a remote file is first copied into scratch_dir; errors name the URI."""
     from components.storage import fetch_file
 
     return read_table(fetch_file(uri, scratch_dir), fmt, name=str(uri), skipped=skipped)
 
 
-def read_table(path: str | Path, fmt: TableFormat, name: Optional[str] = None,
-               skipped: Optional[SkippedRecords] = None) -> pd.DataFrame:
+def read_table(
+    path: str | Path, fmt: TableFormat, name: str | None = None, skipped: SkippedRecords | None = None
+) -> pd.DataFrame:
     """One file as a DataFrame of strings; index = the 1-based line where each row starts (the row, in Parquet).
     Damaged records (a line that is not JSON or not in the encoding, a row with the wrong number of fields) are
     skipped and counted in `skipped`; a DataError when nothing usable is left. Errors name the file as `name`."""
@@ -122,8 +125,10 @@ def read_table(path: str | Path, fmt: TableFormat, name: Optional[str] = None,
         frame = read(text, fmt, where, skipped)
     damaged = skipped.records - before
     if damaged and frame.empty:
-        raise DataError(f"{where}: nothing usable: all {damaged} records are damaged, e.g. {skipped.examples[-1]}. "
-                        f"Check data.format and data.encoding (now {fmt.encoding})")
+        raise DataError(
+            f"{where}: nothing usable: all {damaged} records are damaged, e.g. {skipped.examples[-1]}. "
+            f"Check data.format and data.encoding (now {fmt.encoding})"
+        )
     repeated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
     if repeated:
         raise DataError(f"{where}: the column name(s) {repeated} appear more than once; columns {list(frame.columns)}")
@@ -177,8 +182,12 @@ def _delimited_rows(text: str, fmt: TableFormat, where, skipped: SkippedRecords)
     there) and says which line a problem is on."""
     if not fmt.header and not fmt.column_names:
         raise DataError(f"{where}: a file without a header needs data.column_names")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=fmt.separator, strict=True,
-                        quoting=csv.QUOTE_MINIMAL if fmt.quoting else csv.QUOTE_NONE)
+    reader = csv.reader(
+        io.StringIO(text, newline=""),
+        delimiter=fmt.separator,
+        strict=True,
+        quoting=csv.QUOTE_MINIMAL if fmt.quoting else csv.QUOTE_NONE,
+    )
     names, rows, lines = (None if fmt.header else list(fmt.column_names)), [], []
     widths: dict[int, int] = {}  # field count -> rows, of the rows with the wrong count
     undecoded = bool(_not_decoded(text, fmt.encoding))
@@ -190,9 +199,11 @@ def _delimited_rows(text: str, fmt: TableFormat, where, skipped: SkippedRecords)
             break
         except csv.Error as err:
             if str(err) == "unexpected end of data":
-                raise DataError(f"{where}: line {start}: a quote opened in this row is never closed (the file ends "
-                                f"inside it). Set data.quoting=false if quote characters are plain text in this "
-                                f"file") from None
+                raise DataError(
+                    f"{where}: line {start}: a quote opened in this row is never closed (the file ends "
+                    f"inside it). Set data.quoting=false if quote characters are plain text in this "
+                    f"file"
+                ) from None
             hint = "; set data.quoting=false if quote characters are plain text" if '"' in str(err) else ""
             skipped.record(where, start, f"{err}{hint}")
             start = reader.line_num + 1
@@ -213,9 +224,11 @@ def _delimited_rows(text: str, fmt: TableFormat, where, skipped: SkippedRecords)
             lines.append(line)
     if widths and not rows:
         counts = ", ".join(f"{n} rows have {width} fields" for width, n in sorted(widths.items()))
-        raise DataError(f"{where}: no row has the {len(names)} fields of the column names {names}: {counts}. "
-                        f"Check data.separator (now {fmt.separator!r}), data.header (now {fmt.header}), "
-                        f"data.column_names and data.quoting (now {fmt.quoting})")
+        raise DataError(
+            f"{where}: no row has the {len(names)} fields of the column names {names}: {counts}. "
+            f"Check data.separator (now {fmt.separator!r}), data.header (now {fmt.header}), "
+            f"data.column_names and data.quoting (now {fmt.quoting})"
+        )
     return pd.DataFrame(rows, columns=names, index=lines, dtype=object) if names else pd.DataFrame()
 
 
@@ -225,7 +238,7 @@ def _not_decoded(content: str, encoding: str) -> str:
     return f"not valid {encoding} text (byte 0x{ord(bad.group()) - 0xDC00:02x})" if bad else ""
 
 
-def fetch(url: str, cache_dir: str | Path, sha256: Optional[str] = None, member: Optional[str] = None) -> Path:
+def fetch(url: str, cache_dir: str | Path, sha256: str | None = None, member: str | None = None) -> Path:
     """Download `url` once into cache_dir (a zip's `member` is extracted) and check its sha256."""
     cache_dir = Path(cache_dir)
     target = cache_dir / (member or Path(url).name)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Optional
 
 import pandas as pd
 
@@ -24,19 +23,19 @@ class DataValidationError(LifecycleError):
 class ValidationRules:
     text_column: str
     label_column: str
-    labels: Optional[list[str]]  # None: inferred and reported
+    labels: list[str] | None  # None: inferred and reported
     min_rows_per_class: int
     min_text_chars: int
     max_text_chars: int
     min_classes: int = 2  # 1 for feedback files, which may add examples of one class only
-    group_column: Optional[str] = None  # must exist when set (feedback files need not have it)
+    group_column: str | None = None  # must exist when set (feedback files need not have it)
     control_characters: str = "strip"  # refuse: a text holding one fails the gate
 
 
 @dataclass
 class CheckResult:
     expectation: str
-    column: Optional[str]
+    column: str | None
     success: bool
     unexpected_count: int = 0
     samples: list[dict] = field(default_factory=list)  # {"row": file row, "value": the offending value}
@@ -159,8 +158,10 @@ def _check_from_result(result, frame: pd.DataFrame, rules: ValidationRules) -> C
         return check
     check.unexpected_count = int(outcome.get("unexpected_count") or 0)
     # Index entries are plain values, or {index name: value, column: value} when the index is named.
-    rows = [r[frame.index.name] if isinstance(r, dict) else r
-            for r in (outcome.get("unexpected_index_list") or [])[:SAMPLE_ROWS]]
+    rows = [
+        r[frame.index.name] if isinstance(r, dict) else r
+        for r in (outcome.get("unexpected_index_list") or [])[:SAMPLE_ROWS]
+    ]
     check.samples = [{"row": int(r), "value": _plain(frame.at[r, column])} for r in rows if column in frame.columns]
     if config.type == "expect_column_to_exist":
         check.detail = f"column {column!r} is missing; found {list(frame.columns)} (is data.separator right?)"
@@ -172,19 +173,24 @@ def _check_from_result(result, frame: pd.DataFrame, rules: ValidationRules) -> C
         if config.type == "expect_column_values_to_be_in_set":
             check.detail += f" not in {config.kwargs['value_set']}"
         elif config.kwargs.get("regex") == CONTROL_CHARACTERS.pattern:
-            check.detail += (" hold control characters (NUL or another C0 control but tab and newline); "
-                             "data.control_characters=strip strips them")
+            check.detail += (
+                " hold control characters (NUL or another C0 control but tab and newline); "
+                "data.control_characters=strip strips them"
+            )
     return check
 
 
-def _label_count_detail(labels: pd.Series, least: int, configured: Optional[list[str]]) -> str:
+def _label_count_detail(labels: pd.Series, least: int, configured: list[str] | None) -> str:
     found = sorted(str(v) for v in labels.dropna().unique())
     if configured and len(found) > len(configured):
         others = [label for label in found if label not in configured]
-        return (f"found {len(found)} distinct labels, more than the {len(configured)} of data.labels; not among "
-                f"them: {others[:20]} (labels are compared exactly: a header line, or another case or spelling?)")
+        return (
+            f"found {len(found)} distinct labels, more than the {len(configured)} of data.labels; not among "
+            f"them: {others[:20]} (labels are compared exactly: a header line, or another case or spelling?)"
+        )
     return f"found {len(found)} distinct labels {found}; expected at least {least}" + (
-        " (a classifier needs 2)" if least > 1 else "")
+        " (a classifier needs 2)" if least > 1 else ""
+    )
 
 
 def _min_rows_check(counts: pd.Series, rules: ValidationRules) -> CheckResult:

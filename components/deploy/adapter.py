@@ -9,8 +9,15 @@ from components.config import LifecycleConfig
 from components.stages import DEPLOY
 
 
-def deploy(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: str, model_dir: str,
-           challenger_version: str, out_dir: str) -> dict:
+def deploy(
+    config_json: str,
+    tracking_uri: str,
+    parent_run_id: str,
+    data_dir: str,
+    model_dir: str,
+    challenger_version: str,
+    out_dir: str,
+) -> dict:
     import mlflow
 
     from components.deploy import core
@@ -25,24 +32,47 @@ def deploy(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: st
         source = challenger(name, challenger_version)
         temperature = float(source.tags.get(TEMPERATURE_TAG, 1.0))  # stage 5's calibration, served as it decided
         try:
-            report = core.deploy(model_dir, data_dir, out_dir, cfg.monitor.reference_size, cfg.seed,
-                                 temperature=temperature, log_pii=LogPii.of(cfg),
-                                 input_pii=cfg.pii.model_dump() if cfg.data.pii == "redact" else None)
+            report = core.deploy(
+                model_dir,
+                data_dir,
+                out_dir,
+                cfg.monitor.reference_size,
+                cfg.seed,
+                temperature=temperature,
+                log_pii=LogPii.of(cfg),
+                input_pii=cfg.pii.model_dump() if cfg.data.pii == "redact" else None,
+            )
         finally:  # the parity report matters most when parity failed
             if (Path(out_dir) / DEPLOYMENT).is_file():
                 mlflow.log_artifact(str(Path(out_dir) / DEPLOYMENT))
         mlflow.log_metrics({k: v for k, v in report.to_dict().items() if isinstance(v, float)})
-        mlflow.log_params({"served": report.served, "served_reason": report.reason, "temperature": temperature,
-                           "reference_pii": report.reference_pii})
+        mlflow.log_params(
+            {
+                "served": report.served,
+                "served_reason": report.reason,
+                "temperature": temperature,
+                "reference_pii": report.reference_pii,
+            }
+        )
         version, demoted, rollout = publish_champion(
-            source, str(bundle_dir(out_dir)), read_labels(model_dir),
+            source,
+            str(bundle_dir(out_dir)),
+            read_labels(model_dir),
             {"format": f"onnx-{report.served}", "parity_max_abs_logit_diff": f"{report.max_abs_logit_diff:.2e}"},
-            read_texts(data_dir, "test", 3), cfg.deploy.rollout)
+            read_texts(data_dir, "test", 3),
+            cfg.deploy.rollout,
+        )
         mlflow.set_tags({"model_version": version, "previous_champion": demoted or "none", "rollout": rollout})
-        reached = (f"version {version} is the champion" + (f" (was {demoted})" if demoted else "")
-                   if rollout == "direct" else f"version {version} is the candidate of a {rollout} rollout")
-        stage.result = (f"ONNX parity max |logit diff| {report.max_abs_logit_diff:.1e}; serves {report.served} "
-                        f"({report.reason}); {reached}")
-    mlflow.MlflowClient().set_tag(parent_run_id, "champion_version" if rollout == "direct" else "candidate_version",
-                                  version)
+        reached = (
+            f"version {version} is the champion" + (f" (was {demoted})" if demoted else "")
+            if rollout == "direct"
+            else f"version {version} is the candidate of a {rollout} rollout"
+        )
+        stage.result = (
+            f"ONNX parity max |logit diff| {report.max_abs_logit_diff:.1e}; serves {report.served} "
+            f"({report.reason}); {reached}"
+        )
+    mlflow.MlflowClient().set_tag(
+        parent_run_id, "champion_version" if rollout == "direct" else "candidate_version", version
+    )
     return report.to_dict() | {"model_version": version, "previous_champion": demoted, "rollout": rollout}

@@ -6,15 +6,24 @@ from __future__ import annotations
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from components.decision import Decision
-from components.errors import RunFailure
 from components.deploy.onnx_classifier import EMBEDDING_OUTPUT, OnnxClassifier
-from components.handoff import (BUNDLE_FILES, BUNDLE_MODEL, CALIBRATION, DEPLOYMENT, INPUT_PII, REFERENCE,
-                                bundle_dir, read_labels, read_split, write_json)
+from components.errors import RunFailure
+from components.handoff import (
+    BUNDLE_FILES,
+    BUNDLE_MODEL,
+    CALIBRATION,
+    DEPLOYMENT,
+    INPUT_PII,
+    REFERENCE,
+    bundle_dir,
+    read_labels,
+    read_split,
+    write_json,
+)
 from components.pii import KEEP, LogPii
 from components.statistics import softmax
 from monitoring.drift import profile_texts
@@ -34,11 +43,11 @@ class DeploymentReport:
     max_abs_logit_diff: float  # fp32 ONNX vs PyTorch on the whole test split
     prediction_agreement: float
     parity_passed: bool
-    fp32_accuracy: Optional[float] = None
-    int8_accuracy: Optional[float] = None
-    fp32_size_mb: Optional[float] = None
-    int8_size_mb: Optional[float] = None
-    served: Optional[str] = None  # "int8" or "fp32"
+    fp32_accuracy: float | None = None
+    int8_accuracy: float | None = None
+    fp32_size_mb: float | None = None
+    int8_size_mb: float | None = None
+    served: str | None = None  # "int8" or "fp32"
     reason: str = ""
     reference_pii: str = KEEP  # the form of the drift reference's texts (serve.log_pii when it was deployed)
 
@@ -64,22 +73,27 @@ def export_onnx(model, tokenizer, path: str | Path) -> None:
         def forward(self, input_ids, attention_mask):
             # Position ids shaped like the batch, as the model makes them: without them the exporter gives Llama's
             # and Qwen2's RotaryEmbedding op a batch of one, which onnxruntime refuses for larger batches.
-            positions = {"position_ids": torch.arange(input_ids.shape[1]).expand(input_ids.shape)} if takes_positions \
-                else {}
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                             **positions)
+            positions = (
+                {"position_ids": torch.arange(input_ids.shape[1]).expand(input_ids.shape)} if takes_positions else {}
+            )
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **positions)
             # The sentence embedding (mean of the last hidden states over real tokens), for embedding drift. Prompt
             # tuning puts its virtual tokens before the text's: the last positions are the text's.
-            hidden = out.hidden_states[-1][:, -input_ids.shape[1]:]
+            hidden = out.hidden_states[-1][:, -input_ids.shape[1] :]
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             return out.logits, (hidden * mask).sum(1) / mask.sum(1)
 
-    example = tokenizer(["a short text", "a somewhat longer text for the example batch"], padding=True,
-                        return_tensors="pt")
+    example = tokenizer(
+        ["a short text", "a somewhat longer text for the example batch"], padding=True, return_tensors="pt"
+    )
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     program = torch.onnx.export(
-        Classifier().eval(), (example["input_ids"], example["attention_mask"]), dynamo=True, opset_version=ONNX_OPSET,
-        input_names=["input_ids", "attention_mask"], output_names=["logits", EMBEDDING_OUTPUT],
+        Classifier().eval(),
+        (example["input_ids"], example["attention_mask"]),
+        dynamo=True,
+        opset_version=ONNX_OPSET,
+        input_names=["input_ids", "attention_mask"],
+        output_names=["logits", EMBEDDING_OUTPUT],
         dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}},
         verbose=False,
     )
@@ -87,9 +101,17 @@ def export_onnx(model, tokenizer, path: str | Path) -> None:
     onnx.checker.check_model(str(path))
 
 
-def deploy(model_dir: str, data_dir: str, out_dir: str, reference_size: int = 1000, seed: int = 0,
-           batch_size: int = 64, temperature: float = 1.0,
-           log_pii: LogPii = LogPii(), input_pii: Optional[dict] = None) -> DeploymentReport:
+def deploy(
+    model_dir: str,
+    data_dir: str,
+    out_dir: str,
+    reference_size: int = 1000,
+    seed: int = 0,
+    batch_size: int = 64,
+    temperature: float = 1.0,
+    log_pii: LogPii = LogPii(),
+    input_pii: dict | None = None,
+) -> DeploymentReport:
     """Stage 6 up to the registry: out_dir/bundle holds the model to serve (its probabilities scaled by the
     `temperature` stage 5 kept) and its monitoring reference, its texts in the prediction log's form (`log_pii`:
     their personal data redacted or hashed as serve.log_pii says), out_dir/deployment.json the report.
@@ -124,23 +146,31 @@ def deploy(model_dir: str, data_dir: str, out_dir: str, reference_size: int = 10
     return report
 
 
-def decide_parity(max_abs_logit_diff: float, agreement: float, test_size: int,
-                  tolerance: float = PARITY_TOLERANCE) -> Decision[bool]:
+def decide_parity(
+    max_abs_logit_diff: float, agreement: float, test_size: int, tolerance: float = PARITY_TOLERANCE
+) -> Decision[bool]:
     """Does the fp32 export give the PyTorch model's answers? Every prediction the same and every logit within
     `tolerance`."""
     passed = max_abs_logit_diff <= tolerance and agreement == 1.0
-    return Decision(passed, f"ONNX parity {'passed' if passed else 'failed'} on {test_size} test texts: largest "
-                            f"logit difference {max_abs_logit_diff:.2e} (allowed {tolerance:.0e}), predictions agree "
-                            f"on {agreement:.2%} (needed 100%)")
+    return Decision(
+        passed,
+        f"ONNX parity {'passed' if passed else 'failed'} on {test_size} test texts: largest "
+        f"logit difference {max_abs_logit_diff:.2e} (allowed {tolerance:.0e}), predictions agree "
+        f"on {agreement:.2%} (needed 100%)",
+    )
 
 
-def choose_served_format(fp32_accuracy: float, int8_accuracy: float,
-                         max_drop: float = INT8_MAX_ACCURACY_DROP) -> Decision[str]:
+def choose_served_format(
+    fp32_accuracy: float, int8_accuracy: float, max_drop: float = INT8_MAX_ACCURACY_DROP
+) -> Decision[str]:
     """int8 when it costs at most `max_drop` of fp32's test accuracy, else fp32."""
     served = "int8" if fp32_accuracy - int8_accuracy <= max_drop else "fp32"
-    return Decision(served, f"int8 test accuracy {int8_accuracy:.4f} vs fp32 {fp32_accuracy:.4f}: "
-                            + ("within" if served == "int8" else "more than")
-                            + f" {max_drop:.1%} lower, so {served} is served")
+    return Decision(
+        served,
+        f"int8 test accuracy {int8_accuracy:.4f} vs fp32 {fp32_accuracy:.4f}: "
+        + ("within" if served == "int8" else "more than")
+        + f" {max_drop:.1%} lower, so {served} is served",
+    )
 
 
 def parity_report(torch_logits: np.ndarray, onnx_logits: np.ndarray) -> DeploymentReport:
@@ -150,7 +180,7 @@ def parity_report(torch_logits: np.ndarray, onnx_logits: np.ndarray) -> Deployme
     return DeploymentReport(len(torch_logits), diff, agreement, parity.value, reason=parity.reason)
 
 
-def _assemble_bundle(model_dir: str, bundle: Path, temperature: float, input_pii: Optional[dict]) -> None:
+def _assemble_bundle(model_dir: str, bundle: Path, temperature: float, input_pii: dict | None) -> None:
     bundle.mkdir(parents=True, exist_ok=True)
     for name in BUNDLE_FILES:
         if (Path(model_dir) / name).is_file():
@@ -168,8 +198,16 @@ def _torch_logits(model, tokenizer, texts: list[str], batch_size: int) -> np.nda
     return predict_logits(model, split, batch_size, tokenizer.pad_token_id, "cpu", "fp32").numpy()
 
 
-def _quantize_and_choose(out: Path, bundle: Path, texts: list[str], targets: np.ndarray, labels: list[str],
-                         fp32_logits: np.ndarray, batch_size: int, report: DeploymentReport) -> None:
+def _quantize_and_choose(
+    out: Path,
+    bundle: Path,
+    texts: list[str],
+    targets: np.ndarray,
+    labels: list[str],
+    fp32_logits: np.ndarray,
+    batch_size: int,
+    report: DeploymentReport,
+) -> None:
     """Both graphs beside the bundle, the one choose_served_format picks in it, the figures in the report."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -177,8 +215,12 @@ def _quantize_and_choose(out: Path, bundle: Path, texts: list[str], targets: np.
 
     shutil.move(bundle / BUNDLE_MODEL, out / "model_fp32.onnx")
     # Not the attention op: the quantizer would turn the ONNX Attention op into a QAttention that cannot load.
-    quantize_dynamic(str(out / "model_fp32.onnx"), str(bundle / "model_int8.onnx"), weight_type=QuantType.QInt8,
-                     op_types_to_quantize=["MatMul", "Gemm", "Gather"])
+    quantize_dynamic(
+        str(out / "model_fp32.onnx"),
+        str(bundle / "model_int8.onnx"),
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul", "Gemm", "Gather"],
+    )
     int8_probabilities = OnnxClassifier(bundle, "model_int8.onnx").probabilities(texts, batch_size)
     shutil.move(bundle / "model_int8.onnx", out / "model_int8.onnx")
     report.fp32_accuracy = score(softmax(fp32_logits), targets, labels).test_accuracy

@@ -14,9 +14,9 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 from components.registry import CANDIDATE, CHAMPION, rollout_settings
 
@@ -29,18 +29,19 @@ RETRY_SECONDS = 60  # a registry state whose versions could not be loaded is tri
 class Loaded:
     version: str
     classifier: object  # an OnnxClassifier
-    download: Optional[Path] = None  # where it was downloaded, removed when it is unloaded
+    download: Path | None = None  # where it was downloaded, removed when it is unloaded
 
 
 @dataclass(frozen=True)
 class Served:
     """What answers now: the champion and, during a rollout, the candidate with its mode and share."""
+
     champion: Loaded
-    candidate: Optional[Loaded] = None
+    candidate: Loaded | None = None
     mode: str = "direct"
     canary_percent: float = 0.0
 
-    def route(self, key: str) -> tuple[Loaded, Optional[Loaded]]:
+    def route(self, key: str) -> tuple[Loaded, Loaded | None]:
         """(the version that answers the request, the one that scores a copy off the answer path or None). In a
         canary the champion also scores the candidate's requests, so that the two are compared on the same texts."""
         if self.candidate is None:
@@ -60,7 +61,7 @@ def in_canary(key: str, percent: float) -> bool:
 @dataclass(frozen=True)
 class RegistryView:
     champion: str  # the followed alias's version
-    candidate: Optional[str] = None
+    candidate: str | None = None
     mode: str = "direct"
     canary_percent: float = 0.0
 
@@ -84,23 +85,37 @@ def follower_metrics():
     """Prometheus: whether the last registry read worked, the versions served by role, the swaps made."""
     from prometheus_client import Counter, Gauge
 
-    return (Gauge("lifecycle_registry_reachable", "1 when the last read of the model registry worked, else 0",
-                  ["model_name"]),
-            Gauge("lifecycle_served_version", "1 for each version served now, by role (champion or candidate)",
-                  ["model_name", "model_version", "role"]),
-            Counter("lifecycle_model_swaps", "Times the served versions changed without a restart", ["model_name"]))
+    return (
+        Gauge(
+            "lifecycle_registry_reachable", "1 when the last read of the model registry worked, else 0", ["model_name"]
+        ),
+        Gauge(
+            "lifecycle_served_version",
+            "1 for each version served now, by role (champion or candidate)",
+            ["model_name", "model_version", "role"],
+        ),
+        Counter("lifecycle_model_swaps", "Times the served versions changed without a restart", ["model_name"]),
+    )
 
 
 class Follower:
     """A daemon thread that keeps `served` (read by requests, replaced whole by `swap`) in step with the registry."""
 
-    def __init__(self, name: str, alias: str, seconds: float, download_dir: str | Path,
-                 load: Callable[[str, Path], Loaded], served: Served, swap: Callable[[Served], None]):
+    def __init__(
+        self,
+        name: str,
+        alias: str,
+        seconds: float,
+        download_dir: str | Path,
+        load: Callable[[str, Path], Loaded],
+        served: Served,
+        swap: Callable[[Served], None],
+    ):
         self.name, self.alias, self.seconds, self.download_dir = name, alias, seconds, Path(download_dir)
         self.load, self.served, self.swap = load, served, swap
         self.view = RegistryView(served.champion.version)
-        self.failing: Optional[str] = None  # what went wrong last time, said once
-        self.unloadable: tuple[Optional[RegistryView], float] = (None, 0.0)  # a view that failed to load, and when
+        self.failing: str | None = None  # what went wrong last time, said once
+        self.unloadable: tuple[RegistryView | None, float] = (None, 0.0)  # a view that failed to load, and when
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="registry-follower", daemon=True)
         self._show(served)
@@ -129,8 +144,10 @@ class Follower:
             view = read_registry_view(mlflow.MlflowClient(), self.name, self.alias)
         except Exception as err:  # unreachable, or the alias gone: what serves now goes on serving
             reachable.labels(self.name).set(0)
-            self._failed(f"the registry at {mlflow.get_tracking_uri()} cannot be read ({type(err).__name__}: "
-                         f"{str(err)[:200]}); still serving version {self.served.champion.version}")
+            self._failed(
+                f"the registry at {mlflow.get_tracking_uri()} cannot be read ({type(err).__name__}: "
+                f"{str(err)[:200]}); still serving version {self.served.champion.version}"
+            )
             return
         reachable.labels(self.name).set(1)
         failed, failed_at = self.unloadable
@@ -139,9 +156,11 @@ class Follower:
                 self._follow(view)
             except Exception as err:  # a version that cannot be loaded is not served; tried again later
                 self.unloadable = (view, time.monotonic())
-                self._failed(f"version {view.candidate if view.champion == self.view.champion else view.champion} "
-                             f"of {self.name} cannot be loaded ({type(err).__name__}: {str(err)[:200]}); still "
-                             f"serving version {self.served.champion.version}")
+                self._failed(
+                    f"version {view.candidate if view.champion == self.view.champion else view.champion} "
+                    f"of {self.name} cannot be loaded ({type(err).__name__}: {str(err)[:200]}); still "
+                    f"serving version {self.served.champion.version}"
+                )
                 return
         if self.failing:
             log.info("the registry answers again; serving version %s", self.served.champion.version)
@@ -167,7 +186,7 @@ class Follower:
         model.classifier.probabilities([WARM_TEXT])  # the first inference pays for allocation; no client does
         return model
 
-    def _show(self, new: Served, old: Optional[Served] = None) -> None:
+    def _show(self, new: Served, old: Served | None = None) -> None:
         _, serving, _ = follower_metrics()
         if old:
             for role, model in (("champion", old.champion), ("candidate", old.candidate)):
@@ -192,4 +211,3 @@ class Follower:
         if why != self.failing:
             log.warning(why)
             self.failing = why
-

@@ -19,8 +19,14 @@ SUB_BATCH = 4  # texts per onnxruntime call; the fastest on this 2-core CPU for 
 
 
 class OnnxClassifier:
-    def __init__(self, bundle_dir: str | Path, onnx_file: str = BUNDLE_MODEL, threads: int | None = None,
-                 spinning: bool = True, provider: str = "CPUExecutionProvider"):
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        onnx_file: str = BUNDLE_MODEL,
+        threads: int | None = None,
+        spinning: bool = True,
+        provider: str = "CPUExecutionProvider",
+    ):
         """spinning: onnxruntime's idle threads spin, which is faster for a session alone (about 10% here) and
         slower when two share the cores, as a server's champion and candidate do (benchmarks/shadow.py).
         provider: onnxruntime's execution provider (benchmarks/serving.py also times CUDAExecutionProvider)."""
@@ -50,13 +56,13 @@ class OnnxClassifier:
         order = np.argsort([len(row) for row in ids], kind="stable")
         results = [np.empty((0, 0), dtype=np.float32) for _ in outputs]
         for start in range(0, len(order), batch_size):
-            indices = order[start:start + batch_size]
+            indices = order[start : start + batch_size]
             width = max(len(ids[i]) for i in indices)
             input_ids = np.full((len(indices), width), self.tokenizer.pad_token_id, dtype=np.int64)
             mask = np.zeros((len(indices), width), dtype=np.int64)
             for row, i in enumerate(indices):  # right padding, as in training
-                input_ids[row, :len(ids[i])] = ids[i]
-                mask[row, :len(ids[i])] = 1
+                input_ids[row, : len(ids[i])] = ids[i]
+                mask[row, : len(ids[i])] = 1
             values = self.session.run(outputs, {"input_ids": input_ids, "attention_mask": mask})
             if start == 0:
                 results = [np.empty((len(texts), *v.shape[1:]), dtype=v.dtype) for v in values]
@@ -70,8 +76,10 @@ class OnnxClassifier:
     def predict(self, texts: list[str]) -> list[dict]:
         """[{"label": ..., "probabilities": {label: p}}] for each text."""
         probabilities = self.probabilities(texts)
-        return [{"label": self.labels[int(p.argmax())], "probabilities": by_label}
-                for p, by_label in zip(probabilities, label_probabilities(self.labels, probabilities))]
+        return [
+            {"label": self.labels[int(p.argmax())], "probabilities": by_label}
+            for p, by_label in zip(probabilities, label_probabilities(self.labels, probabilities))
+        ]
 
 
 def _input_form(input_pii: dict | None):
@@ -87,4 +95,3 @@ def _input_form(input_pii: dict | None):
 def label_probabilities(labels: list[str], probabilities) -> list[dict[str, float]]:
     """One {label: probability} mapping per row of class probabilities."""
     return [dict(zip(labels, map(float, row))) for row in probabilities]
-

@@ -11,7 +11,6 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from mlserver import MLModel
@@ -77,15 +76,18 @@ class BodyLimit:
                 return await _refuse(send, 400, f"the gzip body cannot be inflated: {err}")
             if len(body) > self.max_bytes:
                 inflated = " inflated" if inflater else ""
-                return await _refuse(send, 413, f"request body over {self.max_bytes} bytes{inflated} "
-                                                "(serve.max_request_bytes)")
+                return await _refuse(
+                    send, 413, f"request body over {self.max_bytes} bytes{inflated} (serve.max_request_bytes)"
+                )
             more = message.get("more_body", False)
         if inflater and not inflater.eof:
             return await _refuse(send, 400, "the gzip body ends before its gzip stream does")
         if inflater:  # the app gets the inflated body, as if it had been sent so
-            scope = dict(scope, headers=[(k, v) for k, v in scope["headers"] if k not in (b"content-encoding",
-                                                                                          b"content-length")]
-                         + [(b"content-length", str(len(body)).encode())])
+            scope = dict(
+                scope,
+                headers=[(k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")]
+                + [(b"content-length", str(len(body)).encode())],
+            )
 
         async def replay():
             return {"type": "http.request", "body": bytes(body), "more_body": False}
@@ -97,8 +99,13 @@ async def _refuse(send, status: int, error: str) -> None:
     import json
 
     content = json.dumps({"error": error}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": content})
 
 
@@ -157,17 +164,30 @@ class TextClassifierRuntime(MLModel):
         extra = self.settings.parameters.extra or {}
         self.served = Served(Loaded(extra["version"], OnnxClassifier(self.settings.parameters.uri, spinning=False)))
         self.limits = Limits(extra.get("max_batch", 64), extra.get("max_text_chars", 2000))
-        self.log = PredictionLog(extra["prediction_log"], extra.get("log_flush_texts", 100),
-                                 extra.get("log_flush_seconds", 30.0),
-                                 text_form=pii.LogPii(**extra.get("log_pii", {})).text_form()
-                                 ) if extra.get("prediction_log") else None
+        self.log = (
+            PredictionLog(
+                extra["prediction_log"],
+                extra.get("log_flush_texts", 100),
+                extra.get("log_flush_seconds", 30.0),
+                text_form=pii.LogPii(**extra.get("log_pii", {})).text_form(),
+            )
+            if extra.get("prediction_log")
+            else None
+        )
         self.shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="shadow", initializer=_yield_to_answers)
         self.shadow_room = threading.BoundedSemaphore(MAX_SHADOW_WAITING)
         self.follower = None
         if extra.get("follow"):
             follow = Follow(**extra["follow"])
-            self.follower = Follower(self.name, follow.alias, follow.seconds, follow.download_dir,
-                                     functools.partial(load_version, self.name), self.served, self._swap)
+            self.follower = Follower(
+                self.name,
+                follow.alias,
+                follow.seconds,
+                follow.download_dir,
+                functools.partial(load_version, self.name),
+                self.served,
+                self._swap,
+            )
             self.follower.start()
         return True
 
@@ -189,8 +209,10 @@ class TextClassifierRuntime(MLModel):
             model_name=self.name,
             model_version=version,
             id=payload.id,
-            outputs=[StringCodec.encode_output("label", labels),
-                     NumpyCodec.encode_output("probabilities", probabilities.astype(np.float32))],
+            outputs=[
+                StringCodec.encode_output("label", labels),
+                NumpyCodec.encode_output("probabilities", probabilities.astype(np.float32)),
+            ],
         )
 
     @custom_handler(rest_path="/predict")
@@ -198,8 +220,13 @@ class TextClassifierRuntime(MLModel):
         """{"texts": [...]} -> {"predictions": [{"label": ..., "probabilities": {...}}], "model_version": ...}"""
         texts = check_texts(request.texts, self.limits)
         version, labels, _, by_label = self._classify(texts)
-        return {"model": self.name, "model_version": version, "predictions": [
-            {"label": label, "probabilities": probabilities} for label, probabilities in zip(labels, by_label)]}
+        return {
+            "model": self.name,
+            "model_version": version,
+            "predictions": [
+                {"label": label, "probabilities": probabilities} for label, probabilities in zip(labels, by_label)
+            ],
+        }
 
     def _classify(self, texts: list[str]) -> tuple[str, list[str], np.ndarray, list[dict[str, float]]]:
         """(the version that answered, labels, the probability matrix, the same as {label: probability} per text).
@@ -233,8 +260,15 @@ class TextClassifierRuntime(MLModel):
         except Exception as err:
             failures.labels(self.name, model.version, role).inc()
             if self.log:
-                self.log.write(texts, [None] * len(texts), [None] * len(texts), self.name, model.version, role,
-                               error=f"{type(err).__name__}: {err}"[:500])
+                self.log.write(
+                    texts,
+                    [None] * len(texts),
+                    [None] * len(texts),
+                    self.name,
+                    model.version,
+                    role,
+                    error=f"{type(err).__name__}: {err}"[:500],
+                )
             log.exception("version %s (%s) failed on %d texts", model.version, role, len(texts))
             raise
         elapsed = time.perf_counter() - start
@@ -284,6 +318,7 @@ def _yield_to_answers() -> None:
 class Follow:
     """What a server of models:/NAME@ALIAS follows: the alias, how often it reads the registry, where versions are
     downloaded."""
+
     alias: str
     seconds: float
     download_dir: str
@@ -312,14 +347,19 @@ def resolve_bundle(model_uri: str, download_dir: str | Path) -> tuple[str, str, 
         name, alias = name.split("@", 1)
         version = alias_version(client, name, alias)
         if version is None:
-            raise RegistryError(f"{model_uri}: the registry at {mlflow.get_tracking_uri()} has no version of "
-                                f"{name!r} with the alias {alias!r} (`lifecycle run` makes a champion)")
-    local = mlflow.artifacts.download_artifacts(artifact_uri=version_uri(name, version),
-                                                dst_path=str(Path(download_dir) / f"{name}-{version}"))
+            raise RegistryError(
+                f"{model_uri}: the registry at {mlflow.get_tracking_uri()} has no version of "
+                f"{name!r} with the alias {alias!r} (`lifecycle run` makes a champion)"
+            )
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=version_uri(name, version), dst_path=str(Path(download_dir) / f"{name}-{version}")
+    )
     bundle = Path(local) / "artifacts" / BUNDLE  # the pyfunc's artifact "bundle"
     if not (bundle / BUNDLE_MODEL).is_file():
-        raise LifecycleError(f"{model_uri} (version {version}) is not an ONNX bundle; serve a version that "
-                             f"stage 6 registered (alias champion)")
+        raise LifecycleError(
+            f"{model_uri} (version {version}) is not an ONNX bundle; serve a version that "
+            f"stage 6 registered (alias champion)"
+        )
     return str(bundle), name, version
 
 
@@ -330,17 +370,22 @@ def serving_metrics():
     from prometheus_client import Counter, Histogram
 
     by_version = ["model_name", "model_version", "role"]
-    return (Counter("lifecycle_texts_classified", "Texts classified, by the label given", [*by_version, "label"]),
-            Histogram("lifecycle_scoring_seconds", "Time to score one request's texts", by_version),
-            Counter("lifecycle_scoring_failures", "Requests a version failed to score", by_version))
+    return (
+        Counter("lifecycle_texts_classified", "Texts classified, by the label given", [*by_version, "label"]),
+        Histogram("lifecycle_scoring_seconds", "Time to score one request's texts", by_version),
+        Counter("lifecycle_scoring_failures", "Requests a version failed to score", by_version),
+    )
 
 
 @functools.cache
 def shadow_dropped():
     from prometheus_client import Counter
 
-    return Counter("lifecycle_shadow_dropped_texts", "Texts left unscored by the shadow, which fell behind",
-                   ["model_name", "model_version"])
+    return Counter(
+        "lifecycle_shadow_dropped_texts",
+        "Texts left unscored by the shadow, which fell behind",
+        ["model_name", "model_version"],
+    )
 
 
 # MLServer's three servers, at these offsets from the HTTP port (8080/8081/8082).
@@ -362,14 +407,25 @@ def check_ports_free(host: str, port: int) -> None:
             try:
                 probe.bind((host, port + offset))
             except OSError as e:
-                raise LifecycleError(f"port {port + offset} on {host} (the {server} server; MLServer uses the HTTP "
-                                     f"port and the two after it) cannot be used: {e.strerror}. Choose another "
-                                     "--port or serve.port") from None
+                raise LifecycleError(
+                    f"port {port + offset} on {host} (the {server} server; MLServer uses the HTTP "
+                    f"port and the two after it) cannot be used: {e.strerror}. Choose another "
+                    "--port or serve.port"
+                ) from None
 
 
-def serve(bundle_dir: str, name: str, version: str, port: int, prediction_log: str, limits: Limits,
-          log_flush: tuple[int, float] = (100, 30.0), host: str = "127.0.0.1", follow: Optional[Follow] = None,
-          log_pii: pii.LogPii = pii.LogPii()) -> None:
+def serve(
+    bundle_dir: str,
+    name: str,
+    version: str,
+    port: int,
+    prediction_log: str,
+    limits: Limits,
+    log_flush: tuple[int, float] = (100, 30.0),
+    host: str = "127.0.0.1",
+    follow: Follow | None = None,
+    log_pii: pii.LogPii = pii.LogPii(),
+) -> None:
     """Run MLServer in this process on `host` until SIGINT/SIGTERM (the prediction log writes its last shard at
     exit). `log_flush`: (texts, seconds) after which waiting records are written as a shard. `follow`: the alias
     whose moves (and rollouts) the server follows; without it, `version` is served until the server stops.
@@ -397,22 +453,41 @@ def serve(bundle_dir: str, name: str, version: str, port: int, prediction_log: s
                 self.stopping, self.stopped_by = True, sig
                 await super().stop(sig)
 
-    settings = Settings(http_port=port + SERVER_PORTS["HTTP"], grpc_port=port + SERVER_PORTS["gRPC"],
-                        metrics_port=port + SERVER_PORTS["metrics"], metrics_endpoint="/metrics",
-                        parallel_workers=0, debug=False, host=host, grpc_max_message_length=limits.max_request_bytes)
+    settings = Settings(
+        http_port=port + SERVER_PORTS["HTTP"],
+        grpc_port=port + SERVER_PORTS["gRPC"],
+        metrics_port=port + SERVER_PORTS["metrics"],
+        metrics_endpoint="/metrics",
+        parallel_workers=0,
+        debug=False,
+        host=host,
+        grpc_max_message_length=limits.max_request_bytes,
+    )
     classes = len(read_labels(bundle_dir))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the follower's downloads: not a log's
     # No version in MLServer's settings: the served version changes without a restart; each answer names its own.
     model = ModelSettings(
-        name=name, implementation=TextClassifierRuntime, platform="onnxruntime",
+        name=name,
+        implementation=TextClassifierRuntime,
+        platform="onnxruntime",
         inputs=[MetadataTensor(name=INPUT_NAME, datatype="BYTES", shape=[-1])],
-        outputs=[MetadataTensor(name="label", datatype="BYTES", shape=[-1, 1]),
-                 MetadataTensor(name="probabilities", datatype="FP32", shape=[-1, classes])],
-        parameters=ModelParameters(uri=bundle_dir, extra={
-            "version": version, "follow": asdict(follow) if follow else None,
-            "prediction_log": prediction_log, "log_flush_texts": log_flush[0], "log_flush_seconds": log_flush[1],
-            "log_pii": asdict(log_pii),
-            "max_batch": limits.max_batch, "max_text_chars": limits.max_text_chars}),
+        outputs=[
+            MetadataTensor(name="label", datatype="BYTES", shape=[-1, 1]),
+            MetadataTensor(name="probabilities", datatype="FP32", shape=[-1, classes]),
+        ],
+        parameters=ModelParameters(
+            uri=bundle_dir,
+            extra={
+                "version": version,
+                "follow": asdict(follow) if follow else None,
+                "prediction_log": prediction_log,
+                "log_flush_texts": log_flush[0],
+                "log_flush_seconds": log_flush[1],
+                "log_pii": asdict(log_pii),
+                "max_batch": limits.max_batch,
+                "max_text_chars": limits.max_text_chars,
+            },
+        ),
     )
 
     async def run() -> LimitedServer:
@@ -428,11 +503,16 @@ def serve(bundle_dir: str, name: str, version: str, port: int, prediction_log: s
 
 
 # What MLServer's HTTP, gRPC and metrics servers each say as they stop; `serve` says it once.
-SHUTDOWN_LINES = {"uvicorn.error": ("Shutting down", "Waiting for application shutdown", "Application shutdown "
-                                    "complete", "Finished server process"),
-                  "mlserver.grpc": ("Waiting for gRPC server shutdown", "gRPC server shutdown complete")}
+SHUTDOWN_LINES = {
+    "uvicorn.error": (
+        "Shutting down",
+        "Waiting for application shutdown",
+        "Application shutdown complete",
+        "Finished server process",
+    ),
+    "mlserver.grpc": ("Waiting for gRPC server shutdown", "gRPC server shutdown complete"),
+}
 
 
 def _without_shutdown_lines(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith(SHUTDOWN_LINES.get(record.name, ()))
-

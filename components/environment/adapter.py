@@ -10,7 +10,8 @@ def environment(config_json: str, tracking_uri: str, parent_run_id: str, out_dir
     import mlflow
 
     from components.environment import core
-    from components.handoff import ENVIRONMENT as ENVIRONMENT_FILE, write_json
+    from components.handoff import ENVIRONMENT as ENVIRONMENT_FILE
+    from components.handoff import write_json
     from components.tracking import flatten, stage_run
 
     cfg = LifecycleConfig.model_validate_json(config_json)

@@ -51,8 +51,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def environment(device: str, precision: str, threads: int | None, seed: int,
-                         hyperparameters: dict) -> Environment:
+def environment(device: str, precision: str, threads: int | None, seed: int, hyperparameters: dict) -> Environment:
     """Resolve and apply device, precision, threads and seeds; collect versions and hardware."""
     import torch
 
@@ -86,8 +85,9 @@ def hardware() -> dict:
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        facts.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1),
-                     gpu_count=torch.cuda.device_count())
+        facts.update(
+            gpu=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1), gpu_count=torch.cuda.device_count()
+        )
     return facts
 
 

@@ -12,14 +12,25 @@ from components.stages import EVALUATE
 FIGURES = ("confusion_matrix.png", "training_curves.png", "reliability_diagram.png")
 
 
-def evaluate(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: str, env_dir: str, model_dir: str,
-             out_dir: str) -> dict:
+def evaluate(
+    config_json: str, tracking_uri: str, parent_run_id: str, data_dir: str, env_dir: str, model_dir: str, out_dir: str
+) -> dict:
     import mlflow
 
     from components.evaluate import core
     from components.evaluate.model_card import CardFacts, render_model_card
-    from components.handoff import (GATE, MODEL_CARD, GateOutcome, read_environment, read_manifest, read_model_spec,
-                                    read_sweep, read_texts, read_train_result, write_json)
+    from components.handoff import (
+        GATE,
+        MODEL_CARD,
+        GateOutcome,
+        read_environment,
+        read_manifest,
+        read_model_spec,
+        read_sweep,
+        read_texts,
+        read_train_result,
+        write_json,
+    )
     from components.registry import champion_predictor, register_challenger
     from components.tracking import stage_run
 
@@ -28,26 +39,59 @@ def evaluate(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, EVALUATE.run_name) as stage:
-        champion = (champion_predictor(cfg.tracking.registered_model, manifest.labels)
-                    if cfg.gate.compare_with_champion else None)
-        found = core.evaluate(model_dir, data_dir, cfg.model.max_length, cfg.train.eval_batch_size, env.device,
-                              env.precision, cfg.seed, cfg.gate.min_slice_size, champion)
+        champion = (
+            champion_predictor(cfg.tracking.registered_model, manifest.labels)
+            if cfg.gate.compare_with_champion
+            else None
+        )
+        found = core.evaluate(
+            model_dir,
+            data_dir,
+            cfg.model.max_length,
+            cfg.train.eval_batch_size,
+            env.device,
+            env.precision,
+            cfg.seed,
+            cfg.gate.min_slice_size,
+            champion,
+        )
         gate = core.decide_gate(found.metrics, cfg.gate, found.champion, found.baseline, found.worst_slice)
-        facts = CardFacts(cfg.tracking.registered_model, read_model_spec(model_dir), manifest,
-                          cfg.data.model_dump(include={"name", "licence", "citation", "balance", "group_column"}),
-                          env, read_train_result(model_dir), found, gate, read_sweep(model_dir))
+        facts = CardFacts(
+            cfg.tracking.registered_model,
+            read_model_spec(model_dir),
+            manifest,
+            cfg.data.model_dump(include={"name", "licence", "citation", "balance", "group_column"}),
+            env,
+            read_train_result(model_dir),
+            found,
+            gate,
+            read_sweep(model_dir),
+        )
         card = render_model_card(facts)
         (out / MODEL_CARD).write_text(card)
         _log_findings(facts, out)
         tags = version_tags(facts, champion[0] if champion else None)
-        version = register_challenger(cfg.tracking.registered_model, model_dir, manifest.labels, card, tags,
-                                      read_texts(data_dir, "test", 3), gate.passed)
+        version = register_challenger(
+            cfg.tracking.registered_model,
+            model_dir,
+            manifest.labels,
+            card,
+            tags,
+            read_texts(data_dir, "test", 3),
+            gate.passed,
+        )
         mlflow.set_tags({"gate": tags["gate"], "model_version": version})
         stage.result = summary(found, gate, version)
     _log_on_parent(parent_run_id, found, tags, version)
     write_json(out, GATE, asdict(GateOutcome(gate.passed, gate.reasons, version)))
-    return {"gate_passed": gate.passed, "gate_reasons": gate.reasons, "model_version": version,
-            "metrics": found.metrics.scalars(), "confusion": found.metrics.confusion, "labels": manifest.labels}
+    return {
+        "gate_passed": gate.passed,
+        "gate_reasons": gate.reasons,
+        "model_version": version,
+        "metrics": found.metrics.scalars(),
+        "confusion": found.metrics.confusion,
+        "labels": manifest.labels,
+    }
 
 
 def _log_findings(facts, out: Path) -> None:
@@ -77,22 +121,32 @@ def version_tags(facts, champion_version: str | None) -> dict[str, str]:
     from components.handoff import TEMPERATURE_TAG
 
     metrics = facts.found.metrics
-    return {"gate": "passed" if facts.gate.passed else "failed", "gate_reasons": "; ".join(facts.gate.reasons),
-            "data_fingerprint": facts.manifest.fingerprint, "strategy": facts.spec.strategy,
-            "base_model": facts.spec.base, "test_accuracy": f"{metrics.test_accuracy:.4f}",
-            "test_loss": f"{metrics.test_loss:.4f}", "champion_version": champion_version or "none",
-            TEMPERATURE_TAG: f"{facts.found.calibration.temperature:.6g}"} | (
+    return {
+        "gate": "passed" if facts.gate.passed else "failed",
+        "gate_reasons": "; ".join(facts.gate.reasons),
+        "data_fingerprint": facts.manifest.fingerprint,
+        "strategy": facts.spec.strategy,
+        "base_model": facts.spec.base,
+        "test_accuracy": f"{metrics.test_accuracy:.4f}",
+        "test_loss": f"{metrics.test_loss:.4f}",
+        "champion_version": champion_version or "none",
+        TEMPERATURE_TAG: f"{facts.found.calibration.temperature:.6g}",
+    } | (
         {"sweep": f"trial {facts.sweep['winner']} of {facts.sweep['trials']} ({facts.sweep['study']})"}
-        if facts.sweep else {})
+        if facts.sweep
+        else {}
+    )
 
 
 def summary(found, gate, version: str) -> str:
     """The stage's closing line."""
     metrics, (low, high) = found.metrics, found.intervals["accuracy"]
-    return (f"test accuracy {metrics.test_accuracy:.2%} (95% CI {low:.2%}-{high:.2%}; baseline "
-            f"{found.baseline.test_accuracy:.2%}), macro-F1 {metrics.test_macro_f1:.4f}, cross-entropy "
-            f"{metrics.test_loss:.4f}; gate {'passed' if gate.passed else 'failed'} ({'; '.join(gate.reasons)}); "
-            f"version {version}" + (" is the challenger" if gate.passed else ""))
+    return (
+        f"test accuracy {metrics.test_accuracy:.2%} (95% CI {low:.2%}-{high:.2%}; baseline "
+        f"{found.baseline.test_accuracy:.2%}), macro-F1 {metrics.test_macro_f1:.4f}, cross-entropy "
+        f"{metrics.test_loss:.4f}; gate {'passed' if gate.passed else 'failed'} ({'; '.join(gate.reasons)}); "
+        f"version {version}" + (" is the challenger" if gate.passed else "")
+    )
 
 
 def _log_on_parent(parent_run_id: str, found, tags: dict, version: str) -> None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def baseline_probabilities(train_texts: list[str], train_targets: np.ndarray, test_texts: list[str],
-                           n_classes: int, seed: int) -> np.ndarray:
+def baseline_probabilities(
+    train_texts: list[str], train_targets: np.ndarray, test_texts: list[str], n_classes: int, seed: int
+) -> np.ndarray:
     """Class probabilities of the test texts (columns: every class index, a class absent from train at 0)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression

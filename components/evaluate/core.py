@@ -4,8 +4,8 @@ robustness, mistakes, and the gate (floors, the paired test against the champion
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,7 @@ class TestMetrics:
     test_macro_precision: float
     test_macro_recall: float
     test_macro_f1: float
-    test_roc_auc: Optional[float]  # two classes only
+    test_roc_auc: float | None  # two classes only
     test_size: int
     per_class: dict[str, dict[str, float]]
     confusion: list[list[int]]  # rows: true label, columns: predicted
@@ -69,8 +69,13 @@ def score(probabilities: np.ndarray, targets: np.ndarray, labels: list[str]) -> 
     )
 
 
-def decide_gate(metrics: TestMetrics, gate: GateConfig, champion: Optional[PairedComparison] = None,
-                baseline: Optional[TestMetrics] = None, worst: Optional[dict] = None) -> GateDecision:
+def decide_gate(
+    metrics: TestMetrics,
+    gate: GateConfig,
+    champion: PairedComparison | None = None,
+    baseline: TestMetrics | None = None,
+    worst: dict | None = None,
+) -> GateDecision:
     """Does this model pass? The configured floors; against the champion on the same test texts, the paired test
     under gate.champion_rule; optionally above the baseline and the worst slice's floor."""
     failures, checked = [], []
@@ -78,29 +83,39 @@ def decide_gate(metrics: TestMetrics, gate: GateConfig, champion: Optional[Paire
     def check(passed: bool, line: str) -> None:
         (checked if passed else failures).append(line)
 
-    for name, value, floor in (("test_accuracy", metrics.test_accuracy, gate.min_accuracy),
-                               ("test_macro_f1", metrics.test_macro_f1, gate.min_macro_f1)):
+    for name, value, floor in (
+        ("test_accuracy", metrics.test_accuracy, gate.min_accuracy),
+        ("test_macro_f1", metrics.test_macro_f1, gate.min_macro_f1),
+    ):
         check(value >= floor, f"{name} {value:.4f} vs minimum {floor:.4f}")
     if champion is not None:
-        verdict = paired_verdict(champion.challenger_only_right, champion.champion_only_right, champion.p_value,
-                                 gate.significance)
-        check(verdict == "better" if gate.champion_rule == "better" else verdict != "worse",
-              f"vs champion version {champion.champion_version} ({champion.champion_accuracy:.4f}): right alone on "
-              f"{champion.challenger_only_right} texts, the champion alone on {champion.champion_only_right}; exact "
-              f"McNemar p = {champion.p_value:.3g} at level {gate.significance:g}: {verdict} (rule "
-              f"{gate.champion_rule})")
+        verdict = paired_verdict(
+            champion.challenger_only_right, champion.champion_only_right, champion.p_value, gate.significance
+        )
+        check(
+            verdict == "better" if gate.champion_rule == "better" else verdict != "worse",
+            f"vs champion version {champion.champion_version} ({champion.champion_accuracy:.4f}): right alone on "
+            f"{champion.challenger_only_right} texts, the champion alone on {champion.champion_only_right}; exact "
+            f"McNemar p = {champion.p_value:.3g} at level {gate.significance:g}: {verdict} (rule "
+            f"{gate.champion_rule})",
+        )
     if gate.beat_baseline and baseline is not None:
-        check(metrics.test_accuracy > baseline.test_accuracy,
-              f"test_accuracy {metrics.test_accuracy:.4f} vs linear baseline {baseline.test_accuracy:.4f}")
+        check(
+            metrics.test_accuracy > baseline.test_accuracy,
+            f"test_accuracy {metrics.test_accuracy:.4f} vs linear baseline {baseline.test_accuracy:.4f}",
+        )
     if gate.min_slice_accuracy is not None and worst is not None:
-        check(worst["accuracy"] >= gate.min_slice_accuracy,
-              f"worst slice {worst['slicing']}={worst['slice']} ({worst['size']} texts) accuracy "
-              f"{worst['accuracy']:.4f} vs minimum {gate.min_slice_accuracy:.4f}")
+        check(
+            worst["accuracy"] >= gate.min_slice_accuracy,
+            f"worst slice {worst['slicing']}={worst['slice']} ({worst['size']} texts) accuracy "
+            f"{worst['accuracy']:.4f} vs minimum {gate.min_slice_accuracy:.4f}",
+        )
     return GateDecision(passed=not failures, reasons=failures or checked)
 
 
-def load_logits_predictor(model_dir: str, labels: list[str], max_length: int, batch_size: int, device: str,
-                          precision: str) -> Callable[[list[str]], np.ndarray]:
+def load_logits_predictor(
+    model_dir: str, labels: list[str], max_length: int, batch_size: int, device: str, precision: str
+) -> Callable[[list[str]], np.ndarray]:
     """The fine-tuned model as texts -> logits (rows in the order of the texts). A text whose tokens the model
     has already seen is not run again: many perturbations of the robustness check leave the tokens as they were
     (an uncased tokenizer undoes a change of case; extra whitespace is no token)."""
@@ -112,8 +127,18 @@ def load_logits_predictor(model_dir: str, labels: list[str], max_length: int, ba
         ids = [tuple(row) for row in encode(tokenizer, texts, max_length).input_ids]
         new = list(dict.fromkeys(row for row in ids if row not in seen))
         if new:
-            found = predict_logits(model, EncodedSplit([list(row) for row in new], None), batch_size,
-                                   tokenizer.pad_token_id, device, precision).float().numpy()
+            found = (
+                predict_logits(
+                    model,
+                    EncodedSplit([list(row) for row in new], None),
+                    batch_size,
+                    tokenizer.pad_token_id,
+                    device,
+                    precision,
+                )
+                .float()
+                .numpy()
+            )
             seen.update(zip(new, found))
         return np.stack([seen[row] for row in ids]) if ids else np.empty((0, model.config.num_labels), np.float32)
 
@@ -128,6 +153,7 @@ def class_indices(rows: pd.DataFrame, labels: list[str]) -> np.ndarray:
 class Evaluation:
     """Everything stage 5 finds about a model on the test split (probabilities as served: calibrated when the
     temperature was kept)."""
+
     labels: list[str]
     metrics: TestMetrics
     loss_before_calibration: float
@@ -139,19 +165,21 @@ class Evaluation:
     reliability: list[dict]
     baseline: TestMetrics
     slices: list[dict]
-    worst_slice: Optional[dict]
+    worst_slice: dict | None
     robustness: list[dict]
     mistakes: pd.DataFrame  # the most confident: text, true, predicted, probability
-    champion: Optional[PairedComparison]
+    champion: PairedComparison | None
 
     def scalars(self) -> dict[str, float]:
         """The MLflow metrics, beside the test metrics."""
         found = self.metrics.scalars() | {
             "test_loss_before_calibration": self.loss_before_calibration,
-            "temperature": self.calibration.temperature, "fitted_temperature": self.calibration.fitted_temperature,
+            "temperature": self.calibration.temperature,
+            "fitted_temperature": self.calibration.fitted_temperature,
             "val_loss_before_calibration": self.calibration.val_loss_before,
             "val_loss_after_calibration": self.calibration.val_loss_after,
-            "test_ece_before_calibration": self.ece_before, "test_ece": self.ece,
+            "test_ece_before_calibration": self.ece_before,
+            "test_ece": self.ece,
             "baseline_test_accuracy": self.baseline.test_accuracy,
             "baseline_test_macro_f1": self.baseline.test_macro_f1,
             "gain_over_baseline": self.metrics.test_accuracy - self.baseline.test_accuracy,
@@ -164,21 +192,28 @@ class Evaluation:
         if self.worst_slice:
             found["worst_slice_accuracy"] = self.worst_slice["accuracy"]
         if self.champion:
-            found |= {"champion_test_accuracy": self.champion.champion_accuracy,
-                      "champion_mcnemar_p_value": self.champion.p_value,
-                      "challenger_only_right": self.champion.challenger_only_right,
-                      "champion_only_right": self.champion.champion_only_right}
+            found |= {
+                "champion_test_accuracy": self.champion.champion_accuracy,
+                "champion_mcnemar_p_value": self.champion.p_value,
+                "challenger_only_right": self.champion.challenger_only_right,
+                "champion_only_right": self.champion.champion_only_right,
+            }
         return found
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """What the MLflow UI shows as tables (artifacts evaluation/<name>.json)."""
-        return {"slices": pd.DataFrame(self.slices), "robustness": pd.DataFrame(self.robustness),
-                "most_confident_mistakes": self.mistakes, "reliability": pd.DataFrame(self.reliability)}
+        return {
+            "slices": pd.DataFrame(self.slices),
+            "robustness": pd.DataFrame(self.robustness),
+            "most_confident_mistakes": self.mistakes,
+            "reliability": pd.DataFrame(self.reliability),
+        }
 
     def to_dict(self) -> dict:
         found = {f.name: getattr(self, f.name) for f in fields(self)}
         return {name: asdict(value) if is_dataclass(value) else value for name, value in found.items()} | {
-            "mistakes": self.mistakes.to_dict("records")}
+            "mistakes": self.mistakes.to_dict("records")
+        }
 
 
 def metric_name(text: str) -> str:
@@ -186,9 +221,18 @@ def metric_name(text: str) -> str:
     return re.sub(r"[^\w\-. :/]", "_", text)
 
 
-def evaluate(model_dir: str, data_dir: str, max_length: int, batch_size: int, device: str, precision: str,
-             seed: int, min_slice_size: int, champion: Optional[tuple[str, Predictor]] = None,
-             top_mistakes: int = 20) -> Evaluation:
+def evaluate(
+    model_dir: str,
+    data_dir: str,
+    max_length: int,
+    batch_size: int,
+    device: str,
+    precision: str,
+    seed: int,
+    min_slice_size: int,
+    champion: tuple[str, Predictor] | None = None,
+    top_mistakes: int = 20,
+) -> Evaluation:
     """Stage 5's findings: test metrics with bootstrap intervals, temperature scaling fitted on the validation
     split, the linear baseline, the paired comparison with the champion (version, predictor), slices, robustness
     and the most confident mistakes."""
@@ -213,16 +257,32 @@ def evaluate(model_dir: str, data_dir: str, max_length: int, batch_size: int, de
     wrong = wrong[np.argsort(-served[wrong, predicted[wrong]], kind="stable")][:top_mistakes]
     slices = slice_metrics(splits["test"], truth, predicted)
     return Evaluation(
-        labels=labels, metrics=metrics, loss_before_calibration=cross_entropy(raw, truth),
-        intervals=bootstrap_intervals(truth, predicted, len(labels), seed), calibration=calibration,
-        ece_before=ece_before, ece=ece, reliability_before=bins_before, reliability=bins,
-        baseline=score(baseline_probabilities(splits["train"]["text"].tolist(), targets["train"], texts, len(labels),
-                                              seed), truth, labels),
-        slices=slices, worst_slice=worst_slice(slices, min_slice_size),
+        labels=labels,
+        metrics=metrics,
+        loss_before_calibration=cross_entropy(raw, truth),
+        intervals=bootstrap_intervals(truth, predicted, len(labels), seed),
+        calibration=calibration,
+        ece_before=ece_before,
+        ece=ece,
+        reliability_before=bins_before,
+        reliability=bins,
+        baseline=score(
+            baseline_probabilities(splits["train"]["text"].tolist(), targets["train"], texts, len(labels), seed),
+            truth,
+            labels,
+        ),
+        slices=slices,
+        worst_slice=worst_slice(slices, min_slice_size),
         robustness=robustness(logits_of, texts, truth, metrics.test_accuracy, seed),
-        mistakes=pd.DataFrame({"text": [texts[i] for i in wrong], "true": [labels[truth[i]] for i in wrong],
-                               "predicted": [labels[predicted[i]] for i in wrong],
-                               "probability": served[wrong, predicted[wrong]].round(4)}),
+        mistakes=pd.DataFrame(
+            {
+                "text": [texts[i] for i in wrong],
+                "true": [labels[truth[i]] for i in wrong],
+                "predicted": [labels[predicted[i]] for i in wrong],
+                "probability": served[wrong, predicted[wrong]].round(4),
+            }
+        ),
         champion=compare_paired(predicted == truth, champion[1](texts).argmax(axis=1) == truth, champion[0])
-        if champion else None,
+        if champion
+        else None,
     )

@@ -4,7 +4,6 @@ helper per section; the registry's shortened description keeps whole sections.""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from components.evaluate.core import Evaluation, GateDecision
 from components.handoff import Environment, Manifest, ModelSpec, TrainResult
@@ -13,6 +12,7 @@ from components.handoff import Environment, Manifest, ModelSpec, TrainResult
 @dataclass
 class CardFacts:
     """Everything the card tells: the stages' hand-offs, the data's description and stage 5's findings."""
+
     name: str  # the registered model
     spec: ModelSpec
     manifest: Manifest
@@ -21,20 +21,36 @@ class CardFacts:
     training: TrainResult
     found: Evaluation
     gate: GateDecision
-    sweep: Optional[dict] = None  # handoff.SWEEP, when the model won a sweep (lifecycle tune)
+    sweep: dict | None = None  # handoff.SWEEP, when the model won a sweep (lifecycle tune)
 
 
 def render_model_card(facts: CardFacts) -> str:
-    sections = (_model, _data, _training, _sweep, _metrics, _baseline, _calibration, _slices, _robustness, _mistakes, _gate,
-                _intended_use, _limitations, _ethics)
+    sections = (
+        _model,
+        _data,
+        _training,
+        _sweep,
+        _metrics,
+        _baseline,
+        _calibration,
+        _slices,
+        _robustness,
+        _mistakes,
+        _gate,
+        _intended_use,
+        _limitations,
+        _ethics,
+    )
     texts = (section(facts).strip() for section in sections)
     return _title(facts) + "".join(f"\n## {text}\n" for text in texts if text)
 
 
 def _title(f: CardFacts) -> str:
-    return (f"# Model card: {f.name}\n\nA text classifier for the labels "
-            f"{', '.join(f'`{label}`' for label in f.spec.labels)}, fine-tuned from `{f.spec.base}`\n"
-            f"({f.spec.architecture}, {f.spec.total_parameters:,} parameters).\n")
+    return (
+        f"# Model card: {f.name}\n\nA text classifier for the labels "
+        f"{', '.join(f'`{label}`' for label in f.spec.labels)}, fine-tuned from `{f.spec.base}`\n"
+        f"({f.spec.architecture}, {f.spec.total_parameters:,} parameters).\n"
+    )
 
 
 def _model(f: CardFacts) -> str:
@@ -49,20 +65,38 @@ def _model(f: CardFacts) -> str:
 
 def _data(f: CardFacts) -> str:
     data, meta, labels = f.manifest, f.data_meta, f.spec.labels
-    counts = "\n".join(f"| {split} | " + " | ".join(str(c.get(label, 0)) for label in labels)
-                       + f" | {sum(c.values())} |" for split, c in data.counts.items())
+    counts = "\n".join(
+        f"| {split} | " + " | ".join(str(c.get(label, 0)) for label in labels) + f" | {sum(c.values())} |"
+        for split, c in data.counts.items()
+    )
     leaking = data.dropped_leaking_texts
-    leakage = ("\n- Leakage: " + " and ".join(f"{n} texts of {split}" for split, n in leaking.items())
-               + " that an earlier split also holds were dropped (data.on_leakage=drop).") if leaking else ""
-    damaged = (f"\n- Damaged input: {data.skipped_records} records (not JSON, not in the file's encoding, or with "
-               f"the wrong number of fields) and {data.skipped_files} unreadable feedback files skipped; the "
-               f"validation report names them.") if data.skipped_records or data.skipped_files else ""
-    controls = (f"{data.stripped_control_characters} texts held control characters (NUL and other C0 controls "
-                f"but tab and newline), stripped" if data.control_characters == "strip" else
-                "texts holding control characters are refused")
+    leakage = (
+        (
+            "\n- Leakage: "
+            + " and ".join(f"{n} texts of {split}" for split, n in leaking.items())
+            + " that an earlier split also holds were dropped (data.on_leakage=drop)."
+        )
+        if leaking
+        else ""
+    )
+    damaged = (
+        (
+            f"\n- Damaged input: {data.skipped_records} records (not JSON, not in the file's encoding, or with "
+            f"the wrong number of fields) and {data.skipped_files} unreadable feedback files skipped; the "
+            f"validation report names them."
+        )
+        if data.skipped_records or data.skipped_files
+        else ""
+    )
+    controls = (
+        f"{data.stripped_control_characters} texts held control characters (NUL and other C0 controls "
+        f"but tab and newline), stripped"
+        if data.control_characters == "strip"
+        else "texts holding control characters are refused"
+    )
     return f"""Data
-- Data set: {meta['name']} — source `{data.source}` (sha256 `{data.source_sha256}`).
-- Licence: {meta['licence']}.{f" Cite: {meta['citation']}" if meta['citation'] else ""}
+- Data set: {meta["name"]} — source `{data.source}` (sha256 `{data.source_sha256}`).
+- Licence: {meta["licence"]}.{f" Cite: {meta['citation']}" if meta["citation"] else ""}
 - Cleaning: texts stripped; {data.dropped_duplicates} exact duplicate rows and
   {data.dropped_conflicting_texts} texts seen with conflicting labels dropped; {controls}
   (data.control_characters={data.control_characters}). Splits fingerprint `{data.fingerprint}`.{leakage}{damaged}
@@ -77,24 +111,28 @@ def _personal_data_table(data: Manifest) -> str:
     kinds = sorted({kind for found in data.pii_found.values() for kind in found})
     if not kinds:
         return ""
-    rows = "\n".join(f"| {split} | " + " | ".join(str(found.get(kind, 0)) for kind in kinds)
-                     + f" | {data.pii_texts.get(split, 0)} |" for split, found in data.pii_found.items())
-    return (f"\n\nPersonal data (texts holding each kind; data.pii={data.pii}):\n\n| split | {' | '.join(kinds)} "
-            f"| any |\n|---|{'---|' * len(kinds)}---|\n{rows}")
+    rows = "\n".join(
+        f"| {split} | " + " | ".join(str(found.get(kind, 0)) for kind in kinds) + f" | {data.pii_texts.get(split, 0)} |"
+        for split, found in data.pii_found.items()
+    )
+    return (
+        f"\n\nPersonal data (texts holding each kind; data.pii={data.pii}):\n\n| split | {' | '.join(kinds)} "
+        f"| any |\n|---|{'---|' * len(kinds)}---|\n{rows}"
+    )
 
 
 def _training(f: CardFacts) -> str:
     training, env = f.training, f.environment
     hp = training.hyperparameters
-    dropout = "as in the base model" if hp['dropout'] is None else f"{hp['dropout']:g}"
+    dropout = "as in the base model" if hp["dropout"] is None else f"{hp['dropout']:g}"
     return f"""Training set-up
 - {training.epochs_run} epochs run (best epoch {training.best_epoch}{", stopped early" if training.stopped_early else ""}),
   {training.train_seconds:.0f} s, {training.samples_per_second:.1f} samples/s.
-- Batch size {hp['batch_size']}, AdamW lr {hp['learning_rate']:g}, weight decay {hp['weight_decay']:g},
-  warm-up {hp['warmup_ratio']:.0%} then linear decay, gradient clipping {hp['max_grad_norm']:g}, max length {hp['max_length']} tokens,
+- Batch size {hp["batch_size"]}, AdamW lr {hp["learning_rate"]:g}, weight decay {hp["weight_decay"]:g},
+  warm-up {hp["warmup_ratio"]:.0%} then linear decay, gradient clipping {hp["max_grad_norm"]:g}, max length {hp["max_length"]} tokens,
   dropout {dropout}.
 - Device {env.device}, precision {env.precision}, {env.threads} CPU threads, seed {env.seed}.
-- torch {env.libraries['torch']}, transformers {env.libraries['transformers']}, peft {env.libraries['peft']}."""
+- torch {env.libraries["torch"]}, transformers {env.libraries["transformers"]}, peft {env.libraries["peft"]}."""
 
 
 def _sweep(f: CardFacts) -> str:
@@ -104,16 +142,19 @@ def _sweep(f: CardFacts) -> str:
     from components.tune.core import params_text
 
     sweep = f.sweep
-    defaults = (f" The config's own values (trial {sweep['defaults_trial']}) reached {sweep['defaults_val_loss']:.4f}."
-                if sweep.get("defaults_val_loss") is not None else "")
+    defaults = (
+        f" The config's own values (trial {sweep['defaults_trial']}) reached {sweep['defaults_val_loss']:.4f}."
+        if sweep.get("defaults_val_loss") is not None
+        else ""
+    )
     return f"""Hyper-parameter search
-- These settings came from a sweep (Optuna study `{sweep['study']}`): {sweep['trials']} configurations tried
-  ({sweep['complete']} complete, {sweep['pruned']} pruned on their validation loss, {sweep['failed']} failed) over
+- These settings came from a sweep (Optuna study `{sweep["study"]}`): {sweep["trials"]} configurations tried
+  ({sweep["complete"]} complete, {sweep["pruned"]} pruned on their validation loss, {sweep["failed"]} failed) over
   {", ".join(f"`{key}`" for key in sweep["space"])}.
-- Trial {sweep['winner']} won with the lowest validation loss, {sweep['best_val_loss']:.4f}:
-  `{params_text(sweep['winner_params'])}`.{defaults}
+- Trial {sweep["winner"]} won with the lowest validation loss, {sweep["best_val_loss"]:.4f}:
+  `{params_text(sweep["winner_params"])}`.{defaults}
 - The search saw the train and validation splits only; the test figures below are its first look at the test split.
-  With {sweep['trials']} configurations compared on {sum(f.manifest.counts['val'].values())} validation texts, the
+  With {sweep["trials"]} configurations compared on {sum(f.manifest.counts["val"].values())} validation texts, the
   winner's validation loss is optimistic: a wide search can overfit validation."""
 
 
@@ -121,8 +162,10 @@ def _metrics(f: CardFacts) -> str:
     metrics, found = f.found.metrics, f.found
     (acc_low, acc_high), (f1_low, f1_high) = found.intervals["accuracy"], found.intervals["macro_f1"]
     auc = f"{metrics.test_roc_auc:.4f}" if metrics.test_roc_auc is not None else "n/a (more than two classes)"
-    per_class = "\n".join(f"| {label} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |"
-                          for label, m in metrics.per_class.items())
+    per_class = "\n".join(
+        f"| {label} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |"
+        for label, m in metrics.per_class.items()
+    )
     return f"""Metrics (test split, {metrics.test_size} texts)
 | metric | value | 95% interval (bootstrap) |
 |---|---|---|
@@ -148,27 +191,40 @@ test accuracy {baseline.test_accuracy:.4f}, macro F1 {baseline.test_macro_f1:.4f
 
 def _calibration(f: CardFacts) -> str:
     found, calibration = f.found, f.found.calibration
-    decision = (f"kept in the served model: it lowered the validation cross-entropy from "
-                f"{calibration.val_loss_before:.4f} to {calibration.val_loss_after:.4f}" if calibration.kept else
-                f"not kept: it did not lower the validation cross-entropy ({calibration.val_loss_before:.4f})")
-    return ("Calibration\n"
-            f"Expected calibration error (10 confidence bins) on the test split: {found.ece_before:.4f} as trained, "
-            f"{found.ece:.4f} as served. Temperature scaling fitted on the validation split gave T = "
-            f"{calibration.fitted_temperature:.3f}, {decision}. The reliability diagram is `reliability_diagram.png`.")
+    decision = (
+        f"kept in the served model: it lowered the validation cross-entropy from "
+        f"{calibration.val_loss_before:.4f} to {calibration.val_loss_after:.4f}"
+        if calibration.kept
+        else f"not kept: it did not lower the validation cross-entropy ({calibration.val_loss_before:.4f})"
+    )
+    return (
+        "Calibration\n"
+        f"Expected calibration error (10 confidence bins) on the test split: {found.ece_before:.4f} as trained, "
+        f"{found.ece:.4f} as served. Temperature scaling fitted on the validation split gave T = "
+        f"{calibration.fitted_temperature:.3f}, {decision}. The reliability diagram is `reliability_diagram.png`."
+    )
 
 
 def _slices(f: CardFacts) -> str:
     found, group_column = f.found, f.data_meta.get("group_column")
-    rows = "\n".join(f"| {r['slicing']} | {_slice_name(r)} | {r['size']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} |"
-                     for r in found.slices)
+    rows = "\n".join(
+        f"| {r['slicing']} | {_slice_name(r)} | {r['size']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} |"
+        for r in found.slices
+    )
     worst = found.worst_slice
-    summary = (f"Worst slice: {worst['slicing']} = {_slice_name(worst)}, accuracy {worst['accuracy']:.4f} on "
-               f"{worst['size']} texts, {100 * (found.metrics.test_accuracy - worst['accuracy']):.2f} points below "
-               f"the whole." if worst else "No slice is large enough to judge.")
+    summary = (
+        f"Worst slice: {worst['slicing']} = {_slice_name(worst)}, accuracy {worst['accuracy']:.4f} on "
+        f"{worst['size']} texts, {100 * (found.metrics.test_accuracy - worst['accuracy']):.2f} points below "
+        f"the whole."
+        if worst
+        else "No slice is large enough to judge."
+    )
     grouping = f" and by `{group_column}`" if group_column else ""
-    return (f"Slices\nBy text length (the test texts' tertiles), by source (the data or monitoring's feedback)"
-            f"{grouping}.\n\n| slicing | slice | texts | accuracy | macro F1 |\n|---|---|---|---|---|\n{rows}\n\n"
-            f"{summary}")
+    return (
+        f"Slices\nBy text length (the test texts' tertiles), by source (the data or monitoring's feedback)"
+        f"{grouping}.\n\n| slicing | slice | texts | accuracy | macro F1 |\n|---|---|---|---|---|\n{rows}\n\n"
+        f"{summary}"
+    )
 
 
 def _slice_name(row: dict) -> str:
@@ -176,27 +232,37 @@ def _slice_name(row: dict) -> str:
 
 
 def _robustness(f: CardFacts) -> str:
-    rows = "\n".join(f"| {r['perturbation'].replace('_', ' ')} | {r['changed_share']:.0%} | {r['accuracy']:.4f} | "
-                     f"{100 * r['drop']:+.2f} |" for r in f.found.robustness)
-    return (f"Robustness\nAccuracy on the test texts as real traffic alters them (seeded), against "
-            f"{f.found.metrics.test_accuracy:.4f} on the clean texts:\n\n"
-            f"| perturbation | texts changed | accuracy | drop (points) |\n|---|---|---|---|\n{rows}")
+    rows = "\n".join(
+        f"| {r['perturbation'].replace('_', ' ')} | {r['changed_share']:.0%} | {r['accuracy']:.4f} | "
+        f"{100 * r['drop']:+.2f} |"
+        for r in f.found.robustness
+    )
+    return (
+        f"Robustness\nAccuracy on the test texts as real traffic alters them (seeded), against "
+        f"{f.found.metrics.test_accuracy:.4f} on the clean texts:\n\n"
+        f"| perturbation | texts changed | accuracy | drop (points) |\n|---|---|---|---|\n{rows}"
+    )
 
 
 def _mistakes(f: CardFacts, shown: int = 5) -> str:
     mistakes = f.found.mistakes
     if mistakes.empty:
         return "Most confident mistakes\nNone: every test text was classified correctly."
-    rows = "\n".join(f"| {_cell(row.text)} | {row.true} | {row.predicted} | {row.probability:.3f} |"
-                     for row in mistakes.head(shown).itertuples())
-    return (f"Most confident mistakes\nThe {min(shown, len(mistakes))} most confident of {len(mistakes)} listed in "
-            f"MLflow (`evaluation/most_confident_mistakes.json`):\n\n| text | true | predicted | probability |\n"
-            f"|---|---|---|---|\n{rows}")
+    rows = "\n".join(
+        f"| {_cell(row.text)} | {row.true} | {row.predicted} | {row.probability:.3f} |"
+        for row in mistakes.head(shown).itertuples()
+    )
+    return (
+        f"Most confident mistakes\nThe {min(shown, len(mistakes))} most confident of {len(mistakes)} listed in "
+        f"MLflow (`evaluation/most_confident_mistakes.json`):\n\n| text | true | predicted | probability |\n"
+        f"|---|---|---|---|\n{rows}"
+    )
 
 
 def _gate(f: CardFacts) -> str:
-    return (f"Validation gate: {'PASSED' if f.gate.passed else 'FAILED'}\n"
-            + "\n".join(f"- {reason}" for reason in f.gate.reasons))
+    return f"Validation gate: {'PASSED' if f.gate.passed else 'FAILED'}\n" + "\n".join(
+        f"- {reason}" for reason in f.gate.reasons
+    )
 
 
 def _intended_use(f: CardFacts) -> str:
@@ -208,8 +274,10 @@ evaluating it there first."""
 
 def _limitations(f: CardFacts) -> str:
     metrics, (low, high) = f.found.metrics, f.found.intervals["accuracy"]
-    balance = {"undersample": " was forced by undersampling", "oversample": " was forced by oversampling the train "
-               "split (its smaller classes' texts repeated)"}.get(f.data_meta.get("balance"), " follows the data")
+    balance = {
+        "undersample": " was forced by undersampling",
+        "oversample": " was forced by oversampling the train split (its smaller classes' texts repeated)",
+    }.get(f.data_meta.get("balance"), " follows the data")
     return f"""Limitations
 - Measured on {metrics.test_size} held-out texts from the same source as the training data: the figures above do not
   carry over to other sources, and at this size the 95% interval of accuracy spans
@@ -221,8 +289,11 @@ def _limitations(f: CardFacts) -> str:
 
 def _ethics(f: CardFacts) -> str:
     group_column = f.data_meta.get("group_column")
-    groups = (" and by " + group_column if group_column else
-              "; name a column of groups (language, channel) as data.group_column to see errors per group")
+    groups = (
+        " and by " + group_column
+        if group_column
+        else "; name a column of groups (language, channel) as data.group_column to see errors per group"
+    )
     return f"""Ethical considerations
 - Bias: the data reflects the people, places and period it was collected from; the model may treat dialects,
   slang or non-native writing differently. The slices above show errors by length and source{groups}.
@@ -244,30 +315,38 @@ def _personal_data(f: CardFacts) -> str:
             found[kind] = found.get(kind, 0) + n
     names = "" if "PERSON" in data.pii_entities else " (names not checked: no pii.spacy_model)"
     listed = ", ".join(f"{n} {kind}" for kind, n in sorted(found.items())) or "none"
-    done = {"redact": "each replaced by its typed placeholder (<PHONE_NUMBER>) before training",
-            "report": "trained on as they are (data.pii=report)"}.get(data.pii, "")
-    return (f"the texts were checked for {', '.join(data.pii_entities)}{names}; texts holding each kind: "
-            f"{listed}{'; ' + done if found and done else ''}.")
+    done = {
+        "redact": "each replaced by its typed placeholder (<PHONE_NUMBER>) before training",
+        "report": "trained on as they are (data.pii=report)",
+    }.get(data.pii, "")
+    return (
+        f"the texts were checked for {', '.join(data.pii_entities)}{names}; texts holding each kind: "
+        f"{listed}{'; ' + done if found and done else ''}."
+    )
 
 
 def _private_training(f: CardFacts) -> str:
     privacy = f.training.hyperparameters.get("privacy")
     if not privacy:
         return "Trained without differential privacy (train.privacy unset)."
-    return (f"Trained with differential privacy (DP-SGD, Opacus): ε = {f.training.epsilon_spent:.2f} spent of the "
-            f"target {privacy['epsilon']:g}, δ = {privacy['delta']:g}, per-text gradients clipped to "
-            f"{privacy['max_grad_norm']:g}.")
+    return (
+        f"Trained with differential privacy (DP-SGD, Opacus): ε = {f.training.epsilon_spent:.2f} spent of the "
+        f"target {privacy['epsilon']:g}, δ = {privacy['delta']:g}, per-text gradients clipped to "
+        f"{privacy['max_grad_norm']:g}."
+    )
 
 
 def _cell(text: str, width: int = 80) -> str:
     """A text as one markdown table cell."""
     flat = " ".join(text.split()).replace("|", "\\|")
-    return flat if len(flat) <= width else flat[:width - 1] + "…"
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-MERGED = {"lora": "; LoRA weights merged into the base",
-          "qlora": "; trained on a 4-bit NF4 base, LoRA weights merged into the full-precision base",
-          "adapter": "; the bottleneck adapters saved beside the base's weights"}
+MERGED = {
+    "lora": "; LoRA weights merged into the base",
+    "qlora": "; trained on a 4-bit NF4 base, LoRA weights merged into the full-precision base",
+    "adapter": "; the bottleneck adapters saved beside the base's weights",
+}
 
 
 def _strategy_detail(spec: ModelSpec) -> str:
@@ -287,6 +366,9 @@ def _strategy_detail(spec: ModelSpec) -> str:
 
 def _saved_as(spec: ModelSpec) -> str:
     if spec.strategy == "peft":
-        return (f"; {spec.peft_method} merged into the base" if spec.merged_into_base else
-                f"; {spec.peft_method}'s adapter saved beside the base's weights (the method cannot merge)")
+        return (
+            f"; {spec.peft_method} merged into the base"
+            if spec.merged_into_base
+            else f"; {spec.peft_method}'s adapter saved beside the base's weights (the method cannot merge)"
+        )
     return MERGED.get(spec.strategy, "")

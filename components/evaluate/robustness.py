@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import re
 import string
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -15,11 +15,12 @@ Perturbation = Callable[[str, random.Random], str]
 
 def typos(text: str, rng: random.Random, rate: float = 0.1) -> str:
     """Two neighbouring inner letters swapped in about `rate` of the words of four letters or more."""
+
     def swap(word: str) -> str:
         if len(word) < 4 or rng.random() >= rate:
             return word
         i = rng.randrange(1, len(word) - 2)
-        return word[:i] + word[i + 1] + word[i] + word[i + 2:]
+        return word[:i] + word[i + 1] + word[i] + word[i + 2 :]
 
     return " ".join(swap(word) for word in text.split(" "))
 
@@ -35,8 +36,14 @@ PERTURBATIONS: dict[str, Perturbation] = {
 }
 
 
-def robustness(predict: Callable[[list[str]], np.ndarray], texts: list[str], targets: np.ndarray,
-               clean_accuracy: float, seed: int, perturbations: dict[str, Perturbation] = PERTURBATIONS) -> list[dict]:
+def robustness(
+    predict: Callable[[list[str]], np.ndarray],
+    texts: list[str],
+    targets: np.ndarray,
+    clean_accuracy: float,
+    seed: int,
+    perturbations: dict[str, Perturbation] = PERTURBATIONS,
+) -> list[dict]:
     """Per perturbation: the share of texts it changed, the accuracy on the changed set, and its drop against
     the clean accuracy (in points of accuracy, positive when worse)."""
     rows = []
@@ -44,6 +51,12 @@ def robustness(predict: Callable[[list[str]], np.ndarray], texts: list[str], tar
         rng = random.Random(f"{seed}-{name}")
         altered = [perturb(text, rng) for text in texts]
         accuracy = float((predict(altered).argmax(axis=1) == targets).mean())
-        rows.append({"perturbation": name, "changed_share": float(np.mean([a != t for a, t in zip(altered, texts)])),
-                     "accuracy": accuracy, "drop": clean_accuracy - accuracy})
+        rows.append(
+            {
+                "perturbation": name,
+                "changed_share": float(np.mean([a != t for a, t in zip(altered, texts)])),
+                "accuracy": accuracy,
+                "drop": clean_accuracy - accuracy,
+            }
+        )
     return rows

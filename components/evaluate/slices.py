@@ -32,11 +32,16 @@ def slice_metrics(test: pd.DataFrame, targets: np.ndarray, predicted: np.ndarray
             inside = (values == value).to_numpy()
             if not inside.any():  # a length bucket that ties left empty
                 continue
-            rows.append({"slicing": slicing, "slice": value, "size": int(inside.sum()),
-                         "range": ranges[value] if slicing == "length" else "",
-                         "accuracy": float((predicted[inside] == targets[inside]).mean()),
-                         "macro_f1": float(f1_score(targets[inside], predicted[inside], average="macro",
-                                                    zero_division=0))})
+            rows.append(
+                {
+                    "slicing": slicing,
+                    "slice": value,
+                    "size": int(inside.sum()),
+                    "range": ranges[value] if slicing == "length" else "",
+                    "accuracy": float((predicted[inside] == targets[inside]).mean()),
+                    "macro_f1": float(f1_score(targets[inside], predicted[inside], average="macro", zero_division=0)),
+                }
+            )
     return rows
 
 

@@ -7,8 +7,9 @@ from components.config import LifecycleConfig
 from components.stages import FINE_TUNE
 
 
-def fine_tune(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: str, init_dir: str, env_dir: str,
-              out_dir: str) -> dict:
+def fine_tune(
+    config_json: str, tracking_uri: str, parent_run_id: str, data_dir: str, init_dir: str, env_dir: str, out_dir: str
+) -> dict:
     import mlflow
     import torch
 
@@ -22,23 +23,43 @@ def fine_tune(config_json: str, tracking_uri: str, parent_run_id: str, data_dir:
     env = read_environment(env_dir)
     torch.set_num_threads(env.threads)
     seed_everything(cfg.seed)
-    placement = decide_placement(cfg.train.nodes, cfg.train.processes, env.device, cfg.kfp.gpu.count,
-                                 cfg.train.privacy is not None)
+    placement = decide_placement(
+        cfg.train.nodes, cfg.train.processes, env.device, cfg.kfp.gpu.count, cfg.train.privacy is not None
+    )
     with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, FINE_TUNE.run_name) as stage:
-        mlflow.log_params({"processes": placement.value.processes, "nodes": cfg.train.nodes,
-                           "placement": placement.value.where})
+        mlflow.log_params(
+            {"processes": placement.value.processes, "nodes": cfg.train.nodes, "placement": placement.value.where}
+        )
         mlflow.set_tag("placement_reason", placement.reason)
-        job = FineTuneJob(init_dir, data_dir, out_dir, join(cfg.checkpoints_uri(), parent_run_id), cfg.model,
-                          cfg.train, env.device, env.precision, cfg.seed, env.threads,
-                          (tracking_uri, mlflow.active_run().info.run_id))
+        job = FineTuneJob(
+            init_dir,
+            data_dir,
+            out_dir,
+            join(cfg.checkpoints_uri(), parent_run_id),
+            cfg.model,
+            cfg.train,
+            env.device,
+            env.precision,
+            cfg.seed,
+            env.threads,
+            (tracking_uri, mlflow.active_run().info.run_id),
+        )
         result = _train(cfg, parent_run_id, placement.value, job)
-        mlflow.log_metrics({"train_seconds": result.train_seconds, "samples_per_second": result.samples_per_second,
-                            "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
-                            "best_val_accuracy": result.best_val_accuracy}
-                           | ({"epsilon_spent": result.epsilon_spent} if result.epsilon_spent is not None else {}))
+        mlflow.log_metrics(
+            {
+                "train_seconds": result.train_seconds,
+                "samples_per_second": result.samples_per_second,
+                "best_epoch": result.best_epoch,
+                "best_val_loss": result.best_val_loss,
+                "best_val_accuracy": result.best_val_accuracy,
+            }
+            | ({"epsilon_spent": result.epsilon_spent} if result.epsilon_spent is not None else {})
+        )
         mlflow.log_dict(result.to_dict(), TRAIN_RESULT)
-        stage.result = (f"best epoch {result.best_epoch} of {result.epochs_run}: val loss {result.best_val_loss:.4f}, "
-                        f"val accuracy {result.best_val_accuracy:.2%}; {result.samples_per_second:.0f} texts/s")
+        stage.result = (
+            f"best epoch {result.best_epoch} of {result.epochs_run}: val loss {result.best_val_loss:.4f}, "
+            f"val accuracy {result.best_val_accuracy:.2%}; {result.samples_per_second:.0f} texts/s"
+        )
     return {k: v for k, v in result.to_dict().items() if k != "history"}
 
 

@@ -8,8 +8,6 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
-
 
 LATEST = "LATEST"  # in a remote checkpoint folder: the name of the newest complete checkpoint
 
@@ -55,9 +53,15 @@ class Checkpoint:
             os.link(best, tmp / "best.safetensors")
         except OSError:  # a filesystem without hard links
             shutil.copyfile(best, tmp / "best.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "optim.pt")
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            tmp / "optim.pt",
+        )
         (tmp / "state.json").write_text(json.dumps(asdict(state)))
         # Replace the old checkpoint only once the new one is complete.
         if self.root.exists():
@@ -75,14 +79,14 @@ class Checkpoint:
         if previous and previous != name:
             storage.remove(storage.join(self.remote, previous))
 
-    def _latest(self) -> Optional[str]:
+    def _latest(self) -> str | None:
         """The newest complete checkpoint at the remote URI, or None."""
         from components import storage
 
         latest = storage.join(self.remote, LATEST)
         return storage.read_bytes(latest).decode().strip() if storage.exists(latest) else None
 
-    def load(self, model, optimizer, scheduler) -> Optional[TrainingState]:
+    def load(self, model, optimizer, scheduler) -> TrainingState | None:
         import torch
         from safetensors.torch import load_file
 

@@ -9,19 +9,36 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING
 
 from components.config import ConfigError, ModelConfig, TrainConfig, resolved_hyperparameters
 from components.console import Progress
 from components.fine_tune.checkpoint import Checkpoint, TrainingState
 from components.fine_tune.pooled_block import first_token_only
-from components.handoff import (MODEL_SPEC, TRAIN_RESULT, FineTuneJob, ModelSpec, TrainResult, read_manifest,
-                                read_model_spec, read_split, write_json, write_labels)
-from components.model.core import (apply_strategy, load_classifier, save_trained, set_dropout, spec_as_trained,
-                                   transformer_blocks)
+from components.handoff import (
+    MODEL_SPEC,
+    TRAIN_RESULT,
+    FineTuneJob,
+    ModelSpec,
+    TrainResult,
+    read_manifest,
+    read_model_spec,
+    read_split,
+    write_json,
+    write_labels,
+)
+from components.model.core import (
+    apply_strategy,
+    load_classifier,
+    save_trained,
+    set_dropout,
+    spec_as_trained,
+    transformer_blocks,
+)
 from components.text_batches import autocast, collate, encode, loss_and_accuracy, predict_logits, train_batches
 
 if TYPE_CHECKING:
@@ -35,6 +52,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Ranks:
     """This process among the training processes (torch.distributed under torchrun); alone, rank 0 of 1."""
+
     rank: int = 0
     world: int = 1
 
@@ -43,7 +61,7 @@ class Ranks:
         return self.rank == 0
 
     @classmethod
-    def current(cls) -> "Ranks":
+    def current(cls) -> Ranks:
         import torch.distributed as dist
 
         return cls(dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else cls()
@@ -51,13 +69,14 @@ class Ranks:
     def share(self, batches: list) -> list:
         """This rank's share of an epoch's batches: every rank the same number (the list wrapped round to a
         multiple of the ranks, as PyTorch's DistributedSampler pads), rank r taking every world-th from r."""
-        padded = batches + batches[:(-len(batches)) % self.world]
-        return padded[self.rank::self.world]
+        padded = batches + batches[: (-len(batches)) % self.world]
+        return padded[self.rank :: self.world]
 
 
 @dataclass
 class Session:
     """What the phases of fine-tuning share: the model (DDP-wrapped across processes), its data and its state."""
+
     model: object
     tokenizer: object
     labels: list[str]
@@ -66,19 +85,19 @@ class Session:
     optimizer: object
     scheduler: object
     epoch_batches: list[list[list[int]]]  # this rank's batches, per epoch
-    checkpoint: "Checkpoint"
-    state: "TrainingState"
+    checkpoint: Checkpoint
+    state: TrainingState
     spec: ModelSpec  # what trains, as trained
     ranks: Ranks
     device: str
     precision: str
-    feed_train: Optional[Callable] = None  # partial and head: puts the cached frozen outputs in place
-    feed_val: Optional[Callable] = None
+    feed_train: Callable | None = None  # partial and head: puts the cached frozen outputs in place
+    feed_val: Callable | None = None
     contexts: list = field(default_factory=list)  # what stands in for the frozen blocks, the pooled last block
     resumed_from: int = 0
     seen: int = 0  # training texts seen by this rank
     class_weights: object = None  # train.class_weights: a tensor on the device, one weight per label; None: none
-    private: Optional["PrivateTraining"] = None  # train.privacy: DP-SGD's hooks, optimizer and accountant
+    private: PrivateTraining | None = None  # train.privacy: DP-SGD's hooks, optimizer and accountant
 
     @property
     def trained(self):
@@ -86,8 +105,9 @@ class Session:
         return getattr(self.model, "module", self.model)
 
 
-def fine_tune(job: FineTuneJob, log_metrics: Optional[MetricsLogger] = None,
-              after_epoch: Optional[EpochHook] = None) -> Optional[TrainResult]:
+def fine_tune(
+    job: FineTuneJob, log_metrics: MetricsLogger | None = None, after_epoch: EpochHook | None = None
+) -> TrainResult | None:
     """Train the stage 2 model on the stage 1 splits; writes a merged safetensors model to job.out_dir.
     Checkpoints go to job.checkpoint_uri, where a later job with the same URI resumes. Under torchrun
     (components/fine_tune/processes.py) each process trains on its share of the batches with DDP; rank 0
@@ -106,9 +126,19 @@ def fine_tune(job: FineTuneJob, log_metrics: Optional[MetricsLogger] = None,
             epoch_start = time.perf_counter()
             train_loss = train_epoch(session, epoch, train_cfg, log_metrics)
             val_loss, val_accuracy = validate(session, train_cfg)
-            end_epoch(session, epoch, train_cfg, log_metrics, {
-                "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_accuracy,
-                "seconds": time.perf_counter() - epoch_start})
+            end_epoch(
+                session,
+                epoch,
+                train_cfg,
+                log_metrics,
+                {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "val_accuracy": val_accuracy,
+                    "seconds": time.perf_counter() - epoch_start,
+                },
+            )
             if after_epoch:
                 after_epoch(session.state.history[-1])
     if not session.ranks.leader:
@@ -125,8 +155,10 @@ def set_up(job: FineTuneJob, train_cfg: TrainConfig) -> Session:
     ranks = Ranks.current()
     quantized = model_cfg.strategy == "qlora"
     if quantized and device != "cuda":
-        raise ConfigError(f"model.strategy=qlora needs a CUDA GPU (bitsandbytes 4-bit); this machine trains on "
-                          f"{device}: use model.strategy=lora")
+        raise ConfigError(
+            f"model.strategy=qlora needs a CUDA GPU (bitsandbytes 4-bit); this machine trains on "
+            f"{device}: use model.strategy=lora"
+        )
     torch.manual_seed(job.seed)  # LoRA's initial weights and dropout; a resumed run restores the saved RNG state
     labels = read_manifest(job.data_dir).labels
     model, tokenizer = load_classifier(job.init_dir, labels, quantized)
@@ -138,11 +170,13 @@ def set_up(job: FineTuneJob, train_cfg: TrainConfig) -> Session:
         model = model.to(device)
     train = _encode_split(tokenizer, job.data_dir, "train", labels, model_cfg.max_length, train_cfg.max_train_samples)
     val = _encode_split(tokenizer, job.data_dir, "val", labels, model_cfg.max_length)
-    session_feeds, contexts = _frozen_and_pooled(model, model_cfg, train_cfg, train, val, tokenizer.pad_token_id,
-                                                 device, precision)
+    session_feeds, contexts = _frozen_and_pooled(
+        model, model_cfg, train_cfg, train, val, tokenizer.pad_token_id, device, precision
+    )
     if ranks.world > 1:  # gradients all-reduced across the processes; every rank starts from rank 0's weights
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[torch.cuda.current_device()] if device == "cuda" else None)
+            model, device_ids=[torch.cuda.current_device()] if device == "cuda" else None
+        )
 
     # Every epoch's batches up front, the same on every rank: the schedule needs the number of steps, and a
     # resumed run the same order.
@@ -152,8 +186,10 @@ def set_up(job: FineTuneJob, train_cfg: TrainConfig) -> Session:
 
         epoch_batches = [poisson_batches(len(train), train_cfg.batch_size, rng) for _ in range(train_cfg.epochs)]
     else:
-        epoch_batches = [ranks.share(train_batches(train, train_cfg.batch_size, rng, train_cfg.max_batch_tokens))
-                         for _ in range(train_cfg.epochs)]
+        epoch_batches = [
+            ranks.share(train_batches(train, train_cfg.batch_size, rng, train_cfg.max_batch_tokens))
+            for _ in range(train_cfg.epochs)
+        ]
     total_steps = sum(map(len, epoch_batches))
     optimizer, scheduler = _optimizer(model, train_cfg, device, total_steps)
     checkpoint = Checkpoint(job.checkpoint_uri)
@@ -164,15 +200,48 @@ def set_up(job: FineTuneJob, train_cfg: TrainConfig) -> Session:
     if train_cfg.privacy:
         from components.fine_tune.privacy import make_private
 
-        private = make_private(model, optimizer, train_cfg.privacy, train_cfg.batch_size, len(train), total_steps,
-                               sum(map(len, epoch_batches[:state.epoch])))
-        log.info("DP-SGD: noise multiplier %.3f for ε %g at δ %g over %d steps", private.noise_multiplier,
-                 train_cfg.privacy.epsilon, train_cfg.privacy.delta, total_steps)
-    weights = (torch.tensor(balanced_class_weights(train.labels, len(labels)), device=device)
-               if train_cfg.class_weights == "balanced" else None)
-    return Session(model, tokenizer, labels, train, val, optimizer, scheduler, epoch_batches, checkpoint, state,
-                   spec, ranks, device, precision, *session_feeds, contexts=contexts, resumed_from=state.epoch,
-                   class_weights=weights, private=private)
+        private = make_private(
+            model,
+            optimizer,
+            train_cfg.privacy,
+            train_cfg.batch_size,
+            len(train),
+            total_steps,
+            sum(map(len, epoch_batches[: state.epoch])),
+        )
+        log.info(
+            "DP-SGD: noise multiplier %.3f for ε %g at δ %g over %d steps",
+            private.noise_multiplier,
+            train_cfg.privacy.epsilon,
+            train_cfg.privacy.delta,
+            total_steps,
+        )
+    weights = (
+        torch.tensor(balanced_class_weights(train.labels, len(labels)), device=device)
+        if train_cfg.class_weights == "balanced"
+        else None
+    )
+    return Session(
+        model,
+        tokenizer,
+        labels,
+        train,
+        val,
+        optimizer,
+        scheduler,
+        epoch_batches,
+        checkpoint,
+        state,
+        spec,
+        ranks,
+        device,
+        precision,
+        *session_feeds,
+        contexts=contexts,
+        resumed_from=state.epoch,
+        class_weights=weights,
+        private=private,
+    )
 
 
 def _optimizer(model, train_cfg: TrainConfig, device: str, total_steps: int):
@@ -186,12 +255,12 @@ def _optimizer(model, train_cfg: TrainConfig, device: str, total_steps: int):
         {"params": [p for n, p in trainable if p.ndim <= 1], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=train_cfg.learning_rate, fused=device in ("cuda", "cpu"))
-    return optimizer, get_linear_schedule_with_warmup(optimizer, int(train_cfg.warmup_ratio * total_steps),
-                                                      total_steps)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, int(train_cfg.warmup_ratio * total_steps), total_steps)
 
 
-def _frozen_and_pooled(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train, val, pad_id: int, device: str,
-                       precision: str) -> tuple[tuple, list]:
+def _frozen_and_pooled(
+    model, model_cfg: ModelConfig, train_cfg: TrainConfig, train, val, pad_id: int, device: str, precision: str
+) -> tuple[tuple, list]:
     """((feed_train, feed_val), contexts): the frozen blocks give the same output every epoch, so it is computed
     once and the top trains on it; a trained last block runs for the pooled position only (where the architecture
     allows)."""
@@ -202,14 +271,25 @@ def _frozen_and_pooled(model, model_cfg: ModelConfig, train_cfg: TrainConfig, tr
     from components.fine_tune.frozen_blocks import CachedBlocks, frozen_outputs, standing_in
 
     started = time.perf_counter()
-    cached = {name: frozen_outputs(model, split, frozen, train_cfg.eval_batch_size, train_cfg.max_batch_tokens,
-                                   pad_id, device, precision) for name, split in (("train", train), ("val", val))}
+    cached = {
+        name: frozen_outputs(
+            model, split, frozen, train_cfg.eval_batch_size, train_cfg.max_batch_tokens, pad_id, device, precision
+        )
+        for name, split in (("train", train), ("val", val))
+    }
     size_mb = sum(s.numel() * s.element_size() for states in cached.values() for s in states) / 2**20
-    log.info("cached the output of the %d frozen blocks for %d texts (%.0f MB, %.1f s)", frozen,
-             len(train) + len(val), size_mb, time.perf_counter() - started)
+    log.info(
+        "cached the output of the %d frozen blocks for %d texts (%.0f MB, %.1f s)",
+        frozen,
+        len(train) + len(val),
+        size_mb,
+        time.perf_counter() - started,
+    )
     stand_in = CachedBlocks()
-    feeds = (lambda indices: stand_in.feed(cached["train"], indices, device),
-             lambda indices: stand_in.feed(cached["val"], indices, device))
+    feeds = (
+        lambda indices: stand_in.feed(cached["train"], indices, device),
+        lambda indices: stand_in.feed(cached["val"], indices, device),
+    )
     return feeds, [standing_in(model, frozen, stand_in), pooled]
 
 
@@ -223,7 +303,7 @@ def train_epoch(session: Session, epoch: int, train_cfg: TrainConfig, log_metric
     running = torch.zeros((), device=device)
     window, window_steps = torch.zeros((), device=device), 0
     batches = session.epoch_batches[epoch - 1]
-    first_step = sum(map(len, session.epoch_batches[:epoch - 1]))
+    first_step = sum(map(len, session.epoch_batches[: epoch - 1]))
     progress = Progress(len(batches), f"epoch {epoch}/{train_cfg.epochs}", log) if session.ranks.leader else None
     optimizer = session.private.optimizer if session.private else session.optimizer
     for step, indices in enumerate(batches, start=1):
@@ -249,8 +329,10 @@ def train_epoch(session: Session, epoch: int, train_cfg: TrainConfig, log_metric
         session.seen += len(indices)
         if window_steps == train_cfg.log_every_steps or step == len(batches):
             if session.ranks.leader:
-                log_metrics({"train_loss": window.item() / window_steps,
-                             "learning_rate": session.scheduler.get_last_lr()[0]}, first_step + step)
+                log_metrics(
+                    {"train_loss": window.item() / window_steps, "learning_rate": session.scheduler.get_last_lr()[0]},
+                    first_step + step,
+                )
             window, window_steps = torch.zeros((), device=device), 0
         if progress:
             progress.update(1)
@@ -282,9 +364,18 @@ def validate(session: Session, train_cfg: TrainConfig) -> tuple[float, float]:
     result = [None]
     if session.ranks.leader:
         result[0] = loss_and_accuracy(
-            predict_logits(session.trained, session.val, train_cfg.eval_batch_size, session.tokenizer.pad_token_id,
-                           session.device, session.precision, session.feed_val, train_cfg.max_batch_tokens),
-            session.val.labels)
+            predict_logits(
+                session.trained,
+                session.val,
+                train_cfg.eval_batch_size,
+                session.tokenizer.pad_token_id,
+                session.device,
+                session.precision,
+                session.feed_val,
+                train_cfg.max_batch_tokens,
+            ),
+            session.val.labels,
+        )
     if session.ranks.world > 1:
         import torch.distributed as dist
 
@@ -299,8 +390,15 @@ def end_epoch(session: Session, epoch: int, train_cfg: TrainConfig, log_metrics:
     state.history.append(row)
     if session.ranks.leader:
         log_metrics({k: v for k, v in row.items() if k != "epoch"}, epoch)
-        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.2f%% (%.0f s)", epoch,
-                 train_cfg.epochs, row["train_loss"], row["val_loss"], 100 * row["val_accuracy"], row["seconds"])
+        log.info(
+            "epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.2f%% (%.0f s)",
+            epoch,
+            train_cfg.epochs,
+            row["train_loss"],
+            row["val_loss"],
+            100 * row["val_accuracy"],
+            row["seconds"],
+        )
     improved = row["val_loss"] < state.best_val_loss
     if improved:
         state.best_val_loss, state.best_epoch, state.epochs_without_improvement = row["val_loss"], epoch, 0
@@ -319,8 +417,15 @@ def finish(session: Session, job: FineTuneJob, train_cfg: TrainConfig, elapsed: 
     state, model, strategy, out_dir = session.state, session.trained, job.model_cfg.strategy, job.out_dir
     if state.best_epoch != state.epoch:  # else the weights in the model are the best
         model.load_state_dict(session.checkpoint.best_weights(), strict=False)
-    merged = _save_model(model, session.tokenizer, session.labels, job.model_cfg.max_length, Path(out_dir),
-                         job.init_dir, strategy == "qlora")
+    merged = _save_model(
+        model,
+        session.tokenizer,
+        session.labels,
+        job.model_cfg.max_length,
+        Path(out_dir),
+        job.init_dir,
+        strategy == "qlora",
+    )
     best = next(r for r in state.history if r["epoch"] == state.best_epoch)
     result = TrainResult(
         model_dir=str(out_dir),
@@ -366,19 +471,20 @@ def frozen_block_count(model, model_cfg: ModelConfig) -> int:
     return 0
 
 
-def _encode_split(tokenizer, data_dir: str, split: str, labels: list[str], max_length: int,
-                  max_samples: Optional[int] = None):
+def _encode_split(
+    tokenizer, data_dir: str, split: str, labels: list[str], max_length: int, max_samples: int | None = None
+):
     rows = read_split(data_dir, split).head(max_samples)
     index = {label: i for i, label in enumerate(labels)}
     return encode(tokenizer, rows["text"].tolist(), max_length, [index[v] for v in rows["label"]])
 
 
-def _save_model(model, tokenizer, labels: list[str], max_length: int, out_dir: Path, init_dir: str,
-                quantized: bool) -> Optional[bool]:
+def _save_model(
+    model, tokenizer, labels: list[str], max_length: int, out_dir: Path, init_dir: str, quantized: bool
+) -> bool | None:
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.model_max_length = max_length  # so whoever serves it truncates as training did
     merged = save_trained(model, out_dir, init_dir, labels, quantized)
     tokenizer.save_pretrained(out_dir)
     write_labels(out_dir, labels)
     return merged
-

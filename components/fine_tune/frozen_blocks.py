@@ -4,7 +4,6 @@ give every text the same output in every epoch. Run them once per text, then tra
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Optional
 
 import torch
 
@@ -17,9 +16,18 @@ class _Captured(Exception):
         self.hidden = hidden
 
 
-def frozen_outputs(model, split: EncodedSplit, frozen: int, batch_size: int, max_tokens: Optional[int], pad_id: int,
-                   device: str, precision: str) -> list:
+def frozen_outputs(
+    model,
+    split: EncodedSplit,
+    frozen: int,
+    batch_size: int,
+    max_tokens: int | None,
+    pad_id: int,
+    device: str,
+    precision: str,
+) -> list:
     """Per text, the output of the last frozen block (unpadded, fp32, on the CPU), from one pass in eval mode."""
+
     def stop(module, args, output):  # nothing above the frozen blocks needs to run
         raise _Captured(output)
 
@@ -36,7 +44,7 @@ def frozen_outputs(model, split: EncodedSplit, frozen: int, batch_size: int, max
                 except _Captured as captured:
                     hidden = captured.hidden.float().cpu()
                 for row, i in enumerate(indices):
-                    states[i] = hidden[row, :len(split.input_ids[i])].clone()
+                    states[i] = hidden[row, : len(split.input_ids[i])].clone()
     finally:
         handle.remove()
     return states

@@ -4,7 +4,7 @@ Trainer TrainJob on several nodes. A pure decision: the adapter only carries it 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 from components.decision import Decision
 
@@ -17,19 +17,27 @@ class Placement:
     processes: int  # ranks on this machine, or on each node of a TrainJob
 
 
-def decide_placement(nodes: int, processes: Optional[int], device: str, gpus: int,
-                     private: bool = False) -> Decision[Placement]:
+def decide_placement(
+    nodes: int, processes: int | None, device: str, gpus: int, private: bool = False
+) -> Decision[Placement]:
     """`nodes` (train.nodes) > 1 trains in a TrainJob; else `processes` (train.processes, default one rank per GPU
     of `gpus` (kfp.gpu.count) on a CUDA device, one elsewhere) > 1 trains under torchrun. `private`
     (train.privacy) trains in the task's process."""
     if private:
         return Decision(Placement("in_process", 1), "in the task's process (train.privacy: DP-SGD in one process)")
     ranks = processes or (gpus if device == "cuda" else 1) or 1
-    origin = (f"train.processes={processes}" if processes else
-              f"one per GPU of kfp.gpu.count={gpus}" if device == "cuda" and gpus else "one on this device")
+    origin = (
+        f"train.processes={processes}"
+        if processes
+        else f"one per GPU of kfp.gpu.count={gpus}"
+        if device == "cuda" and gpus
+        else "one on this device"
+    )
     if nodes > 1:
-        return Decision(Placement("train_job", ranks), f"train.nodes={nodes}: a TrainJob of {nodes} nodes, "
-                                                       f"{ranks} ranks each ({origin})")
+        return Decision(
+            Placement("train_job", ranks),
+            f"train.nodes={nodes}: a TrainJob of {nodes} nodes, {ranks} ranks each ({origin})",
+        )
     if ranks > 1:
         return Decision(Placement("processes", ranks), f"{ranks} ranks under torchrun with DDP ({origin})")
     return Decision(Placement("in_process", 1), f"in the task's process ({origin})")

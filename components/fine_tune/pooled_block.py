@@ -45,8 +45,14 @@ def _bert_layer_first_token(layer, hidden_states, attention_mask=None, *args, **
     if attention_mask is not None:  # (batch, 1, queries, keys): keep the first query's row
         attention_mask = attention_mask[:, :, :1]
     attend = ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation, eager_attention_forward)
-    context, _ = attend(attention, heads(attention.query(first)), heads(attention.key(hidden_states)),
-                        heads(attention.value(hidden_states)), attention_mask,
-                        dropout=attention.dropout.p if layer.training else 0.0, scaling=attention.scaling)
+    context, _ = attend(
+        attention,
+        heads(attention.query(first)),
+        heads(attention.key(hidden_states)),
+        heads(attention.value(hidden_states)),
+        attention_mask,
+        dropout=attention.dropout.p if layer.training else 0.0,
+        scaling=attention.scaling,
+    )
     attended = layer.attention.output(context.reshape(first.shape[0], 1, -1), first)
     return layer.output(layer.intermediate(attended), attended)

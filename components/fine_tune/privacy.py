@@ -18,6 +18,7 @@ ACCOUNTANT = "prv"  # Opacus's default: tighter than RDP for the same noise
 @dataclass
 class PrivateTraining:
     """The per-text gradient hooks, the noisy optimizer and the accountant of one training."""
+
     hooks: object  # opacus.GradSampleModule, whose hooks stay on the model's own layers
     optimizer: object  # opacus.optimizers.DPOptimizer around the AdamW
     accountant: object
@@ -38,8 +39,9 @@ def poisson_batches(texts: int, batch_size: int, rng: random.Random) -> list[lis
     return [[i for i in range(texts) if rng.random() < rate] for _ in range(max(1, round(texts / batch_size)))]
 
 
-def make_private(model, optimizer, privacy: PrivacyConfig, batch_size: int, texts: int, total_steps: int,
-                 steps_done: int = 0) -> PrivateTraining:
+def make_private(
+    model, optimizer, privacy: PrivacyConfig, batch_size: int, texts: int, total_steps: int, steps_done: int = 0
+) -> PrivateTraining:
     """The model's trained layers hooked for per-text gradients and the optimizer made DP-SGD's, with the noise that
     spends privacy.epsilon over total_steps; `steps_done` (a resumed training) are counted as spent."""
     from opacus import GradSampleModule
@@ -49,14 +51,20 @@ def make_private(model, optimizer, privacy: PrivacyConfig, batch_size: int, text
 
     check_layers(model)
     sample_rate = min(1.0, batch_size / texts)
-    noise = get_noise_multiplier(target_epsilon=privacy.epsilon, target_delta=privacy.delta,
-                                 sample_rate=sample_rate, steps=total_steps, accountant=ACCOUNTANT)
+    noise = get_noise_multiplier(
+        target_epsilon=privacy.epsilon,
+        target_delta=privacy.delta,
+        sample_rate=sample_rate,
+        steps=total_steps,
+        accountant=ACCOUNTANT,
+    )
     accountant = create_accountant(ACCOUNTANT)
     if steps_done:
         accountant.history = [(noise, sample_rate, steps_done)]
     hooks = GradSampleModule(model, batch_first=True, loss_reduction="mean")
-    dp_optimizer = DPOptimizer(optimizer, noise_multiplier=noise, max_grad_norm=privacy.max_grad_norm,
-                               expected_batch_size=batch_size)
+    dp_optimizer = DPOptimizer(
+        optimizer, noise_multiplier=noise, max_grad_norm=privacy.max_grad_norm, expected_batch_size=batch_size
+    )
     return PrivateTraining(hooks, dp_optimizer, accountant, noise, sample_rate, privacy.delta)
 
 
@@ -65,10 +73,17 @@ def check_layers(model) -> None:
     from opacus.validators import ModuleValidator
 
     model.train()  # as it trains (Opacus refuses a model in eval mode)
-    trained = {name for name, module in model.named_modules()
-               if any(p.requires_grad for p in module.parameters(recurse=False))}
-    problems = [error for error in ModuleValidator.validate(model, strict=False)
-                if not getattr(error, "module_name", None) or error.module_name in trained]
+    trained = {
+        name for name, module in model.named_modules() if any(p.requires_grad for p in module.parameters(recurse=False))
+    }
+    problems = [
+        error
+        for error in ModuleValidator.validate(model, strict=False)
+        if not getattr(error, "module_name", None) or error.module_name in trained
+    ]
     if problems:
-        raise ConfigError("train.privacy: Opacus cannot train these layers privately: "
-                          + "; ".join(map(str, problems)) + ". Choose another model.strategy or model.base")
+        raise ConfigError(
+            "train.privacy: Opacus cannot train these layers privately: "
+            + "; ".join(map(str, problems))
+            + ". Choose another model.strategy or model.base"
+        )

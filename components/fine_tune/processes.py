@@ -10,7 +10,6 @@ import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
 
 from components.config import ConfigError
 from components.errors import RunFailure
@@ -28,31 +27,42 @@ def fine_tune_in_processes(job: FineTuneJob, processes: int) -> TrainResult:
         import torch
 
         if processes > torch.cuda.device_count():
-            raise ConfigError(f"train.processes={processes}: one GPU per process, and this machine has "
-                              f"{torch.cuda.device_count()}")
+            raise ConfigError(
+                f"train.processes={processes}: one GPU per process, and this machine has {torch.cuda.device_count()}"
+            )
     run_ranks(replace(job, threads=max(1, job.threads // processes)), processes)
     return read_train_result(job.out_dir)
 
 
-def run_ranks(job: FineTuneJob, processes: Optional[int] = None) -> None:
+def run_ranks(job: FineTuneJob, processes: int | None = None) -> None:
     """torchrun with the job: `processes` ranks on this machine alone, or with None the nodes, ranks and rendezvous
     that Kubeflow Trainer's torch runtime gives in PET_* variables (torchrun reads them)."""
     with tempfile.TemporaryDirectory(prefix="lifecycle-ddp-") as scratch:
         job_file = write_job(scratch, job)
-        finished = subprocess.run(torchrun_command(job_file, processes),
-                                  env=os.environ | {"OMP_NUM_THREADS": str(job.threads)})
+        finished = subprocess.run(
+            torchrun_command(job_file, processes), env=os.environ | {"OMP_NUM_THREADS": str(job.threads)}
+        )
     if finished.returncode != 0:
         ranks = f"train.processes={processes}" if processes else "this node's ranks"
-        raise DistributedTrainingError(f"{ranks}: torchrun ended with exit code {finished.returncode}; the ranks' "
-                                       "own errors are above it in the log")
+        raise DistributedTrainingError(
+            f"{ranks}: torchrun ended with exit code {finished.returncode}; the ranks' "
+            "own errors are above it in the log"
+        )
 
 
-def torchrun_command(job_file: str | Path, processes: Optional[int] = None) -> list[str]:
+def torchrun_command(job_file: str | Path, processes: int | None = None) -> list[str]:
     """torchrun with ranks of this module: `processes` on this machine (a rendezvous of its own), or with None as
     the PET_* environment says."""
     alone = ["--standalone", f"--nproc-per-node={processes}"] if processes else []
-    return [sys.executable, "-m", "torch.distributed.run", *alone, "-m", "components.fine_tune.processes",
-            str(job_file)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *alone,
+        "-m",
+        "components.fine_tune.processes",
+        str(job_file),
+    ]
 
 
 def main(job_file: str) -> None:
@@ -78,7 +88,7 @@ def main(job_file: str) -> None:
         dist.destroy_process_group()
 
 
-def _mlflow_logger(mlflow_run: Optional[tuple[str, str]]):
+def _mlflow_logger(mlflow_run: tuple[str, str] | None):
     if not mlflow_run:
         return None
     import mlflow

@@ -16,9 +16,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator, Optional
 
 from components import storage
 from components.config import LifecycleConfig
@@ -31,8 +31,11 @@ log = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 # The Secret's keys (infra/README.md, step 5) as the variables s3fs and boto read.
-STORAGE_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "access-key-id", "AWS_SECRET_ACCESS_KEY": "secret-access-key",
-                       "AWS_ENDPOINT_URL": "endpoint-url"}
+STORAGE_SECRET_KEYS = {
+    "AWS_ACCESS_KEY_ID": "access-key-id",
+    "AWS_SECRET_ACCESS_KEY": "secret-access-key",
+    "AWS_ENDPOINT_URL": "endpoint-url",
+}
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -45,20 +48,28 @@ class TrainJobRefused(LifecycleError):
     Trainer, or a tracking URI the job's pods cannot reach."""
 
 
-def fine_tune_on_train_job(cfg: LifecycleConfig, parent_run_id: str, processes: int, job: FineTuneJob,
-                           api=None) -> TrainResult:
+def fine_tune_on_train_job(
+    cfg: LifecycleConfig, parent_run_id: str, processes: int, job: FineTuneJob, api=None
+) -> TrainResult:
     """`fine_tune` on `cfg.train.nodes` nodes of `processes` ranks each, in a TrainJob that `cfg.kfp` describes;
     `api`: a kubernetes CustomObjectsApi (default: the cluster this task runs in, else the kubeconfig's). Returns
     rank 0's result, the model in job.out_dir."""
     if job.mlflow_run and not is_tracking_server(job.mlflow_run[0]):
-        raise TrainJobRefused(f"train.nodes={cfg.train.nodes}: rank 0 logs from a TrainJob pod to the stage's "
-                              f"MLflow run, which needs a tracking server (http://...), not {job.mlflow_run[0]}")
+        raise TrainJobRefused(
+            f"train.nodes={cfg.train.nodes}: rank 0 logs from a TrainJob pod to the stage's "
+            f"MLflow run, which needs a tracking server (http://...), not {job.mlflow_run[0]}"
+        )
     api = api or kubernetes_api()
     namespace = cfg.kfp.trainjob.namespace or current_namespace()
     job_uri = storage.join(cfg.checkpoints_uri(), "trainjobs", parent_run_id)
     # Each node counts its own threads.
-    remote = replace(job, init_dir=storage.join(job_uri, "init"), data_dir=storage.join(job_uri, "data"),
-                     out_dir=storage.join(job_uri, "model"), threads=0)
+    remote = replace(
+        job,
+        init_dir=storage.join(job_uri, "init"),
+        data_dir=storage.join(job_uri, "data"),
+        out_dir=storage.join(job_uri, "model"),
+        threads=0,
+    )
     try:
         storage.upload_folder(job.init_dir, remote.init_dir)
         storage.upload_folder(job.data_dir, remote.data_dir)
@@ -75,13 +86,22 @@ def train_job_manifest(cfg: LifecycleConfig, job_uri: str, processes: int, paren
     """The TrainJob (trainer.kubeflow.org/v1alpha1): the runtime, the image, the nodes, the ranks and GPUs of each,
     and the node's command with the job's URI."""
     settings = cfg.kfp.trainjob
-    trainer = {"image": cfg.kfp.image, "command": ["python", "-m", "components.fine_tune.trainjob"], "args": [job_uri],
-               "numNodes": cfg.train.nodes, "numProcPerNode": processes,
-               "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}]}
+    trainer = {
+        "image": cfg.kfp.image,
+        "command": ["python", "-m", "components.fine_tune.trainjob"],
+        "args": [job_uri],
+        "numNodes": cfg.train.nodes,
+        "numProcPerNode": processes,
+        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
+    }
     if settings.storage_secret:
-        trainer["env"] += [{"name": variable, "valueFrom": {"secretKeyRef": {
-            "name": settings.storage_secret, "key": key, "optional": True}}}
-            for variable, key in STORAGE_SECRET_KEYS.items()]
+        trainer["env"] += [
+            {
+                "name": variable,
+                "valueFrom": {"secretKeyRef": {"name": settings.storage_secret, "key": key, "optional": True}},
+            }
+            for variable, key in STORAGE_SECRET_KEYS.items()
+        ]
     if cfg.kfp.gpu.count:
         trainer["resourcesPerNode"] = {"limits": {cfg.kfp.gpu.accelerator: cfg.kfp.gpu.count}}
     spec = {"runtimeRef": {"name": settings.runtime}, "trainer": trainer}
@@ -89,11 +109,15 @@ def train_job_manifest(cfg: LifecycleConfig, job_uri: str, processes: int, paren
         spec["activeDeadlineSeconds"] = round(settings.deadline_hours * 3600)
     # A DNS label (ASCII letters, digits, '-') that starts with a letter; the API server appends 5 characters.
     prefix = re.sub(r"[^a-z0-9]+", "-", cfg.name.lower())[:40].strip("-")
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainJob",
-            "metadata": {"generateName": f"ft-{prefix}-" if prefix else "ft-",
-                         "labels": {"app.kubernetes.io/part-of": "llm-lifecycle",
-                                    "lifecycle.mlflow/parent-run": parent_run_id}},
-            "spec": spec}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainJob",
+        "metadata": {
+            "generateName": f"ft-{prefix}-" if prefix else "ft-",
+            "labels": {"app.kubernetes.io/part-of": "llm-lifecycle", "lifecycle.mlflow/parent-run": parent_run_id},
+        },
+        "spec": spec,
+    }
 
 
 def kubernetes_api():
@@ -106,9 +130,11 @@ def kubernetes_api():
         try:
             config.load_kube_config()
         except (config.ConfigException, OSError) as err:
-            raise TrainJobRefused(f"train.nodes > 1 submits a Kubeflow Trainer TrainJob, and there is no "
-                                  f"Kubernetes API here: not in a pod with a service account, and no usable "
-                                  f"kubeconfig ({err})") from None
+            raise TrainJobRefused(
+                f"train.nodes > 1 submits a Kubeflow Trainer TrainJob, and there is no "
+                f"Kubernetes API here: not in a pod with a service account, and no usable "
+                f"kubeconfig ({err})"
+            ) from None
     return client.CustomObjectsApi()
 
 
@@ -132,14 +158,25 @@ def submit(api, namespace: str, manifest: dict) -> str:
     try:
         created = api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
     except ApiException as err:
-        hint = {404: " (is Kubeflow Trainer installed? its TrainJob API was not found)",
-                403: " (the task's service account may not create trainjobs: infra/README.md, step 4)"}
-        raise TrainJobRefused(f"cannot create a TrainJob in namespace {namespace}: {err.status} "
-                              f"{_api_message(err)}{hint.get(err.status, '')}") from None
+        hint = {
+            404: " (is Kubeflow Trainer installed? its TrainJob API was not found)",
+            403: " (the task's service account may not create trainjobs: infra/README.md, step 4)",
+        }
+        raise TrainJobRefused(
+            f"cannot create a TrainJob in namespace {namespace}: {err.status} "
+            f"{_api_message(err)}{hint.get(err.status, '')}"
+        ) from None
     name = created["metadata"]["name"]
-    log.info("TrainJob %s/%s: %d nodes x %d ranks; the pods' logs: kubectl -n %s logs -f -l "
-             "jobset.sigs.k8s.io/jobset-name=%s", namespace, name, manifest["spec"]["trainer"]["numNodes"],
-             manifest["spec"]["trainer"]["numProcPerNode"], namespace, name)
+    log.info(
+        "TrainJob %s/%s: %d nodes x %d ranks; the pods' logs: kubectl -n %s logs -f -l "
+        "jobset.sigs.k8s.io/jobset-name=%s",
+        namespace,
+        name,
+        manifest["spec"]["trainer"]["numNodes"],
+        manifest["spec"]["trainer"]["numProcPerNode"],
+        namespace,
+        name,
+    )
     return name
 
 
@@ -160,8 +197,9 @@ def follow(api, namespace: str, name: str, poll_seconds: float, tolerated_errors
                 except Exception as err:  # the API server or the network between; a deleted job ends here
                     errors += 1
                     if errors > tolerated_errors or (isinstance(err, ApiException) and err.status == 404):
-                        raise TrainJobError(f"TrainJob {namespace}/{name}: cannot read its status: "
-                                            f"{type(err).__name__}: {err}") from None
+                        raise TrainJobError(
+                            f"TrainJob {namespace}/{name}: cannot read its status: {type(err).__name__}: {err}"
+                        ) from None
                     log.warning("TrainJob %s: cannot read its status (%s); trying again", name, type(err).__name__)
                     time.sleep(poll_seconds)
                     continue
@@ -173,9 +211,11 @@ def follow(api, namespace: str, name: str, poll_seconds: float, tolerated_errors
                 if condition is not None:
                     ended = True
                     if condition["type"] == "Failed":
-                        raise TrainJobError(f"TrainJob {namespace}/{name} failed: {condition.get('reason', '')}: "
-                                            f"{condition.get('message', '')}; its pods' logs: kubectl -n {namespace} "
-                                            f"logs -l jobset.sigs.k8s.io/jobset-name={name}")
+                        raise TrainJobError(
+                            f"TrainJob {namespace}/{name} failed: {condition.get('reason', '')}: "
+                            f"{condition.get('message', '')}; its pods' logs: kubectl -n {namespace} "
+                            f"logs -l jobset.sigs.k8s.io/jobset-name={name}"
+                        )
                     return job
                 time.sleep(poll_seconds)
     finally:
@@ -188,8 +228,14 @@ def _delete(api, namespace: str, name: str) -> None:
         api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
         log.warning("TrainJob %s: deleted, as this task no longer follows it", name)
     except Exception as err:  # the error that stopped the following is the one to report
-        log.warning("TrainJob %s: this task no longer follows it and could not delete it (%s): delete it with "
-                    "kubectl -n %s delete trainjob %s", name, err, namespace, name)
+        log.warning(
+            "TrainJob %s: this task no longer follows it and could not delete it (%s): delete it with "
+            "kubectl -n %s delete trainjob %s",
+            name,
+            err,
+            namespace,
+            name,
+        )
 
 
 @contextlib.contextmanager
@@ -220,7 +266,7 @@ def describe(job: dict) -> str:
     return "; ".join(parts)
 
 
-def _ended(job: dict) -> Optional[dict]:
+def _ended(job: dict) -> dict | None:
     for condition in (job.get("status") or {}).get("conditions") or []:
         if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
             return condition
@@ -240,10 +286,13 @@ def run_node(job_uri: str) -> None:
     job = FineTuneJob.from_json(storage.read_bytes(storage.join(job_uri, JOB)).decode())
     ranks = int(os.environ.get("PET_NPROC_PER_NODE", "1"))
     with tempfile.TemporaryDirectory(prefix="lifecycle-node-") as scratch:
-        local = replace(job, init_dir=str(storage.download_folder(job.init_dir, Path(scratch) / "init")),
-                        data_dir=str(storage.download_folder(job.data_dir, Path(scratch) / "data")),
-                        out_dir=str(Path(scratch) / "model"),
-                        threads=max(1, (job.train_cfg.threads or os.cpu_count() or 1) // ranks))
+        local = replace(
+            job,
+            init_dir=str(storage.download_folder(job.init_dir, Path(scratch) / "init")),
+            data_dir=str(storage.download_folder(job.data_dir, Path(scratch) / "data")),
+            out_dir=str(Path(scratch) / "model"),
+            threads=max(1, (job.train_cfg.threads or os.cpu_count() or 1) // ranks),
+        )
         run_ranks(local)
         if os.environ.get("PET_NODE_RANK", "0") == "0":  # global rank 0 is local rank 0 of node 0
             storage.upload_folder(local.out_dir, job.out_dir)

@@ -18,8 +18,11 @@ def model(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: str
     with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, MODEL.run_name) as stage:
         spec = core.model(cfg.model, labels, cfg.seed, out_dir)
         mlflow.log_params({k: v for k, v in spec.to_dict().items() if k not in ("labels", "source")})
-        mlflow.log_metrics({"total_parameters": spec.total_parameters,
-                            "trainable_parameters": spec.trainable_parameters})
-        stage.result = (f"{spec.base} ({spec.architecture}), {spec.strategy}: {spec.trainable_parameters:,} of "
-                        f"{spec.total_parameters:,} parameters train")
+        mlflow.log_metrics(
+            {"total_parameters": spec.total_parameters, "trainable_parameters": spec.trainable_parameters}
+        )
+        stage.result = (
+            f"{spec.base} ({spec.architecture}), {spec.strategy}: {spec.trainable_parameters:,} of "
+            f"{spec.total_parameters:,} parameters train"
+        )
     return spec.to_dict()

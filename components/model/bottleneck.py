@@ -9,10 +9,10 @@ beside it."""
 
 from __future__ import annotations
 
-import torch
-
 import json
 from pathlib import Path
+
+import torch
 
 from components.config import AdapterConfig
 from components.handoff import BOTTLENECK_ADAPTERS, write_json
@@ -28,9 +28,11 @@ def add_adapters(model, blocks, cfg: AdapterConfig) -> None:
         projections = output_projections(block)
         for place in cfg.after:
             if place not in projections:
-                raise ModelError(f"{type(block).__name__} (block {index} of {model.config.model_type}): found no "
-                                 f"{place.replace('_', '-')} output projection (a Linear or Conv1D layer) for an "
-                                 "adapter; set model.adapter.after to the places it has")
+                raise ModelError(
+                    f"{type(block).__name__} (block {index} of {model.config.model_type}): found no "
+                    f"{place.replace('_', '-')} output projection (a Linear or Conv1D layer) for an "
+                    "adapter; set model.adapter.after to the places it has"
+                )
             projection = projections[place][1]
             width = projection.out_features if isinstance(projection, torch.nn.Linear) else projection.nf
             adapter = Bottleneck(width, cfg.size, cfg.activation).to(projection.weight.device)
@@ -57,8 +59,11 @@ def output_projections(block) -> dict[str, tuple[str, object]]:
 
 def adapted_module_names(model) -> list[str]:
     """The modules that an adapter follows, by their names inside a block (e.g. attention.output.dense)."""
-    return [name for name, module in transformer_blocks(model)[0].named_modules()
-            if hasattr(module, ADAPTER_CHILD) and isinstance(getattr(module, ADAPTER_CHILD), Bottleneck)]
+    return [
+        name
+        for name, module in transformer_blocks(model)[0].named_modules()
+        if hasattr(module, ADAPTER_CHILD) and isinstance(getattr(module, ADAPTER_CHILD), Bottleneck)
+    ]
 
 
 def adapter_weights(model) -> dict:
@@ -71,20 +76,23 @@ def save_adapters(model, out_dir: Path) -> None:
     from safetensors.torch import save_file
 
     write_json(out_dir, BOTTLENECK_ADAPTERS, model.bottleneck_config.model_dump())
-    save_file({name: tensor.contiguous() for name, tensor in adapter_weights(model).items()},
-              out_dir / ADAPTER_WEIGHTS)
+    save_file({name: tensor.contiguous() for name, tensor in adapter_weights(model).items()}, out_dir / ADAPTER_WEIGHTS)
 
 
 def load_adapters(model, folder: Path) -> None:
     """The adapters that save_adapters wrote, inserted into `model` (the base, loaded from the same folder)."""
     from safetensors.torch import load_file
 
-    add_adapters(model, transformer_blocks(model), AdapterConfig(**json.loads((folder / BOTTLENECK_ADAPTERS).read_text())))
+    add_adapters(
+        model, transformer_blocks(model), AdapterConfig(**json.loads((folder / BOTTLENECK_ADAPTERS).read_text()))
+    )
     weights = load_file(folder / ADAPTER_WEIGHTS)
     missing = set(adapter_weights(model)) ^ set(weights)
     if missing:
-        raise ModelError(f"{folder / ADAPTER_WEIGHTS}: the adapter weights do not fit {folder / BOTTLENECK_ADAPTERS}"
-                         f" (e.g. {sorted(missing)[0]})")
+        raise ModelError(
+            f"{folder / ADAPTER_WEIGHTS}: the adapter weights do not fit {folder / BOTTLENECK_ADAPTERS}"
+            f" (e.g. {sorted(missing)[0]})"
+        )
     model.load_state_dict(weights, strict=False)
 
 
@@ -102,8 +110,9 @@ class Bottleneck(torch.nn.Module):
     def __init__(self, width: int, size: int, activation: str):
         super().__init__()
         self.down = torch.nn.Linear(width, size)
-        self.activation = {"relu": torch.nn.ReLU, "gelu": torch.nn.GELU, "silu": torch.nn.SiLU,
-                           "tanh": torch.nn.Tanh}[activation]()
+        self.activation = {"relu": torch.nn.ReLU, "gelu": torch.nn.GELU, "silu": torch.nn.SiLU, "tanh": torch.nn.Tanh}[
+            activation
+        ]()
         self.up = torch.nn.Linear(size, width)
         torch.nn.init.zeros_(self.up.weight)
         torch.nn.init.zeros_(self.up.bias)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
 
 from components.config import ModelConfig
 from components.errors import LifecycleError
@@ -53,13 +52,19 @@ def load_classifier(source: str, labels: list[str], quantized: bool = False):
     if quantized:
         from transformers import BitsAndBytesConfig
 
-        quantization = {"quantization_config": BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16), "device_map": {"": torch.cuda.current_device()}}
+        quantization = {
+            "quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16,
+            ),
+            "device_map": {"": torch.cuda.current_device()},
+        }
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            source, config=config, dtype=torch.float32, use_safetensors=True, trust_remote_code=False,
-            **quantization)
+            source, config=config, dtype=torch.float32, use_safetensors=True, trust_remote_code=False, **quantization
+        )
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot load weights of {source!r} (safetensors required): {err}") from None
     return _with_saved_adapters(model, Path(source)), tokenizer
@@ -78,7 +83,7 @@ def _with_saved_adapters(model, folder: Path):
     return model
 
 
-def save_trained(model, out_dir: Path, init_dir: str, labels: list[str], quantized: bool = False) -> Optional[bool]:
+def save_trained(model, out_dir: Path, init_dir: str, labels: list[str], quantized: bool = False) -> bool | None:
     """The trained model's weights in out_dir as load_classifier reads them back. A peft model's adapter goes on the
     full-precision base (QLoRA trained on a 4-bit one) merged, where the method can merge; where it cannot
     (prompt-style methods), stage 2's base and the adapter are saved side by side. Bottleneck adapters are saved
@@ -151,8 +156,9 @@ def apply_strategy(model, model_cfg: ModelConfig):
         from peft import TaskType, prepare_model_for_kbit_training
 
         if strategy == "qlora":  # norms and head in fp32, gradient checkpointing, inputs that carry gradients
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
-                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         lora = model_cfg.lora
         peft_config = PeftLoraConfig(
             task_type=TaskType.SEQ_CLS,  # also trains and saves the new head (classifier/score)
@@ -164,8 +170,12 @@ def apply_strategy(model, model_cfg: ModelConfig):
         )
         return _peft_model(model, peft_config, "LoRA", "set model.lora.target_modules")
     if strategy == "peft":
-        return _peft_model(model, model_cfg.peft.peft_config(), model_cfg.peft.method.lower(),
-                           "see the arguments of peft's config for it")
+        return _peft_model(
+            model,
+            model_cfg.peft.peft_config(),
+            model_cfg.peft.method.lower(),
+            "see the arguments of peft's config for it",
+        )
     # partial, head and adapter: embeddings and the lower blocks stay frozen; everything registered after the blocks
     # (final norm, pooler, head) trains, plus the last `trainable_blocks` blocks for partial, plus the adapters.
     blocks = transformer_blocks(model)
@@ -198,13 +208,20 @@ def _peft_model(model, peft_config, method: str, hint: str):
     if peft_config.is_prompt_learning and _is_decoder(model.config):
         # peft hands such a decoder embeddings, not token ids, so its head reads the last position of the padded
         # batch: a padding token for every text but the longest.
-        raise ModelError(f"{method} on the decoder {model.config.model_type}: its classification head would read a "
-                         "padding token; on a decoder use a method that changes weights (lora, ia3, loha, ...) or "
-                         "model.strategy=adapter")
-    if peft_config.peft_type == "PREFIX_TUNING" and "past_key_values" not in inspect.signature(model.forward).parameters:
-        raise ModelError(f"{method} on {model.config.model_type}: peft passes the prefix as past_key_values, which "
-                         f"this model's forward does not take (transformers 5 calls it cache); use prompt_tuning or "
-                         "p_tuning on an encoder")
+        raise ModelError(
+            f"{method} on the decoder {model.config.model_type}: its classification head would read a "
+            "padding token; on a decoder use a method that changes weights (lora, ia3, loha, ...) or "
+            "model.strategy=adapter"
+        )
+    if (
+        peft_config.peft_type == "PREFIX_TUNING"
+        and "past_key_values" not in inspect.signature(model.forward).parameters
+    ):
+        raise ModelError(
+            f"{method} on {model.config.model_type}: peft passes the prefix as past_key_values, which "
+            f"this model's forward does not take (transformers 5 calls it cache); use prompt_tuning or "
+            "p_tuning on an encoder"
+        )
     try:
         return get_peft_model(model, peft_config)
     except (ValueError, TypeError, NotImplementedError) as err:
@@ -249,11 +266,14 @@ def spec_as_trained(spec: ModelSpec, trained, model_cfg: ModelConfig) -> ModelSp
     from dataclasses import replace
 
     strategy = model_cfg.strategy
-    return replace(spec, strategy=strategy,
-                   trainable_blocks=model_cfg.trainable_blocks if strategy == "partial" else None,
-                   peft_method=model_cfg.peft.method if strategy == "peft" else None,
-                   adapted_modules=_adapted_modules(trained, strategy),
-                   trainable_parameters=count_parameters(trained)[1])
+    return replace(
+        spec,
+        strategy=strategy,
+        trainable_blocks=model_cfg.trainable_blocks if strategy == "partial" else None,
+        peft_method=model_cfg.peft.method if strategy == "peft" else None,
+        adapted_modules=_adapted_modules(trained, strategy),
+        trainable_parameters=count_parameters(trained)[1],
+    )
 
 
 DECODER_TYPES = {"gpt2", "gpt_neo", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi", "opt"}
@@ -263,7 +283,7 @@ def _is_decoder(config) -> bool:
     return bool(getattr(config, "is_decoder", False)) or config.model_type in DECODER_TYPES
 
 
-def _adapted_modules(trained, strategy: str) -> Optional[list[str]]:
+def _adapted_modules(trained, strategy: str) -> list[str] | None:
     """The names of the modules that LoRA, a peft method or the bottleneck adapters change, where they name any."""
     if strategy == "adapter":
         from components.model.bottleneck import adapted_module_names

@@ -14,8 +14,9 @@ from components.stages import MONITOR, ROLLOUT_CHECK, TRAFFIC_CHECK
 log = logging.getLogger(__name__)
 
 
-def monitor(config_json: str, tracking_uri: str, parent_run_id: str, data_dir: str, bundle_dir: str,
-            out_dir: str) -> dict:
+def monitor(
+    config_json: str, tracking_uri: str, parent_run_id: str, data_dir: str, bundle_dir: str, out_dir: str
+) -> dict:
     """The test split is held-out and in distribution: no drift is the expected verdict."""
     import mlflow
 
@@ -41,12 +42,14 @@ def open_monitor_run(cfg: LifecycleConfig, tracking_uri: str) -> str:
 
     experiment_id = use_config_experiment(cfg, tracking_uri)
     name = f"{cfg.name}-monitor-{time.strftime('%Y%m%d-%H%M%S')}"
-    return mlflow.MlflowClient().create_run(experiment_id, run_name=name,
-                                            tags={STAGE_TAG: MONITOR.run_name}).info.run_id
+    return (
+        mlflow.MlflowClient().create_run(experiment_id, run_name=name, tags={STAGE_TAG: MONITOR.run_name}).info.run_id
+    )
 
 
-def monitor_traffic(config_json: str, tracking_uri: str, current_path: str, monitor_run_id: str, out_dir: str,
-                    act_on_drift: bool = True) -> str:
+def monitor_traffic(
+    config_json: str, tracking_uri: str, current_path: str, monitor_run_id: str, out_dir: str, act_on_drift: bool = True
+) -> str:
     """The champion against the current window. With `act_on_drift` (the monitor pipeline), first the decision on a
     running rollout, carried out; then on drift an alert, and a retraining when the cool-down and the other
     claimers allow. Returns the retraining's parent run id, or '' when none starts. The champion is downloaded
@@ -71,8 +74,11 @@ def monitor_traffic(config_json: str, tracking_uri: str, current_path: str, moni
             rollout = check_rollout(cfg)
             stage.result = rollout.line() if rollout else "no rollout running"
     run_id = monitor_run_id or open_monitor_run(cfg, tracking_uri)
-    with reported_stage(TRAFFIC_CHECK) as stage, mlflow.start_run(run_id=run_id), \
-            tempfile.TemporaryDirectory(prefix="lifecycle-monitor-") as scratch:
+    with (
+        reported_stage(TRAFFIC_CHECK) as stage,
+        mlflow.start_run(run_id=run_id),
+        tempfile.TemporaryDirectory(prefix="lifecycle-monitor-") as scratch,
+    ):
         bundle, name, version = resolve_bundle(model_uri(cfg.tracking.registered_model, CHAMPION), scratch)
         mlflow.set_tag("model_version", version)
         skipped = SkippedRecords()
@@ -90,8 +96,9 @@ def monitor_traffic(config_json: str, tracking_uri: str, current_path: str, moni
         return _raise_alert(cfg, tracking_uri, result, name, version, out_dir, run_id)
 
 
-def _raise_alert(cfg: LifecycleConfig, tracking_uri: str, result, name: str, version: str, out_dir: str,
-                 run_id: str) -> str:
+def _raise_alert(
+    cfg: LifecycleConfig, tracking_uri: str, result, name: str, version: str, out_dir: str, run_id: str
+) -> str:
     """The alert, sent and logged, and the retraining claim; returns the retraining's parent run id or ''."""
     import mlflow
 
@@ -101,8 +108,14 @@ def _raise_alert(cfg: LifecycleConfig, tracking_uri: str, result, name: str, ver
     alert = new_alert(name, version, result.reason, [asdict(f) for f in result.drifted()], out_dir, run_id)
     retraining_run, alert.retraining = claim_retraining(cfg, tracking_uri, alert.id)
     mlflow.log_artifact(str(send_alert(alert, Path(cfg.work_dir) / "alerts", cfg.monitor.webhook_url)), "alert")
-    mlflow.set_tags({"alert": alert.id, "retraining": alert.retraining, "webhook": alert.webhook,
-                     "retraining_run_id": retraining_run or ""})
+    mlflow.set_tags(
+        {
+            "alert": alert.id,
+            "retraining": alert.retraining,
+            "webhook": alert.webhook,
+            "retraining_run_id": retraining_run or "",
+        }
+    )
     log.info("alert %s: %s", alert.id, alert.retraining)
     return retraining_run or ""
 
@@ -110,9 +123,19 @@ def _raise_alert(cfg: LifecycleConfig, tracking_uri: str, result, name: str, ver
 def _log_drift(result, out_dir: str, source: str) -> None:
     import mlflow
 
-    mlflow.log_metrics({"drift_detected": float(result.drift_detected), "drifted_share": result.drifted_share,
-                        "current_size": result.current_size}
-                       | {f"drift_score.{f.feature}": f.score for f in result.features})
-    mlflow.set_tags({"drift_detected": str(result.drift_detected).lower(), "drift_reason": result.reason[:5000],
-                     "current_source": source})
+    mlflow.log_metrics(
+        {
+            "drift_detected": float(result.drift_detected),
+            "drifted_share": result.drifted_share,
+            "current_size": result.current_size,
+        }
+        | {f"drift_score.{f.feature}": f.score for f in result.features}
+    )
+    mlflow.set_tags(
+        {
+            "drift_detected": str(result.drift_detected).lower(),
+            "drift_reason": result.reason[:5000],
+            "current_source": source,
+        }
+    )
     mlflow.log_artifacts(out_dir, "drift")

@@ -4,7 +4,6 @@ model's reference. MLflow, alerts and retraining are added by the adapter (compo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import pandas as pd
 
@@ -14,7 +13,7 @@ from components.handoff import REFERENCE, read_deployment
 from monitoring.drift import DriftResult, check_drift, profile_texts, write_report
 
 
-def current_texts(cfg: LifecycleConfig, current_path: Optional[str], skipped: SkippedRecords) -> tuple[list[str], str]:
+def current_texts(cfg: LifecycleConfig, current_path: str | None, skipped: SkippedRecords) -> tuple[list[str], str]:
     """(texts in the prediction log's form, where they came from): the file named (here or in monitor.current),
     else the prediction log's last monitor.window_hours. Either may be a storage URI. Damaged records, and rows
     without a text, are skipped and counted in `skipped`; an empty window is no error, a window of nothing but
@@ -75,14 +74,18 @@ def monitor(bundle_dir: str | Path, texts: list[str], cfg: LifecycleConfig, out_
 
     reference_file = Path(bundle_dir) / REFERENCE
     if not reference_file.is_file():
-        raise DataError(f"{bundle_dir}: no {REFERENCE}; this model was deployed before drift monitoring "
-                        f"existed. Run `lifecycle run` to deploy one that carries its reference.")
+        raise DataError(
+            f"{bundle_dir}: no {REFERENCE}; this model was deployed before drift monitoring "
+            f"existed. Run `lifecycle run` to deploy one that carries its reference."
+        )
     deployed = (read_deployment(bundle_dir) or {}).get("reference_pii", "keep")  # older bundles: texts as they came
     if deployed != cfg.serve.log_pii:
-        raise DataError(f"{bundle_dir}: the champion's drift reference holds its texts as serve.log_pii={deployed} "
-                        f"made them, and the prediction log stores them as serve.log_pii={cfg.serve.log_pii}: no "
-                        f"verdict, it would measure the difference of the two. Set serve.log_pii={deployed}, or "
-                        f"deploy a champion with `lifecycle run` under the new setting")
+        raise DataError(
+            f"{bundle_dir}: the champion's drift reference holds its texts as serve.log_pii={deployed} "
+            f"made them, and the prediction log stores them as serve.log_pii={cfg.serve.log_pii}: no "
+            f"verdict, it would measure the difference of the two. Set serve.log_pii={deployed}, or "
+            f"deploy a champion with `lifecycle run` under the new setting"
+        )
     reference = pd.read_parquet(reference_file)
     current = profile_texts(OnnxClassifier(bundle_dir), texts) if texts else reference.iloc[:0]
     result, snapshot = check_drift(reference, current, cfg.monitor)
@@ -98,6 +101,8 @@ def feature_lines(result: DriftResult, top: int = 5) -> list[str]:
     """The sizes compared and the most drifted features, for people."""
     lines = [f"  {result.current_size} current texts vs {result.reference_size} reference texts"]
     for feature in (result.drifted() or result.features)[:top]:
-        lines.append(f"  {'*' if feature.drifted else ' '} {feature.feature:<22} {feature.kind:<16} "
-                     f"{feature.method} = {feature.score:.4g} (threshold {feature.threshold:g})")
+        lines.append(
+            f"  {'*' if feature.drifted else ' '} {feature.feature:<22} {feature.kind:<16} "
+            f"{feature.method} = {feature.score:.4g} (threshold {feature.threshold:g})"
+        )
     return lines

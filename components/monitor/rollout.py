@@ -8,7 +8,6 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from components.config import LifecycleConfig
 from components.decision import Decision
@@ -26,12 +25,18 @@ class RolloutCheck:
 
     def line(self) -> str:
         e = self.evidence
-        return (f"rollout of version {e.candidate} ({e.mode}, beside champion {e.champion}): "
-                f"{self.decision.value} ({self.decision.reason})")
+        return (
+            f"rollout of version {e.candidate} ({e.mode}, beside champion {e.champion}): "
+            f"{self.decision.value} ({self.decision.reason})"
+        )
 
 
-def check_rollout(cfg: LifecycleConfig, now: Optional[dt.datetime] = None,
-                  by_hand: Optional[Decision[str]] = None, record: bool = True) -> Optional[RolloutCheck]:
+def check_rollout(
+    cfg: LifecycleConfig,
+    now: dt.datetime | None = None,
+    by_hand: Decision[str] | None = None,
+    record: bool = True,
+) -> RolloutCheck | None:
     """The running rollout's evidence and decision (or `by_hand`, a person's), carried out and recorded unless
     `record` is False (`rollout status`). None when no rollout is running. The tracking URI is set."""
     import mlflow
@@ -69,13 +74,19 @@ def _record(cfg: LifecycleConfig, check: RolloutCheck, skipped) -> None:
     e, decision = check.evidence, check.decision
     experiment_id = use_config_experiment(cfg, mlflow.get_tracking_uri())
     run_name = f"{cfg.name}-rollout-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
-                          tags={STAGE_TAG: ROLLOUT_STAGE}) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags={STAGE_TAG: ROLLOUT_STAGE}) as run:
         check.run_id = run.info.run_id
         mlflow.log_metrics(e.metrics() | skipped.metrics())
-        mlflow.set_tags({"decision": decision.value, "decision_reason": decision.reason[:5000], "mode": e.mode,
-                         "champion_version": e.champion, "candidate_version": e.candidate,
-                         "rollout_started": e.started.isoformat()})
+        mlflow.set_tags(
+            {
+                "decision": decision.value,
+                "decision_reason": decision.reason[:5000],
+                "mode": e.mode,
+                "champion_version": e.champion,
+                "candidate_version": e.candidate,
+                "rollout_started": e.started.isoformat(),
+            }
+        )
         if decision.value in (PROMOTE, ROLLBACK):
             end_rollout(cfg.tracking.registered_model, e.candidate, decision.value == PROMOTE, decision.reason)
         if decision.value == ROLLBACK:
@@ -87,8 +98,15 @@ def _alert(cfg: LifecycleConfig, check: RolloutCheck) -> str:
 
     from monitoring.alerts import new_alert, send_alert
 
-    alert = new_alert(cfg.tracking.registered_model, check.evidence.candidate, check.decision.reason, [], "",
-                      check.run_id, kind="rollback")
+    alert = new_alert(
+        cfg.tracking.registered_model,
+        check.evidence.candidate,
+        check.decision.reason,
+        [],
+        "",
+        check.run_id,
+        kind="rollback",
+    )
     mlflow.log_artifact(str(send_alert(alert, Path(cfg.work_dir) / "alerts", cfg.monitor.webhook_url)), "alert")
     mlflow.set_tags({"alert": alert.id, "webhook": alert.webhook})
     return alert.id
@@ -118,11 +136,16 @@ def _feedback(cfg: LifecycleConfig, skipped):
             except DataError as err:
                 skipped.object(uri, str(err))
                 continue
-            columns = [next((c for c in (wanted, fallback) if c in frame.columns), None) for wanted, fallback in
-                       ((cfg.data.text_column, "text"), (cfg.data.label_column, "label"))]
+            columns = [
+                next((c for c in (wanted, fallback) if c in frame.columns), None)
+                for wanted, fallback in ((cfg.data.text_column, "text"), (cfg.data.label_column, "label"))
+            ]
             if None in columns:
-                skipped.object(uri, f"no text and label columns ({cfg.data.text_column!r}, "
-                                    f"{cfg.data.label_column!r}); found {list(frame.columns)}")
+                skipped.object(
+                    uri,
+                    f"no text and label columns ({cfg.data.text_column!r}, "
+                    f"{cfg.data.label_column!r}); found {list(frame.columns)}",
+                )
                 continue
             frames.append(frame[columns].set_axis(["text", "label"], axis=1))
     if not frames:

@@ -39,14 +39,16 @@ def tune_study(config_json: str, tracking_uri: str, parent_run_id: str, out_dir:
         client.log_dict(parent_run_id, space, "sweep/search_space.json")
         client.set_tag(parent_run_id, "sweep.study", f"{parent_run_id} in {core.hide_password(url)}")
         done = len(core.finished_trials(study))
-        stage.result = (f"{done} of {cfg.tune.trials} trials done; searching {', '.join(space)}"
-                        + "".join(f"; {line}" for line in said))
+        stage.result = f"{done} of {cfg.tune.trials} trials done; searching {', '.join(space)}" + "".join(
+            f"; {line}" for line in said
+        )
     deadline = time.time() + 60 * cfg.tune.timeout_minutes if cfg.tune.timeout_minutes else 0.0
     write_json(out_dir, STUDY, asdict(StudyRef(parent_run_id, deadline)))
 
 
-def tune(config_json: str, tracking_uri: str, study_dir: str, data_dir: str, init_dir: str, env_dir: str,
-         worker: int) -> int:
+def tune(
+    config_json: str, tracking_uri: str, study_dir: str, data_dir: str, init_dir: str, env_dir: str, worker: int
+) -> int:
     """One worker: trials until the study has its budget or the deadline passed. Trials train in this process
     (on the task's GPU when it has one)."""
     import torch
@@ -65,10 +67,17 @@ def tune(config_json: str, tracking_uri: str, study_dir: str, data_dir: str, ini
     logging.getLogger("components.fine_tune.core").setLevel(logging.WARNING)
     with reported_stage(f"{TUNE.run_name}-{worker}") as stage:
         study = core.open_study(cfg, core.study_storage(cfg, tracking_uri), parent_run_id)
-        job = FineTuneJob(init_dir, data_dir, "", "", cfg.model, cfg.train, env.device, env.precision, cfg.seed,
-                          env.threads)
-        ran = core.run_trials(cfg, study, job, core.sweep_uri(cfg, parent_run_id), ref.deadline,
-                              _trial_runs(cfg, tracking_uri, parent_run_id))
+        job = FineTuneJob(
+            init_dir, data_dir, "", "", cfg.model, cfg.train, env.device, env.precision, cfg.seed, env.threads
+        )
+        ran = core.run_trials(
+            cfg,
+            study,
+            job,
+            core.sweep_uri(cfg, parent_run_id),
+            ref.deadline,
+            _trial_runs(cfg, tracking_uri, parent_run_id),
+        )
         stage.result = f"{ran} trials run here; {len(core.finished_trials(study))} of {cfg.tune.trials} done"
     return ran
 
@@ -83,20 +92,34 @@ def _trial_runs(cfg: LifecycleConfig, tracking_uri: str, parent_run_id: str):
     @contextlib.contextmanager
     def trial_run(number: int, params: dict):
         use_experiment(tracking_uri, cfg.tracking.experiment)
-        mlflow.start_run(run_name=f"trial-{number}", parent_run_id=parent_run_id,
-                         tags={STAGE_TAG: TRIAL_TAG, "trial.number": str(number)})
+        mlflow.start_run(
+            run_name=f"trial-{number}",
+            parent_run_id=parent_run_id,
+            tags={STAGE_TAG: TRIAL_TAG, "trial.number": str(number)},
+        )
         mlflow.log_params(params)
         record = TrialLog(lambda metrics, step: mlflow.log_metrics(metrics, step=step))
         try:
             yield record
         finally:  # a pruned trial ended as decided (FINISHED, its state a tag); a failed one FAILED
             outcome, state = record.outcome, record.outcome["state"]
-            mlflow.set_tags({"trial.state": state, **({"trial.pruned_at_epoch": str(outcome["pruned_at_epoch"])}
-                                                      if "pruned_at_epoch" in outcome else {})})
-            mlflow.log_metrics({f"best_{key}": outcome[key] for key in ("val_loss", "val_accuracy") if key in outcome}
-                               | {"trial_seconds": outcome.get("seconds", 0.0), "pruned": float(state == "pruned")})
-            mlflow.end_run("FINISHED" if state in ("complete", "pruned") else "KILLED" if state == "interrupted"
-                           else "FAILED")
+            mlflow.set_tags(
+                {
+                    "trial.state": state,
+                    **(
+                        {"trial.pruned_at_epoch": str(outcome["pruned_at_epoch"])}
+                        if "pruned_at_epoch" in outcome
+                        else {}
+                    ),
+                }
+            )
+            mlflow.log_metrics(
+                {f"best_{key}": outcome[key] for key in ("val_loss", "val_accuracy") if key in outcome}
+                | {"trial_seconds": outcome.get("seconds", 0.0), "pruned": float(state == "pruned")}
+            )
+            mlflow.end_run(
+                "FINISHED" if state in ("complete", "pruned") else "KILLED" if state == "interrupted" else "FAILED"
+            )
 
     return trial_run
 
@@ -120,20 +143,30 @@ def tune_select(config_json: str, tracking_uri: str, parent_run_id: str, out_dir
         client = mlflow.MlflowClient()
         for key, value in sweep.winner_params.items():
             client.log_param(parent_run_id, key, value)
-        for key, value in {"best_val_loss": sweep.best_val_loss, "best_val_accuracy": sweep.best_val_accuracy,
-                           "trials": sweep.trials, "trials_complete": sweep.complete, "trials_pruned": sweep.pruned,
-                           "trials_failed": sweep.failed}.items():
+        for key, value in {
+            "best_val_loss": sweep.best_val_loss,
+            "best_val_accuracy": sweep.best_val_accuracy,
+            "trials": sweep.trials,
+            "trials_complete": sweep.complete,
+            "trials_pruned": sweep.pruned,
+            "trials_failed": sweep.failed,
+        }.items():
             client.log_metric(parent_run_id, key, value)
         client.set_tag(parent_run_id, "sweep.winner", f"trial-{sweep.winner}")
         client.log_dict(parent_run_id, sweep.to_dict(), "sweep/sweep.json")
-        client.log_text(parent_run_id, yaml.safe_dump(winner_cfg.model_dump(mode="json", exclude={"tune"}),
-                                                      sort_keys=False), "sweep/best_config.yaml")
+        client.log_text(
+            parent_run_id,
+            yaml.safe_dump(winner_cfg.model_dump(mode="json", exclude={"tune"}), sort_keys=False),
+            "sweep/best_config.yaml",
+        )
         for name, figure in _figures(study).items():
             client.log_figure(parent_run_id, figure, f"sweep/{name}")
         remove(core.sweep_uri(cfg, parent_run_id))
-        stage.result = (f"trial {sweep.winner} won ({core.params_text(sweep.winner_params)}): "
-                        f"val loss {sweep.best_val_loss:.4f}, val accuracy {sweep.best_val_accuracy:.2%}; "
-                        f"{sweep.complete} complete, {sweep.pruned} pruned, {sweep.failed} failed")
+        stage.result = (
+            f"trial {sweep.winner} won ({core.params_text(sweep.winner_params)}): "
+            f"val loss {sweep.best_val_loss:.4f}, val accuracy {sweep.best_val_accuracy:.2%}; "
+            f"{sweep.complete} complete, {sweep.pruned} pruned, {sweep.failed} failed"
+        )
     return winner_cfg.model_dump_json()
 
 

@@ -15,12 +15,18 @@ def tune_study(config_json: str, tracking_uri: str, parent_run_id: str, study: O
 # The workers get the parent run's id in the study artifact, not as a parameter: inside a ParallelFor, kfp.local
 # 2.17 replaces every parameter that comes from another task's output by the loop's item.
 @component
-def tune(config_json: str, tracking_uri: str, study: Input[Artifact], dataset: Input[Dataset],
-         init_model: Input[Model], environment: Input[Artifact], worker: int) -> int:
+def tune(
+    config_json: str,
+    tracking_uri: str,
+    study: Input[Artifact],
+    dataset: Input[Dataset],
+    init_model: Input[Model],
+    environment: Input[Artifact],
+    worker: int,
+) -> int:
     from components.tune import adapter
 
-    return adapter.tune(config_json, tracking_uri, study.path, dataset.path, init_model.path, environment.path,
-                        worker)
+    return adapter.tune(config_json, tracking_uri, study.path, dataset.path, init_model.path, environment.path, worker)
 
 
 @component

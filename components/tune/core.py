@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, ContextManager, Optional
+from typing import ContextManager
 
 from components import storage
 from components.config import ConfigError, LifecycleConfig, search_space, set_key, takes_integers, validate_config
@@ -36,6 +37,7 @@ class SweepError(LifecycleError):
 @dataclass
 class TrialLog:
     """What a trial's run records as it goes: metrics by step, and the outcome at the end."""
+
     log_metrics: Callable[[dict, int], None]
     outcome: dict = field(default_factory=dict)  # state, val_loss, val_accuracy, seconds, pruned_at_epoch, error
 
@@ -43,6 +45,7 @@ class TrialLog:
 @dataclass
 class Sweep:
     """The study's account beside the winning model (handoff.SWEEP), for the model card and the sweep's run."""
+
     study: str
     storage: str  # without a password
     space: dict  # key -> distribution
@@ -52,10 +55,10 @@ class Sweep:
     failed: int
     winner: int  # the trial's number
     winner_params: dict
-    defaults_trial: Optional[int]  # the trial of the config's own values, when it finished
+    defaults_trial: int | None  # the trial of the config's own values, when it finished
     best_val_loss: float
     best_val_accuracy: float
-    defaults_val_loss: Optional[float]
+    defaults_val_loss: float | None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,9 +70,11 @@ def study_storage(cfg: LifecycleConfig, tracking_uri: str) -> str:
     url = cfg.tune.storage
     if url is None:
         if not tracking_uri.startswith("sqlite:///"):
-            raise ConfigError(f"tune.storage: the study needs a database every worker reaches; with the tracking "
-                              f"server {tracking_uri}, set it to one of its own, e.g. "
-                              f"postgresql://USER:PASSWORD@HOST:5432/optuna")
+            raise ConfigError(
+                f"tune.storage: the study needs a database every worker reaches; with the tracking "
+                f"server {tracking_uri}, set it to one of its own, e.g. "
+                f"postgresql://USER:PASSWORD@HOST:5432/optuna"
+            )
         url = tracking_uri.rsplit("/", 1)[0] + "/optuna.db"
     return "postgresql+psycopg://" + url.removeprefix("postgresql://") if url.startswith("postgresql://") else url
 
@@ -79,16 +84,26 @@ def open_study(cfg: LifecycleConfig, url: str, name: str):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial says what a person needs
-    pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=cfg.tune.prune_after_trials),
-               "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
-               "none": optuna.pruners.NopPruner}
+    pruners = {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=cfg.tune.prune_after_trials),
+        "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
+        "none": optuna.pruners.NopPruner,
+    }
     sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=min(10, max(1, cfg.tune.trials // 2)))
     try:
-        return optuna.create_study(storage=url, study_name=name, direction="minimize", load_if_exists=True,
-                                   sampler=sampler, pruner=pruners[cfg.tune.pruner]())
+        return optuna.create_study(
+            storage=url,
+            study_name=name,
+            direction="minimize",
+            load_if_exists=True,
+            sampler=sampler,
+            pruner=pruners[cfg.tune.pruner](),
+        )
     except Exception as err:  # SQLAlchemy's errors: an unreachable server, a wrong password, no such database
-        raise SweepError(f"tune.storage: cannot open the study's database {hide_password(url)}: "
-                         f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
+        raise SweepError(
+            f"tune.storage: cannot open the study's database {hide_password(url)}: "
+            f"{type(err).__name__}: {str(err).splitlines()[0]}"
+        ) from None
 
 
 def prepare_study(cfg: LifecycleConfig, study) -> list[str]:
@@ -108,9 +123,14 @@ def prepare_study(cfg: LifecycleConfig, study) -> list[str]:
         if trial.state == TrialState.RUNNING:  # its worker was killed (a finished trial can no longer be changed)
             study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number,
-                                                      CHECKPOINT: trial.user_attrs.get(CHECKPOINT),
-                                                      DEFAULTS: trial.user_attrs.get(DEFAULTS, False)})
+        study.enqueue_trial(
+            trial.params,
+            user_attrs={
+                RETRY_OF: trial.number,
+                CHECKPOINT: trial.user_attrs.get(CHECKPOINT),
+                DEFAULTS: trial.user_attrs.get(DEFAULTS, False),
+            },
+        )
         said.append(f"trial {trial.number} was interrupted: tried again from its checkpoint")
     return said
 
@@ -119,9 +139,11 @@ def finished_trials(study) -> list:
     """The trials that count in the budget: complete, pruned or failed, but not interrupted."""
     from optuna.trial import TrialState
 
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
-                                                                TrialState.FAIL))
-            if not t.user_attrs.get(INTERRUPTED)]
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+        if not t.user_attrs.get(INTERRUPTED)
+    ]
 
 
 def defaults(cfg: LifecycleConfig) -> dict:
@@ -155,15 +177,15 @@ def suggest(trial, cfg: LifecycleConfig) -> dict:
         if spec.choices is not None:
             params[key] = trial.suggest_categorical(key, spec.choices)
         elif takes_integers(key):
-            params[key] = trial.suggest_int(key, int(spec.low), int(spec.high), step=int(spec.step or 1),
-                                            log=spec.log)
+            params[key] = trial.suggest_int(key, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
         else:
             params[key] = trial.suggest_float(key, spec.low, spec.high, step=spec.step, log=spec.log)
     return params
 
 
-def run_trials(cfg: LifecycleConfig, study, job: FineTuneJob, sweep_uri: str, deadline: float,
-               trial_run: TrialRun) -> int:
+def run_trials(
+    cfg: LifecycleConfig, study, job: FineTuneJob, sweep_uri: str, deadline: float, trial_run: TrialRun
+) -> int:
     """Trials until tune.trials have finished (over every worker) or the deadline (0: none) has passed; a trial
     under way at the deadline ends first. Each trial trains with stage 4's core; the best complete one so far
     keeps its model at sweep_uri/trial-N/model. Returns how many trials this worker ran."""
@@ -184,29 +206,40 @@ def run_trials(cfg: LifecycleConfig, study, job: FineTuneJob, sweep_uri: str, de
         epochs = []
         with trial_run(trial.number, params) as record, tempfile.TemporaryDirectory(prefix="lifecycle-trial-") as out:
             record.outcome = {"state": "failed"}
-            trial_job = replace(job, out_dir=out, checkpoint_uri=checkpoint, model_cfg=trial_cfg.model,
-                                train_cfg=trial_cfg.train)
+            trial_job = replace(
+                job, out_dir=out, checkpoint_uri=checkpoint, model_cfg=trial_cfg.model, train_cfg=trial_cfg.train
+            )
             started = time.perf_counter()
             try:
                 result = fine_tune(trial_job, record.log_metrics, lambda row: _report(trial, row, epochs))
             except optuna.TrialPruned:
-                record.outcome = {"state": "pruned", "pruned_at_epoch": epochs[-1]["epoch"],
-                                  "val_loss": min(row["val_loss"] for row in epochs),
-                                  "seconds": time.perf_counter() - started}
+                record.outcome = {
+                    "state": "pruned",
+                    "pruned_at_epoch": epochs[-1]["epoch"],
+                    "val_loss": min(row["val_loss"] for row in epochs),
+                    "seconds": time.perf_counter() - started,
+                }
                 raise
             except KeyboardInterrupt:  # Ctrl-C: Optuna marks it failed; the resumed sweep tries it again
                 trial.set_user_attr(INTERRUPTED, True)
                 record.outcome = {"state": "interrupted"}
                 raise
             except Exception as err:  # the trial fails (Optuna records why); the sweep goes on
-                record.outcome = {"state": "failed", "error": f"{type(err).__name__}: {err}",
-                                  "seconds": time.perf_counter() - started}
+                record.outcome = {
+                    "state": "failed",
+                    "error": f"{type(err).__name__}: {err}",
+                    "seconds": time.perf_counter() - started,
+                }
                 raise
             finally:
                 outcomes[trial.number] = (params, record)
-            record.outcome = {"state": "complete", "val_loss": result.best_val_loss,
-                              "val_accuracy": result.best_val_accuracy, "seconds": result.train_seconds,
-                              "epochs_run": result.epochs_run}
+            record.outcome = {
+                "state": "complete",
+                "val_loss": result.best_val_loss,
+                "val_accuracy": result.best_val_accuracy,
+                "seconds": result.train_seconds,
+                "epochs_run": result.epochs_run,
+            }
             if _best_so_far(trial.study, result.best_val_loss):
                 storage.upload_folder(out, storage.join(folder, MODEL))
                 trial.set_user_attr(MODEL, storage.join(folder, MODEL))
@@ -215,8 +248,11 @@ def run_trials(cfg: LifecycleConfig, study, job: FineTuneJob, sweep_uri: str, de
     def after_trial(study, trial) -> None:
         params, record = outcomes[trial.number]
         outcome = record.outcome
-        log.log(logging.WARNING if outcome["state"] == "failed" else logging.INFO, "%s",
-                trial_line(trial.number, params, base, outcome))
+        log.log(
+            logging.WARNING if outcome["state"] == "failed" else logging.INFO,
+            "%s",
+            trial_line(trial.number, params, base, outcome),
+        )
         if len(finished_trials(study)) >= cfg.tune.trials:  # other workers finish trials too
             study.stop()
 
@@ -248,9 +284,15 @@ def trial_line(number: int, params: dict, base: dict, outcome: dict) -> str:
     """One line a person reads per trial: what differs from the defaults, the validation loss, the outcome."""
     changed = params_text({key: value for key, value in params.items() if value != base.get(key)})
     loss = f"val loss {outcome['val_loss']:.4f}" if "val_loss" in outcome else "no val loss"
-    state = (f"pruned after epoch {outcome['pruned_at_epoch']}" if outcome["state"] == "pruned" else
-             f"val accuracy {outcome['val_accuracy']:.2%}" if outcome["state"] == "complete" else
-             f"failed ({outcome['error']})" if outcome["state"] == "failed" else outcome["state"])
+    state = (
+        f"pruned after epoch {outcome['pruned_at_epoch']}"
+        if outcome["state"] == "pruned"
+        else f"val accuracy {outcome['val_accuracy']:.2%}"
+        if outcome["state"] == "complete"
+        else f"failed ({outcome['error']})"
+        if outcome["state"] == "failed"
+        else outcome["state"]
+    )
     return f"trial {number:>3}: {changed or 'the defaults'}: {loss}, {state} ({outcome.get('seconds', 0):.0f} s)"
 
 
@@ -265,22 +307,31 @@ def select(cfg: LifecycleConfig, study, url: str, out_dir: str) -> tuple[Sweep, 
     finished = finished_trials(study)
     if not complete:
         failed = [t for t in finished if t.state == TrialState.FAIL]
-        why = (f"; trial {failed[-1].number} failed: {failed[-1].system_attrs.get('fail_reason', 'see the log')}"
-               if failed else "")
+        why = (
+            f"; trial {failed[-1].number} failed: {failed[-1].system_attrs.get('fail_reason', 'see the log')}"
+            if failed
+            else ""
+        )
         raise SweepError(f"the sweep {study.study_name} has no complete trial among {len(finished)} finished{why}")
     winner = min(complete, key=lambda t: t.value)
     storage.download_folder(winner.user_attrs[MODEL], out_dir)
     result = rehome_train_result(out_dir)
     defaults_trial = next((t for t in finished if t.user_attrs.get(DEFAULTS)), None)
     sweep = Sweep(
-        study=study.study_name, storage=hide_password(url),
+        study=study.study_name,
+        storage=hide_password(url),
         space=space_as_given(cfg),
-        trials=len(finished), complete=sum(t.state == TrialState.COMPLETE for t in finished),
+        trials=len(finished),
+        complete=sum(t.state == TrialState.COMPLETE for t in finished),
         pruned=sum(t.state == TrialState.PRUNED for t in finished),
-        failed=sum(t.state == TrialState.FAIL for t in finished), winner=winner.number,
-        winner_params=dict(winner.params), defaults_trial=defaults_trial.number if defaults_trial else None,
-        best_val_loss=winner.value, best_val_accuracy=result.best_val_accuracy,
-        defaults_val_loss=defaults_trial.value if defaults_trial and defaults_trial.value is not None else None)
+        failed=sum(t.state == TrialState.FAIL for t in finished),
+        winner=winner.number,
+        winner_params=dict(winner.params),
+        defaults_trial=defaults_trial.number if defaults_trial else None,
+        best_val_loss=winner.value,
+        best_val_accuracy=result.best_val_accuracy,
+        defaults_val_loss=defaults_trial.value if defaults_trial and defaults_trial.value is not None else None,
+    )
     write_json(out_dir, SWEEP, sweep.to_dict())
     return sweep, trial_config(cfg, winner.params)
 
@@ -302,5 +353,6 @@ def _value_at(mapping: dict, key: str):
 
 
 def params_text(params: dict) -> str:
-    return " ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
-                    for key, value in params.items())
+    return " ".join(
+        f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}" for key, value in params.items()
+    )
