@@ -28,10 +28,9 @@ def main() -> None:
     import mlflow
 
     from components.config import load_config
-    from components.deploy.serving import resolve_bundle
     from components.handoff import model_uri
-    from components.monitor.core import in_log_form, monitor
-    from components.registry import CHAMPION
+    from components.registry import CHAMPION, resolve_bundle
+    from monitoring.core import in_log_form, monitor
     from pipelines.demo import champion_splits, unseen_rows
     from pipelines.local import tracking_uri_for
 

@@ -20,12 +20,18 @@ from components.handoff import bundle_dir, read_split
 from components.stages import DATA, DEPLOY, FINE_TUNE
 
 
-def main() -> None:
+def run_parser(holds: str, single: int, rounds: int, per: str) -> argparse.ArgumentParser:
+    """A serving benchmark's arguments: the KFP run folder it reads, one-text requests and interleaved rounds."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", help="a KFP run folder with data/dataset, fine-tune/model, deploy/")
-    parser.add_argument("--single", type=int, default=300, help="one-text requests timed per runtime in all")
+    parser.add_argument("--run-dir", help=f"a KFP run folder with {holds}")
+    parser.add_argument("--single", type=int, default=single, help=f"one-text requests timed per {per}")
+    parser.add_argument("--rounds", type=int, default=rounds, help="interleaved rounds; medians are reported")
+    return parser
+
+
+def main() -> None:
+    parser = run_parser("data/dataset, fine-tune/model, deploy/", single=300, rounds=5, per="runtime in all")
     parser.add_argument("--batches", type=int, default=10, help="batches of 32 timed per runtime and round")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
     parser.add_argument(
         "--device",
         choices=["cpu", "cuda"],
@@ -48,7 +54,7 @@ def main() -> None:
     batches = [list(rng.choice(texts, 32)) for _ in range(args.batches)]
     latencies = {name: [] for name in predictors}
     throughputs = {name: [] for name in predictors}
-    for name, predict in predictors.items():
+    for predict in predictors.values():
         for text in texts[:10]:  # warm-up
             predict([text])
     for _ in range(args.rounds):

@@ -9,7 +9,6 @@ of the rounds are reported.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import logging
@@ -32,17 +31,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", help="a KFP run folder with data/dataset and deploy/")
-    parser.add_argument("--single", type=int, default=200, help="one-text requests timed per mode and round")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from serving import newest_run, run_parser
+
+    parser = run_parser("data/dataset and deploy/", single=200, rounds=2, per="mode and round")
+    parser.description = __doc__
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients for the throughput")
     parser.add_argument("--seconds", type=float, default=10, help="throughput measured this long per mode and round")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; medians are reported")
     args = parser.parse_args()
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     warnings.filterwarnings("ignore", message=".*Add type hints")  # MLflow on our pyfunc, at registering
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from serving import newest_run
 
     run = Path(args.run_dir) if args.run_dir else newest_run(ROOT / "work" / "kfp")
     texts = read_split(run / DATA.task_name / "dataset", "test")["text"].tolist()
@@ -68,7 +66,7 @@ def measure(scratch: Path, bundle: Path, texts: list[str], args) -> dict[str, di
     import mlflow
 
     from components.registry import end_rollout, promote, start_rollout
-    from pipelines.processes import wait_until_answers
+    from pipelines.process_groups import wait_until_answers
     from pipelines.tracking_server import free_port
 
     uri = f"sqlite:///{scratch / 'mlflow.db'}"
@@ -77,7 +75,7 @@ def measure(scratch: Path, bundle: Path, texts: list[str], args) -> dict[str, di
     promote(NAME, "1")
     port = free_port()
     code = (
-        f"from components.deploy.serving import Follow, Limits, serve; serve({str(bundle)!r}, {NAME!r}, '1', "
+        f"from components.deploy.server import Follow, Limits, serve; serve({str(bundle)!r}, {NAME!r}, '1', "
         f"{port}, {str(scratch / 'predictions')!r}, Limits(), host='127.0.0.1', "
         f"follow=Follow('champion', 0.5, {str(scratch / 'downloads')!r}))"
     )

@@ -3,10 +3,12 @@ training time, peak memory, test accuracy and macro-F1 with bootstrap 95% interv
 with its seeded head are made once (stages 1 and 2); each row is stage 4 with the strategy's defaults, then the
 test split scored as stage 5 scores it.
 
-    python benchmarks/strategies.py --config configs/sms_spam.yaml --set data.path=../shared/data/sms_spam/SMSSpamCollection
+    python benchmarks/strategies.py --config configs/sms_spam.yaml \\
+        --set data.path=../shared/data/sms_spam/SMSSpamCollection
     python benchmarks/strategies.py --config configs/trec.yaml --rows strategies
     python benchmarks/strategies.py --config configs/sms_spam.yaml --set data.path=... --rows lora-grid
-    python benchmarks/strategies.py --config configs/sms_spam.yaml --set data.path=... --set model.strategy=head --rows privacy
+    python benchmarks/strategies.py --config configs/sms_spam.yaml --set data.path=... --set model.strategy=head \\
+        --rows privacy
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.train_speed import peak_rss_kib  # noqa: E402
+from benchmarks.train_speed import fine_tune_once, peak_rss_kib  # noqa: E402
 
 # Each row: its name and the --set overrides that make it.
 STRATEGY_ROWS = {
@@ -122,30 +124,16 @@ def prepare(config: str, overrides: list[str], tmp: Path) -> list[str]:
 def train_and_score(config: str, overrides: list[str], work: Path) -> dict:
     """Stage 4 for the row, timed from loading the model to the saved model, then the test split scored."""
     from components.config import load_config
-    from components.environment import core as environment_stage
-    from components.evaluate.core import class_indices, load_logits_predictor, score
-    from components.fine_tune.core import fine_tune
-    from components.handoff import FineTuneJob, read_manifest, read_model_spec, read_split
+    from components.evaluate.core import load_logits_predictor
+    from components.handoff import read_manifest, read_model_spec, read_split
+    from components.scoring import class_indices, score
     from components.statistics import bootstrap_intervals, softmax
 
     cfg = load_config(config, overrides)
     tmp = Path(cfg.work_dir)
     data_dir = str(tmp / "data")
-    env = environment_stage.environment(cfg.train.device, cfg.train.precision, cfg.train.threads, cfg.seed, {})
     started = time.perf_counter()
-    result = fine_tune(
-        FineTuneJob(
-            str(tmp / "init"),
-            data_dir,
-            str(work / "model"),
-            str(work / "checkpoint"),
-            cfg.model,
-            cfg.train,
-            env.device,
-            env.precision,
-            cfg.seed,
-        )
-    )
+    result, env = fine_tune_once(cfg, str(tmp / "init"), data_dir, work)
     train_s, peak_mb = time.perf_counter() - started, peak_rss_kib() / 1024
     labels, test = read_manifest(data_dir).labels, read_split(data_dir, "test")
     logits = load_logits_predictor(

@@ -109,15 +109,35 @@ def prepare_split(args, tmp: Path) -> Path:
     return tmp / "data"
 
 
+def fine_tune_once(cfg, init_dir: str, data_dir: str, work: Path):
+    """Stage 4 in this process, as `lifecycle run` trains: (its result, stage 3's environment)."""
+    from components.environment import core as environment_stage
+    from components.fine_tune.core import fine_tune
+    from components.handoff import FineTuneJob
+
+    env = environment_stage.environment(cfg.train.device, cfg.train.precision, cfg.train.threads, cfg.seed, {})
+    job = FineTuneJob(
+        init_dir,
+        data_dir,
+        str(work / "model"),
+        str(work / "checkpoint"),
+        cfg.model,
+        cfg.train,
+        env.device,
+        env.precision,
+        cfg.seed,
+    )
+    return fine_tune(job), env
+
+
 def train_ours(args) -> dict:
     """Stage 4 with the strategy's defaults, timed, then the test split through stage 5's evaluation."""
     import torch
 
     from components.config import load_config
-    from components.environment import core as environment_stage
-    from components.evaluate.core import class_indices, load_logits_predictor
-    from components.fine_tune.core import fine_tune
-    from components.handoff import FineTuneJob, read_manifest, read_split
+    from components.evaluate.core import load_logits_predictor
+    from components.handoff import read_manifest, read_split
+    from components.scoring import class_indices
     from components.statistics import softmax
 
     cfg = load_config(
@@ -130,22 +150,9 @@ def train_ours(args) -> dict:
             f"train.device={args.device}",
         ],
     )
-    env = environment_stage.environment(cfg.train.device, cfg.train.precision, cfg.train.threads, cfg.seed, {})
     work = Path(args.work)
     started = time.perf_counter()
-    result = fine_tune(
-        FineTuneJob(
-            str(Path(args.data) / "init"),
-            args.data,
-            str(work / "model"),
-            str(work / "checkpoint"),
-            cfg.model,
-            cfg.train,
-            env.device,
-            env.precision,
-            cfg.seed,
-        )
-    )
+    result, env = fine_tune_once(cfg, str(Path(args.data) / "init"), args.data, work)
     train_s, memory = time.perf_counter() - started, peak_memory(args.device)
     labels, test = read_manifest(args.data).labels, read_split(args.data, "test")
     logits = load_logits_predictor(
@@ -177,7 +184,8 @@ def train_peer(args) -> dict:
 
     from components.config import LoraConfig, ModelConfig, load_config
     from components.handoff import SPLITS, read_manifest, read_split
-    from components.model.core import apply_strategy, resolve_base
+    from components.model.loading import resolve_base
+    from components.model.strategies import apply_strategy
     from components.text_batches import encode, predict_logits
 
     max_length = load_config(args.config, [f"data.path={args.data}"]).model.max_length  # as ours truncates

@@ -14,7 +14,7 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         from components.handoff import read_labels
-        from components.model.core import load_classifier
+        from components.model.loading import load_classifier
 
         model_dir = context.artifacts["model_dir"]
         self.labels = read_labels(model_dir)

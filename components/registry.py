@@ -1,14 +1,19 @@
 """The MLflow model registry: the champion as a predictor for the gate, registering stage 5's challenger and
-publishing stage 6's champion, rollback. The registry is the source of truth for what is served."""
+publishing stage 6's champion, rollouts and rollback, and a registered bundle downloaded to serve or check. The
+registry is the source of truth for what is served."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from components.errors import LifecycleError
-from components.handoff import model_uri
+from components.handoff import BUNDLE, BUNDLE_MODEL, model_uri, version_uri
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -148,7 +153,7 @@ def start_rollout(model_name: str, version: str, mode: str, canary_percent: floa
     client.set_registered_model_alias(model_name, CANDIDATE, version)
 
 
-def rollout_settings(version) -> tuple[str, float, dt.datetime]:
+def rollout_settings(version) -> tuple[str, float, datetime]:
     """(mode, canary share, start) of a candidate's registered version (a ModelVersion). An alias set by hand has
     no rollout tags: a shadow since the version was registered."""
     import datetime as dt
@@ -253,3 +258,30 @@ def _requirements() -> list[str]:
 
     names = ("torch", "transformers", "pandas", "safetensors", "tokenizers", "onnxruntime")
     return [f"{name}=={version(name)}" for name in names]
+
+
+def resolve_bundle(model_uri: str, download_dir: str | Path) -> tuple[str, str, str]:
+    """Download a registered ONNX model (models:/NAME@ALIAS or models:/NAME/VERSION): (bundle dir, name, version)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    reference = model_uri.removeprefix("models:/")
+    name, _, version = reference.partition("/")
+    if "@" in name:
+        name, alias = name.split("@", 1)
+        version = alias_version(client, name, alias)
+        if version is None:
+            raise RegistryError(
+                f"{model_uri}: the registry at {mlflow.get_tracking_uri()} has no version of "
+                f"{name!r} with the alias {alias!r} (`lifecycle run` makes a champion)"
+            )
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=version_uri(name, version), dst_path=str(Path(download_dir) / f"{name}-{version}")
+    )
+    bundle = Path(local) / "artifacts" / BUNDLE  # the pyfunc's artifact "bundle"
+    if not (bundle / BUNDLE_MODEL).is_file():
+        raise LifecycleError(
+            f"{model_uri} (version {version}) is not an ONNX bundle; serve a version that "
+            f"stage 6 registered (alias champion)"
+        )
+    return str(bundle), name, version

@@ -9,7 +9,7 @@ from pathlib import Path
 from components.handoff import CONFIG
 
 STAGE_TAG = "lifecycle.stage"
-SWEEP = "sweep"  # the run kind of `lifecycle tune`
+SWEEP_RUN_KIND = "sweep"  # the run kind of `lifecycle tune`
 # What the MLflow UI opens an experiment on: its GenAI overview of traces unless the experiment's kind says
 # otherwise. MLflow 3.17's UI takes the kind from its GenAI / Model training switch instead (the browser's choice,
 # GenAI at first, or the link's workflowType), so the links printed carry that too (ui_link).
@@ -92,10 +92,10 @@ def use_experiment(tracking_uri: str, experiment: str, location: str | None = No
 @contextlib.contextmanager
 def stage_run(tracking_uri: str, experiment: str, parent_run_id: str, stage: str) -> Iterator:
     """A nested run under the pipeline's parent run, marked FAILED if the stage raises; the stage's start, end
-    and failure are reported (components.console), and the StageReport it yields takes its key result."""
+    and failure are reported (components.stage_output), and the StageReport it yields takes its key result."""
     import mlflow
 
-    from components.console import reported_stage
+    from components.stage_output import reported_stage
 
     with reported_stage(stage) as report:
         use_experiment(tracking_uri, experiment)
@@ -127,7 +127,7 @@ def start_parent_run(cfg, tracking_uri: str, tags: dict | None = None, run_kind:
     the keys it searches: the winner's values go there once it is chosen."""
     import mlflow
 
-    from components.config import search_space
+    from components.sweep.space import search_space
 
     experiment_id = use_config_experiment(cfg, tracking_uri)
     client = mlflow.MlflowClient()
@@ -137,7 +137,7 @@ def start_parent_run(cfg, tracking_uri: str, tags: dict | None = None, run_kind:
         "mlflow.runName": parent_run_name(cfg, run_kind),
     } | (tags or {})
     run = client.create_run(experiment_id, tags=tags, run_name=tags["mlflow.runName"])
-    searched = search_space(cfg) if run_kind == SWEEP else {}
+    searched = search_space(cfg) if run_kind == SWEEP_RUN_KIND else {}
     # A training run trains with no tune section; a sweep's storage URL may hold a password.
     dumped = cfg.model_dump(mode="json", exclude={"tune": {"storage", "space"}} if searched else {"tune"})
     params = {k: v for k, v in flatten(dumped).items() if k not in searched}

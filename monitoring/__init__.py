@@ -1,2 +1,4 @@
-"""What stage 7 (components/monitor/) uses: drift detection with Evidently (drift.py), the prediction log that
-serving writes (prediction_log.py), alerts (alerts.py) and the retraining claim (retraining.py)."""
+"""Stage 7, monitoring: core.py (the stage's core: the texts to check and the drift check against the served
+model's reference), drift.py (Evidently), prediction_log.py (what serving writes), alerts.py, retraining.py (the
+retraining claim) and rollout.py (a rollout's evidence, decision and record). Its MLflow adapter and KFP component
+are in components/monitor/."""

@@ -1,4 +1,5 @@
-"""Alerts (drift, and a rollout rolled back): a log line, a JSON file under work_dir/alerts, and a POST to a Slack/Teams incoming webhook."""
+"""Alerts (drift, and a rollout rolled back): a log line, a JSON file under work_dir/alerts, and a POST to a
+Slack/Teams incoming webhook."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 def demo_drift(cfg: LifecycleConfig) -> None:
     import mlflow
 
-    from components.data.tables import DataError
+    from components.data.table_readers import DataError
     from components.registry import CHAMPION, alias_version
     from pipelines.local import run_locally, tracking_uri_for
 
@@ -94,8 +94,8 @@ def champion_splits(cfg: LifecycleConfig) -> dict[str, pd.DataFrame]:
 
 
 def unseen_rows(cfg: LifecycleConfig, splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    from components.data.core import clean, resolve_sources, table_format
-    from components.data.tables import read_table
+    from components.data.splitting import clean
+    from components.data.table_readers import read_table, resolve_sources, table_format
 
     sources = resolve_sources(cfg.data.model_copy(update={"feedback_path": None}), Path(cfg.work_dir) / "downloads")
     rows = pd.concat(
@@ -113,10 +113,9 @@ def _replay(cfg: LifecycleConfig, texts: list[str], log_dir: Path) -> Path:
     import shutil
 
     from components.deploy.onnx_classifier import OnnxClassifier, label_probabilities
-    from components.deploy.serving import resolve_bundle
     from components.handoff import model_uri
     from components.pii import LogPii
-    from components.registry import CHAMPION
+    from components.registry import CHAMPION, resolve_bundle
     from components.storage import list_files
     from monitoring.prediction_log import PredictionLog
 

@@ -53,7 +53,7 @@ def run_locally(
     checkpoint (or its study). `on_start` is told the parent run's id before the first stage starts."""
     import mlflow
 
-    from components.tracking import SWEEP, start_parent_run, use_config_experiment
+    from components.tracking import SWEEP_RUN_KIND, start_parent_run, use_config_experiment
     from pipelines.training_pipeline import build_sweep_pipeline, build_training_pipeline
 
     pipeline_root = Path(cfg.work_dir) / "kfp"
@@ -65,7 +65,7 @@ def run_locally(
         client.update_run(resume_run_id, status="RUNNING")
         parent = resume_run_id
     else:
-        parent = start_parent_run(cfg, uri, run_kind=SWEEP if sweep else "")
+        parent = start_parent_run(cfg, uri, run_kind=SWEEP_RUN_KIND if sweep else "")
     on_start(parent)
     build = build_sweep_pipeline if sweep else build_training_pipeline
     try:
@@ -104,7 +104,7 @@ def run_pipeline(pipeline, cfg: LifecycleConfig, run_id: str, **arguments) -> No
     of it goes to the MLflow run `run_id`, whatever the outcome."""
     from kfp import local
 
-    from pipelines.console import active, log_since
+    from pipelines.terminal import active, log_since
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(Path(cfg.work_dir) / "kfp"))
     start = active().position() if active() else 0

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.errors import LifecycleError
-from pipelines.processes import start_group, stop_group, wait_until_answers
+from pipelines.process_groups import start_group, stop_group, wait_until_answers
 
 log = logging.getLogger(__name__)
 

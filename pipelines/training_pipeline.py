@@ -5,9 +5,9 @@ the table of stages."""
 from kfp import dsl
 
 from components.config import LifecycleConfig
-from components.kfp_base import open_parent_run
-from components.stages import DATA, DEPLOY, ENVIRONMENT, EVALUATE, FINE_TUNE, MODEL, MONITOR, TUNE, by_task_name
-from components.tracking import SWEEP
+from components.kfp_tasks import open_parent_run
+from components.stages import DATA, DEPLOY, ENVIRONMENT, EVALUATE, FINE_TUNE, MODEL, MONITOR, SWEEP, by_task_name
+from components.tracking import SWEEP_RUN_KIND
 
 
 def build_training_pipeline(cfg: LifecycleConfig):
@@ -29,7 +29,7 @@ def build_training_pipeline(cfg: LifecycleConfig):
 def build_sweep_pipeline(cfg: LifecycleConfig):
     """Stages 1-3, the study, cfg.tune.parallel workers sharing it (pods on a cluster, each with its GPU), the
     winner, then stages 5-7 with the winner's config as a run's."""
-    from components.tune.component import tune_select, tune_study
+    from components.sweep.component import sweep_select, sweep_study
 
     @dsl.pipeline(
         name=f"{cfg.name}-sweep",
@@ -37,13 +37,13 @@ def build_sweep_pipeline(cfg: LifecycleConfig):
         "an Optuna study whose trials are nested MLflow runs",
     )
     def sweep_pipeline(config_json: str, tracking_uri: str, parent_run_id: str = ""):
-        common, inputs = prepare(cfg, config_json, tracking_uri, parent_run_id, kind=SWEEP)
-        study = tune_study(**common).after(inputs["environment"].task)
+        common, inputs = prepare(cfg, config_json, tracking_uri, parent_run_id, kind=SWEEP_RUN_KIND)
+        study = sweep_study(**common).after(inputs["environment"].task)
         configure_task(study, cfg)
         with dsl.ParallelFor(
-            items=list(range(cfg.tune.parallel)), parallelism=cfg.tune.parallel, name="tune-workers"
+            items=list(range(cfg.tune.parallel)), parallelism=cfg.tune.parallel, name="sweep-workers"
         ) as worker:
-            workers = TUNE.component()(
+            workers = SWEEP.component()(
                 config_json=config_json,
                 tracking_uri=tracking_uri,
                 study=study.outputs["study"],
@@ -51,7 +51,7 @@ def build_sweep_pipeline(cfg: LifecycleConfig):
                 worker=worker,
             )
             configure_task(workers, cfg)
-        winner = tune_select(**common).after(workers)
+        winner = sweep_select(**common).after(workers)
         configure_task(winner, cfg)
         evaluate_and_deploy(cfg, common | {"config_json": winner.outputs["Output"]}, inputs, winner.outputs["model"])
 

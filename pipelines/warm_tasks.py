@@ -33,7 +33,7 @@ PRELOAD = (
     "components.config",
     "components.tracking",
     "components.handoff",
-    "components.console",
+    "components.stage_output",
 )
 WARM_UP = (
     "great_expectations",

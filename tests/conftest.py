@@ -1,6 +1,7 @@
 """Tiny models built from configs (random weights, no download) and small labelled data made here."""
 
 import random
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -8,37 +9,10 @@ import pytest
 
 SHARED_SMS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sms_spam" / "SMSSpamCollection"
 
-SPAM_WORDS = [
-    "win",
-    "free",
-    "prize",
-    "cash",
-    "claim",
-    "urgent",
-    "call",
-    "now",
-    "txt",
-    "offer",
-    "winner",
-    "bonus",
-    "reply",
-    "stop",
-]
-HAM_WORDS = [
-    "see",
-    "you",
-    "lunch",
-    "tomorrow",
-    "home",
-    "later",
-    "thanks",
-    "love",
-    "dinner",
-    "meeting",
-    "ok",
-    "sorry",
-    "morning",
-]
+SPAM_WORDS = "win free prize cash claim urgent call now txt offer winner bonus reply stop".split()
+HAM_WORDS = "see you lunch tomorrow home later thanks love dinner meeting ok sorry morning".split()
+# Words of neither class: a kind of text the models never saw (drift).
+OTHER_WORDS = "invoice quarterly revenue forecast budget market analysis report board growth".split()
 
 
 def make_texts(n: int, seed: int = 0) -> pd.DataFrame:
@@ -112,8 +86,9 @@ def job_for(
 def predict_test_split(model_dir, data_dir, max_length: int = 32):
     """(probabilities, true class indices, labels) of a fine-tuned model on the test split, as stage 5 computes
     them."""
-    from components.evaluate.core import class_indices, load_logits_predictor
+    from components.evaluate.core import load_logits_predictor
     from components.handoff import read_manifest, read_split
+    from components.scoring import class_indices
     from components.statistics import softmax
 
     labels, test = read_manifest(data_dir).labels, read_split(data_dir, "test")
@@ -148,7 +123,7 @@ def tiny_settings(work_dir, data_path, tiny_bert, *overrides: str) -> list[str]:
 def wait_until_ready(url: str, process, seconds: float = 120, output: Path | None = None) -> None:
     """Until the server at `url` (KServe V2) is ready; fails when its process ends or the time runs out, with the
     end of what it printed to `output`."""
-    from pipelines.processes import wait_until_answers
+    from pipelines.process_groups import wait_until_answers
 
     if wait_until_answers(f"{url}/v2/health/ready", process, seconds):
         return
@@ -192,6 +167,18 @@ def stop_at_line(args: list[str], stop_here) -> tuple[str, str]:
 
 def as_args(settings: list[str]) -> list[str]:
     return [part for setting in settings for part in ("--set", setting)]
+
+
+def compile_pipelines(settings: list[str], *arguments: str) -> int:
+    """`lifecycle compile` with these --set settings and arguments: its exit code."""
+    from pipelines.cli import main
+
+    return main(["compile", *as_args(settings), *arguments])
+
+
+def serve_command(config: Path, port: int, *arguments: str) -> list[str]:
+    """`lifecycle serve` in a process of its own, as a serving pod runs it."""
+    return [sys.executable, "-m", "pipelines.cli", "serve", "--config", str(config), "--port", str(port), *arguments]
 
 
 @pytest.fixture
@@ -242,15 +229,8 @@ def tiny_gpt2(tmp_path_factory) -> Path:
         tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
     )
     tokenizer.save_pretrained(out)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=128,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    ends = {"bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2, **ends)
     GPT2LMHeadModel(config).save_pretrained(out, safe_serialization=True)
     return out
 
@@ -263,17 +243,10 @@ def tiny_decoders(tmp_path_factory, tiny_gpt2) -> dict[str, Path]:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
-    shape = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    ends = {"bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    sizes = {"hidden_size": 32, "intermediate_size": 64, "max_position_embeddings": 128}
+    heads = {"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+    shape = {"vocab_size": len(tokenizer), **sizes, **heads, **ends}
     folders = {}
     for family, config, model in (("llama", LlamaConfig, LlamaForCausalLM), ("qwen2", Qwen2Config, Qwen2ForCausalLM)):
         torch.manual_seed(0)

@@ -9,6 +9,8 @@ from conftest import make_texts, tiny_settings
 from components.config import load_config
 from components.stages import DATA, DEPLOY, ENVIRONMENT, EVALUATE, FINE_TUNE, MODEL, MONITOR
 
+pytestmark = pytest.mark.slow  # the stages in order, each test the next stage on the last one's outputs
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_bert):

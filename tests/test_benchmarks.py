@@ -3,9 +3,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_the_gpu_check_dry_run_runs_every_step_on_the_cpu_and_prints_one_table(tmp_path):
     """`make gpu-check` on a machine without a GPU (--dry-run): the GPU tests (they skip), the fine-tuning benchmark
     against the Trainer peer, the pipeline benchmark and the serving benchmark, each measured, in one table."""

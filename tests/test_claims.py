@@ -33,6 +33,7 @@ def claim_in_process(tracking_uri: str, experiment: str, index: int, decided, cl
     results.put((index, *claim_retraining(cfg, tracking_uri, f"alert-{index}", pause=pause)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("interleaving", ["all record, then all re-read", "one after another, all decided first"])
 def test_concurrent_claimers_start_exactly_one_retraining(interleaving, tracking_server):
     import mlflow

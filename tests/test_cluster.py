@@ -15,26 +15,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import requests
-from conftest import as_args, make_texts, tiny_settings, wait_until_ready
+from conftest import OTHER_WORDS, as_args, make_texts, serve_command, tiny_settings, wait_until_ready
 
 from pipelines.cli import main
 from pipelines.tracking_server import free_port
 
+pytestmark = pytest.mark.slow  # real servers end to end
+
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sms_spam.yaml"
 MODEL = "sms-spam-classifier"
 BUCKET = "lifecycle"
-OTHER_WORDS = [
-    "invoice",
-    "quarterly",
-    "revenue",
-    "forecast",
-    "budget",
-    "market",
-    "analysis",
-    "report",
-    "board",
-    "growth",
-]
 
 
 def shifted_texts(n: int) -> list[str]:
@@ -48,7 +38,7 @@ def s3_tracking_server():
     import boto3
     from s3fs import S3FileSystem
 
-    from pipelines.processes import start_group, stop_group
+    from pipelines.process_groups import start_group, stop_group
     from pipelines.tracking_server import start_tracking_server
 
     port = free_port()
@@ -183,17 +173,7 @@ def test_drift_retrains_and_a_shadow_rollout_promotes_on_a_server_never_restarte
     output = serving_pod / "server.out"
     with open(output, "w") as sink:
         server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pipelines.cli",
-                "serve",
-                "--config",
-                str(CONFIG),
-                "--port",
-                str(port),
-                *as_args(settings(serving_pod)),
-            ],
+            serve_command(CONFIG, port, *as_args(settings(serving_pod))),
             cwd=serving_pod,
             stdout=sink,
             stderr=subprocess.STDOUT,

@@ -6,11 +6,13 @@ import sys
 import time
 
 import psutil
+import pytest
 import requests
 
 from pipelines.tracking_server import free_port
 
 
+@pytest.mark.slow
 def test_lifecycle_ui_stops_with_every_process_it_started_on_sigterm(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     port = free_port()

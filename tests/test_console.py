@@ -5,7 +5,7 @@ import logging
 import warnings
 
 import pytest
-from conftest import SHARED_SMS
+from conftest import SHARED_SMS, compile_pipelines
 
 from pipelines.cli import main
 from pipelines.tracking_server import free_port
@@ -13,6 +13,7 @@ from pipelines.tracking_server import free_port
 STAGES = ["1-data", "2-model", "3-environment", "4-fine-tune", "5-evaluate", "6-deploy", "7-monitor"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED_SMS.is_file(), reason="needs ../shared/data/sms_spam")
 def test_a_default_run_prints_a_line_per_stage_start_and_end_and_logs_everything_else(tmp_path, capsys, monkeypatch):
     import mlflow
@@ -62,15 +63,15 @@ def test_a_default_run_prints_a_line_per_stage_start_and_end_and_logs_everything
 
 
 def test_the_console_shows_marked_lines_draws_no_bar_off_a_terminal_and_logs_every_line(tmp_path):
-    from components.console import Progress, reported_stage
     from components.errors import LifecycleError
-    from pipelines.console import capturing
+    from components.stage_output import Progress, reported_stage
+    from pipelines.terminal import capturing
 
     with capturing(verbose=False) as console:
         console.open_log(str(tmp_path), "try")
         terminal = console.terminal = console.error_stream = io.StringIO()
         logging.getLogger("a_library").info("a library's message")
-        warnings.warn("a library's warning")
+        warnings.warn("a library's warning", stacklevel=1)
         print("a line of a task's output")
         with pytest.raises(LifecycleError), reported_stage("1-data") as stage:
             progress = Progress(2, "epoch 1/1", logging.getLogger("components.fine_tune.core"), every=0)
@@ -89,22 +90,10 @@ def test_the_console_shows_marked_lines_draws_no_bar_off_a_terminal_and_logs_eve
 
 def test_compile_takes_a_directory_for_its_output_and_refuses_other_suffixes(tmp_path, capsys):
     out = tmp_path / "compiled"
-    assert main(["compile", "--set", "data.path=x.tsv", "--set", f"work_dir={tmp_path / 'work'}", "-o", f"{out}/"]) == 0
+    settings = ["data.path=x.tsv", f"work_dir={tmp_path / 'work'}"]
+    assert compile_pipelines(settings, "-o", f"{out}/") == 0
     assert sorted(p.name for p in out.iterdir()) == ["monitor_pipeline.yaml", "pipeline.yaml", "sweep_pipeline.yaml"]
-    assert (
-        main(
-            [
-                "compile",
-                "--set",
-                "data.path=x.tsv",
-                "--set",
-                f"work_dir={tmp_path / 'work'}",
-                "-o",
-                str(tmp_path / "pipeline.txt"),
-            ]
-        )
-        == 2
-    )
+    assert compile_pipelines(settings, "-o", str(tmp_path / "pipeline.txt")) == 2
     assert "expected a .yaml file or a directory" in capsys.readouterr().err
 
 

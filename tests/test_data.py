@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
@@ -7,7 +8,7 @@ from conftest import SHARED_SMS, make_texts
 
 from components.config import DataConfig
 from components.data import core as data_stage
-from components.data.tables import DataError
+from components.data.table_readers import DataError
 from components.data.validation import DataValidationError
 from components.handoff import SPLITS, read_split
 
@@ -186,22 +187,8 @@ def test_leakage_between_given_splits_stops_by_default_and_is_dropped_on_request
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["dropped_leaking_texts"] == {"val": 1, "test": 3}
     # The model card says so (its data section reads the manifest).
-    from components.evaluate import model_card
-    from components.handoff import read_manifest
-
-    facts = model_card.CardFacts(
-        "m",
-        SimpleNamespace(labels=["ham", "spam"]),
-        read_manifest(tmp_path / "out"),
-        {"name": "texts", "licence": "CC0", "citation": ""},
-        None,
-        None,
-        None,
-        None,
-    )
-    assert (
-        "Leakage: 1 texts of val and 3 texts of test that an earlier split also holds were dropped"
-        in model_card._data(facts)
+    assert "Leakage: 1 texts of val and 3 texts of test that an earlier split also holds were dropped" in (
+        card_data_section(tmp_path / "out")
     )
 
 
@@ -248,7 +235,7 @@ def test_download_is_cached_and_checked(tmp_path):
     import hashlib
     import zipfile
 
-    from components.data.tables import fetch
+    from components.data.table_readers import fetch
 
     payload = b"ham\thello\nspam\tWIN\n"
     with zipfile.ZipFile(tmp_path / "data.zip", "w") as archive:
@@ -283,9 +270,6 @@ def test_feedback_files_of_one_class_join_the_data_and_a_bad_one_is_named(tmp_pa
 
 
 def test_control_characters_are_stripped_and_counted_or_refused_naming_the_row_never_cut(tmp_path):
-    from components.evaluate import model_card
-    from components.handoff import read_manifest
-
     rows = make_texts(60)
     rows.loc[4, "text"] = "FreeMsg Hey there da\x00rling it's been 3 week's now\x0cand no word back"
     path = tmp_path / "nul.csv"
@@ -295,17 +279,7 @@ def test_control_characters_are_stripped_and_counted_or_refused_naming_the_row_n
     assert "FreeMsg Hey there darling it's been 3 week's now and no word back" in texts  # whole, not cut at the NUL
     assert prepared.stripped_control_characters == 1 and prepared.control_characters == "strip"
     assert json.loads((tmp_path / "out" / "validation.json").read_text())["all"]["stripped_control_characters"] == 1
-    facts = model_card.CardFacts(
-        "m",
-        SimpleNamespace(labels=["ham", "spam"]),
-        read_manifest(tmp_path / "out"),
-        {"name": "texts", "licence": "CC0", "citation": ""},
-        None,
-        None,
-        None,
-        None,
-    )
-    assert "1 texts held control characters (NUL and other C0 controls" in model_card._data(facts)
+    assert "1 texts held control characters (NUL and other C0 controls" in card_data_section(tmp_path / "out")
 
     message = bad_data_error(tmp_path, rows, control_characters="refuse")
     assert 'row 6: "FreeMsg Hey there da\\x00rling' in message and "hold control characters" in message
@@ -378,6 +352,7 @@ def test_more_labels_than_configured_are_named(tmp_path, change, named):
     assert "more than the 2 of data.labels" in message and named in message
 
 
+@pytest.mark.slow
 def test_a_published_train_and_test_pair_gets_its_validation_split_from_train_with_leakage_checked(tmp_path):
     """TREC as published: a train file and a test file (six imbalanced classes, a header, an extra column)."""
     trec = SHARED_SMS.parents[1] / "trec"
@@ -400,3 +375,14 @@ def test_a_published_train_and_test_pair_gets_its_validation_split_from_train_wi
     assert again.fingerprint == prepared.fingerprint  # seeded
     with pytest.raises(ValueError, match="give train_path and test_path"):
         DataConfig(train_path="train.tsv", val_path="val.tsv")
+
+
+def card_data_section(data_dir: Path) -> str:
+    """The model card's data section for stage 1's output (it reads the manifest)."""
+    from components.evaluate import model_card
+    from components.handoff import read_manifest
+
+    spec = SimpleNamespace(labels=["ham", "spam"])
+    data_meta = {"name": "texts", "licence": "CC0", "citation": ""}
+    facts = model_card.CardFacts("m", spec, read_manifest(data_dir), data_meta, None, None, None, None)
+    return model_card._data(facts)

@@ -9,6 +9,7 @@ from components.deploy.onnx_classifier import OnnxClassifier
 from components.handoff import read_split
 
 
+@pytest.mark.slow
 def test_onnx_export_matches_pytorch_and_serves_int8_only_when_accuracy_holds(tiny_bundle, tiny_run):
     report = json.loads((tiny_bundle / "deployment.json").read_text())
     assert report["parity_passed"] and report["prediction_agreement"] == 1.0
@@ -41,6 +42,7 @@ def test_a_failed_parity_check_fails_the_stage(tiny_run, tmp_path, monkeypatch):
     assert not (tmp_path / "model_int8.onnx").exists()  # stopped before quantizing
 
 
+@pytest.mark.slow
 def test_a_gpt2_style_decoder_exports_with_parity(tiny_gpt2, tiny_run, tmp_path):
     # Right padding and last-token pooling must survive the export: parity runs padded batches of mixed lengths.
     from components.config import ModelConfig, TrainConfig

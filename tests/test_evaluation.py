@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from components.config import GateConfig
-from components.evaluate.core import decide_gate, score
+from components.evaluate.core import decide_gate
+from components.scoring import score
 
 LABELS = ["ham", "spam"]
 

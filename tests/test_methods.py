@@ -12,7 +12,8 @@ from conftest import job_for, wait_until_ready, write_splits
 from components.config import AdapterConfig, ConfigError, ModelConfig, PeftMethodConfig, TrainConfig, validate_config
 from components.handoff import BOTTLENECK_ADAPTERS, PEFT_ADAPTER, read_model_spec, read_split
 from components.model import core as model_stage
-from components.model.core import ModelError, load_classifier
+from components.model.blocks import ModelError
+from components.model.loading import load_classifier
 from pipelines.tracking_server import free_port
 
 LABELS = ["ham", "spam"]
@@ -96,8 +97,9 @@ def test_a_prompt_style_method_the_model_cannot_take_is_refused_at_stage_2(fixtu
 def test_adapters_follow_the_attention_and_feed_forward_output_of_every_block(fixture, expected, request):
     import torch
 
+    from components.model.blocks import count_parameters, transformer_blocks
     from components.model.bottleneck import ADAPTER_CHILD
-    from components.model.core import apply_strategy, count_parameters, transformer_blocks
+    from components.model.strategies import apply_strategy
 
     model, tokenizer = load_classifier(str(request.getfixturevalue(fixture)), LABELS)
     batch = tokenizer([SPAM, HAM + " and more words"], padding=True, return_tensors="pt")
@@ -120,6 +122,7 @@ def test_adapters_follow_the_attention_and_feed_forward_output_of_every_block(fi
         torch.testing.assert_close(model(**batch).logits, before)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_trains_exports_with_parity_serves_and_loads_back(method, request, tmp_path):
     import torch
@@ -172,7 +175,7 @@ def served_probabilities(bundle, texts: list[str], tmp_path) -> np.ndarray:
 
     port = free_port(3)
     code = (
-        f"from components.deploy.serving import Limits, serve; "
+        f"from components.deploy.server import Limits, serve; "
         f"serve({str(bundle)!r}, 'method', '1', {port}, {str(tmp_path / 'predictions')!r}, Limits())"
     )
     with open(tmp_path / "server.out", "w") as sink:

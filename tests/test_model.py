@@ -2,7 +2,9 @@ import pytest
 
 from components.config import LoraConfig, ModelConfig
 from components.model import core as model_stage
-from components.model.core import apply_strategy, count_parameters, load_classifier, transformer_blocks
+from components.model.blocks import count_parameters, transformer_blocks
+from components.model.loading import load_classifier
+from components.model.strategies import apply_strategy
 
 LABELS = ["ham", "spam"]
 
@@ -63,7 +65,7 @@ def test_initialised_model_is_saved_as_safetensors_with_seeded_head(tiny_bert, t
 
 
 def test_a_model_that_does_not_exist_is_a_clear_error(tmp_path):
-    from components.model.core import ModelError
+    from components.model.blocks import ModelError
 
     with pytest.raises(ModelError, match="no-such-model"):
         load_classifier(str(tmp_path / "no-such-model"), LABELS)

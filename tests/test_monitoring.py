@@ -133,24 +133,12 @@ def frame(texts: list[str], spam_share: float, shift: float, seed: int) -> pd.Da
 
 
 def test_evidently_finds_no_drift_in_the_same_distribution_and_drift_in_another_kind_of_text():
-    from conftest import make_texts
+    from conftest import OTHER_WORDS, make_texts
 
     reference = frame(make_texts(400, seed=1)["text"].tolist(), 0.5, 0.0, 1)
     same = frame(make_texts(150, seed=2)["text"].tolist(), 0.5, 0.0, 2)
-    other_words = [
-        "invoice",
-        "quarterly",
-        "revenue",
-        "forecast",
-        "budget",
-        "market",
-        "analysis",
-        "report",
-        "board",
-        "growth",
-    ]
     rng = np.random.default_rng(3)
-    other = frame([" ".join(rng.choice(other_words, 25)) for _ in range(150)], 0.1, 1.5, 3)
+    other = frame([" ".join(rng.choice(OTHER_WORDS, 25)) for _ in range(150)], 0.1, 1.5, 3)
     cfg = MonitorConfig(min_window=100)
     calm, _ = check_drift(reference, same, cfg)
     shifted, snapshot = check_drift(reference, other, cfg)
@@ -178,6 +166,7 @@ def test_cron_gets_kfp_seconds_field():
         kfp_cron("* * *")
 
 
+@pytest.mark.slow
 def test_the_text_drift_threshold_is_evidentlys_own_from_the_same_seeds():
     import importlib
 

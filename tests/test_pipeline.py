@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import as_args, make_texts, stop_at_line, tiny_settings
+from conftest import as_args, compile_pipelines, make_texts, stop_at_line, tiny_settings
 
 from pipelines.cli import main
 
@@ -16,19 +16,7 @@ def test_compile_writes_yaml_that_kfp_loads_back_with_the_gpu_request(tmp_path):
 
     out, monitor_out = tmp_path / "pipeline.yaml", tmp_path / "monitor.yaml"
     assert (
-        main(
-            [
-                "compile",
-                "--set",
-                "data.path=x.tsv",
-                "--set",
-                "kfp.gpu.count=2",
-                "-o",
-                str(out),
-                "--monitor-output",
-                str(monitor_out),
-            ]
-        )
+        compile_pipelines(["data.path=x.tsv", "kfp.gpu.count=2"], "-o", str(out), "--monitor-output", str(monitor_out))
         == 0
     )
     loaded = components.load_component_from_file(str(out))
@@ -53,24 +41,8 @@ def test_compile_writes_yaml_that_kfp_loads_back_with_the_gpu_request(tmp_path):
 
 def test_on_several_nodes_the_fine_tune_task_asks_for_no_gpu_its_trainjob_does(tmp_path):
     out = tmp_path / "pipeline.yaml"
-    assert (
-        main(
-            [
-                "compile",
-                "--set",
-                "data.path=s3://b/x.tsv",
-                "--set",
-                "kfp.gpu.count=2",
-                "--set",
-                "train.nodes=2",
-                "--set",
-                "storage.checkpoints=s3://b/checkpoints",
-                "-o",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    settings = ["data.path=s3://b/x.tsv", "kfp.gpu.count=2", "train.nodes=2", "storage.checkpoints=s3://b/checkpoints"]
+    assert compile_pipelines(settings, "-o", str(out)) == 0
     executors = yaml.safe_load(out.read_text())["deploymentSpec"]["executors"]
     assert "resources" not in executors["exec-fine-tune"]["container"]
     assert executors["exec-evaluate"]["container"]["resources"]["accelerator"]["resourceCount"] == "2"
@@ -99,6 +71,7 @@ def stage_runs(client, parent):
     return client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
 
 
+@pytest.mark.slow
 def test_lifecycle_run_tracks_every_stage_registers_promotes_and_keeps_the_champion_on_a_failed_gate(
     run_args, tmp_path, capsys
 ):
@@ -186,6 +159,7 @@ def test_lifecycle_run_tracks_every_stage_registers_promotes_and_keeps_the_champ
     assert len(client.search_model_versions("name = 'sms-spam-classifier'")) == 3  # no deployment ran
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "change, expected",
     [
@@ -215,6 +189,7 @@ def test_bad_data_stops_at_stage_1_and_registers_nothing(change, expected, run_a
     assert client.search_registered_models() == []
 
 
+@pytest.mark.slow
 def test_drift_alerts_and_retrains_once_inside_the_cool_down_and_the_gate_decides_the_champion(run_args, tmp_path):
     from monitoring.retraining import ALERT_TAG, TRIGGER_TAG
 
@@ -266,6 +241,7 @@ def test_drift_alerts_and_retrains_once_inside_the_cool_down_and_the_gate_decide
         assert candidate.tags["rollout.mode"] == "shadow" and candidate.tags["rollout.state"] == "running"
 
 
+@pytest.mark.slow
 def test_splits_that_share_texts_stop_stage_1_by_default(run_args, tmp_path, capsys):
     """With data.on_leakage=drop they train (tests/test_data.py drops them, tests/test_stages.py reads the card)."""
     rows = make_texts(240)

@@ -10,7 +10,7 @@ from conftest import as_args, job_for, make_texts, tiny_settings
 
 from components.config import ConfigError, DataConfig, ModelConfig, PiiConfig, PrivacyConfig, TrainConfig
 from components.data import core as data_stage
-from components.data.tables import DataError
+from components.data.table_readers import DataError
 from components.data.validation import DataValidationError
 from components.errors import LifecycleError
 from components.handoff import SPLITS, read_split
@@ -40,7 +40,10 @@ def texts_with_personal_data(n: int = 240) -> pd.DataFrame:
 
 def kinds_in(texts: pd.Series) -> dict[str, int]:
     """Texts holding each kind of planted value."""
-    counts = {kind: int(texts.map(lambda t: any(v in t for v in values)).sum()) for kind, values in PLANTED.items()}
+    counts = {
+        kind: int(texts.map(lambda t, planted=values: any(v in t for v in planted)).sum())
+        for kind, values in PLANTED.items()
+    }
     return {kind: n for kind, n in counts.items() if n}
 
 
@@ -132,6 +135,7 @@ def test_the_log_stores_only_its_form_and_hashes_repeat_under_one_key(tmp_path, 
     assert "07700" not in "".join(p.read_text() for p in (tmp_path / "log").iterdir())
 
 
+@pytest.mark.slow
 def test_monitoring_redacted_traffic_of_the_training_mix_raises_no_drift(pii_csv, tiny_run, tmp_path):
     """The reference is built in the log's form: the redaction itself is no drift (built from the texts as they
     came, the same traffic is drift)."""
@@ -139,7 +143,7 @@ def test_monitoring_redacted_traffic_of_the_training_mix_raises_no_drift(pii_csv
     from components.deploy.core import deploy
     from components.deploy.onnx_classifier import OnnxClassifier
     from components.handoff import bundle_dir
-    from components.monitor.core import monitor
+    from monitoring.core import monitor
     from monitoring.drift import check_drift, profile_texts
 
     rows = make_texts(480, seed=5)
@@ -166,6 +170,7 @@ def test_monitoring_redacted_traffic_of_the_training_mix_raises_no_drift(pii_csv
         monitor(bundle, heavy["text"][240:].tolist(), keeping, tmp_path / "report")
 
 
+@pytest.mark.slow
 def test_private_fine_tuning_spends_at_most_its_epsilon_for_head_partial_and_lora(tiny_bert, tiny_run, tmp_path):
     from components.fine_tune.core import fine_tune
     from components.model import core as model_stage
@@ -205,6 +210,7 @@ def test_a_strategy_or_layer_opacus_cannot_train_privately_is_a_config_error(tin
         check_layers(model)
 
 
+@pytest.mark.slow
 def test_redact_through_the_whole_run_leaves_no_value_in_any_file_or_the_tracking_store(
     pii_csv, tmp_path, tiny_bert, monkeypatch
 ):
@@ -256,6 +262,7 @@ def test_names_are_found_with_a_spacy_pipeline_the_user_gives(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_a_private_run_logs_the_epsilon_spent_and_the_card_states_it(tmp_path, tiny_bert, monkeypatch):
     import mlflow
 

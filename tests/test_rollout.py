@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,10 +14,12 @@ from pathlib import Path
 import mlflow
 import pytest
 import requests
-from conftest import as_args, make_texts, wait_until_ready
+from conftest import as_args, make_texts, serve_command, wait_until_ready
 
 from pipelines.cli import main
 from pipelines.tracking_server import free_port
+
+pytestmark = pytest.mark.slow  # real servers end to end
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sms_spam.yaml"
 NAME = "followed-classifier"
@@ -54,19 +55,7 @@ def server(versions):
     root, uri = versions
     port = free_port(3)  # serve: HTTP, gRPC, metrics
     settings = settings_for(root)
-    command = [
-        sys.executable,
-        "-m",
-        "pipelines.cli",
-        "serve",
-        "--config",
-        str(CONFIG),
-        "--port",
-        str(port),
-        "--model",
-        f"models:/{NAME}@champion",
-        *as_args(settings),
-    ]
+    command = serve_command(CONFIG, port, "--model", f"models:/{NAME}@champion", *as_args(settings))
     with open(root / "server.out", "w") as out:
         process = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_TRACKING_URI": uri}
@@ -189,8 +178,8 @@ def test_promotion_and_rollback_reach_a_running_server_under_load_with_no_error_
 
 def test_shadow_rolls_back_a_worse_candidate_and_promotes_a_good_one_while_the_champion_answers(server):
     from components.config import load_config
-    from components.monitor.rollout import check_rollout
     from components.registry import CANDIDATE, alias_version, start_rollout
+    from monitoring.rollout import check_rollout
 
     url, settings, root = server
     cfg = load_config(CONFIG, settings)
@@ -316,7 +305,7 @@ def test_under_the_rule_better_an_equal_candidate_waits_and_the_deadline_can_pro
 
 
 def test_the_canary_key_is_stable_and_its_share_near_the_percent():
-    from components.deploy.following import in_canary
+    from components.deploy.registry_follower import in_canary
 
     keys = [f"request {i}" for i in range(20_000)]
     share = sum(in_canary(k, 10) for k in keys) / len(keys)
@@ -327,8 +316,8 @@ def test_the_canary_key_is_stable_and_its_share_near_the_percent():
 def test_a_server_whose_registry_is_unreachable_keeps_serving_its_version_and_says_so(tiny_bundle, caplog):
     from prometheus_client import REGISTRY
 
-    from components.deploy.following import Follower, Loaded, Served
     from components.deploy.onnx_classifier import OnnxClassifier
+    from components.deploy.registry_follower import Follower, Loaded, Served
 
     served = Served(Loaded("7", OnnxClassifier(tiny_bundle / "bundle")))
     swaps = []

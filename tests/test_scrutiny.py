@@ -61,7 +61,8 @@ def test_temperature_scaling_is_kept_only_where_it_lowers_the_validation_cross_e
 )
 def test_the_gate_against_the_champion_counts_only_what_is_significant(challenger_only, champion_only, rule, passes):
     from components.config import GateConfig
-    from components.evaluate.core import decide_gate, score
+    from components.evaluate.core import decide_gate
+    from components.scoring import score
     from components.statistics import PairedComparison
 
     targets = np.array([0, 1] * 100)

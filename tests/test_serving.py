@@ -12,9 +12,11 @@ import pytest
 import requests
 from conftest import wait_until_ready
 
-from components.deploy.serving import BadRequest, Limits, check_texts
+from components.deploy.request_limits import BadRequest, Limits, check_texts
 from monitoring.prediction_log import read_predictions
 from pipelines.tracking_server import free_port
+
+pytestmark = pytest.mark.slow  # real servers end to end
 
 MODEL = "tiny-classifier"
 SPAM, HAM = "win free prize cash claim now call", "see you at lunch tomorrow thanks love"
@@ -25,8 +27,8 @@ def server(tiny_bundle, tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("predictions")
     port = free_port(3)
     code = (
-        f"from components.console import mark_project_logs; mark_project_logs(); "
-        f"from components.deploy.serving import Limits, serve; "
+        f"from components.stage_output import mark_project_logs; mark_project_logs(); "
+        f"from components.deploy.server import Limits, serve; "
         f"serve({str(tiny_bundle / 'bundle')!r}, {MODEL!r}, '3', {port}, {str(log_dir)!r}, "
         f"Limits(max_batch=8, max_text_chars=200, max_request_bytes=4096))"
     )
@@ -195,8 +197,7 @@ def test_a_request_whose_body_never_completes_is_neither_classified_nor_logged(s
     assert classified(metrics(url)) == classified(before) + 1
 
 
-GRPC_CLIENT = (
-    """
+GRPC_CLIENT = f"""
 import sys
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -207,13 +208,11 @@ for text in sys.argv[2:]:
     texts = grpcclient.InferInput("text", [1], "BYTES")
     texts.set_data_from_numpy(np.array([text], dtype=object))
     try:
-        answer = client.infer("%s", [texts], compression_algorithm="gzip")
+        answer = client.infer("{MODEL}", [texts], compression_algorithm="gzip")
         print("label", answer.as_numpy("label").ravel()[0].decode())
     except InferenceServerException as err:
         print("refused", err.status())
 """
-    % MODEL
-)
 
 
 def test_grpc_bodies_count_inflated_too(server):

@@ -13,8 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
 def test_each_stage_has_its_core_adapter_and_component_under_its_name(stage):
-    core_module = "components.monitor.core" if stage.name == "monitor" else f"components.{stage.name}.core"
-    for module in (core_module, f"components.{stage.name}.adapter"):
+    for module in (stage.core_module, f"components.{stage.name}.adapter"):
         assert callable(getattr(importlib.import_module(module), stage.name)), module
     assert stage.component().component_spec.name == stage.task_name
     assert stage.run_name == f"{stage.number}-{stage.task_name}"
@@ -70,7 +69,7 @@ def test_int8_is_served_only_within_half_a_point_of_fp32(fp32, int8, served):
 def test_a_crashed_rank_or_a_failed_job_is_a_run_failure_not_a_users_mistake():
     from components.deploy.core import ParityError
     from components.errors import LifecycleError, RunFailure
-    from components.fine_tune.processes import DistributedTrainingError
+    from components.fine_tune.torchrun import DistributedTrainingError
     from components.fine_tune.trainjob import TrainJobError, TrainJobRefused
 
     for failure in (DistributedTrainingError, TrainJobError, ParityError):
@@ -78,6 +77,7 @@ def test_a_crashed_rank_or_a_failed_job_is_a_run_failure_not_a_users_mistake():
     assert issubclass(TrainJobRefused, LifecycleError)  # no Kubernetes API, no right to create: the user's to fix
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["onnx", "pytorch"])
 def test_python_models_pickled_before_the_stage_layout_still_load(kind, tiny_run, tiny_bundle, tmp_path):
     """A registered version's python_model.pkl names its class by module path (components.pyfunc_model): the

@@ -6,10 +6,10 @@ import pytest
 from conftest import job_for, make_texts, predict_test_split, write_splits
 
 from components.config import LoraConfig, ModelConfig, TrainConfig
-from components.evaluate.core import score
 from components.handoff import read_split
 from components.model import core as model_stage
-from components.model.core import load_classifier
+from components.model.loading import load_classifier
+from components.scoring import score
 
 LABELS = ["ham", "spam"]
 NO_GPU = not __import__("torch").cuda.is_available()
@@ -100,7 +100,7 @@ def test_qlora_trains_a_4bit_decoder_and_saves_it_merged_in_full_precision(tiny_
     import torch
     from safetensors.torch import load_file
 
-    from components.model.core import load_classifier as load
+    from components.model.loading import load_classifier as load
 
     quantized, _ = load(str(tiny_decoders["llama"]), LABELS, quantized=True)
     assert any("4bit" in type(m).__name__ for m in quantized.modules())  # bitsandbytes' Linear4bit
@@ -127,9 +127,10 @@ def test_cached_outputs_stand_in_for_the_frozen_blocks(fixture, strategy, reques
     """The top trains on what the frozen blocks would give (eval mode), and they run once, not every epoch."""
     import torch
 
-    from components.fine_tune.core import frozen_block_count
     from components.fine_tune.frozen_blocks import CachedBlocks, frozen_outputs, standing_in
-    from components.model.core import apply_strategy, transformer_blocks
+    from components.fine_tune.session import frozen_block_count
+    from components.model.blocks import transformer_blocks
+    from components.model.strategies import apply_strategy
     from components.text_batches import encode, predict_logits
 
     model_cfg = ModelConfig(strategy=strategy)
@@ -160,7 +161,8 @@ def test_the_last_block_runs_for_the_pooled_token_only_with_the_same_logits_and_
     import torch
 
     from components.fine_tune.pooled_block import first_token_only
-    from components.model.core import apply_strategy, transformer_blocks
+    from components.model.blocks import transformer_blocks
+    from components.model.strategies import apply_strategy
 
     model, _ = load_classifier(str(tiny_bert), LABELS)
     model.set_attn_implementation(attention)
@@ -194,7 +196,7 @@ def test_the_last_block_runs_for_the_pooled_token_only_with_the_same_logits_and_
 def test_set_dropout_switches_off_every_dropout_layer(tiny_bert):
     import torch
 
-    from components.model.core import set_dropout
+    from components.model.blocks import set_dropout
 
     model, _ = load_classifier(str(tiny_bert), LABELS)
     model.train()
@@ -313,6 +315,7 @@ def test_checkpoints_work_where_the_filesystem_has_no_hard_links(tiny_bert, data
     assert result.best_val_accuracy >= 0.9
 
 
+@pytest.mark.slow
 def test_two_processes_train_with_ddp_and_an_interrupted_run_resumes_with_two(tiny_bert, data_dir, tmp_path):
     """torchrun with 2 ranks (gloo on CPU): the loss falls, accuracy clears a floor; stopped after its first
     checkpoint, the run resumes from it with 2 ranks again."""
@@ -320,7 +323,7 @@ def test_two_processes_train_with_ddp_and_an_interrupted_run_resumes_with_two(ti
     import subprocess
     import time
 
-    from components.fine_tune.processes import fine_tune_in_processes, torchrun_command
+    from components.fine_tune.torchrun import fine_tune_in_processes, torchrun_command
     from components.handoff import write_job
 
     init = tmp_path / "init"
@@ -350,7 +353,7 @@ def test_two_processes_train_with_ddp_and_an_interrupted_run_resumes_with_two(ti
 
 
 def test_each_rank_takes_an_equal_share_of_the_same_batches():
-    from components.fine_tune.core import Ranks
+    from components.fine_tune.session import Ranks
 
     batches = [[i] for i in range(7)]
     shares = [Ranks(rank, 2).share(batches) for rank in range(2)]
@@ -362,7 +365,8 @@ def test_balanced_class_weights_weigh_each_texts_loss_by_its_class_as_computed_b
     import numpy as np
     import torch
 
-    from components.fine_tune.core import balanced_class_weights, training_loss
+    from components.fine_tune.core import training_loss
+    from components.fine_tune.session import balanced_class_weights
 
     weights = balanced_class_weights(np.array([0, 0, 0, 1]), 2)
     assert np.allclose(weights, [4 / (2 * 3), 4 / (2 * 1)])  # n / (classes x count)

@@ -18,8 +18,8 @@ import yaml
 from conftest import job_for, make_texts, predict_test_split, write_splits
 
 from components.config import validate_config
-from components.evaluate.core import score
 from components.model import core as model_stage
+from components.scoring import score
 from pipelines.tracking_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -256,6 +256,7 @@ def task_inputs(tmp_path, base, train_rows=None):
     return cfg, job_for(init, data, tmp_path / "task" / "model", f"{cfg.checkpoints_uri()}/run1", cfg.model, cfg.train)
 
 
+@pytest.mark.slow
 def test_two_nodes_sharing_only_the_bucket_fine_tune_and_hand_back_the_model(tiny_bert, trainer, tmp_path, caplog):
     import logging
 
@@ -281,6 +282,7 @@ def test_two_nodes_sharing_only_the_bucket_fine_tune_and_hand_back_the_model(tin
     assert not any((tmp_path / "cluster" / name).glob("*/lifecycle-*"))
 
 
+@pytest.mark.slow
 def test_a_failed_train_job_fails_the_stage_naming_the_job_and_leaves_no_model(tiny_bert, trainer, tmp_path):
     from components.fine_tune.trainjob import TrainJobError, fine_tune_on_train_job
 

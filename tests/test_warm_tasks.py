@@ -18,6 +18,7 @@ def parent_of_task(fail: bool) -> int:
     return os.getppid()
 
 
+@pytest.mark.slow
 def test_a_task_forks_from_the_warm_process_and_its_output_failure_and_result_come_back(tmp_path, capfd):
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path))
     with warm_tasks.warm_tasks():

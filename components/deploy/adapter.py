@@ -45,15 +45,7 @@ def deploy(
         finally:  # the parity report matters most when parity failed
             if (Path(out_dir) / DEPLOYMENT).is_file():
                 mlflow.log_artifact(str(Path(out_dir) / DEPLOYMENT))
-        mlflow.log_metrics({k: v for k, v in report.to_dict().items() if isinstance(v, float)})
-        mlflow.log_params(
-            {
-                "served": report.served,
-                "served_reason": report.reason,
-                "temperature": temperature,
-                "reference_pii": report.reference_pii,
-            }
-        )
+        _log_report(report, temperature)
         version, demoted, rollout = publish_champion(
             source,
             str(bundle_dir(out_dir)),
@@ -63,16 +55,32 @@ def deploy(
             cfg.deploy.rollout,
         )
         mlflow.set_tags({"model_version": version, "previous_champion": demoted or "none", "rollout": rollout})
-        reached = (
-            f"version {version} is the champion" + (f" (was {demoted})" if demoted else "")
-            if rollout == "direct"
-            else f"version {version} is the candidate of a {rollout} rollout"
-        )
         stage.result = (
             f"ONNX parity max |logit diff| {report.max_abs_logit_diff:.1e}; serves {report.served} "
-            f"({report.reason}); {reached}"
+            f"({report.reason}); {_reached(version, demoted, rollout)}"
         )
     mlflow.MlflowClient().set_tag(
         parent_run_id, "champion_version" if rollout == "direct" else "candidate_version", version
     )
     return report.to_dict() | {"model_version": version, "previous_champion": demoted, "rollout": rollout}
+
+
+def _log_report(report, temperature: float) -> None:
+    import mlflow
+
+    mlflow.log_metrics({k: v for k, v in report.to_dict().items() if isinstance(v, float)})
+    mlflow.log_params(
+        {
+            "served": report.served,
+            "served_reason": report.reason,
+            "temperature": temperature,
+            "reference_pii": report.reference_pii,
+        }
+    )
+
+
+def _reached(version: str, demoted: str | None, rollout: str) -> str:
+    """Where the new version stands: the champion, or the candidate of a rollout."""
+    if rollout == "direct":
+        return f"version {version} is the champion" + (f" (was {demoted})" if demoted else "")
+    return f"version {version} is the candidate of a {rollout} rollout"

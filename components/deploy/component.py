@@ -2,7 +2,7 @@
 
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
-from components.kfp_base import component
+from components.kfp_tasks import component
 
 
 @component

@@ -109,16 +109,17 @@ def deploy(
     seed: int = 0,
     batch_size: int = 64,
     temperature: float = 1.0,
-    log_pii: LogPii = LogPii(),
+    log_pii: LogPii | None = None,
     input_pii: dict | None = None,
 ) -> DeploymentReport:
     """Stage 6 up to the registry: out_dir/bundle holds the model to serve (its probabilities scaled by the
     `temperature` stage 5 kept) and its monitoring reference, its texts in the prediction log's form (`log_pii`:
-    their personal data redacted or hashed as serve.log_pii says), out_dir/deployment.json the report.
+    their personal data redacted or hashed as serve.log_pii says; redacted by default), out_dir/deployment.json
+    the report.
     `input_pii`: the pii section the training texts were redacted with (data.pii=redact), with which the bundle
     redacts what it scores. Raises ParityError when the fp32 export does not give the PyTorch model's answers."""
-    from components.evaluate.core import class_indices
-    from components.model.core import load_classifier
+    from components.model.loading import load_classifier
+    from components.scoring import class_indices
 
     out, bundle = Path(out_dir), bundle_dir(out_dir)
     _assemble_bundle(model_dir, bundle, temperature, input_pii)
@@ -137,7 +138,7 @@ def deploy(
     _quantize_and_choose(out, bundle, texts, targets, labels, fp32_logits, batch_size, report)
     # 3. the drift reference: training texts in the log's form as the served graph sees them (stage 7 compares
     # the logged traffic with it; another form would be drift of its own)
-    train = read_split(data_dir, "train")
+    train, log_pii = read_split(data_dir, "train"), log_pii or LogPii()
     sample = log_pii.drift_form()(train.sample(min(reference_size, len(train)), random_state=seed)["text"].tolist())
     profile_texts(OnnxClassifier(bundle), sample).to_parquet(bundle / REFERENCE, index=False)
     report.reference_pii = log_pii.form
@@ -211,7 +212,7 @@ def _quantize_and_choose(
     """Both graphs beside the bundle, the one choose_served_format picks in it, the figures in the report."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from components.evaluate.core import score
+    from components.scoring import score
 
     shutil.move(bundle / BUNDLE_MODEL, out / "model_fp32.onnx")
     # Not the attention op: the quantizer would turn the ONNX Attention op into a QAttention that cannot load.

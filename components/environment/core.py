@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import platform
-import random
 from importlib import metadata
 
 from components.handoff import Environment
+from components.reproducibility import seed_everything
 
 LIBRARIES = ("torch", "transformers", "peft", "tokenizers", "kfp", "mlflow", "great-expectations", "pandas")
 
@@ -40,15 +40,6 @@ def resolve_precision(requested: str, device: str) -> str:
     if requested == "auto":
         return "bf16" if bf16_ok else "fp32"
     return requested
-
-
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def environment(device: str, precision: str, threads: int | None, seed: int, hyperparameters: dict) -> Environment:

@@ -15,23 +15,15 @@ FIGURES = ("confusion_matrix.png", "training_curves.png", "reliability_diagram.p
 def evaluate(
     config_json: str, tracking_uri: str, parent_run_id: str, data_dir: str, env_dir: str, model_dir: str, out_dir: str
 ) -> dict:
-    import mlflow
-
     from components.evaluate import core
-    from components.evaluate.model_card import CardFacts, render_model_card
     from components.handoff import (
         GATE,
-        MODEL_CARD,
         GateOutcome,
         read_environment,
         read_manifest,
-        read_model_spec,
-        read_sweep,
-        read_texts,
-        read_train_result,
         write_json,
     )
-    from components.registry import champion_predictor, register_challenger
+    from components.registry import champion_predictor
     from components.tracking import stage_run
 
     cfg = LifecycleConfig.model_validate_json(config_json)
@@ -56,31 +48,8 @@ def evaluate(
             champion,
         )
         gate = core.decide_gate(found.metrics, cfg.gate, found.champion, found.baseline, found.worst_slice)
-        facts = CardFacts(
-            cfg.tracking.registered_model,
-            read_model_spec(model_dir),
-            manifest,
-            cfg.data.model_dump(include={"name", "licence", "citation", "balance", "group_column"}),
-            env,
-            read_train_result(model_dir),
-            found,
-            gate,
-            read_sweep(model_dir),
-        )
-        card = render_model_card(facts)
-        (out / MODEL_CARD).write_text(card)
-        _log_findings(facts, out)
-        tags = version_tags(facts, champion[0] if champion else None)
-        version = register_challenger(
-            cfg.tracking.registered_model,
-            model_dir,
-            manifest.labels,
-            card,
-            tags,
-            read_texts(data_dir, "test", 3),
-            gate.passed,
-        )
-        mlflow.set_tags({"gate": tags["gate"], "model_version": version})
+        facts = _card_facts(cfg, model_dir, manifest, env, found, gate)
+        tags, version = _card_and_registration(facts, champion[0] if champion else None, model_dir, data_dir, out)
         stage.result = summary(found, gate, version)
     _log_on_parent(parent_run_id, found, tags, version)
     write_json(out, GATE, asdict(GateOutcome(gate.passed, gate.reasons, version)))
@@ -92,6 +61,44 @@ def evaluate(
         "confusion": found.metrics.confusion,
         "labels": manifest.labels,
     }
+
+
+def _card_facts(cfg: LifecycleConfig, model_dir: str, manifest, env, found, gate):
+    """What the model card tells: the hand-offs of stages 1-4, the data's description and stage 5's findings."""
+    from components.evaluate.model_card import CardFacts
+    from components.handoff import read_model_spec, read_sweep, read_train_result
+
+    return CardFacts(
+        cfg.tracking.registered_model,
+        read_model_spec(model_dir),
+        manifest,
+        cfg.data.model_dump(include={"name", "licence", "citation", "balance", "group_column"}),
+        env,
+        read_train_result(model_dir),
+        found,
+        gate,
+        read_sweep(model_dir),
+    )
+
+
+def _card_and_registration(facts, champion_version, model_dir: str, data_dir: str, out: Path) -> tuple[dict, str]:
+    """The model card written and logged with the findings; the model registered with the card and the gate's
+    tags. Returns (the tags, the registered version)."""
+    import mlflow
+
+    from components.evaluate.model_card import render_model_card
+    from components.handoff import MODEL_CARD, read_texts
+    from components.registry import register_challenger
+
+    card = render_model_card(facts)
+    (out / MODEL_CARD).write_text(card)
+    _log_findings(facts, out)
+    tags = version_tags(facts, champion_version)
+    version = register_challenger(
+        facts.name, model_dir, facts.manifest.labels, card, tags, read_texts(data_dir, "test", 3), facts.gate.passed
+    )
+    mlflow.set_tags({"gate": tags["gate"], "model_version": version})
+    return tags, version
 
 
 def _log_findings(facts, out: Path) -> None:

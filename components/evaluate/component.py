@@ -2,7 +2,7 @@
 
 from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
-from components.kfp_base import component
+from components.kfp_tasks import component
 
 
 @component

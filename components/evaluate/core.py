@@ -12,7 +12,8 @@ import pandas as pd
 
 from components.config import GateConfig
 from components.handoff import SPLITS, read_manifest, read_split
-from components.model.core import load_classifier
+from components.model.loading import load_classifier
+from components.scoring import TestMetrics, class_indices, score
 from components.statistics import Calibration, PairedComparison, cross_entropy, paired_verdict, softmax
 from components.text_batches import EncodedSplit, encode, predict_logits
 
@@ -21,52 +22,9 @@ Predictor = Callable[[list[str]], np.ndarray]
 
 
 @dataclass
-class TestMetrics:
-    test_loss: float  # cross-entropy
-    test_accuracy: float
-    test_macro_precision: float
-    test_macro_recall: float
-    test_macro_f1: float
-    test_roc_auc: float | None  # two classes only
-    test_size: int
-    per_class: dict[str, dict[str, float]]
-    confusion: list[list[int]]  # rows: true label, columns: predicted
-
-    def scalars(self) -> dict[str, float]:
-        return {k: v for k, v in asdict(self).items() if isinstance(v, (int, float)) and v is not None}
-
-
-@dataclass
 class GateDecision:
     passed: bool
     reasons: list[str] = field(default_factory=list)  # why it failed, or what it checked when it passed
-
-
-def score(probabilities: np.ndarray, targets: np.ndarray, labels: list[str]) -> TestMetrics:
-    """The test metrics of class probabilities against true class indices (a pure function)."""
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
-
-    predicted = probabilities.argmax(axis=1)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        targets, predicted, labels=range(len(labels)), zero_division=0
-    )
-    auc = None
-    if len(labels) == 2 and len(set(targets.tolist())) == 2:
-        auc = float(roc_auc_score(targets, probabilities[:, 1]))
-    return TestMetrics(
-        test_loss=cross_entropy(probabilities, targets),
-        test_accuracy=float((predicted == targets).mean()),
-        test_macro_precision=float(precision.mean()),
-        test_macro_recall=float(recall.mean()),
-        test_macro_f1=float(f1.mean()),
-        test_roc_auc=auc,
-        test_size=int(len(targets)),
-        per_class={
-            label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for label, p, r, f, s in zip(labels, precision, recall, f1, support)
-        },
-        confusion=confusion_matrix(targets, predicted, labels=range(len(labels))).tolist(),
-    )
 
 
 def decide_gate(
@@ -143,10 +101,6 @@ def load_logits_predictor(
         return np.stack([seen[row] for row in ids]) if ids else np.empty((0, model.config.num_labels), np.float32)
 
     return logits
-
-
-def class_indices(rows: pd.DataFrame, labels: list[str]) -> np.ndarray:
-    return np.array([labels.index(v) for v in rows["label"]])
 
 
 @dataclass
@@ -253,8 +207,6 @@ def evaluate(
     predicted = served.argmax(axis=1)
     ece_before, bins_before = reliability(raw, truth)
     ece, bins = reliability(served, truth)
-    wrong = np.flatnonzero(predicted != truth)
-    wrong = wrong[np.argsort(-served[wrong, predicted[wrong]], kind="stable")][:top_mistakes]
     slices = slice_metrics(splits["test"], truth, predicted)
     return Evaluation(
         labels=labels,
@@ -274,15 +226,25 @@ def evaluate(
         slices=slices,
         worst_slice=worst_slice(slices, min_slice_size),
         robustness=robustness(logits_of, texts, truth, metrics.test_accuracy, seed),
-        mistakes=pd.DataFrame(
-            {
-                "text": [texts[i] for i in wrong],
-                "true": [labels[truth[i]] for i in wrong],
-                "predicted": [labels[predicted[i]] for i in wrong],
-                "probability": served[wrong, predicted[wrong]].round(4),
-            }
-        ),
+        mistakes=most_confident_mistakes(texts, truth, served, labels, top_mistakes),
         champion=compare_paired(predicted == truth, champion[1](texts).argmax(axis=1) == truth, champion[0])
         if champion
         else None,
+    )
+
+
+def most_confident_mistakes(
+    texts: list[str], truth: np.ndarray, probabilities: np.ndarray, labels: list[str], top: int
+) -> pd.DataFrame:
+    """The `top` wrong answers given with the highest probability: text, true and predicted label, probability."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != truth)
+    wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:top]
+    return pd.DataFrame(
+        {
+            "text": [texts[i] for i in wrong],
+            "true": [labels[truth[i]] for i in wrong],
+            "predicted": [labels[predicted[i]] for i in wrong],
+            "probability": probabilities[wrong, predicted[wrong]].round(4),
+        }
     )

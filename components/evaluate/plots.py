@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.evaluate.core import TestMetrics
+from components.scoring import TestMetrics
 
 
 def plot_confusion(metrics: TestMetrics, labels: list[str], path: str | Path) -> None:

@@ -11,18 +11,16 @@ def fine_tune(
     config_json: str, tracking_uri: str, parent_run_id: str, data_dir: str, init_dir: str, env_dir: str, out_dir: str
 ) -> dict:
     import mlflow
-    import torch
 
-    from components.environment.core import seed_everything
     from components.fine_tune.placement import decide_placement
     from components.handoff import TRAIN_RESULT, FineTuneJob, read_environment
+    from components.reproducibility import apply_environment
     from components.storage import join
     from components.tracking import stage_run
 
     cfg = LifecycleConfig.model_validate_json(config_json)
     env = read_environment(env_dir)
-    torch.set_num_threads(env.threads)
-    seed_everything(cfg.seed)
+    apply_environment(env.threads, cfg.seed)
     placement = decide_placement(
         cfg.train.nodes, cfg.train.processes, env.device, cfg.kfp.gpu.count, cfg.train.privacy is not None
     )
@@ -72,7 +70,7 @@ def _train(cfg: LifecycleConfig, parent_run_id: str, placement, job):
 
         return fine_tune_on_train_job(cfg, parent_run_id, placement.processes, job)
     if placement.where == "processes":
-        from components.fine_tune.processes import fine_tune_in_processes
+        from components.fine_tune.torchrun import fine_tune_in_processes
 
         return fine_tune_in_processes(job, placement.processes)
     from components.fine_tune.core import fine_tune as train

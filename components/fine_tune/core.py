@@ -7,102 +7,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from components.config import ConfigError, ModelConfig, TrainConfig, resolved_hyperparameters
-from components.console import Progress
-from components.fine_tune.checkpoint import Checkpoint, TrainingState
-from components.fine_tune.pooled_block import first_token_only
-from components.handoff import (
-    MODEL_SPEC,
-    TRAIN_RESULT,
-    FineTuneJob,
-    ModelSpec,
-    TrainResult,
-    read_manifest,
-    read_model_spec,
-    read_split,
-    write_json,
-    write_labels,
-)
-from components.model.core import (
-    apply_strategy,
-    load_classifier,
-    save_trained,
-    set_dropout,
-    spec_as_trained,
-    transformer_blocks,
-)
-from components.text_batches import autocast, collate, encode, loss_and_accuracy, predict_logits, train_batches
-
-if TYPE_CHECKING:
-    from components.fine_tune.privacy import PrivateTraining
+from components.config import TrainConfig, resolved_hyperparameters
+from components.fine_tune.session import Ranks, Session, set_up
+from components.handoff import MODEL_SPEC, TRAIN_RESULT, FineTuneJob, TrainResult, write_json, write_labels
+from components.model.loading import save_trained
+from components.stage_output import Progress
+from components.text_batches import autocast, collate, loss_and_accuracy, predict_logits
 
 MetricsLogger = Callable[[dict, int], None]  # (metrics, step)
 EpochHook = Callable[[dict], None]  # an epoch's row of the history; a sweep's pruner raises to stop the training
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Ranks:
-    """This process among the training processes (torch.distributed under torchrun); alone, rank 0 of 1."""
-
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def leader(self) -> bool:  # validates, checkpoints, logs and saves
-        return self.rank == 0
-
-    @classmethod
-    def current(cls) -> Ranks:
-        import torch.distributed as dist
-
-        return cls(dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else cls()
-
-    def share(self, batches: list) -> list:
-        """This rank's share of an epoch's batches: every rank the same number (the list wrapped round to a
-        multiple of the ranks, as PyTorch's DistributedSampler pads), rank r taking every world-th from r."""
-        padded = batches + batches[: (-len(batches)) % self.world]
-        return padded[self.rank :: self.world]
-
-
-@dataclass
-class Session:
-    """What the phases of fine-tuning share: the model (DDP-wrapped across processes), its data and its state."""
-
-    model: object
-    tokenizer: object
-    labels: list[str]
-    train: object  # EncodedSplit
-    val: object
-    optimizer: object
-    scheduler: object
-    epoch_batches: list[list[list[int]]]  # this rank's batches, per epoch
-    checkpoint: Checkpoint
-    state: TrainingState
-    spec: ModelSpec  # what trains, as trained
-    ranks: Ranks
-    device: str
-    precision: str
-    feed_train: Callable | None = None  # partial and head: puts the cached frozen outputs in place
-    feed_val: Callable | None = None
-    contexts: list = field(default_factory=list)  # what stands in for the frozen blocks, the pooled last block
-    resumed_from: int = 0
-    seen: int = 0  # training texts seen by this rank
-    class_weights: object = None  # train.class_weights: a tensor on the device, one weight per label; None: none
-    private: PrivateTraining | None = None  # train.privacy: DP-SGD's hooks, optimizer and accountant
-
-    @property
-    def trained(self):
-        """The model without its DDP wrapper: what validates and saves."""
-        return getattr(self.model, "module", self.model)
 
 
 def fine_tune(
@@ -110,7 +29,7 @@ def fine_tune(
 ) -> TrainResult | None:
     """Train the stage 2 model on the stage 1 splits; writes a merged safetensors model to job.out_dir.
     Checkpoints go to job.checkpoint_uri, where a later job with the same URI resumes. Under torchrun
-    (components/fine_tune/processes.py) each process trains on its share of the batches with DDP; rank 0
+    (components/fine_tune/torchrun.py) each process trains on its share of the batches with DDP; rank 0
     validates, checkpoints, saves and returns the result, the others return None. `after_epoch` (one process
     only) sees each epoch's row once it is checkpointed."""
     train_cfg = job.train_cfg.for_strategy(job.model_cfg)
@@ -144,153 +63,6 @@ def fine_tune(
     if not session.ranks.leader:
         return None
     return finish(session, job, train_cfg, time.perf_counter() - started)
-
-
-def set_up(job: FineTuneJob, train_cfg: TrainConfig) -> Session:
-    """The model under its strategy, the encoded splits, the cached frozen blocks, AdamW and its schedule, every
-    epoch's batches, and the checkpoint's state when there is one to resume from."""
-    import torch
-
-    model_cfg, device, precision = job.model_cfg, job.device, job.precision
-    ranks = Ranks.current()
-    quantized = model_cfg.strategy == "qlora"
-    if quantized and device != "cuda":
-        raise ConfigError(
-            f"model.strategy=qlora needs a CUDA GPU (bitsandbytes 4-bit); this machine trains on "
-            f"{device}: use model.strategy=lora"
-        )
-    torch.manual_seed(job.seed)  # LoRA's initial weights and dropout; a resumed run restores the saved RNG state
-    labels = read_manifest(job.data_dir).labels
-    model, tokenizer = load_classifier(job.init_dir, labels, quantized)
-    if model_cfg.dropout is not None:  # before LoRA adds its own dropout layers
-        set_dropout(model, model_cfg.dropout)
-    model = apply_strategy(model, model_cfg)
-    spec = spec_as_trained(read_model_spec(job.init_dir), model, model_cfg)
-    if not quantized:  # bitsandbytes placed the 4-bit model already
-        model = model.to(device)
-    train = _encode_split(tokenizer, job.data_dir, "train", labels, model_cfg.max_length, train_cfg.max_train_samples)
-    val = _encode_split(tokenizer, job.data_dir, "val", labels, model_cfg.max_length)
-    session_feeds, contexts = _frozen_and_pooled(
-        model, model_cfg, train_cfg, train, val, tokenizer.pad_token_id, device, precision
-    )
-    if ranks.world > 1:  # gradients all-reduced across the processes; every rank starts from rank 0's weights
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[torch.cuda.current_device()] if device == "cuda" else None
-        )
-
-    # Every epoch's batches up front, the same on every rank: the schedule needs the number of steps, and a
-    # resumed run the same order.
-    rng = random.Random(job.seed)
-    if train_cfg.privacy:  # DP-SGD's guarantee holds for Poisson-sampled batches (no token budget)
-        from components.fine_tune.privacy import poisson_batches
-
-        epoch_batches = [poisson_batches(len(train), train_cfg.batch_size, rng) for _ in range(train_cfg.epochs)]
-    else:
-        epoch_batches = [
-            ranks.share(train_batches(train, train_cfg.batch_size, rng, train_cfg.max_batch_tokens))
-            for _ in range(train_cfg.epochs)
-        ]
-    total_steps = sum(map(len, epoch_batches))
-    optimizer, scheduler = _optimizer(model, train_cfg, device, total_steps)
-    checkpoint = Checkpoint(job.checkpoint_uri)
-    state = checkpoint.load(getattr(model, "module", model), optimizer, scheduler) or TrainingState()
-    if state.epoch and ranks.leader:
-        log.info("resuming from the checkpoint after epoch %d in %s", state.epoch, job.checkpoint_uri)
-    private = None
-    if train_cfg.privacy:
-        from components.fine_tune.privacy import make_private
-
-        private = make_private(
-            model,
-            optimizer,
-            train_cfg.privacy,
-            train_cfg.batch_size,
-            len(train),
-            total_steps,
-            sum(map(len, epoch_batches[: state.epoch])),
-        )
-        log.info(
-            "DP-SGD: noise multiplier %.3f for ε %g at δ %g over %d steps",
-            private.noise_multiplier,
-            train_cfg.privacy.epsilon,
-            train_cfg.privacy.delta,
-            total_steps,
-        )
-    weights = (
-        torch.tensor(balanced_class_weights(train.labels, len(labels)), device=device)
-        if train_cfg.class_weights == "balanced"
-        else None
-    )
-    return Session(
-        model,
-        tokenizer,
-        labels,
-        train,
-        val,
-        optimizer,
-        scheduler,
-        epoch_batches,
-        checkpoint,
-        state,
-        spec,
-        ranks,
-        device,
-        precision,
-        *session_feeds,
-        contexts=contexts,
-        resumed_from=state.epoch,
-        class_weights=weights,
-        private=private,
-    )
-
-
-def _optimizer(model, train_cfg: TrainConfig, device: str, total_steps: int):
-    """AdamW without decay on biases and norms, linear warm-up then linear decay to zero."""
-    import torch
-    from transformers import get_linear_schedule_with_warmup
-
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for n, p in trainable if p.ndim > 1], "weight_decay": train_cfg.weight_decay},
-        {"params": [p for n, p in trainable if p.ndim <= 1], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=train_cfg.learning_rate, fused=device in ("cuda", "cpu"))
-    return optimizer, get_linear_schedule_with_warmup(optimizer, int(train_cfg.warmup_ratio * total_steps), total_steps)
-
-
-def _frozen_and_pooled(
-    model, model_cfg: ModelConfig, train_cfg: TrainConfig, train, val, pad_id: int, device: str, precision: str
-) -> tuple[tuple, list]:
-    """((feed_train, feed_val), contexts): the frozen blocks give the same output every epoch, so it is computed
-    once and the top trains on it; a trained last block runs for the pooled position only (where the architecture
-    allows)."""
-    frozen = frozen_block_count(model, model_cfg)
-    pooled = first_token_only(model) if frozen < len(transformer_blocks(model)) else nullcontext()
-    if not frozen:
-        return (None, None), [pooled]
-    from components.fine_tune.frozen_blocks import CachedBlocks, frozen_outputs, standing_in
-
-    started = time.perf_counter()
-    cached = {
-        name: frozen_outputs(
-            model, split, frozen, train_cfg.eval_batch_size, train_cfg.max_batch_tokens, pad_id, device, precision
-        )
-        for name, split in (("train", train), ("val", val))
-    }
-    size_mb = sum(s.numel() * s.element_size() for states in cached.values() for s in states) / 2**20
-    log.info(
-        "cached the output of the %d frozen blocks for %d texts (%.0f MB, %.1f s)",
-        frozen,
-        len(train) + len(val),
-        size_mb,
-        time.perf_counter() - started,
-    )
-    stand_in = CachedBlocks()
-    feeds = (
-        lambda indices: stand_in.feed(cached["train"], indices, device),
-        lambda indices: stand_in.feed(cached["val"], indices, device),
-    )
-    return feeds, [standing_in(model, frozen, stand_in), pooled]
 
 
 def train_epoch(session: Session, epoch: int, train_cfg: TrainConfig, log_metrics: MetricsLogger) -> float:
@@ -337,14 +109,6 @@ def train_epoch(session: Session, epoch: int, train_cfg: TrainConfig, log_metric
         if progress:
             progress.update(1)
     return _mean_over_ranks(running / len(batches), session.ranks)
-
-
-def balanced_class_weights(labels, n_classes: int):
-    """n / (classes x count) per class, as scikit-learn's class_weight="balanced"; 0 for a class with no text."""
-    import numpy as np
-
-    counts = np.bincount(labels, minlength=n_classes).astype(np.float32)
-    return np.divide(len(labels), n_classes * counts, out=np.zeros_like(counts), where=counts > 0)
 
 
 def training_loss(model, batch: dict, class_weights=None):
@@ -460,23 +224,6 @@ def _barrier(ranks: Ranks) -> None:
         import torch.distributed as dist
 
         dist.barrier()
-
-
-def frozen_block_count(model, model_cfg: ModelConfig) -> int:
-    """How many blocks at the bottom train nothing: partial trains the last N, head none, full and LoRA all."""
-    if model_cfg.strategy == "head":
-        return len(transformer_blocks(model))
-    if model_cfg.strategy == "partial":
-        return len(transformer_blocks(model)) - model_cfg.trainable_blocks
-    return 0
-
-
-def _encode_split(
-    tokenizer, data_dir: str, split: str, labels: list[str], max_length: int, max_samples: int | None = None
-):
-    rows = read_split(data_dir, split).head(max_samples)
-    index = {label: i for i, label in enumerate(labels)}
-    return encode(tokenizer, rows["text"].tolist(), max_length, [index[v] for v in rows["label"]])
 
 
 def _save_model(

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import torch
 
-from components.model.core import transformer_blocks
+from components.model.blocks import transformer_blocks
 from components.text_batches import EncodedSplit, autocast, collate, eval_batches
 
 

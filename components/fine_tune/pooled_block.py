@@ -9,7 +9,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from types import MethodType
 
-from components.model.core import transformer_blocks
+from components.model.blocks import transformer_blocks
 
 # Model types whose classification head reads the first token of the last BertLayer's output.
 FIRST_TOKEN_POOLED = {"bert"}

@@ -1,5 +1,5 @@
 """Stage 4 on several nodes: a Kubeflow Trainer TrainJob (a torch runtime) runs `train.nodes` pods of the project's
-image, each torchrun with its ranks (components.fine_tune.processes). The pods share no disk with the fine-tune task
+image, each torchrun with its ranks (components.fine_tune.torchrun). The pods share no disk with the fine-tune task
 that submits the job: the task puts the splits, the stage 2 model and the job at a storage URI; every node fetches them;
 the node of rank 0 puts the fine-tuned model back; the task follows the job to its end and takes the model.
 Importable without MLflow or KFP: the module is also the node's entry point."""
@@ -23,7 +23,7 @@ from pathlib import Path
 from components import storage
 from components.config import LifecycleConfig
 from components.errors import LifecycleError, RunFailure
-from components.fine_tune.processes import run_ranks
+from components.fine_tune.torchrun import run_ranks
 from components.handoff import JOB, FineTuneJob, TrainResult, rehome_train_result
 from components.tracking import is_tracking_server
 

@@ -16,7 +16,7 @@ import torch
 
 from components.config import AdapterConfig
 from components.handoff import BOTTLENECK_ADAPTERS, write_json
-from components.model.core import ModelError, transformer_blocks
+from components.model.blocks import ModelError, transformer_blocks
 
 ADAPTER_CHILD = "bottleneck_adapter"  # the adapter's name under the projection it follows
 ADAPTER_WEIGHTS = "bottleneck_adapters.safetensors"

@@ -21,8 +21,8 @@ def monitor(
     import mlflow
 
     from components.handoff import read_texts
-    from components.monitor import core
     from components.tracking import stage_run
+    from monitoring import core
 
     cfg = LifecycleConfig.model_validate_json(config_json)
     with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, MONITOR.run_name) as stage:
@@ -58,14 +58,13 @@ def monitor_traffic(
 
     import mlflow
 
-    from components.console import reported_stage
-    from components.data.tables import SkippedRecords
-    from components.deploy.serving import resolve_bundle
+    from components.data.table_readers import SkippedRecords
     from components.handoff import model_uri
-    from components.monitor import core
-    from components.monitor.rollout import check_rollout
-    from components.registry import CHAMPION
+    from components.registry import CHAMPION, resolve_bundle
+    from components.stage_output import reported_stage
     from components.tracking import use_config_experiment
+    from monitoring import core
+    from monitoring.rollout import check_rollout
 
     cfg = LifecycleConfig.model_validate_json(config_json)
     use_config_experiment(cfg, tracking_uri)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from components.config import LifecycleConfig
-from components.data.tables import DataError, SkippedRecords
+from components.data.table_readers import DataError, SkippedRecords
 from components.handoff import REFERENCE, read_deployment
 from monitoring.drift import DriftResult, check_drift, profile_texts, write_report
 
@@ -36,8 +36,7 @@ def _file_texts(cfg: LifecycleConfig, path: str, skipped: SkippedRecords) -> lis
     """A prediction log file or any JSONL/Parquet file is read as such; other files in the training data's format."""
     import tempfile
 
-    from components.data.core import table_format
-    from components.data.tables import format_of, read_source
+    from components.data.table_readers import format_of, read_source, table_format
 
     data = cfg.data
     with tempfile.TemporaryDirectory(prefix="lifecycle-current-") as scratch:

@@ -60,7 +60,7 @@ def torchrun_command(job_file: str | Path, processes: int | None = None) -> list
         "torch.distributed.run",
         *alone,
         "-m",
-        "components.fine_tune.processes",
+        "components.fine_tune.torchrun",
         str(job_file),
     ]
 
@@ -70,9 +70,9 @@ def main(job_file: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from components.console import mark_project_logs
-    from components.environment.core import seed_everything
     from components.fine_tune.core import fine_tune
+    from components.reproducibility import apply_environment
+    from components.stage_output import mark_project_logs
 
     job = read_job(job_file)
     if job.device == "cuda":
@@ -81,8 +81,7 @@ def main(job_file: str) -> None:
     try:
         if dist.get_rank() == 0:
             mark_project_logs()
-        torch.set_num_threads(job.threads)
-        seed_everything(job.seed)
+        apply_environment(job.threads, job.seed)
         fine_tune(job, _mlflow_logger(job.mlflow_run))
     finally:
         dist.destroy_process_group()

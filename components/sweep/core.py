@@ -1,4 +1,4 @@
-"""Stage 4 as a search: an Optuna study over the fine-tuning hyper-parameters (config.search_space), its trials
+"""Stage 4 as a search: an Optuna study over the fine-tuning hyper-parameters (components/sweep/space.py), its trials
 trained by stage 4's own core and pruned on their per-epoch validation loss. The study lives in a database that
 every worker reaches (SQLite beside MLflow's here, PostgreSQL on a cluster), so a sweep spreads over workers and
 resumes where it stopped. Selection is on validation only: the test split is stage 5's. Importable without MLflow
@@ -10,13 +10,14 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
-from typing import ContextManager
 
 from components import storage
-from components.config import ConfigError, LifecycleConfig, search_space, set_key, takes_integers, validate_config
+from components.config import ConfigError, LifecycleConfig, set_key, takes_integers, validate_config
 from components.errors import LifecycleError
 from components.handoff import FineTuneJob, write_json
+from components.sweep.space import defaults, params_text, search_space, space_as_given
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ CHECKPOINT = "checkpoint"  # a trial's checkpoint URI: a retried trial resumes f
 MODEL = "model"  # where the trial's model was kept: the best complete trial's so far
 
 # The trial's nested MLflow run, opened with the trial's number and params; it is given the trial's outcome last.
-TrialRun = Callable[[int, dict], ContextManager["TrialLog"]]
+TrialRun = Callable[[int, dict], AbstractContextManager["TrialLog"]]
 
 
 class SweepError(LifecycleError):
@@ -44,7 +45,7 @@ class TrialLog:
 
 @dataclass
 class Sweep:
-    """The study's account beside the winning model (handoff.SWEEP), for the model card and the sweep's run."""
+    """The study's account beside the winning model (handoff.SWEEP_ACCOUNT), for the model card and the sweep's run."""
 
     study: str
     storage: str  # without a password
@@ -146,17 +147,6 @@ def finished_trials(study) -> list:
     ]
 
 
-def defaults(cfg: LifecycleConfig) -> dict:
-    """The config's own value of each searched key."""
-    dumped = cfg.model_dump(mode="json")
-    return {key: _value_at(dumped, key) for key in search_space(cfg)}
-
-
-def space_as_given(cfg: LifecycleConfig) -> dict:
-    """The search space as a user writes it in tune.space (what the sweep's run and the card show)."""
-    return {key: spec.model_dump(exclude_defaults=True) for key, spec in search_space(cfg).items()}
-
-
 def sweep_uri(cfg: LifecycleConfig, sweep_run_id: str) -> str:
     """Where a sweep's trials keep their checkpoints and the best models (removed once the winner is chosen)."""
     return storage.join(cfg.checkpoints_uri(), sweep_run_id)
@@ -189,61 +179,12 @@ def run_trials(
     """Trials until tune.trials have finished (over every worker) or the deadline (0: none) has passed; a trial
     under way at the deadline ends first. Each trial trains with stage 4's core; the best complete one so far
     keeps its model at sweep_uri/trial-N/model. Returns how many trials this worker ran."""
-    import optuna
-
-    from components.fine_tune.core import fine_tune
-
     base = defaults(cfg)
     outcomes = {}  # trial number -> (params, TrialLog), said once Optuna has stored the trial: a stop after its
     # line loses nothing
 
     def objective(trial) -> float:
-        params = suggest(trial, cfg)
-        trial_cfg = trial_config(cfg, params)
-        folder = storage.join(sweep_uri, f"trial-{trial.number:04d}")
-        checkpoint = trial.user_attrs.get(CHECKPOINT) or storage.join(folder, "checkpoint")
-        trial.set_user_attr(CHECKPOINT, checkpoint)
-        epochs = []
-        with trial_run(trial.number, params) as record, tempfile.TemporaryDirectory(prefix="lifecycle-trial-") as out:
-            record.outcome = {"state": "failed"}
-            trial_job = replace(
-                job, out_dir=out, checkpoint_uri=checkpoint, model_cfg=trial_cfg.model, train_cfg=trial_cfg.train
-            )
-            started = time.perf_counter()
-            try:
-                result = fine_tune(trial_job, record.log_metrics, lambda row: _report(trial, row, epochs))
-            except optuna.TrialPruned:
-                record.outcome = {
-                    "state": "pruned",
-                    "pruned_at_epoch": epochs[-1]["epoch"],
-                    "val_loss": min(row["val_loss"] for row in epochs),
-                    "seconds": time.perf_counter() - started,
-                }
-                raise
-            except KeyboardInterrupt:  # Ctrl-C: Optuna marks it failed; the resumed sweep tries it again
-                trial.set_user_attr(INTERRUPTED, True)
-                record.outcome = {"state": "interrupted"}
-                raise
-            except Exception as err:  # the trial fails (Optuna records why); the sweep goes on
-                record.outcome = {
-                    "state": "failed",
-                    "error": f"{type(err).__name__}: {err}",
-                    "seconds": time.perf_counter() - started,
-                }
-                raise
-            finally:
-                outcomes[trial.number] = (params, record)
-            record.outcome = {
-                "state": "complete",
-                "val_loss": result.best_val_loss,
-                "val_accuracy": result.best_val_accuracy,
-                "seconds": result.train_seconds,
-                "epochs_run": result.epochs_run,
-            }
-            if _best_so_far(trial.study, result.best_val_loss):
-                storage.upload_folder(out, storage.join(folder, MODEL))
-                trial.set_user_attr(MODEL, storage.join(folder, MODEL))
-        return result.best_val_loss
+        return train_trial(trial, cfg, job, sweep_uri, trial_run, outcomes)
 
     def after_trial(study, trial) -> None:
         params, record = outcomes[trial.number]
@@ -262,6 +203,62 @@ def run_trials(
         return 0
     study.optimize(objective, n_trials=left, timeout=timeout, catch=(Exception,), callbacks=[after_trial])
     return len(outcomes)
+
+
+def train_trial(trial, cfg: LifecycleConfig, job: FineTuneJob, sweep_uri: str, trial_run: TrialRun, outcomes: dict):
+    """One trial: the config with its params, trained by stage 4's core; what it did is kept in `outcomes` (trial
+    number -> (params, TrialLog)) and its model, when it is the best complete trial so far, at
+    sweep_uri/trial-N/model. Returns its best validation loss; raises optuna.TrialPruned when pruned."""
+    import optuna
+
+    from components.fine_tune.core import fine_tune
+
+    params = suggest(trial, cfg)
+    trial_cfg = trial_config(cfg, params)
+    folder = storage.join(sweep_uri, f"trial-{trial.number:04d}")
+    checkpoint = trial.user_attrs.get(CHECKPOINT) or storage.join(folder, "checkpoint")
+    trial.set_user_attr(CHECKPOINT, checkpoint)
+    epochs = []
+    with trial_run(trial.number, params) as record, tempfile.TemporaryDirectory(prefix="lifecycle-trial-") as out:
+        record.outcome = {"state": "failed"}
+        trial_job = replace(
+            job, out_dir=out, checkpoint_uri=checkpoint, model_cfg=trial_cfg.model, train_cfg=trial_cfg.train
+        )
+        started = time.perf_counter()
+        try:
+            result = fine_tune(trial_job, record.log_metrics, lambda row: _report(trial, row, epochs))
+        except optuna.TrialPruned:
+            record.outcome = {
+                "state": "pruned",
+                "pruned_at_epoch": epochs[-1]["epoch"],
+                "val_loss": min(row["val_loss"] for row in epochs),
+                "seconds": time.perf_counter() - started,
+            }
+            raise
+        except KeyboardInterrupt:  # Ctrl-C: Optuna marks it failed; the resumed sweep tries it again
+            trial.set_user_attr(INTERRUPTED, True)
+            record.outcome = {"state": "interrupted"}
+            raise
+        except Exception as err:  # the trial fails (Optuna records why); the sweep goes on
+            record.outcome = {
+                "state": "failed",
+                "error": f"{type(err).__name__}: {err}",
+                "seconds": time.perf_counter() - started,
+            }
+            raise
+        finally:
+            outcomes[trial.number] = (params, record)
+        record.outcome = {
+            "state": "complete",
+            "val_loss": result.best_val_loss,
+            "val_accuracy": result.best_val_accuracy,
+            "seconds": result.train_seconds,
+            "epochs_run": result.epochs_run,
+        }
+        if _best_so_far(trial.study, result.best_val_loss):
+            storage.upload_folder(out, storage.join(folder, MODEL))
+            trial.set_user_attr(MODEL, storage.join(folder, MODEL))
+    return result.best_val_loss
 
 
 def _report(trial, row: dict, epochs: list) -> None:
@@ -298,10 +295,10 @@ def trial_line(number: int, params: dict, base: dict, outcome: dict) -> str:
 
 def select(cfg: LifecycleConfig, study, url: str, out_dir: str) -> tuple[Sweep, LifecycleConfig]:
     """The complete trial with the lowest validation loss: its model into out_dir (with the study's account,
-    handoff.SWEEP), and its config."""
+    handoff.SWEEP_ACCOUNT), and its config."""
     from optuna.trial import TrialState
 
-    from components.handoff import SWEEP, rehome_train_result
+    from components.handoff import SWEEP_ACCOUNT, rehome_train_result
 
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if MODEL in t.user_attrs]
     finished = finished_trials(study)
@@ -332,7 +329,7 @@ def select(cfg: LifecycleConfig, study, url: str, out_dir: str) -> tuple[Sweep, 
         best_val_accuracy=result.best_val_accuracy,
         defaults_val_loss=defaults_trial.value if defaults_trial and defaults_trial.value is not None else None,
     )
-    write_json(out_dir, SWEEP, sweep.to_dict())
+    write_json(out_dir, SWEEP_ACCOUNT, sweep.to_dict())
     return sweep, trial_config(cfg, winner.params)
 
 
@@ -344,15 +341,3 @@ def hide_password(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # not a URL SQLAlchemy reads: shown as given, since it holds no credentials it can parse
         return url
-
-
-def _value_at(mapping: dict, key: str):
-    for part in key.split("."):
-        mapping = mapping[part]
-    return mapping
-
-
-def params_text(params: dict) -> str:
-    return " ".join(
-        f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}" for key, value in params.items()
-    )

@@ -1,4 +1,4 @@
-"""The CLI's side of what a person sees (the stages' side is components/console.py).
+"""The CLI's side of what a person sees (the stages' side is components/stage_output.py).
 
 While a command runs, stdout, stderr, the loggers and Python's warnings all write to one Console. It shows on the
 terminal the marked lines (the stages' starts, ends, key results and failures), draws their progress as bars
@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from components.console import ERROR_MARK, MARK, PACKAGES, PROGRESS_MARK, USER_ERROR_MARK, MarkedFormatter
+from components.stage_output import ERROR_MARK, MARK, PACKAGES, PROGRESS_MARK, USER_ERROR_MARK, MarkedFormatter
 
 _active: Console | None = None  # the console of the command running in this process, if any
 

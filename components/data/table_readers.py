@@ -12,10 +12,14 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from components.errors import LifecycleError
+
+if TYPE_CHECKING:
+    from components.config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -254,9 +258,12 @@ def fetch(url: str, cache_dir: str | Path, sha256: str | None = None, member: st
     partial = target.with_suffix(target.suffix + ".part")
     if member:
         try:
-            with zipfile.ZipFile(io.BytesIO(payload)) as archive, archive.open(member) as src:
-                with open(partial, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
+            with (
+                zipfile.ZipFile(io.BytesIO(payload)) as archive,
+                archive.open(member) as src,
+                open(partial, "wb") as dst,
+            ):
+                shutil.copyfileobj(src, dst)
         except (zipfile.BadZipFile, KeyError) as err:
             raise DataError(f"{url}: expected a zip holding {member!r}: {err}") from None
     else:
@@ -274,3 +281,40 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def resolve_sources(data: DataConfig, cache_dir: str | Path) -> dict[str, str]:
+    """The files to read, by name ("all", or "train", "val", "test", and "feedback-..." for each file of
+    data.feedback_path), as URIs or paths."""
+    if data.train_path:
+        sources = {"train": data.train_path, "test": data.test_path} | ({"val": data.val_path} if data.val_path else {})
+    elif data.path:
+        sources = {"all": data.path}
+    else:
+        sources = {"all": str(fetch(data.url, cache_dir, sha256=data.sha256, member=data.url_member))}
+    return sources | {f"feedback-{Path(uri).stem}": uri for uri in feedback_files(data.feedback_path)}
+
+
+def feedback_files(feedback_path: str | None) -> list[str]:
+    """The feedback file, or the files in the feedback folder (sorted; hidden files skipped), as URIs."""
+    from components import storage
+
+    if not feedback_path:
+        return []
+    if storage.is_folder(feedback_path):
+        return storage.list_files(feedback_path)
+    if not storage.exists(feedback_path):
+        raise DataError(f"data.feedback_path: {feedback_path} is neither a file nor a folder")
+    return [feedback_path]
+
+
+def table_format(data: DataConfig) -> TableFormat:
+    return from_data_config(TableFormat, data)
+
+
+def from_data_config(kind, config: DataConfig):
+    """A dataclass of plain values from the data config's keys of the same names."""
+    import dataclasses
+
+    names = set(type(config).model_fields)
+    return kind(**{f.name: getattr(config, f.name) for f in dataclasses.fields(kind) if f.name in names})

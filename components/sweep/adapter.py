@@ -1,5 +1,5 @@
-"""The sweep's MLflow adapters: `tune_study` opens the study, `tune` is a worker whose trials are nested runs of
-the sweep's run (params, per-epoch validation loss and accuracy, time, the pruning decision), `tune_select` puts
+"""The sweep's MLflow adapters: `sweep_study` opens the study, `tune` is a worker whose trials are nested runs of
+the sweep's run (params, per-epoch validation loss and accuracy, time, the pruning decision), `sweep_select` puts
 the winner's params, metrics and Optuna's figures on the sweep's run and hands its model to stage 5."""
 
 from __future__ import annotations
@@ -10,30 +10,31 @@ import time
 from pathlib import Path
 
 from components.config import LifecycleConfig
-from components.stages import TUNE
+from components.stages import SWEEP
 
 log = logging.getLogger(__name__)
 TRIAL_TAG = "trial"  # a trial run's STAGE_TAG value; its number is the tag trial.number
 FIGURES = ("optimization_history.png", "param_importances.png")
 
 
-def tune_study(config_json: str, tracking_uri: str, parent_run_id: str, out_dir: str) -> None:
+def sweep_study(config_json: str, tracking_uri: str, parent_run_id: str, out_dir: str) -> None:
     """Create (or, on a resume, reopen) the study named after the sweep's run; its reference, with this sweep
     run's deadline, goes to out_dir for the workers."""
     from dataclasses import asdict
 
     import mlflow
 
-    from components.console import reported_stage
     from components.handoff import STUDY, StudyRef, write_json
-    from components.tune import core
+    from components.stage_output import reported_stage
+    from components.sweep import core
+    from components.sweep.space import space_as_given
 
     cfg = LifecycleConfig.model_validate_json(config_json)
-    with reported_stage(f"{TUNE.run_name}-study") as stage:
+    with reported_stage(f"{SWEEP.run_name}-study") as stage:
         url = core.study_storage(cfg, tracking_uri)
         study = core.open_study(cfg, url, parent_run_id)
         said = core.prepare_study(cfg, study)
-        space = core.space_as_given(cfg)
+        space = space_as_given(cfg)
         mlflow.set_tracking_uri(tracking_uri)
         client = mlflow.MlflowClient()
         client.log_dict(parent_run_id, space, "sweep/search_space.json")
@@ -46,26 +47,24 @@ def tune_study(config_json: str, tracking_uri: str, parent_run_id: str, out_dir:
     write_json(out_dir, STUDY, asdict(StudyRef(parent_run_id, deadline)))
 
 
-def tune(
+def sweep(
     config_json: str, tracking_uri: str, study_dir: str, data_dir: str, init_dir: str, env_dir: str, worker: int
 ) -> int:
     """One worker: trials until the study has its budget or the deadline passed. Trials train in this process
     (on the task's GPU when it has one)."""
-    import torch
 
-    from components.console import reported_stage
-    from components.environment.core import seed_everything
     from components.handoff import FineTuneJob, read_environment, read_study
-    from components.tune import core
+    from components.reproducibility import apply_environment
+    from components.stage_output import reported_stage
+    from components.sweep import core
 
     cfg = LifecycleConfig.model_validate_json(config_json)
     env, ref = read_environment(env_dir), read_study(study_dir)
     parent_run_id = ref.parent_run_id
-    torch.set_num_threads(env.threads)
-    seed_everything(cfg.seed)
+    apply_environment(env.threads, cfg.seed)
     # A line per trial says what a person needs; the epochs are in the trials' runs.
-    logging.getLogger("components.fine_tune.core").setLevel(logging.WARNING)
-    with reported_stage(f"{TUNE.run_name}-{worker}") as stage:
+    logging.getLogger("components.fine_tune").setLevel(logging.WARNING)
+    with reported_stage(f"{SWEEP.run_name}-{worker}") as stage:
         study = core.open_study(cfg, core.study_storage(cfg, tracking_uri), parent_run_id)
         job = FineTuneJob(
             init_dir, data_dir, "", "", cfg.model, cfg.train, env.device, env.precision, cfg.seed, env.threads
@@ -86,8 +85,8 @@ def _trial_runs(cfg: LifecycleConfig, tracking_uri: str, parent_run_id: str):
     """The trial's nested run: its params, metrics as they come, then its outcome."""
     import mlflow
 
+    from components.sweep.core import TrialLog
     from components.tracking import STAGE_TAG, use_experiment
-    from components.tune.core import TrialLog
 
     @contextlib.contextmanager
     def trial_run(number: int, params: dict):
@@ -124,18 +123,19 @@ def _trial_runs(cfg: LifecycleConfig, tracking_uri: str, parent_run_id: str):
     return trial_run
 
 
-def tune_select(config_json: str, tracking_uri: str, parent_run_id: str, out_dir: str) -> str:
+def sweep_select(config_json: str, tracking_uri: str, parent_run_id: str, out_dir: str) -> str:
     """The winner's model into out_dir; its params, validation metrics and the study's figures on the sweep's
     run; the trials' models and checkpoints removed. Returns the winner's config (what stages 5-7 run with)."""
     import mlflow
     import yaml
 
-    from components.console import reported_stage
+    from components.stage_output import reported_stage
     from components.storage import remove
-    from components.tune import core
+    from components.sweep import core
+    from components.sweep.space import params_text
 
     cfg = LifecycleConfig.model_validate_json(config_json)
-    with reported_stage(f"{TUNE.run_name}-select") as stage:
+    with reported_stage(f"{SWEEP.run_name}-select") as stage:
         url = core.study_storage(cfg, tracking_uri)
         study = core.open_study(cfg, url, parent_run_id)
         sweep, winner_cfg = core.select(cfg, study, url, out_dir)
@@ -163,7 +163,7 @@ def tune_select(config_json: str, tracking_uri: str, parent_run_id: str, out_dir
             client.log_figure(parent_run_id, figure, f"sweep/{name}")
         remove(core.sweep_uri(cfg, parent_run_id))
         stage.result = (
-            f"trial {sweep.winner} won ({core.params_text(sweep.winner_params)}): "
+            f"trial {sweep.winner} won ({params_text(sweep.winner_params)}): "
             f"val loss {sweep.best_val_loss:.4f}, val accuracy {sweep.best_val_accuracy:.2%}; "
             f"{sweep.complete} complete, {sweep.pruned} pruned, {sweep.failed} failed"
         )

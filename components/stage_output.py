@@ -3,7 +3,7 @@
 A stage runs in a process of its own (a kfp.local subprocess, a cluster pod), whose output reaches the CLI, or a
 pod's log, as plain lines among those of KFP and the libraries. The lines meant for a person carry a mark: the
 project's own log records at INFO and above, a stage's start and end, its failure, its progress. The CLI
-(pipelines/console.py) shows the marked lines and sends every line to the run's log file.
+(pipelines/terminal.py) shows the marked lines and sends every line to the run's log file.
 """
 
 from __future__ import annotations

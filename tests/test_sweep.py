@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import as_args, make_texts, stop_at_line, tiny_settings, write_splits
+from conftest import as_args, compile_pipelines, make_texts, stop_at_line, tiny_settings, write_splits
 
 from pipelines.cli import main
 
@@ -17,22 +17,12 @@ def test_the_compiled_sweep_runs_its_workers_in_a_parallel_for_each_with_a_gpu(t
     from kfp import components
 
     out = tmp_path / "pipeline.yaml"
-    assert (
-        main(
-            [
-                "compile",
-                "--set",
-                "data.path=s3://b/x.tsv",
-                "--set",
-                "tune.parallel=3",
-                "--set",
-                "tune.storage=postgresql://lifecycle@optuna-db:5432/optuna",
-                "-o",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    settings = [
+        "data.path=s3://b/x.tsv",
+        "tune.parallel=3",
+        "tune.storage=postgresql://lifecycle@optuna-db:5432/optuna",
+    ]
+    assert compile_pipelines(settings, "-o", str(out)) == 0
     sweep_yaml = tmp_path / "sweep_pipeline.yaml"
     assert components.load_component_from_file(str(sweep_yaml)).name == "sms-spam-sweep"
     spec = yaml.safe_load(sweep_yaml.read_text())
@@ -40,8 +30,8 @@ def test_the_compiled_sweep_runs_its_workers_in_a_parallel_for_each_with_a_gpu(t
     assert len(loops) == 1 and loops[0]["iteratorPolicy"]["parallelismLimit"] == 3
     assert json.loads(loops[0]["parameterIterator"]["items"]["raw"]) == [0, 1, 2]
     executors = spec["deploymentSpec"]["executors"]
-    assert executors["exec-tune"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
-    assert "resources" not in executors["exec-tune-select"]["container"]
+    assert executors["exec-sweep"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+    assert "resources" not in executors["exec-sweep-select"]["container"]
     assert {"exec-evaluate", "exec-deploy", "exec-monitor"} <= set(executors)
     text = sweep_yaml.read_text()
     assert str(Path.cwd()) not in text and str(tmp_path) not in text  # each pod has its own disk
@@ -69,6 +59,7 @@ def tune_args(tmp_path, tiny_bert, monkeypatch):
     ]
 
 
+@pytest.mark.slow
 def test_a_sweep_stopped_and_resumed_nests_its_trials_prunes_and_registers_the_best_through_the_gate(
     tune_args, tmp_path, capsys
 ):
@@ -143,7 +134,7 @@ def test_trials_a_killed_worker_left_are_tried_again_from_their_checkpoint_and_n
     from components.config import validate_config
     from components.handoff import read_sweep
     from components.model.core import model
-    from components.tune import core
+    from components.sweep import core
 
     cfg = validate_config(
         {
@@ -185,8 +176,9 @@ def test_trials_a_killed_worker_left_are_tried_again_from_their_checkpoint_and_n
 
 
 def test_the_search_space_is_the_config_and_its_mistakes_are_named():
-    from components.config import ConfigError, search_space, validate_config
-    from components.tune.core import study_storage
+    from components.config import ConfigError, validate_config
+    from components.sweep.core import study_storage
+    from components.sweep.space import search_space
 
     lora = validate_config(
         {
@@ -219,6 +211,7 @@ def test_the_search_space_is_the_config_and_its_mistakes_are_named():
     )
 
 
+@pytest.mark.slow
 def test_on_the_cluster_path_two_workers_share_the_study_in_postgresql_and_log_to_the_tracking_server(
     tracking_server, tiny_bert, tmp_path, monkeypatch, capsys
 ):
@@ -256,7 +249,7 @@ def test_on_the_cluster_path_two_workers_share_the_study_in_postgresql_and_log_t
         == 0
     )
     printed = capsys.readouterr().out
-    assert "4-tune-0       done" in printed and "4-tune-1       done" in printed
+    assert "4-sweep-0      done" in printed and "4-sweep-1      done" in printed
 
     client = mlflow.MlflowClient(tracking_server.uri)
     experiment = client.get_experiment_by_name(f"sweep-{database}")

@@ -1,0 +1,115 @@
+"""The one typed configuration of a lifecycle run, validated at the edge (the CLI) before any stage runs: its
+sections are in schema_data.py, schema_training.py, schema_operations.py, schema_serving.py and schema_sweep.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import field_validator, model_validator
+
+from components.config.schema_data import DataConfig, PiiConfig
+from components.config.schema_operations import GateConfig, KfpConfig, MonitorConfig, StorageConfig, TrackingConfig
+from components.config.schema_serving import DeployConfig, ServeConfig
+from components.config.schema_sweep import TuneConfig
+from components.config.schema_training import NOT_PRIVATE, ModelConfig, TrainConfig
+from components.config.section import Section
+
+
+class LifecycleConfig(Section):
+    """A lifecycle run's whole configuration: the data, the model, its training, the gate, serving and monitoring."""
+
+    name: str = "lifecycle"
+    """The project's name (letters, digits, - and _): it starts the names of MLflow runs, pipelines and TrainJobs."""
+    seed: int = 123
+    """The seed of every random choice: splits, samples, weight initialisation, batch order, the sweep's sampler."""
+    work_dir: str = "work"
+    """The local folder of a run's files: downloads, the SQLite tracking store, and checkpoints, predictions and
+    alerts where storage does not name other places."""
+    data: DataConfig
+    """Where the labelled texts are and how they are read, checked, cleaned, balanced and split (stage 1)."""
+    model: ModelConfig = ModelConfig()
+    """The pretrained base and the fine-tuning strategy (stage 2)."""
+    train: TrainConfig = TrainConfig()
+    """How the model is fine-tuned (stage 4)."""
+    gate: GateConfig = GateConfig()
+    """What a model must reach to be registered (stage 5)."""
+    tracking: TrackingConfig = TrackingConfig()
+    """MLflow: the tracking store, the experiment and the registered model."""
+    kfp: KfpConfig = KfpConfig()
+    """Running on a Kubeflow Pipelines cluster."""
+    pii: PiiConfig = PiiConfig()
+    """What counts as personal data, in the data and in the prediction log."""
+    serve: ServeConfig = ServeConfig()
+    """The model server."""
+    deploy: DeployConfig = DeployConfig()
+    """How a new champion reaches traffic (stage 6)."""
+    monitor: MonitorConfig = MonitorConfig()
+    """Drift monitoring and retraining (stage 7)."""
+    storage: StorageConfig = StorageConfig()
+    """Where what outlives a task is kept."""
+    tune: TuneConfig = TuneConfig()
+    """The hyper-parameter sweep of `lifecycle tune`."""
+
+    def checkpoints_uri(self) -> str:
+        return self.storage.checkpoints or str(Path(self.work_dir) / "checkpoints")
+
+    def predictions_uri(self) -> str:
+        return self.storage.predictions or str(Path(self.work_dir) / "predictions")
+
+    @model_validator(mode="after")
+    def _strategy_defaults(self) -> LifecycleConfig:
+        self.train = self.train.for_strategy(self.model)
+        return self
+
+    @model_validator(mode="after")
+    def _private_strategy(self) -> LifecycleConfig:
+        if self.train.privacy and self.model.strategy in NOT_PRIVATE:
+            raise ValueError(
+                f"train.privacy: model.strategy={self.model.strategy} cannot train privately: "
+                f"{NOT_PRIVATE[self.model.strategy]}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _nodes_share_storage(self) -> LifecycleConfig:
+        if self.train.nodes > 1 and "://" not in self.checkpoints_uri():
+            raise ValueError(
+                f"train.nodes={self.train.nodes} trains in the pods of a Kubeflow Trainer TrainJob, "
+                "which share no disk with this task: set storage.checkpoints to a storage URI they all "
+                f"reach (s3://, gs://, ..., or file:// on a shared volume), not {self.checkpoints_uri()}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _space_names_keys(self) -> LifecycleConfig:
+        for key in self.tune.space:
+            if config_field(key) is None:
+                raise ValueError(f"tune.space: {key!r} is not a key of the config (e.g. train.learning_rate)")
+        return self
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_simple(cls, value: str) -> str:
+        if not value.replace("-", "").replace("_", "").isalnum():
+            raise ValueError("use letters, digits, '-' and '_' only")
+        return value
+
+
+def config_field(key: str):
+    """The pydantic field a dotted key names (train.epochs), or None."""
+    section, field_ = LifecycleConfig, None
+    for part in key.split("."):
+        fields_ = getattr(section, "model_fields", {})
+        if part not in fields_:
+            return None
+        field_ = fields_[part]
+        section = field_.annotation
+    return field_
+
+
+def takes_integers(key: str) -> bool:
+    """Whether the key's value is a whole number (train.epochs) rather than any number (train.learning_rate)."""
+    import typing
+
+    annotation = config_field(key).annotation
+    return annotation is int or int in typing.get_args(annotation) and float not in typing.get_args(annotation)

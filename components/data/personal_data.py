@@ -1,0 +1,62 @@
+"""Personal data in the tables stage 1 reads: each text's kinds found (Presidio, components/pii.py), redacted or
+refused as data.pii says, and counted per split."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from components.config import DataConfig, PiiConfig
+from components.data.splitting import PII
+from components.data.validation import DataValidationError
+from components.pii import KEEP, REDACT, PiiScanner
+
+log = logging.getLogger(__name__)
+
+
+def find_personal_data(
+    frames: dict[str, pd.DataFrame], config: DataConfig, pii: PiiConfig, sources: dict[str, str]
+) -> dict[str, pd.DataFrame]:
+    """Each table with the kinds of personal data in each text (column PII, for the counts per split) and, with
+    data.pii=redact, its texts redacted; with fail, the first texts holding any are named by row and kind (never
+    by value: the message reaches logs)."""
+    from components.stage_output import Progress
+
+    if config.pii == "off":
+        return {name: frame.assign(**{PII: ""}) for name, frame in frames.items()}
+    scanner = PiiScanner(pii)
+    form = REDACT if config.pii == "redact" else KEEP
+    found, marked = {}, {}
+    progress = Progress(sum(map(len, frames.values())), "looking for personal data", log)
+    for name, frame in frames.items():
+        if config.text_column not in frame:
+            marked[name] = frame.assign(**{PII: ""})  # the gate says the column is missing
+            continue
+        texts, kinds = [], []
+        for text in frame[config.text_column]:
+            changed, found_kinds = scanner.transform(text, form) if isinstance(text, str) else (text, [])
+            texts.append(changed)
+            kinds.append(",".join(sorted(set(found_kinds))))
+            progress.update(1)
+        marked[name] = frame.assign(**{config.text_column: texts, PII: kinds})
+        found[name] = [(row, k) for row, k in zip(frame.index, kinds) if k]
+    holding = {name: rows for name, rows in found.items() if rows}
+    if config.pii == "fail" and holding:
+        listed = "\n".join(
+            f"  {sources[name]}: {len(rows)} texts, e.g. "
+            + ", ".join(f"row {row} ({kinds})" for row, kinds in rows[:5])
+            for name, rows in holding.items()
+        )
+        raise DataValidationError(
+            f"personal data in the texts (data.pii=fail; rows are lines of the file read):\n"
+            f"{listed}\nSet data.pii=redact to replace each finding with its type "
+            f"(<PHONE_NUMBER>), or report to train on the texts as they are"
+        )
+    return marked
+
+
+def pii_counts(rows: pd.DataFrame) -> dict[str, int]:
+    """Findings of each kind in a split (a text counts once per kind it holds)."""
+    kinds = rows[PII].str.split(",").explode()
+    return {kind: int(n) for kind, n in kinds[kinds.astype(bool)].value_counts().sort_index().items()}
