@@ -9,7 +9,7 @@ ARGS   ?=
 GPU_PYTHON ?= python3
 GPU_DIR    ?= .gpu
 
-.PHONY: install run tune test compile ui clean gpu-check gpu-wheels
+.PHONY: install run tune test test-fast lint format docs compile ui clean gpu-check gpu-wheels
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,24 @@ tune: install
 
 test: install
 	$(VENV)/bin/python -m pytest $(ARGS)
+
+# The inner loop: the unit-level tests, without the end-to-end ones marked slow.
+test-fast: install
+	$(VENV)/bin/python -m pytest -m "not slow" $(ARGS)
+
+# What CI checks before the tests; `make format` rewrites what it would refuse.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# The configuration page is generated from the config's own descriptions; then the site, as the tests build it.
+docs: install
+	$(VENV)/bin/python -m components.config.explain > docs/configuration.md
+	$(VENV)/bin/mkdocs build --strict --site-dir work/site
 
 compile: install
 	$(VENV)/bin/lifecycle compile $(ARGS)
