@@ -47,8 +47,9 @@ format: install
 
 # The configuration page is generated from the config's own descriptions; then the site, as the tests build it.
 docs: install
-	$(VENV)/bin/python -m components.config.explain > docs/configuration.md
-	$(VENV)/bin/mkdocs build --strict --site-dir work/site
+	mkdir -p work && $(VENV)/bin/python -m components.config.explain > work/configuration.md
+	mv work/configuration.md docs/configuration.md
+	$(VENV)/bin/mkdocs build --strict
 
 compile: install
 	$(VENV)/bin/lifecycle compile $(ARGS)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.train_speed import fine_tune_once, peak_rss_kib  # noqa: E402
+from benchmarks.train_speed import environment_of, fine_tune_once, peak_rss_kib  # noqa: E402
 
 # Each row: its name and the --set overrides that make it.
 STRATEGY_ROWS = {
@@ -132,8 +132,9 @@ def train_and_score(config: str, overrides: list[str], work: Path) -> dict:
     cfg = load_config(config, overrides)
     tmp = Path(cfg.work_dir)
     data_dir = str(tmp / "data")
+    env = environment_of(cfg)
     started = time.perf_counter()
-    result, env = fine_tune_once(cfg, str(tmp / "init"), data_dir, work)
+    result = fine_tune_once(cfg, env, str(tmp / "init"), data_dir, work)
     train_s, peak_mb = time.perf_counter() - started, peak_rss_kib() / 1024
     labels, test = read_manifest(data_dir).labels, read_split(data_dir, "test")
     logits = load_logits_predictor(

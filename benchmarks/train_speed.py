@@ -109,13 +109,18 @@ def prepare_split(args, tmp: Path) -> Path:
     return tmp / "data"
 
 
-def fine_tune_once(cfg, init_dir: str, data_dir: str, work: Path):
-    """Stage 4 in this process, as `lifecycle run` trains: (its result, stage 3's environment)."""
+def environment_of(cfg):
+    """Stage 3 for this config, before the clock starts: it probes the hardware (on a GPU it sets up CUDA)."""
     from components.environment import core as environment_stage
+
+    return environment_stage.environment(cfg.train.device, cfg.train.precision, cfg.train.threads, cfg.seed, {})
+
+
+def fine_tune_once(cfg, env, init_dir: str, data_dir: str, work: Path):
+    """Stage 4 in this process, as `lifecycle run` trains, in stage 3's environment `env`."""
     from components.fine_tune.core import fine_tune
     from components.handoff import FineTuneJob
 
-    env = environment_stage.environment(cfg.train.device, cfg.train.precision, cfg.train.threads, cfg.seed, {})
     job = FineTuneJob(
         init_dir,
         data_dir,
@@ -127,7 +132,7 @@ def fine_tune_once(cfg, init_dir: str, data_dir: str, work: Path):
         env.precision,
         cfg.seed,
     )
-    return fine_tune(job), env
+    return fine_tune(job)
 
 
 def train_ours(args) -> dict:
@@ -151,8 +156,9 @@ def train_ours(args) -> dict:
         ],
     )
     work = Path(args.work)
+    env = environment_of(cfg)
     started = time.perf_counter()
-    result, env = fine_tune_once(cfg, str(Path(args.data) / "init"), args.data, work)
+    result = fine_tune_once(cfg, env, str(Path(args.data) / "init"), args.data, work)
     train_s, memory = time.perf_counter() - started, peak_memory(args.device)
     labels, test = read_manifest(args.data).labels, read_split(args.data, "test")
     logits = load_logits_predictor(

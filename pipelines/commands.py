@@ -137,10 +137,12 @@ def _yaml_path(output: str, name: str) -> str:
 def config_command(args) -> int:
     """The resolved config with each key's value, default and meaning; or one key's (or section's)."""
     from components.config.explain import explain_config, explain_key
+    from components.tracking import check_reachable
     from pipelines.local import config_of_run, tracking_uri_for
 
     cfg = load(args, absolute=False)
     if args.run:  # what that run was given (its config artifact), not what the file says now
+        check_reachable(tracking_uri_for(cfg))
         cfg = config_of_run(args.run, tracking_uri_for(cfg))
     args.console.show(explain_key(cfg, args.explain) if args.explain else explain_config(cfg))
     return 0

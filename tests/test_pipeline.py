@@ -31,7 +31,7 @@ def test_compile_writes_yaml_that_kfp_loads_back_with_the_gpu_request(tmp_path):
     assert resources["accelerator"]["resourceCount"] == "2"
     assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
     assert "resources" not in spec["deploymentSpec"]["executors"]["exec-data"]["container"]
-    assert spec["deploymentSpec"]["executors"]["exec-fine-tune"]["container"]["image"] == "llm-lifecycle:0.1.0"
+    assert spec["deploymentSpec"]["executors"]["exec-fine-tune"]["container"]["image"] == "llm-lifecycle:0.2.0"
     # The compiled pipelines hold no path of the machine that compiled them: each pod has its own disk.
     for text in (out.read_text(), monitor_out.read_text()):
         assert str(Path.cwd()) not in text and str(tmp_path) not in text

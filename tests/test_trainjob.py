@@ -80,7 +80,7 @@ def lifecycle_config(tmp_path, base, **train):
             },
             "storage": {"checkpoints": f"file://{tmp_path / 'bucket' / 'checkpoints'}"},
             "kfp": {
-                "image": "registry.example.com/llm-lifecycle:0.1.0-gpu",
+                "image": "registry.example.com/llm-lifecycle:0.2.0-gpu",
                 "gpu": {"count": 0},
                 "trainjob": {"poll_seconds": 0.2},
             },
@@ -120,7 +120,7 @@ def test_the_train_job_is_a_valid_trainjob_of_trainer_v2_3(settings):
     assert metadata.generate_name == meta["generateName"]
     trainer = manifest["spec"]["trainer"]
     assert manifest["spec"]["runtimeRef"] == {"name": "torch-distributed"}
-    assert trainer["image"] == "llm-lifecycle:0.1.0" and trainer["args"] == ["s3://b/c/trainjobs/run1"]
+    assert trainer["image"] == "llm-lifecycle:0.2.0" and trainer["args"] == ["s3://b/c/trainjobs/run1"]
     assert trainer["numNodes"] == cfg.train.nodes and trainer["numProcPerNode"] == processes
     if cfg.kfp.gpu.count:
         assert trainer["resourcesPerNode"] == {"limits": {"amd.com/gpu": 4}}

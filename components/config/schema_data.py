@@ -96,7 +96,7 @@ class DataConfig(Section):
     """Personal data in the texts (found as the pii section says): report (counted per split in the manifest, MLflow
     and the model card), redact (each finding replaced by its typed placeholder, <PHONE_NUMBER>, in every split
     before anything is checked, split or written), fail (stop and name the rows) or off (not looked for, for data
-    known to hold none or too large to scan at about 0.5 ms a text; the model card says it was not checked)."""
+    known to hold none or too large to scan; the model card says it was not checked)."""
     split: SplitConfig = SplitConfig()
     """How one data file (data.path or data.url) is split into train, validation and test."""
     name: str = "dataset"

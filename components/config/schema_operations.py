@@ -80,7 +80,7 @@ class TrainJobConfig(Section):
 class KfpConfig(Section):
     """How the pipelines run on a Kubeflow Pipelines cluster: the image, the GPUs, the TrainJob of several nodes."""
 
-    image: str = "llm-lifecycle:0.1.0"
+    image: str = "llm-lifecycle:0.2.0"
     """The container image of the tasks, built from infra/Dockerfile; push it where the cluster pulls from."""
     gpu: GpuConfig = GpuConfig()
     """The accelerators a training task asks for."""

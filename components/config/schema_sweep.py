@@ -45,7 +45,8 @@ class TuneConfig(Section):
     sweep's run; the best trial by validation loss goes through stages 5-7 as a run's model does."""
 
     trials: int = Field(16, ge=1)
-    """Trials that finish (complete or pruned), over all workers and resumes."""
+    """Trials that finish (complete, pruned or failed; an interrupted one is tried again and not counted), over all
+    workers and resumes."""
     timeout_minutes: float | None = Field(None, gt=0)
     """The longest a sweep run lasts, in minutes (a resume has its own). None: no limit."""
     parallel: int = Field(1, ge=1)

@@ -1,4 +1,6 @@
-"""Stage 1, data preparation: load, validate (a gate), clean, balance, split, check for leakage, write Parquet."""
+"""Stage 1, data preparation: read (table_readers.py), find personal data (personal_data.py), validate (a gate,
+validation.py), clean, balance, split and check for leakage (splitting.py), write the splits as Parquet and the
+manifest."""
 
 from __future__ import annotations
 

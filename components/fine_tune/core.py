@@ -1,7 +1,7 @@
-"""Stage 4, fine-tuning: length-grouped batches capped by padded tokens, AdamW with warm-up and decay, clipping,
-bf16 autocast on GPU, validation each epoch, early stopping with the best weights restored, resumable checkpoints;
-partial and head train on cached outputs of the frozen blocks, and a trained last block runs for the pooled token
-only. Importable without MLflow or KFP."""
+"""Stage 4, fine-tuning: the loop in phases (each epoch's pass with clipping and bf16 autocast on a GPU, validation,
+early stopping with the best weights restored, a resumable checkpoint, the model saved). What it works on is made
+once in session.py: length-grouped batches capped by padded tokens, AdamW with warm-up and decay, the cached
+outputs of the frozen blocks that partial and head train on, DP-SGD's hooks. Importable without MLflow or KFP."""
 
 from __future__ import annotations
 

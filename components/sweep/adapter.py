@@ -1,4 +1,4 @@
-"""The sweep's MLflow adapters: `sweep_study` opens the study, `tune` is a worker whose trials are nested runs of
+"""The sweep's MLflow adapters: `sweep_study` opens the study, `sweep` is a worker whose trials are nested runs of
 the sweep's run (params, per-epoch validation loss and accuracy, time, the pruning decision), `sweep_select` puts
 the winner's params, metrics and Optuna's figures on the sweep's run and hands its model to stage 5."""
 
