@@ -380,9 +380,10 @@ def test_a_published_train_and_test_pair_gets_its_validation_split_from_train_wi
 def card_data_section(data_dir: Path) -> str:
     """The model card's data section for stage 1's output (it reads the manifest)."""
     from components.evaluate import model_card
+    from components.evaluate.card_facts import CardFacts
     from components.handoff import read_manifest
 
     spec = SimpleNamespace(labels=["ham", "spam"])
     data_meta = {"name": "texts", "licence": "CC0", "citation": ""}
-    facts = model_card.CardFacts("m", spec, read_manifest(data_dir), data_meta, None, None, None, None)
+    facts = CardFacts("m", spec, read_manifest(data_dir), data_meta, None, None, None, None)
     return model_card._data(facts)

@@ -65,7 +65,7 @@ def evaluate(
 
 def _card_facts(cfg: LifecycleConfig, model_dir: str, manifest, env, found, gate):
     """What the model card tells: the hand-offs of stages 1-4, the data's description and stage 5's findings."""
-    from components.evaluate.model_card import CardFacts
+    from components.evaluate.card_facts import CardFacts
     from components.handoff import read_model_spec, read_sweep, read_train_result
 
     return CardFacts(

@@ -3,9 +3,7 @@ helper per section; the registry's shortened description keeps whole sections.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from components.evaluate.core import Evaluation, GateDecision
+from components.evaluate.card_facts import CardFacts
 from components.evaluate.model_card_findings import (
     baseline_section,
     calibration_section,
@@ -15,22 +13,7 @@ from components.evaluate.model_card_findings import (
     robustness_section,
     slices_section,
 )
-from components.handoff import Environment, Manifest, ModelSpec, TrainResult
-
-
-@dataclass
-class CardFacts:
-    """Everything the card tells: the stages' hand-offs, the data's description and stage 5's findings."""
-
-    name: str  # the registered model
-    spec: ModelSpec
-    manifest: Manifest
-    data_meta: dict  # name, licence, citation, balance, group_column (the data config)
-    environment: Environment
-    training: TrainResult
-    found: Evaluation
-    gate: GateDecision
-    sweep: dict | None = None  # handoff.SWEEP_ACCOUNT, when the model won a sweep (lifecycle tune)
+from components.handoff import Manifest, ModelSpec
 
 
 def render_model_card(facts: CardFacts) -> str:

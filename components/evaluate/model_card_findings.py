@@ -3,10 +3,7 @@ calibration, slices, robustness, the most confident mistakes and the gate."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from components.evaluate.model_card import CardFacts
+from components.evaluate.card_facts import CardFacts
 
 
 def metrics_section(f: CardFacts) -> str:
