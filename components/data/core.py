@@ -12,8 +12,9 @@ import pandas as pd
 
 from components.config import DataConfig, PiiConfig
 from components.data.personal_data import find_personal_data, pii_counts
-from components.data.splitting import FEEDBACK, PII, fingerprint, resolve_leakage, split_sources
+from components.data.splitting import PII, fingerprint, resolve_leakage, split_sources
 from components.data.table_readers import (
+    FEEDBACK,
     DataError,
     SkippedRecords,
     file_sha256,

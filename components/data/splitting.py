@@ -8,10 +8,10 @@ import hashlib
 import pandas as pd
 
 from components.config import DataConfig
+from components.data.table_readers import FEEDBACK
 from components.data.validation import DataValidationError
 from components.handoff import SPLITS
 
-FEEDBACK = "feedback"  # the source names of feedback files start with this
 SOURCE = "_lifecycle_source"  # the column that stage 1 adds to each table read: "data" or "feedback"
 PII = "_lifecycle_pii"  # the column of the kinds of personal data in each text (comma-separated), never written
 

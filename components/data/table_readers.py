@@ -18,6 +18,8 @@ import pandas as pd
 
 from components.errors import LifecycleError
 
+FEEDBACK = "feedback"  # the source names of feedback files start with this
+
 if TYPE_CHECKING:
     from components.config import DataConfig
 
@@ -292,7 +294,7 @@ def resolve_sources(data: DataConfig, cache_dir: str | Path) -> dict[str, str]:
         sources = {"all": data.path}
     else:
         sources = {"all": str(fetch(data.url, cache_dir, sha256=data.sha256, member=data.url_member))}
-    return sources | {f"feedback-{Path(uri).stem}": uri for uri in feedback_files(data.feedback_path)}
+    return sources | {f"{FEEDBACK}-{Path(uri).stem}": uri for uri in feedback_files(data.feedback_path)}
 
 
 def feedback_files(feedback_path: str | None) -> list[str]:

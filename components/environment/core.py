@@ -7,7 +7,7 @@ import platform
 from importlib import metadata
 
 from components.handoff import Environment
-from components.reproducibility import seed_everything
+from components.reproducibility import apply_environment
 
 LIBRARIES = ("torch", "transformers", "peft", "tokenizers", "kfp", "mlflow", "great-expectations", "pandas")
 
@@ -44,13 +44,10 @@ def resolve_precision(requested: str, device: str) -> str:
 
 def environment(device: str, precision: str, threads: int | None, seed: int, hyperparameters: dict) -> Environment:
     """Resolve and apply device, precision, threads and seeds; collect versions and hardware."""
-    import torch
-
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
     threads = threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
-    seed_everything(seed)
+    apply_environment(threads, seed)
     return Environment(
         device=device,
         precision=precision,
