@@ -41,9 +41,9 @@ class Manifest:
         """Rows per split and rows dropped, in a line."""
         rows = ", ".join(f"{split} {sum(counts.values()):,}" for split, counts in self.counts.items())
         leaking = sum(self.dropped_leaking_texts.values())
-        return (
-            f"{rows} rows; dropped {self.dropped_duplicates:,} duplicates, {self.dropped_conflicting_texts:,} "
-            f"texts with conflicting labels"
+        return (  # a generation data set has no labels (task=generation), so no conflicting ones
+            f"{rows} rows; dropped {self.dropped_duplicates:,} duplicates"
+            + (f", {self.dropped_conflicting_texts:,} texts with conflicting labels" if self.labels else "")
             + (f", {leaking:,} texts leaking across splits" if leaking else "")
             + (f"; skipped {self.skipped_records:,} damaged records" if self.skipped_records else "")
             + (f" and {self.skipped_files:,} unreadable files" if self.skipped_files else "")
@@ -139,6 +139,8 @@ class FineTuneJob:
     seed: int
     threads: int = 0  # CPU threads of each rank (0: as many as the machine has, shared by its ranks)
     mlflow_run: tuple[str, str] | None = None  # (tracking URI, run id) that rank 0 logs metrics to
+    task: str = "classification"  # the config's task (components/tasks.py)
+    train_on_prompt: bool = False  # generation: the prompt's tokens carry the loss too
 
     def to_json(self) -> str:
         return json.dumps(

@@ -8,11 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+IGNORED = -100  # a token's target that carries no loss (torch's cross_entropy ignore_index)
+
 
 @dataclass
 class EncodedSplit:
     input_ids: list[list[int]]
     labels: np.ndarray | None  # class indices; None for unlabelled text
+    token_labels: list[list[int]] | None = None  # generation: each token's target, -100 where it carries no loss
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -76,6 +79,10 @@ def collate(split: EncodedSplit, indices: list[int], pad_id: int, device: str) -
     batch = {"input_ids": ids, "attention_mask": mask}
     if split.labels is not None:
         batch["labels"] = torch.from_numpy(split.labels[indices])
+    if split.token_labels is not None:  # the causal LM shifts them by one itself
+        batch["labels"] = torch.full((len(rows), width), IGNORED, dtype=torch.long)
+        for r, i in enumerate(indices):
+            batch["labels"][r, : len(split.token_labels[i])] = torch.tensor(split.token_labels[i])
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 

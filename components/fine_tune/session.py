@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING
 from components.config import ConfigError, ModelConfig, TrainConfig
 from components.fine_tune.checkpoint import Checkpoint, TrainingState
 from components.fine_tune.pooled_block import first_token_only
-from components.handoff import FineTuneJob, ModelSpec, read_manifest, read_model_spec, read_split
+from components.handoff import FineTuneJob, ModelSpec, read_model_spec, read_split
 from components.model.blocks import set_dropout, transformer_blocks
-from components.model.loading import load_classifier
+from components.model.loading import load_model
 from components.model.strategies import apply_strategy, spec_as_trained
-from components.text_batches import encode, train_batches
+from components.tasks import task_of
+from components.text_batches import train_batches
 
 if TYPE_CHECKING:
     from components.fine_tune.privacy import PrivateTraining
@@ -57,7 +58,7 @@ class Session:
 
     model: object
     tokenizer: object
-    labels: list[str]
+    labels: list[str] | None  # None: a causal LM (task=generation)
     train: object  # EncodedSplit
     val: object
     optimizer: object
@@ -76,6 +77,7 @@ class Session:
     seen: int = 0  # training texts seen by this rank
     class_weights: object = None  # train.class_weights: a tensor on the device, one weight per label; None: none
     private: PrivateTraining | None = None  # train.privacy: DP-SGD's hooks, optimizer and accountant
+    task: object = None  # components/tasks.py: how validation measures
 
     @property
     def trained(self):
@@ -89,12 +91,15 @@ def set_up(job: FineTuneJob, train_cfg: TrainConfig) -> Session:
     import torch
 
     ranks = Ranks.current()
-    model, tokenizer, labels, spec = _model_to_train(job)
-    max_length = job.model_cfg.max_length
-    train = _encode_split(tokenizer, job.data_dir, "train", labels, max_length, train_cfg.max_train_samples)
-    val = _encode_split(tokenizer, job.data_dir, "val", labels, max_length)
-    session_feeds, contexts = _frozen_and_pooled(
-        model, job.model_cfg, train_cfg, train, val, tokenizer.pad_token_id, job.device, job.precision
+    task = task_of(job.task)
+    model, tokenizer, labels, spec = _model_to_train(job, task)
+    train, val = _encoded(job, task, tokenizer, labels, train_cfg.max_train_samples)
+    session_feeds, contexts = (
+        _frozen_and_pooled(
+            model, job.model_cfg, train_cfg, train, val, tokenizer.pad_token_id, job.device, job.precision
+        )
+        if task.caches_frozen_blocks
+        else ((None, None), [])
     )
     if ranks.world > 1:  # gradients all-reduced across the processes; every rank starts from rank 0's weights
         model = torch.nn.parallel.DistributedDataParallel(
@@ -136,11 +141,13 @@ def set_up(job: FineTuneJob, train_cfg: TrainConfig) -> Session:
         resumed_from=state.epoch,
         class_weights=weights,
         private=private,
+        task=task,
     )
 
 
-def _model_to_train(job: FineTuneJob):
-    """(model, tokenizer, labels, spec): stage 2's model under the strategy, on the device, and what trains."""
+def _model_to_train(job: FineTuneJob, task):
+    """(model, tokenizer, labels, spec): stage 2's model under the strategy, on the device, and what trains
+    (labels None for a causal LM)."""
     import torch
 
     model_cfg, device = job.model_cfg, job.device
@@ -151,8 +158,8 @@ def _model_to_train(job: FineTuneJob):
             f"{device}: use model.strategy=lora"
         )
     torch.manual_seed(job.seed)  # LoRA's initial weights and dropout; a resumed run restores the saved RNG state
-    labels = read_manifest(job.data_dir).labels
-    model, tokenizer = load_classifier(job.init_dir, labels, quantized)
+    labels = task.labels(job.data_dir)
+    model, tokenizer = load_model(job.init_dir, labels, quantized)
     if model_cfg.dropout is not None:  # before LoRA adds its own dropout layers
         set_dropout(model, model_cfg.dropout)
     model = apply_strategy(model, model_cfg)
@@ -160,6 +167,21 @@ def _model_to_train(job: FineTuneJob):
     if not quantized:  # bitsandbytes placed the 4-bit model already
         model = model.to(device)
     return model, tokenizer, labels, spec
+
+
+def _encoded(job: FineTuneJob, task, tokenizer, labels, max_train_samples: int | None) -> tuple:
+    """The train (its first max_train_samples) and val splits tokenized once as the task reads them (texts and
+    class indices, or prompts and responses)."""
+    return tuple(
+        task.encode_split(
+            tokenizer,
+            read_split(job.data_dir, split).head(limit),
+            labels,
+            job.model_cfg.max_length,
+            job.train_on_prompt,
+        )
+        for split, limit in (("train", max_train_samples), ("val", None))
+    )
 
 
 def _epoch_batches(train, train_cfg: TrainConfig, ranks: Ranks, seed: int) -> list[list[list[int]]]:
@@ -256,11 +278,3 @@ def frozen_block_count(model, model_cfg: ModelConfig) -> int:
     if model_cfg.strategy == "partial":
         return len(transformer_blocks(model)) - model_cfg.trainable_blocks
     return 0
-
-
-def _encode_split(
-    tokenizer, data_dir: str, split: str, labels: list[str], max_length: int, max_samples: int | None = None
-):
-    rows = read_split(data_dir, split).head(max_samples)
-    index = {label: i for i, label in enumerate(labels)}
-    return encode(tokenizer, rows["text"].tolist(), max_length, [index[v] for v in rows["label"]])

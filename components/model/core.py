@@ -1,5 +1,6 @@
-"""Stage 2, model initialisation: a pretrained encoder or decoder with a new classification head, saved with the
-spec of which of its parameters train under the chosen strategy (components/model/strategies.py)."""
+"""Stage 2, model initialisation: a pretrained encoder or decoder with a new classification head, or a causal LM as
+it is (task=generation), saved with the spec of which of its parameters train under the chosen strategy
+(components/model/strategies.py)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,18 @@ from pathlib import Path
 from components.config import ModelConfig
 from components.handoff import MODEL_SPEC, ModelSpec, write_json
 from components.model.blocks import count_parameters, is_decoder
-from components.model.loading import load_classifier, resolve_base
+from components.model.loading import load_model, resolve_base
 from components.model.strategies import apply_strategy, spec_as_trained
 
 
-def model(model_cfg: ModelConfig, labels: list[str], seed: int, out_dir) -> ModelSpec:
-    """Stage 2: save the base model with its new head (seeded) and the spec of what trains."""
+def model(model_cfg: ModelConfig, labels: list[str] | None, seed: int, out_dir) -> ModelSpec:
+    """Stage 2: save the base model with its new head (seeded; none for a causal LM, labels None) and the spec of
+    what trains."""
     import torch
 
     source = resolve_base(model_cfg.base)
     torch.manual_seed(seed)  # the new head's initial weights
-    model, tokenizer = load_classifier(source, labels)
+    model, tokenizer = load_model(source, labels)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
@@ -32,7 +34,7 @@ def model(model_cfg: ModelConfig, labels: list[str], seed: int, out_dir) -> Mode
         strategy=model_cfg.strategy,
         total_parameters=count_parameters(trained)[0],
         trainable_parameters=0,
-        labels=labels,
+        labels=labels or [],
     )
     spec = spec_as_trained(spec, trained, model_cfg)
     write_json(out_dir, MODEL_SPEC, spec.to_dict())

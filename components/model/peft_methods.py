@@ -6,9 +6,10 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 
-def peft_method_config(method: str, arguments: dict):
+def peft_method_config(method: str, arguments: dict, task_type: str = "SEQ_CLS"):
     """peft's config object of the method (peft's PeftType name, upper case) for sequence classification, which
-    also trains and saves the head; a ValueError names the method, argument or value that peft does not take."""
+    also trains and saves the head, or for a causal LM (CAUSAL_LM); a ValueError names the method, argument or
+    value that peft does not take."""
     import dataclasses
     import difflib
 
@@ -33,7 +34,7 @@ def peft_method_config(method: str, arguments: dict):
             )
     _check_types(config_class, arguments)
     try:
-        return config_class(task_type=TaskType.SEQ_CLS, **arguments)
+        return config_class(task_type=TaskType[task_type], **arguments)
     except (TypeError, ValueError) as err:
         raise ValueError(f"peft's {config_class.__name__}: {err}") from None
 

@@ -24,7 +24,8 @@ def apply_strategy(model, model_cfg: ModelConfig):
             )
         lora = model_cfg.lora
         peft_config = PeftLoraConfig(
-            task_type=TaskType.SEQ_CLS,  # also trains and saves the new head (classifier/score)
+            # SEQ_CLS also trains and saves the new head (classifier/score)
+            task_type=TaskType.CAUSAL_LM if generates(model) else TaskType.SEQ_CLS,
             r=lora.r,
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
@@ -35,7 +36,7 @@ def apply_strategy(model, model_cfg: ModelConfig):
     if strategy == "peft":
         return _peft_model(
             model,
-            model_cfg.peft.peft_config(),
+            model_cfg.peft.peft_config("CAUSAL_LM" if generates(model) else "SEQ_CLS"),
             model_cfg.peft.method.lower(),
             "see the arguments of peft's config for it",
         )
@@ -63,11 +64,20 @@ def apply_strategy(model, model_cfg: ModelConfig):
     return model
 
 
+def generates(model) -> bool:
+    """A causal LM that generates (task=generation), not a classifier."""
+    return type(model).__name__.endswith("ForCausalLM")
+
+
 def _peft_model(model, peft_config, method: str, hint: str):
     import inspect
 
     from peft import get_peft_model
 
+    if peft_config.is_prompt_learning and generates(model):
+        # Their virtual tokens come before the prompt's: the response losses and generations read positions by
+        # the token ids alone.
+        raise ModelError(f"{method}: prompt-style peft methods are not built for task=generation; use lora, ia3, loha")
     if peft_config.is_prompt_learning and is_decoder(model.config):
         # peft hands such a decoder embeddings, not token ids, so its head reads the last position of the padded
         # batch: a padding token for every text but the longest.

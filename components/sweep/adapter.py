@@ -67,7 +67,18 @@ def sweep(
     with reported_stage(f"{SWEEP.run_name}-{worker}") as stage:
         study = core.open_study(cfg, core.study_storage(cfg, tracking_uri), parent_run_id)
         job = FineTuneJob(
-            init_dir, data_dir, "", "", cfg.model, cfg.train, env.device, env.precision, cfg.seed, env.threads
+            init_dir,
+            data_dir,
+            "",
+            "",
+            cfg.model,
+            cfg.train,
+            env.device,
+            env.precision,
+            cfg.seed,
+            env.threads,
+            task=cfg.task,
+            train_on_prompt=cfg.generation.train_on_prompt,
         )
         ran = core.run_trials(
             cfg,

@@ -1,0 +1,94 @@
+"""The seam between the lifecycle and what a model learns to do (the config's `task`). The stages stay the stages;
+what differs per task is here, once: which model is loaded, how a split is encoded and its loss made, what
+validation measures, and which core stages 1 and 5 run. Classification's parts are the ones the stages always had;
+generation's are in components/generation/."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Classification:
+    """A label per text: a classification head on the base, cross-entropy over the classes."""
+
+    name: str = "classification"
+    caches_frozen_blocks: bool = True  # partial and head train on the frozen blocks' cached output
+
+    def labels(self, data_dir) -> list[str] | None:
+        from components.handoff import read_manifest
+
+        return read_manifest(data_dir).labels
+
+    def encode_split(self, tokenizer, rows, labels: list[str], max_length: int, train_on_prompt: bool = False):
+        from components.text_batches import encode
+
+        index = {label: i for i, label in enumerate(labels)}
+        return encode(tokenizer, rows["text"].tolist(), max_length, [index[v] for v in rows["label"]])
+
+    def validate(self, model, split, batch_size, pad_id, device, precision, before_batch, max_tokens):
+        """(cross-entropy, accuracy) over the split's texts."""
+        from components.text_batches import loss_and_accuracy, predict_logits
+
+        logits = predict_logits(model, split, batch_size, pad_id, device, precision, before_batch, max_tokens)
+        return loss_and_accuracy(logits, split.labels)
+
+    def prepare_data(self, cfg, out_dir: str | Path):
+        """Stage 1 (components/data/core.py)."""
+        from components.data.core import data
+
+        return data(cfg.data, cfg.seed, Path(cfg.work_dir) / "downloads", out_dir, cfg.pii)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A response to a prompt (or domain text): a causal LM, the loss on the response's tokens."""
+
+    name: str = "generation"
+    caches_frozen_blocks: bool = False  # every position's output trains, not one pooled token's
+
+    def labels(self, data_dir) -> list[str] | None:
+        return None  # the causal LM's own vocabulary; no head is added
+
+    def encode_split(self, tokenizer, rows, labels, max_length: int, train_on_prompt: bool = False):
+        from components.generation.encoding import encode_examples
+
+        encoded = encode_examples(
+            tokenizer, rows["prompt"].tolist(), rows["response"].tolist(), max_length, train_on_prompt
+        )
+        return encoded.split
+
+    def validate(self, model, split, batch_size, pad_id, device, precision, before_batch, max_tokens):
+        """(the response tokens' mean cross-entropy, next-token accuracy on them)."""
+        from components.generation.encoding import response_losses
+
+        losses = response_losses(model, split, batch_size, pad_id, device, precision, max_tokens)
+        return losses.mean_loss(), losses.accuracy()
+
+    def prepare_data(self, cfg, out_dir: str | Path):
+        """Stage 1 (components/data/examples.py), with the base model's tokenizer."""
+        from transformers import AutoTokenizer
+
+        from components.data.examples import prepare_examples
+        from components.model.loading import resolve_base
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_base(cfg.model.base))
+        return prepare_examples(
+            cfg.data,
+            cfg.generation,
+            tokenizer,
+            cfg.model.max_length,
+            cfg.seed,
+            Path(cfg.work_dir) / "downloads",
+            out_dir,
+            cfg.pii,
+        )
+
+
+TASKS = {"classification": Classification(), "generation": Generation()}
+
+
+def task_of(name: str):
+    """The task the config names (validated there: classification or generation)."""
+    return TASKS[name]
