@@ -1,5 +1,6 @@
 """The registered models as MLflow users call them: raw texts in (a `text` column), a `label` and the class
-`probabilities` out. Stage 5 registers the PyTorch model, stage 6 the ONNX bundle that is served."""
+`probabilities` out; for task=generation, prompts in (a `prompt` column), a `generation` out. Stage 5 registers the
+PyTorch model, stage 6 the ONNX bundle that is served."""
 
 from __future__ import annotations
 
@@ -46,6 +47,34 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         texts = _texts(model_input)
         return as_frame(self.classifier.labels, self.classifier.probabilities(texts) if texts else [])
+
+
+class TextGenerator(mlflow.pyfunc.PythonModel):
+    """The fine-tuned causal LM from the artifact `model_dir`, its prompts rendered as in training (the artifact
+    `prompt_format`: the generation section's rendering keys), greedy decoding."""
+
+    def load_context(self, context) -> None:
+        import json
+
+        from components.config.schema_generation import GenerationConfig
+        from components.model.loading import load_model
+
+        model, self.tokenizer = load_model(context.artifacts["model_dir"], None)
+        self.model = model.eval()
+        with open(context.artifacts["prompt_format"]) as file:
+            self.generation = GenerationConfig(**json.load(file))
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        from components.generation.encoding import generate, render_user_prompt
+
+        if isinstance(model_input, pd.DataFrame) and "prompt" not in model_input.columns:
+            raise ValueError(f"expected a column 'prompt', got columns {list(model_input.columns)}")
+        prompts = model_input["prompt"].astype(str).tolist() if isinstance(model_input, pd.DataFrame) else model_input
+        rendered = [render_user_prompt(p, self.tokenizer, self.generation) for p in prompts]
+        max_new_tokens = int((params or {}).get("max_new_tokens", self.generation.max_new_tokens))
+        return pd.DataFrame(
+            {"generation": generate(self.model, self.tokenizer, rendered, max_new_tokens, BATCH_SIZE, "cpu")}
+        )
 
 
 def as_frame(labels: list[str], probabilities) -> pd.DataFrame:

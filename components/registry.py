@@ -109,6 +109,53 @@ def register_challenger(
     return version
 
 
+def register_generator(
+    model_name: str, model_dir: str, prompt_format: str, card: str, tags: dict[str, str], gate_passed: bool
+) -> str:
+    """Stage 5 for task=generation: the fine-tuned causal LM as a pyfunc (prompts in, generations out) with the card
+    and the gate's tags; `challenger` when it passed the gate. Returns the version."""
+    import mlflow
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from components.pyfunc_model import TextGenerator
+
+    example = pd.DataFrame({"prompt": ["Name a primary colour."]})
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=TextGenerator(),
+        artifacts={"model_dir": model_dir, "prompt_format": prompt_format},
+        code_paths=[str(Path(__file__).parent)],
+        signature=infer_signature(example, pd.DataFrame({"generation": ["Red."]})),
+        pip_requirements=_requirements(),
+        registered_model_name=model_name,
+    )
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    client.update_model_version(model_name, version, description=registry_description(card, info.run_id))
+    for key, value in (tags | {"format": "pytorch", "task": "generation"}).items():
+        client.set_model_version_tag(model_name, version, key, value)
+    if gate_passed:
+        client.set_registered_model_alias(model_name, CHALLENGER, version)
+    return version
+
+
+def champion_model_dir(model_name: str, download_dir: str | Path) -> tuple[str, str] | None:
+    """(version, local folder) of the PyTorch model behind the champion (its source version, where the champion is
+    a deployed bundle), or None when there is no champion yet."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    version = alias_version(client, model_name, CHAMPION)
+    if version is None:
+        return None
+    source = client.get_model_version(model_name, version).tags.get("source_version", version)
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"{version_uri(model_name, source)}/artifacts/model_dir", dst_path=str(download_dir)
+    )
+    return version, local
+
+
 def publish_champion(
     source, bundle: str, labels: list[str], tags: dict[str, str], example_texts: list[str], rollout
 ) -> tuple[str, str | None, str]:

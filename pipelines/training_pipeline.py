@@ -76,10 +76,13 @@ def prepare(cfg: LifecycleConfig, config_json: str, tracking_uri: str, parent_ru
 
 
 def evaluate_and_deploy(cfg: LifecycleConfig, common: dict, inputs: dict, model) -> None:
-    """Stage 5 on the fine-tuned model; stages 6 and 7 only for a challenger (a model that passed the gate)."""
+    """Stage 5 on the fine-tuned model; stages 6 and 7 only for a challenger (a model that passed the gate). A
+    generator's deployment and monitoring are not built yet: its pipeline ends at stage 5's registration."""
     dataset = inputs["dataset"]
     evaluation = EVALUATE.component()(**common, dataset=dataset, environment=inputs["environment"], model=model)
     configure_task(evaluation, cfg)
+    if cfg.task == "generation":
+        return
     with dsl.If(evaluation.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (KFP's condition)
         deployment = DEPLOY.component()(**common, dataset=dataset, model=model, evaluation=evaluation.outputs["report"])
         monitoring = MONITOR.component()(**common, dataset=dataset, onnx_model=deployment.outputs["onnx_model"])

@@ -27,9 +27,13 @@ def evaluate(
     from components.tracking import stage_run
 
     cfg = LifecycleConfig.model_validate_json(config_json)
-    env, manifest = read_environment(env_dir), read_manifest(data_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.task == "generation":
+        from components.evaluate.generative_adapter import evaluate_generator
+
+        return evaluate_generator(cfg, tracking_uri, parent_run_id, data_dir, env_dir, model_dir, out)
+    env, manifest = read_environment(env_dir), read_manifest(data_dir)
     with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, EVALUATE.run_name) as stage:
         champion = (
             champion_predictor(cfg.tracking.registered_model, manifest.labels)

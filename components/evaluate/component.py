@@ -29,6 +29,7 @@ def evaluate(
     )
     for name, value in result["metrics"].items():
         metrics.log_metric(name, value)
-    classification.log_confusion_matrix(result["labels"], result["confusion"])
+    if "confusion" in result:  # a classifier's
+        classification.log_confusion_matrix(result["labels"], result["confusion"])
     shutil.copy(model_card_path(report.path), model_card.path)
     return result["gate_passed"]

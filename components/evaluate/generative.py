@@ -1,0 +1,254 @@
+"""Stage 5 for task=generation: the response tokens' cross-entropy and perplexity on the test split with bootstrap
+intervals, beside the base model's on the same examples; greedy generations for a seeded sample of test prompts
+scored against their references (generated_text.py); the test cases (test_cases.py); the examples with the highest
+loss; a paired test against the champion; and the gate."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from components.config import GateConfig
+from components.config.schema_generation import GenerationConfig
+from components.evaluate.core import GateDecision
+from components.generation.encoding import (
+    ResponseLosses,
+    encode_examples,
+    generate,
+    render_user_prompt,
+    response_losses,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelOnTest:
+    """One model (the fine-tuned, the base or the champion) on the test split."""
+
+    losses: ResponseLosses
+    perplexity_interval: tuple[float, float]
+    scores: dict[str, float] = field(default_factory=dict)  # exact_match, rouge_l, chrf over the sampled prompts
+    generations: list[str] = field(default_factory=list)  # for the sampled prompts
+
+    @property
+    def loss(self) -> float:
+        return self.losses.mean_loss()
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss)
+
+
+@dataclass
+class ChampionComparison:
+    """The challenger against the champion on the same test examples: per-example response losses, Wilcoxon's
+    signed-rank test."""
+
+    champion_version: str
+    champion_perplexity: float
+    challenger_lower: int  # examples where the challenger's loss is lower
+    champion_lower: int
+    p_value: float  # two-sided
+    verdict: str  # better, worse or no significant difference
+
+
+@dataclass
+class GenerativeEvaluation:
+    model: ModelOnTest
+    base: ModelOnTest
+    sample: pd.DataFrame  # prompt, reference, generation, base_generation and the scores
+    test_cases: object | None  # test_cases.TestCaseResults
+    top_losses: pd.DataFrame  # prompt, reference, generation, loss
+    champion: ChampionComparison | None
+
+    def scalars(self) -> dict[str, float]:
+        found = {}
+        for prefix, side in (("test", self.model), ("base_test", self.base)):
+            found |= {
+                f"{prefix}_loss": side.loss,
+                f"{prefix}_perplexity": side.perplexity,
+                f"{prefix}_perplexity_ci_low": side.perplexity_interval[0],
+                f"{prefix}_perplexity_ci_high": side.perplexity_interval[1],
+                f"{prefix}_token_accuracy": side.losses.accuracy(),
+            } | {f"{prefix}_{name}": value for name, value in side.scores.items()}
+        if self.test_cases is not None:
+            found["test_case_pass_rate"] = self.test_cases.pass_rate
+            found |= {f"test_case_pass_rate.{c}": r for c, r in self.test_cases.pass_rate_by_category.items()}
+        if self.champion:
+            found |= {
+                "champion_test_perplexity": self.champion.champion_perplexity,
+                "champion_wilcoxon_p_value": self.champion.p_value,
+            }
+        return found
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        tables = {"generations": self.sample, "highest_loss": self.top_losses}
+        if self.test_cases is not None:
+            tables |= {"test_cases": self.test_cases.rows, "test_case_failures": self.test_cases.failures()}
+        return tables
+
+
+def evaluate_generator(
+    model_dir: str,
+    base_dir: str,
+    data_dir: str,
+    gen: GenerationConfig,
+    max_length: int,
+    batch_size: int,
+    device: str,
+    precision: str,
+    seed: int,
+    champion: tuple[str, str] | None = None,
+    significance: float = 0.05,
+) -> GenerativeEvaluation:
+    """Stage 5's findings for a causal LM: the fine-tuned model and the base (stage 2's) on the test split, the test
+    cases, the highest losses and, given (version, folder) of the champion, the paired test against it."""
+    import random
+
+    from components.handoff import read_split
+
+    test = read_split(data_dir, "test")
+    count = len(test) if gen.eval_examples is None else min(gen.eval_examples, len(test))
+    sample = sorted(random.Random(seed).sample(range(len(test)), count))
+    base = on_test(Generator(base_dir, device, precision, batch_size), test, sample, gen, max_length, seed, "base")
+    tuned = Generator(model_dir, device, precision, batch_size)
+    model = on_test(tuned, test, sample, gen, max_length, seed, "fine-tuned")
+    cases = None
+    if gen.test_cases:
+        from components.evaluate.test_cases import load_test_cases, run_test_cases
+
+        cases = run_test_cases(
+            load_test_cases(gen.test_cases),
+            lambda prompts: tuned.generate(
+                [render_user_prompt(p, tuned.tokenizer, gen) for p in prompts],
+                gen.max_new_tokens,
+                "generating (test cases)",
+            ),
+        )
+    compared = None
+    if champion:
+        theirs = Generator(champion[1], device, precision, batch_size).losses(
+            test["prompt"].tolist(), test["response"].tolist(), max_length
+        )
+        compared = compare_with_champion(model.losses, theirs, champion[0], significance)
+    shown = pd.DataFrame(
+        {
+            "prompt": test["text"].iloc[sample].tolist(),
+            "reference": test["response"].iloc[sample].tolist(),
+            "generation": model.generations,
+            "base_generation": base.generations,
+        }
+    )
+    return GenerativeEvaluation(model, base, shown, cases, highest_losses(tuned, test, model, gen), compared)
+
+
+def highest_losses(tuned: Generator, test: pd.DataFrame, model: ModelOnTest, gen: GenerationConfig) -> pd.DataFrame:
+    """The test examples with the highest response loss: prompt, reference, the model's generation, loss."""
+    per_example = model.losses.per_example()
+    top = np.argsort(-per_example, kind="stable")[: gen.top_losses]
+    generations = tuned.generate(test["prompt"].iloc[top].tolist(), gen.max_new_tokens, "generating (highest loss)")
+    return pd.DataFrame(
+        {
+            "prompt": test["text"].iloc[top].tolist(),
+            "reference": test["response"].iloc[top].tolist(),
+            "generation": generations,
+            "loss": per_example[top].round(4),
+        }
+    )
+
+
+def perplexity_interval(losses: ResponseLosses, seed: int, resamples: int = 1000, level: float = 0.95):
+    """Percentile bootstrap interval of the perplexity (examples resampled with replacement, seeded; each resample's
+    loss per token over its examples' tokens, as the whole split's)."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(losses.tokens), size=(resamples, len(losses.tokens)))
+    per_resample = losses.loss_sums[picks].sum(1) / np.maximum(losses.tokens[picks].sum(1), 1)
+    low, high = np.percentile(np.exp(per_resample), [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
+
+
+class Generator:
+    """A causal LM from a folder, on the device: its response losses on encoded examples and its greedy
+    generations."""
+
+    def __init__(self, folder: str, device: str, precision: str, batch_size: int, max_tokens: int | None = None):
+        from components.model.loading import load_model
+
+        model, self.tokenizer = load_model(folder, None)
+        self.model = model.to(device).eval()
+        self.device, self.precision, self.batch_size, self.max_tokens = device, precision, batch_size, max_tokens
+
+    def losses(self, prompts: list[str], responses: list[str], max_length: int) -> ResponseLosses:
+        split = encode_examples(self.tokenizer, prompts, responses, max_length).split
+        pad = self.tokenizer.pad_token_id
+        return response_losses(self.model, split, self.batch_size, pad, self.device, self.precision, self.max_tokens)
+
+    def generate(self, prompts: list[str], max_new_tokens: int, what: str) -> list[str]:
+        from components.stage_output import Progress
+
+        progress = Progress(len(prompts), what, log)
+        return generate(self.model, self.tokenizer, prompts, max_new_tokens, 8, self.device, progress)
+
+
+def on_test(
+    generator: Generator, test: pd.DataFrame, sample: list[int], gen: GenerationConfig, max_length: int, seed: int, who
+) -> ModelOnTest:
+    """A model's losses on every test example and its generations for the sampled ones, scored."""
+    from components.evaluate.generated_text import mean_scores, text_scores
+
+    losses = generator.losses(test["prompt"].tolist(), test["response"].tolist(), max_length)
+    prompts = test["prompt"].iloc[sample].tolist()
+    generations = generator.generate(prompts, gen.max_new_tokens, f"generating ({who})")
+    scores = mean_scores(text_scores(generations, test["response"].iloc[sample].tolist()))
+    return ModelOnTest(losses, perplexity_interval(losses, seed), scores, generations)
+
+
+def compare_with_champion(
+    challenger: ResponseLosses, champion: ResponseLosses, version: str, significance: float
+) -> ChampionComparison:
+    """Wilcoxon's signed-rank test on the per-example losses of the same test examples (ties dropped)."""
+    from scipy.stats import wilcoxon
+
+    ours, theirs = challenger.per_example(), champion.per_example()
+    differences = ours - theirs
+    p_value = float(wilcoxon(differences, zero_method="wilcox").pvalue) if np.any(differences != 0) else 1.0
+    verdict = "no significant difference"
+    if p_value < significance:
+        verdict = "better" if np.median(differences) < 0 else "worse"
+    lower, higher = int((differences < 0).sum()), int((differences > 0).sum())
+    return ChampionComparison(version, math.exp(champion.mean_loss()), lower, higher, p_value, verdict)
+
+
+def decide_generation_gate(found: GenerativeEvaluation, gen: GenerationConfig, gate: GateConfig) -> GateDecision:
+    """Below the base model's test perplexity, each test-case category's pass rate at its floor, and against the
+    champion the paired test under gate.champion_rule."""
+    failures, checked = [], []
+
+    def check(passed: bool, line: str) -> None:
+        (checked if passed else failures).append(line)
+
+    if gen.beat_base_model:
+        check(
+            found.model.perplexity < found.base.perplexity,
+            f"test perplexity {found.model.perplexity:.3f} vs base model {found.base.perplexity:.3f}",
+        )
+    if found.test_cases is not None:
+        for category, rate in found.test_cases.pass_rate_by_category.items():
+            check(
+                rate >= gen.min_test_case_pass_rate,
+                f"test cases {category}: pass rate {rate:.2f} vs minimum {gen.min_test_case_pass_rate:.2f}",
+            )
+    if found.champion is not None:
+        c = found.champion
+        check(
+            c.verdict == "better" if gate.champion_rule == "better" else c.verdict != "worse",
+            f"vs champion version {c.champion_version} (perplexity {c.champion_perplexity:.3f}): lower loss on "
+            f"{c.challenger_lower} examples, the champion on {c.champion_lower}; Wilcoxon signed-rank p = "
+            f"{c.p_value:.3g} at level {gate.significance:g}: {c.verdict} (rule {gate.champion_rule})",
+        )
+    return GateDecision(passed=not failures, reasons=failures or checked)
