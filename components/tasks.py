@@ -15,6 +15,11 @@ class Classification:
 
     name: str = "classification"
     caches_frozen_blocks: bool = True  # partial and head train on the frozen blocks' cached output
+    unit: str = "texts"  # what a split holds, in what a run prints
+
+    def measured(self, loss: float, accuracy: float) -> str:
+        """What validation found, as a run prints it."""
+        return f"val accuracy {accuracy:.2%}"
 
     def labels(self, data_dir) -> list[str] | None:
         from components.handoff import read_manifest
@@ -26,6 +31,17 @@ class Classification:
 
         index = {label: i for i, label in enumerate(labels)}
         return encode(tokenizer, rows["text"].tolist(), max_length, [index[v] for v in rows["label"]])
+
+    def loss(self, model, batch: dict, class_weights=None):
+        """The batch's cross-entropy: the model's own, or with `class_weights` each text's weighted by its class and
+        the sum divided by the weights' sum (torch's weighted mean)."""
+        import torch
+
+        if class_weights is None:
+            return model(**batch).loss
+        inputs = {name: value for name, value in batch.items() if name != "labels"}
+        logits = model(**inputs).logits
+        return torch.nn.functional.cross_entropy(logits.float(), batch["labels"], weight=class_weights)
 
     def validate(self, model, split, batch_size, pad_id, device, precision, before_batch, max_tokens):
         """(cross-entropy, accuracy) over the split's texts."""
@@ -47,6 +63,12 @@ class Generation:
 
     name: str = "generation"
     caches_frozen_blocks: bool = False  # every position's output trains, not one pooled token's
+    unit: str = "examples"
+
+    def measured(self, loss: float, accuracy: float) -> str:
+        import math
+
+        return f"val perplexity {math.exp(loss):.2f}, response-token accuracy {accuracy:.2%}"
 
     def labels(self, data_dir) -> list[str] | None:
         return None  # the causal LM's own vocabulary; no head is added
@@ -58,6 +80,12 @@ class Generation:
             tokenizer, rows["prompt"].tolist(), rows["response"].tolist(), max_length, train_on_prompt
         )
         return encoded.split
+
+    def loss(self, model, batch: dict, class_weights=None):
+        """The mean cross-entropy of the batch's target tokens (the response's, unless train_on_prompt)."""
+        from components.generation.encoding import response_loss
+
+        return response_loss(model, batch)
 
     def validate(self, model, split, batch_size, pad_id, device, precision, before_batch, max_tokens):
         """(the response tokens' mean cross-entropy, next-token accuracy on them)."""
@@ -73,6 +101,10 @@ class Generation:
         from components.data.examples import prepare_examples
         from components.model.loading import resolve_base
 
+        if cfg.generation.test_cases:  # read now, so a mistake in it stops the run before training, not after
+            from components.evaluate.test_cases import load_test_cases
+
+            load_test_cases(cfg.generation.test_cases)
         tokenizer = AutoTokenizer.from_pretrained(resolve_base(cfg.model.base))
         return prepare_examples(
             cfg.data,

@@ -152,3 +152,22 @@ def test_the_cache_root_is_the_argument_then_the_environment(tmp_path, monkeypat
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert cache_root() == tmp_path / "home" / ".cache" / "llm-lifecycle"
+
+
+@pytest.mark.slow
+def test_the_bundled_llm_is_also_a_classifier_with_real_decoder_weights(converted):
+    """The ch06 recipe: the decoder with a new head for the labels, pooling the last token that is not padding."""
+    import torch
+
+    from components.config import ModelConfig
+    from components.model.loading import load_classifier
+    from components.model.strategies import apply_strategy
+
+    model, tokenizer = load_classifier(str(converted[1]), ["ham", "spam"])
+    assert type(model).__name__ == "LlamaForSequenceClassification" and model.config.pad_token_id == 0
+    batch = tokenizer(["WINNER! Claim your prize now", "see you at lunch"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert model(**batch).logits.shape == (2, 2)
+    lora = apply_strategy(model, ModelConfig(strategy="lora", lora={"target_modules": "all-linear"}))
+    trainable = {name for name, p in lora.named_parameters() if p.requires_grad}
+    assert any("score" in name for name in trainable) and any("lora_" in name for name in trainable)

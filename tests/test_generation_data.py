@@ -195,7 +195,7 @@ def test_exactly_the_response_tokens_carry_the_loss(chat_llama):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from components.generation.encoding import encode_examples
+    from components.generation.encoding import encode_examples, response_loss
     from components.text_batches import collate
 
     tokenizer = AutoTokenizer.from_pretrained(chat_llama)
@@ -211,6 +211,9 @@ def test_exactly_the_response_tokens_carry_the_loss(chat_llama):
         )
         loss.backward()
         reached = logits.grad.abs().sum(-1) > 0
+        # what stage 4 trains on (the head at response positions only) and transformers' own loss: the same
+        assert response_loss(model, batch).item() == pytest.approx(loss.item(), rel=1e-5)
+        assert model(**batch).loss.item() == pytest.approx(loss.item(), rel=1e-5)
         for row in range(2):
             prompt_len = len(tokenizer(prompts[row], add_special_tokens=False)["input_ids"])
             full = encoded.full_tokens[row]
@@ -219,3 +222,13 @@ def test_exactly_the_response_tokens_carry_the_loss(chat_llama):
             ids = batch["input_ids"][row, :full].tolist()
             assert ids[-1] == tokenizer.eos_token_id
             assert tokenizer.decode(ids[prompt_len:-1]) == responses[row]
+
+
+def test_a_mistake_in_the_test_cases_stops_stage_1_before_any_training(chat_llama, tmp_path):
+    from components.evaluate.test_cases import TestCaseError
+
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text('{"category": "facts", "prompt": "Capital of France?", "required_word": ["Paris"]}\n')
+    path = write(instructions(), tmp_path / "examples.jsonl")
+    with pytest.raises(TestCaseError, match="cases.jsonl: line 1"):
+        prepare(path, chat_llama, tmp_path, generation={"test_cases": str(cases)})

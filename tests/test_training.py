@@ -365,8 +365,10 @@ def test_balanced_class_weights_weigh_each_texts_loss_by_its_class_as_computed_b
     import numpy as np
     import torch
 
-    from components.fine_tune.core import training_loss
     from components.fine_tune.session import balanced_class_weights
+    from components.tasks import task_of
+
+    training_loss = task_of("classification").loss
 
     weights = balanced_class_weights(np.array([0, 0, 0, 1]), 2)
     assert np.allclose(weights, [4 / (2 * 3), 4 / (2 * 1)])  # n / (classes x count)

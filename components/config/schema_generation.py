@@ -37,7 +37,8 @@ class GenerationConfig(Section):
     """The prompt of a model without a chat template, holding {prompt}: the user's turn (earlier turns of a chat,
     each as `role: content`, come before it). The response follows it, then the end-of-sequence token."""
     system_prompt: str | None = None
-    """A system turn put before every example that has none (chat template only). None: none."""
+    """A system turn put before every example that has none (with the prompt template, a `system: ...` line before
+    it). None: none, though a chat template may add its own (SmolLM2's does)."""
     train_on_prompt: bool = False
     """Whether the prompt's tokens carry the loss too; false: the response's tokens only (and the end-of-sequence
     token after it)."""

@@ -60,20 +60,15 @@ def fine_tune(
     return {k: v for k, v in result.to_dict().items() if k != "history"}
 
 
-def _summary(task: str, result) -> str:
-    """The stage's closing line: a generator's validation perplexity, a classifier's accuracy."""
-    import math
+def _summary(task_name: str, result) -> str:
+    """The stage's closing line."""
+    from components.tasks import task_of
 
-    generation = task == "generation"
-    measured = (
-        f"val perplexity {math.exp(result.best_val_loss):.2f}, response-token accuracy"
-        if generation
-        else "val accuracy"
-    )
+    task = task_of(task_name)
     return (
         f"best epoch {result.best_epoch} of {result.epochs_run}: val loss {result.best_val_loss:.4f}, "
-        f"{measured} {result.best_val_accuracy:.2%}; {result.samples_per_second:.0f} "
-        f"{'examples' if generation else 'texts'}/s"
+        f"{task.measured(result.best_val_loss, result.best_val_accuracy)}; {result.samples_per_second:.0f} "
+        f"{task.unit}/s"
     )
 
 

@@ -86,7 +86,7 @@ def train_epoch(session: Session, epoch: int, train_cfg: TrainConfig, log_metric
         if session.feed_train:
             session.feed_train(indices)
         with autocast(device, session.precision):
-            loss = training_loss(model, batch, session.class_weights)
+            loss = session.task.loss(model, batch, session.class_weights)
         loss.backward()
         if session.private:  # DP-SGD clips each text's gradient instead
             session.private.step()
@@ -109,18 +109,6 @@ def train_epoch(session: Session, epoch: int, train_cfg: TrainConfig, log_metric
         if progress:
             progress.update(1)
     return _mean_over_ranks(running / len(batches), session.ranks)
-
-
-def training_loss(model, batch: dict, class_weights=None):
-    """The batch's cross-entropy: the model's own, or with `class_weights` each text's weighted by its class and the
-    sum divided by the weights' sum (torch's weighted mean)."""
-    import torch
-
-    if class_weights is None:
-        return model(**batch).loss
-    inputs = {name: value for name, value in batch.items() if name != "labels"}
-    logits = model(**inputs).logits
-    return torch.nn.functional.cross_entropy(logits.float(), batch["labels"], weight=class_weights)
 
 
 def validate(session: Session, train_cfg: TrainConfig) -> tuple[float, float]:
@@ -152,12 +140,12 @@ def end_epoch(session: Session, epoch: int, train_cfg: TrainConfig, log_metrics:
     if session.ranks.leader:
         log_metrics({k: v for k, v in row.items() if k != "epoch"}, epoch)
         log.info(
-            "epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.2f%% (%.0f s)",
+            "epoch %d/%d: train loss %.4f, val loss %.4f, %s (%.0f s)",
             epoch,
             train_cfg.epochs,
             row["train_loss"],
             row["val_loss"],
-            100 * row["val_accuracy"],
+            session.task.measured(row["val_loss"], row["val_accuracy"]),
             row["seconds"],
         )
     improved = row["val_loss"] < state.best_val_loss

@@ -92,6 +92,28 @@ class ResponseLosses:
         return self.loss_sums / np.maximum(self.tokens, 1)
 
 
+def response_logits(model, batch: dict):
+    """(logits, targets) at the positions that predict a target token (position t predicts token t + 1): the
+    model's head runs only from the first to the last such position of the batch (transformers' logits_to_keep),
+    since over a vocabulary of tens of thousands of tokens, the head and its softmax over every prompt position are
+    a large share of a small LM's work. Goes through the model's own forward, so DDP and peft wrappers hold."""
+    import torch
+
+    targets = batch["labels"][:, 1:]
+    kept = (targets != IGNORED).any(0).nonzero().flatten()
+    positions = torch.arange(int(kept.min()), int(kept.max()) + 1, device=targets.device) if len(kept) else kept
+    inputs = {name: value for name, value in batch.items() if name != "labels"}
+    return model(**inputs, logits_to_keep=positions).logits, targets[:, positions]
+
+
+def response_loss(model, batch: dict):
+    """The batch's mean cross-entropy over its target tokens, as the model's own loss computes it."""
+    import torch
+
+    logits, targets = response_logits(model, batch)
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORED)
+
+
 def response_losses(
     model, split: EncodedSplit, batch_size: int, pad_id: int, device: str, precision: str, max_tokens: int | None = None
 ) -> ResponseLosses:
@@ -103,9 +125,8 @@ def response_losses(
     sums, tokens, correct = np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     with torch.inference_mode(), autocast(device, precision):
         for indices in eval_batches(split, batch_size, max_tokens):
-            batch = collate(split, indices, pad_id, device)
-            targets = batch.pop("labels")[:, 1:]
-            logits = model(**batch).logits[:, :-1].float()
+            logits, targets = response_logits(model, collate(split, indices, pad_id, device))
+            logits = logits.float()
             losses = torch.nn.functional.cross_entropy(
                 logits.transpose(1, 2), targets, ignore_index=IGNORED, reduction="none"
             )

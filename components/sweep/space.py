@@ -35,7 +35,7 @@ STRATEGY_SPACE["qlora"] = {k: v for k, v in STRATEGY_SPACE["lora"].items() if k 
 def search_space(cfg: LifecycleConfig) -> dict[str, Distribution]:
     """The strategy's default space with tune.space's overrides: key -> distribution, in search order."""
     merged = {
-        "train.learning_rate": _learning_rates(cfg.model),
+        "train.learning_rate": _learning_rates(cfg.model, cfg.task),
         **COMMON_SPACE,
         **STRATEGY_SPACE.get(cfg.model.strategy, {}),
     } | cfg.tune.space
@@ -46,9 +46,9 @@ def search_space(cfg: LifecycleConfig) -> dict[str, Distribution]:
     }
 
 
-def _learning_rates(model_cfg: ModelConfig) -> dict:
-    """A fifth of the strategy's default learning rate to five times it."""
-    default = model_cfg.training_defaults()[1]
+def _learning_rates(model_cfg: ModelConfig, task: str) -> dict:
+    """A fifth of the strategy's default learning rate (for the task) to five times it."""
+    default = model_cfg.training_defaults(task)[1]
     return {"low": default / 5, "high": default * 5, "log": True}
 
 
