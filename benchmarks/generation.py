@@ -101,7 +101,9 @@ def run_worker(args, worker: str, data_dir: str, tmp: Path, sets: list[str] = ()
         command += ["--set", value]
     print(f"  {worker} {' '.join(sets)} ...", file=sys.stderr, flush=True)
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return json.loads((work / "result.json").read_text())
+    result = json.loads((work / "result.json").read_text())
+    print(f"  {worker}: {json.dumps(result)}", file=sys.stderr, flush=True)  # kept, should a later side fail
+    return result
 
 
 def train_ours(args) -> dict:
@@ -166,7 +168,7 @@ def train_trl(args) -> dict:
             per_device_eval_batch_size=cfg.train.eval_batch_size,
             learning_rate=cfg.train.learning_rate,
             lr_scheduler_type="linear",
-            warmup_ratio=cfg.train.warmup_ratio,
+            warmup_steps=cfg.train.warmup_ratio,  # a float below 1: a share of the steps (transformers 5)
             weight_decay=cfg.train.weight_decay,
             max_grad_norm=cfg.train.max_grad_norm,
             max_length=cfg.model.max_length,

@@ -53,7 +53,7 @@ class Manifest:
                 else ""
             )
             + (
-                f"; {sum(self.pii_texts.values()):,} texts hold personal data"
+                f"; {sum(self.pii_texts.values()):,} {'texts' if self.labels else 'examples'} hold personal data"
                 f"{' (redacted)' if self.pii == 'redact' else ''}"
                 if any(self.pii_texts.values())
                 else ""
