@@ -204,11 +204,12 @@ def train_trl(args) -> dict:
 def scored(model_dir: str, data_dir: str, cfg, env, epoch_s: float, memory: dict, sample: bool = False) -> dict:
     """The test split's response loss and perplexity by the same code for every side; ROUGE-L on sampled prompts
     when asked (greedy generation costs minutes on a CPU)."""
-    from components.evaluate.generative import Generator, on_test
+    from components.evaluate.generative import Generator, Placement, on_test
     from components.handoff import read_split
 
     test = read_split(data_dir, "test")
-    generator = Generator(model_dir, env.device, env.precision, cfg.train.eval_batch_size)
+    where = Placement(env.device, env.precision, cfg.train.eval_batch_size, cfg.train.max_batch_tokens)
+    generator = Generator(model_dir, where)
     if sample:
         import random
 

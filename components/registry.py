@@ -110,7 +110,13 @@ def register_challenger(
 
 
 def register_generator(
-    model_name: str, model_dir: str, prompt_format: str, card: str, tags: dict[str, str], gate_passed: bool
+    model_name: str,
+    model_dir: str,
+    prompt_format: str,
+    max_new_tokens: int,
+    card: str,
+    tags: dict[str, str],
+    gate_passed: bool,
 ) -> str:
     """Stage 5 for task=generation: the fine-tuned causal LM as a pyfunc (prompts in, generations out) with the card
     and the gate's tags; `challenger` when it passed the gate. Returns the version."""
@@ -126,7 +132,11 @@ def register_generator(
         python_model=TextGenerator(),
         artifacts={"model_dir": model_dir, "prompt_format": prompt_format},
         code_paths=[str(Path(__file__).parent)],
-        signature=infer_signature(example, pd.DataFrame({"generation": ["Red."]})),
+        # max_new_tokens: a parameter of predict (generation.max_new_tokens by default), which MLflow drops unless the
+        # signature declares it
+        signature=infer_signature(
+            example, pd.DataFrame({"generation": ["Red."]}), params={"max_new_tokens": max_new_tokens}
+        ),
         pip_requirements=_requirements(),
         registered_model_name=model_name,
     )
@@ -144,15 +154,16 @@ def champion_model_dir(model_name: str, download_dir: str | Path) -> tuple[str, 
     """(version, local folder) of the PyTorch model behind the champion (its source version, where the champion is
     a deployed bundle), or None when there is no champion yet."""
     import mlflow
+    from mlflow.models import Model
 
     client = mlflow.MlflowClient()
     version = alias_version(client, model_name, CHAMPION)
     if version is None:
         return None
-    source = client.get_model_version(model_name, version).tags.get("source_version", version)
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"{version_uri(model_name, source)}/artifacts/model_dir", dst_path=str(download_dir)
-    )
+    source = version_uri(model_name, client.get_model_version(model_name, version).tags.get("source_version", version))
+    # The pyfunc keeps the folder under its own name (artifacts/model); its MLmodel says where.
+    artifact = Model.load(source).flavors["python_function"]["artifacts"]["model_dir"]["path"]
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"{source}/{artifact}", dst_path=str(download_dir))
     return version, local
 
 

@@ -96,16 +96,14 @@ class Generation:
 
     def prepare_data(self, cfg, out_dir: str | Path):
         """Stage 1 (components/data/examples.py), with the base model's tokenizer."""
-        from transformers import AutoTokenizer
-
         from components.data.examples import prepare_examples
-        from components.model.loading import resolve_base
+        from components.model.loading import load_tokenizer, resolve_base
 
         if cfg.generation.test_cases:  # read now, so a mistake in it stops the run before training, not after
             from components.evaluate.test_cases import load_test_cases
 
             load_test_cases(cfg.generation.test_cases)
-        tokenizer = AutoTokenizer.from_pretrained(resolve_base(cfg.model.base))
+        tokenizer = load_tokenizer(resolve_base(cfg.model.base))
         return prepare_examples(
             cfg.data,
             cfg.generation,

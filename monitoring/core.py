@@ -8,8 +8,9 @@ from pathlib import Path
 import pandas as pd
 
 from components.config import LifecycleConfig
-from components.data.table_readers import DataError, SkippedRecords
+from components.data.table_readers import DataError
 from components.handoff import REFERENCE, read_deployment
+from components.skipped_records import SkippedRecords
 from monitoring.drift import DriftResult, check_drift, profile_texts, write_report
 
 

@@ -115,7 +115,8 @@ def read_predictions(root: str, files: list[str] | None = None, skipped=None):
     are skipped with a warning and counted in `skipped` (a SkippedRecords)."""
     import pandas as pd
 
-    from components.data.table_readers import SkippedRecords, jsonl_records
+    from components.data.table_readers import jsonl_records
+    from components.skipped_records import SkippedRecords
     from components.storage import exists, list_files, read_bytes
 
     skipped = skipped or SkippedRecords()

@@ -224,8 +224,8 @@ def check_rollout(
     `record` is False (`rollout status`). None when no rollout is running. The tracking URI is set."""
     import mlflow
 
-    from components.data.table_readers import SkippedRecords
     from components.registry import CANDIDATE, CHAMPION, alias_version, rollout_settings
+    from components.skipped_records import SkippedRecords
     from monitoring.prediction_log import read_window
 
     client, name = mlflow.MlflowClient(), cfg.tracking.registered_model

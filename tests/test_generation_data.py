@@ -232,3 +232,24 @@ def test_a_mistake_in_the_test_cases_stops_stage_1_before_any_training(chat_llam
     path = write(instructions(), tmp_path / "examples.jsonl")
     with pytest.raises(TestCaseError, match="cases.jsonl: line 1"):
         prepare(path, chat_llama, tmp_path, generation={"test_cases": str(cases)})
+
+
+def test_personal_data_is_redacted_in_each_turn_and_the_prompt_is_rendered_from_the_redacted_turns(
+    chat_llama, tmp_path
+):
+    rows = instructions()
+    rows[2]["input"] = "Write to:\njohn.doe@example.com\nabout the meeting"
+    _, manifest = prepare(write(rows, tmp_path / "examples.jsonl"), chat_llama, tmp_path, data={"pii": "redact"})
+    splits = pd.concat(pd.read_parquet(tmp_path / "data" / f"{s}.parquet") for s in ("train", "val", "test"))
+    redacted = splits[splits["turns"].str.contains("EMAIL_ADDRESS")]
+    assert len(redacted) == 1 and sum(manifest.pii_texts.values()) == 1
+    turns = json.loads(redacted["turns"].iloc[0])  # still JSON: each turn's content was redacted, not the JSON text
+    assert turns[0]["content"].endswith("Write to:\n<EMAIL_ADDRESS>\nabout the meeting")
+    assert "<EMAIL_ADDRESS>" in redacted["prompt"].iloc[0] and "john.doe" not in redacted["prompt"].iloc[0]
+
+
+def test_given_splits_too_small_for_a_validation_split_are_refused(chat_llama, tmp_path):
+    rows = instructions()
+    train, test = write(rows[:4], tmp_path / "train.jsonl"), write(rows[10:20], tmp_path / "test.jsonl")
+    with pytest.raises(DataValidationError, match="the val split is empty"):
+        prepare(None, chat_llama, tmp_path, data={"path": None, "train_path": train, "test_path": test})

@@ -67,5 +67,15 @@ def test_lifecycle_run_trains_a_generator_and_registers_it_with_its_card(generat
     generator = mlflow.pyfunc.load_model(f"models:/instruction-follower/{version.version}")
     import pandas as pd
 
-    answered = generator.predict(pd.DataFrame({"prompt": ["Repeat the word red 1 times."]}))
+    answered = generator.predict(
+        pd.DataFrame({"prompt": ["Repeat the word red 1 times."]}), params={"max_new_tokens": 2}
+    )
     assert list(answered.columns) == ["generation"] and len(answered) == 1
+
+    # Version 1 made champion (as stage 6 or a person does), a barely trained model is judged against it and refused.
+    client.set_registered_model_alias("instruction-follower", "champion", version.version)
+    assert main(generation_args("train.epochs=1", "train.learning_rate=1e-6")) == 0
+    (second,) = client.search_runs([experiment], "tags.mlflow.parentRunId IS NULL AND tags.gate = 'failed'")
+    refused = client.get_model_version("instruction-follower", second.data.tags["model_version"])
+    assert "vs champion version 1" in refused.tags["gate_reasons"] and "Wilcoxon" in refused.tags["gate_reasons"]
+    assert client.get_model_version_by_alias("instruction-follower", "challenger").version == version.version

@@ -16,6 +16,7 @@ from components.config.schema_generation import GenerationConfig
 from components.evaluate.generative import (
     GenerativeEvaluation,
     ModelOnTest,
+    Placement,
     compare_with_champion,
     decide_generation_gate,
     evaluate_generator,
@@ -105,9 +106,8 @@ def test_stage_5_measures_the_model_against_its_base_and_reports_a_failing_test_
     )
     _, init = train(chat_llama, instruction_data, tmp_path / "tuned")
     gen = GenerationConfig(eval_examples=6, max_new_tokens=6, test_cases=str(cases), top_losses=3)
-    found = evaluate_generator(
-        str(tmp_path / "tuned"), str(init), str(instruction_data), gen, 120, 16, "cpu", "fp32", 0
-    )
+    where = Placement("cpu", "fp32", 16, 768)
+    found = evaluate_generator(str(tmp_path / "tuned"), str(init), str(instruction_data), gen, 120, where, 0)
     metrics = found.scalars()
     assert metrics["test_perplexity"] < metrics["base_test_perplexity"]
     low, high = found.model.perplexity_interval
@@ -120,6 +120,20 @@ def test_stage_5_measures_the_model_against_its_base_and_reports_a_failing_test_
     assert metrics["test_case_pass_rate.impossible"] == 0.0
     decision = decide_generation_gate(found, gen.model_copy(update={"min_test_case_pass_rate": 0.5}), GateConfig())
     assert not decision.passed and any("test cases impossible: pass rate 0.00" in r for r in decision.reasons)
+
+
+def test_domain_text_is_measured_by_perplexity_without_generations(chat_llama, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    rows = [{"text": f"{r['instruction']} {r['output']}"} for r in instructions(60)]
+    prepare(write(rows, root / "domain.jsonl"), chat_llama, root)
+    _, init = train(chat_llama, root / "data", tmp_path / "tuned", epochs=1)
+    gen = GenerationConfig(top_losses=2)
+    found = evaluate_generator(
+        str(tmp_path / "tuned"), str(init), str(root / "data"), gen, 120, Placement("cpu", "fp32", 16), 0
+    )
+    assert found.sample.empty and found.model.scores == {} and found.model.perplexity > 1
+    assert list(found.top_losses["generation"]) == ["", ""]  # plain text has no prompt to continue from
 
 
 def losses(per_example: list[float]) -> ResponseLosses:

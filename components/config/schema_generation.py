@@ -15,7 +15,6 @@ ALPACA_TEMPLATE = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
     "\n\n### Instruction:\n{prompt}\n\n### Response:\n"
 )
-EXAMPLE_FORMATS = ("prompt_completion", "messages", "text", "alpaca")
 
 
 class GenerationConfig(Section):

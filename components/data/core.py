@@ -51,6 +51,8 @@ def data(
     out_dir.mkdir(parents=True, exist_ok=True)
     sources = resolve_sources(config, cache_dir)
     frames, digests, skipped = read_sources(config, sources)
+    # A label or text that is a JSON list or object is its text here, which the gate then judges like any other.
+    frames = {name: frame.map(lambda v: str(v) if isinstance(v, (list, dict)) else v) for name, frame in frames.items()}
     frames, stripped = strip_control_characters(frames, config)
     pii = pii or PiiConfig()
     frames = find_personal_data(frames, config, pii, sources)

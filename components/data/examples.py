@@ -15,12 +15,14 @@ import pandas as pd
 from components.config import DataConfig, PiiConfig
 from components.config.schema_generation import GenerationConfig
 from components.data.core import read_sources
+from components.data.personal_data import ExamplesPersonalData
 from components.data.splitting import resolve_leakage
-from components.data.table_readers import DataError, resolve_sources
+from components.data.table_readers import FEEDBACK, DataError, resolve_sources
 from components.data.validation import DataValidationError
 from components.generation.encoding import encode_examples, render_prompt
-from components.generation.formats import detect_format, missing_columns, to_examples
+from components.generation.formats import Example, detect_format, missing_columns, to_examples
 from components.handoff import MANIFEST, SPLITS, VALIDATION_REPORT, Manifest, split_path, write_json
+from components.pii import checked_entities
 
 log = logging.getLogger(__name__)
 SHOWN = 8  # refused examples named in the error
@@ -45,15 +47,18 @@ def prepare_examples(
     sources = resolve_sources(config, cache_dir)
     frames, digests, skipped = read_sources(config, sources)
     report = {"sources": {}, "checks": []}
-    tables = {name: _examples_table(frame, gen, tokenizer, sources[name], report) for name, frame in frames.items()}
+    scan = ExamplesPersonalData(config.pii, pii or PiiConfig(), sum(map(len, frames.values())))
+    tables = {
+        name: _examples_table(frame, gen, tokenizer, sources[name], report, scan) for name, frame in frames.items()
+    }
+    scan.refuse_found()
     # Duplicates within a file go; the same example in two given splits is leakage, judged below.
     unique = {name: table.drop_duplicates(subset=["prompt", "response"]) for name, table in tables.items()}
     duplicates = sum(len(tables[name]) - len(table) for name, table in unique.items())
-    rows = pd.concat([t.assign(source="feedback" if n.startswith("feedback") else "data") for n, t in unique.items()])
-    rows, pii_found = _personal_data(rows, config, pii or PiiConfig(), sources)
+    rows = pd.concat([t.assign(source="feedback" if n.startswith(FEEDBACK) else "data") for n, t in unique.items()])
     _check_lengths(rows, tokenizer, max_length, gen, report)
-    splits = _split(rows, config, seed, sources, {n: t.index for n, t in tables.items()})
-    splits, leaking = resolve_leakage(splits, sources, config.on_leakage)
+    splits = _split(rows, config, seed, sources, {n: t.index for n, t in unique.items()})
+    splits, leaking = _without_leakage(splits, sources, config.on_leakage)
     for name, split in splits.items():
         split[list(SCHEMA)].to_parquet(split_path(out_dir, name), index=False)
     write_json(out_dir, VALIDATION_REPORT, report)
@@ -70,7 +75,8 @@ def prepare_examples(
         skipped_records=sum(n.records for n in skipped.values()),
         skipped_files=sum(n.objects for n in skipped.values()),
         pii=config.pii,
-        pii_found={name: _kinds(split) for name, split in splits.items()} if pii_found else {},
+        pii_entities=checked_entities(pii or PiiConfig()) if config.pii != "off" else [],
+        pii_found={name: _kinds(split) for name, split in splits.items()},
         pii_texts={name: int(split["_pii"].astype(bool).sum()) for name, split in splits.items()},
         schema=SCHEMA,
     )
@@ -78,9 +84,13 @@ def prepare_examples(
     return manifest
 
 
-def _examples_table(frame: pd.DataFrame, gen: GenerationConfig, tokenizer, where: str, report: dict) -> pd.DataFrame:
-    """The file's examples, checked (fields, role order, the template renders): text, prompt, response, turns,
-    indexed by line; a DataValidationError names every refused example's file, line and field."""
+def _examples_table(
+    frame: pd.DataFrame, gen: GenerationConfig, tokenizer, where: str, report: dict, scan: ExamplesPersonalData
+) -> pd.DataFrame:
+    """The file's examples, checked (fields, role order, the template renders) after personal data is found (and
+    redacted): text, prompt, response, turns, the kinds of personal data and the key that groups an example with
+    others of the same prompt, indexed by file and line; a DataValidationError names every refused example's file,
+    line and field."""
     if frame.empty:
         raise DataError(f"{where}: no examples to read")
     fmt = detect_format(frame.columns, gen, where)
@@ -91,8 +101,12 @@ def _examples_table(frame: pd.DataFrame, gen: GenerationConfig, tokenizer, where
             "Map them with generation.columns (e.g. {prompt: question})"
         )
     examples, problems = to_examples(frame, fmt, gen, where)
-    prompts = []
-    for line, example in zip(frame.index, examples):
+    prompts, kinds = [], []
+    for i, (line, example) in enumerate(zip(frame.index, examples)):
+        if example:
+            turns, response, found = scan.scan(example.turns, example.response, f"{where}: line {line}")
+            example = examples[i] = Example(turns, response)
+            kinds.append(found)
         try:
             prompts.append(render_prompt(example.turns, tokenizer, gen) if example else None)
         except Exception as err:  # a template is user code (Jinja): any error is the example's
@@ -106,12 +120,16 @@ def _examples_table(frame: pd.DataFrame, gen: GenerationConfig, tokenizer, where
             f"{len(problems)} of {len(frame)} examples of {where} (format {fmt}) cannot train:\n{listed}"
             + (f"\n  ... and {len(problems) - SHOWN} more" if len(problems) > SHOWN else "")
         )
+    turns = [json.dumps(e.turns, ensure_ascii=False) for e in examples]
     return pd.DataFrame(
         {
             "text": [e.turns[-1]["content"] if e.turns else e.response for e in examples],
             "prompt": prompts,
             "response": [e.response for e in examples],
-            "turns": [json.dumps(e.turns, ensure_ascii=False) for e in examples],
+            "turns": turns,
+            "_pii": kinds,
+            # the whole conversation before the response, or the whole text: "Thanks!" ends many chats
+            "_key": [t if e.turns else e.response for t, e in zip(turns, examples)],
         },
         index=pd.Index([f"{where}: line {line}" for line in frame.index], name="row"),
     )
@@ -149,66 +167,49 @@ def _check_lengths(rows: pd.DataFrame, tokenizer, max_length: int, gen: Generati
         raise DataValidationError("\n".join(failures))
 
 
-def _personal_data(rows: pd.DataFrame, config: DataConfig, pii: PiiConfig, sources: dict) -> tuple[pd.DataFrame, bool]:
-    """Each example's kinds of personal data (in its turns or response; column _pii), redacted or refused as
-    data.pii says."""
-    if config.pii == "off":
-        return rows.assign(_pii=""), False
-    from components.pii import KEEP, REDACT, PiiScanner
-    from components.stage_output import Progress
-
-    scanner, form = PiiScanner(pii), REDACT if config.pii == "redact" else KEEP
-    progress = Progress(len(rows), "looking for personal data", log)
-    changed, kinds = [], []
-    for text, prompt, response, turns in rows[["text", "prompt", "response", "turns"]].itertuples(index=False):
-        found, new = set(), {}
-        for field, value in (("text", text), ("prompt", prompt), ("response", response), ("turns", turns)):
-            new[field], kinds_here = scanner.transform(value, form) if value else (value, [])
-            found |= set(kinds_here)
-        changed.append(new)
-        kinds.append(",".join(sorted(found)))
-        progress.update(1)
-    marked = rows.assign(_pii=kinds)
-    if config.pii == "redact":
-        marked = marked.assign(**{f: [c[f] for c in changed] for f in ("text", "prompt", "response", "turns")})
-    holding = marked.index[marked["_pii"].astype(bool)]
-    if config.pii == "fail" and len(holding):
-        named = ", ".join(f"{row} ({marked.at[row, '_pii']})" for row in holding[:SHOWN])
-        raise DataValidationError(
-            f"personal data in {len(holding)} examples (data.pii=fail): {named}. Set data.pii=redact to replace "
-            "each finding with its type (<PHONE_NUMBER>), or report to train on them as they are"
-        )
-    return marked, True
-
-
 def _split(rows: pd.DataFrame, config: DataConfig, seed: int, sources: dict, lines: dict) -> dict[str, pd.DataFrame]:
     """The given splits (`lines`: each file's rows), or one file split seeded with all the examples of a prompt in
     the same split."""
-    if "all" not in sources:
-        parts = {name: rows[rows.index.isin(index)] for name, index in lines.items()}
+    parts = {name: rows[rows.index.isin(index)] for name, index in lines.items()}
+    main = "all" if "all" in sources else "train"
+    parts[main] = pd.concat([parts[main], *(part for name, part in parts.items() if name.startswith(FEEDBACK))])
+    if main == "all":
+        splits = dict(zip(SPLITS, _by_prompt(parts["all"], [config.split.train, config.split.val], seed)))
+    else:
         if "val" not in parts:
             parts["train"], parts["val"] = _by_prompt(parts["train"], [1 - config.val_from_train], seed)
-        return {name: parts[name] for name in SPLITS}
-    train, val, test = _by_prompt(rows, [config.split.train, config.split.val], seed)
-    for name, part in (("train", train), ("val", val), ("test", test)):
+        splits = {name: parts[name] for name in SPLITS}
+    _none_empty(splits, sources[main], len(rows))
+    return splits
+
+
+def _none_empty(splits: dict[str, pd.DataFrame], where: str, examples: int) -> None:
+    for name, part in splits.items():
         if part.empty:
             raise DataValidationError(
-                f"{sources['all']}: the {name} split is empty ({len(rows)} examples): use more data or other "
-                "data.split fractions"
+                f"{where}: the {name} split is empty ({examples} examples, every example of a prompt in one split): "
+                "use more data, other data.split fractions or data.val_from_train"
             )
-    return {"train": train, "val": val, "test": test}
+
+
+def _without_leakage(splits: dict, sources: dict, policy: str) -> tuple[dict, dict]:
+    """No prompt (conversation before the response, or plain text) in two splits: resolve_leakage on the key."""
+    kept, leaking = resolve_leakage({n: s.assign(text=s["_key"]) for n, s in splits.items()}, sources, policy)
+    splits = {name: splits[name].loc[kept[name].index] for name in SPLITS}
+    _none_empty(splits, ", ".join(sources.values()), sum(map(len, splits.values())))
+    return splits, leaking
 
 
 def _by_prompt(rows: pd.DataFrame, shares: list[float], seed: int) -> list[pd.DataFrame]:
     """Parts of about these shares (the rest last), each prompt's examples kept together, in a seeded order."""
-    keys = list(dict.fromkeys(rows["text"]))
+    keys = list(dict.fromkeys(rows["_key"]))
     random.Random(seed).shuffle(keys)
     part_of, bounds, done = {}, [round(len(rows) * sum(shares[: i + 1])) for i in range(len(shares))], 0
-    counts = rows["text"].value_counts()
+    counts = rows["_key"].value_counts()
     for key in keys:
         part_of[key] = next((i for i, bound in enumerate(bounds) if done < bound), len(shares))
         done += counts[key]
-    which = rows["text"].map(part_of)
+    which = rows["_key"].map(part_of)
     return [rows[which == i] for i in range(len(shares) + 1)]
 
 

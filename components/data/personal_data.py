@@ -60,3 +60,41 @@ def pii_counts(rows: pd.DataFrame) -> dict[str, int]:
     """Findings of each kind in a split (a text counts once per kind it holds)."""
     kinds = rows[PII].str.split(",").explode()
     return {kind: int(n) for kind, n in kinds[kinds.astype(bool)].value_counts().sort_index().items()}
+
+
+class ExamplesPersonalData:
+    """data.pii for a generator's examples: each turn's content and the response scanned one by one (and, with
+    redact, replaced), before the prompt is rendered, so the template is never scanned and what trains is what a
+    served prompt will look like after the same redaction."""
+
+    def __init__(self, policy: str, pii: PiiConfig, total: int):
+        from components.stage_output import Progress
+
+        self.policy, self.found = policy, []  # (row, kinds) of the examples holding any
+        self.scanner = None if policy == "off" else PiiScanner(pii)
+        self.progress = Progress(total, "looking for personal data", log) if self.scanner else None
+
+    def scan(self, turns: list[dict], response: str, row) -> tuple[list[dict], str, str]:
+        """(turns, response) as they train, and the kinds found (comma-separated)."""
+        if self.scanner is None:
+            return turns, response, ""
+        form, kinds, scanned = REDACT if self.policy == "redact" else KEEP, set(), []
+        for turn in turns:
+            content, found = self.scanner.transform(turn["content"], form) if turn["content"] else ("", [])
+            scanned.append({**turn, "content": content})
+            kinds |= set(found)
+        response, found = self.scanner.transform(response, form)
+        kinds = ",".join(sorted(kinds | set(found)))
+        if kinds:
+            self.found.append((row, kinds))
+        self.progress.update(1)
+        return scanned, response, kinds
+
+    def refuse_found(self) -> None:
+        """data.pii=fail: the examples holding personal data, named by file and line and kind (never by value)."""
+        if self.policy == "fail" and self.found:
+            named = ", ".join(f"{row} ({kinds})" for row, kinds in self.found[:8])
+            raise DataValidationError(
+                f"personal data in {len(self.found)} examples (data.pii=fail): {named}. Set data.pii=redact to "
+                "replace each finding with its type (<PHONE_NUMBER>), or report to train on them as they are"
+            )

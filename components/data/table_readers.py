@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from components.errors import LifecycleError
+from components.skipped_records import SkippedRecords
 
 FEEDBACK = "feedback"  # the source names of feedback files start with this
 
@@ -57,45 +58,6 @@ def format_of(path: str | Path, fmt: TableFormat) -> TableFormat:
 
 
 UNDECODED = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of bytes not in the encoding
-
-
-class SkippedRecords:
-    """What readers of data this process did not write left out as damaged: records (a line, a row) and whole
-    objects (files, shards), counted; the first few are named in a warning, each with its object and line."""
-
-    SHOWN = 5
-
-    def __init__(self):
-        self.records, self.objects = 0, 0
-        self.examples: list[str] = []  # the first few, as warned
-
-    def record(self, where, line: int, why: str) -> None:
-        self.records += 1
-        self._warn(f"{where}: line {line}: {why}", "skipped")
-
-    def object(self, where, why: str) -> None:
-        self.objects += 1
-        self._warn(f"{where}: {why}", "skipped the whole file")
-
-    def summary(self) -> str:
-        """'' when nothing was skipped, else e.g. '3 damaged records and 1 damaged file'."""
-        parts = [
-            f"{n} damaged {kind}{'s' if n != 1 else ''}"
-            for n, kind in ((self.records, "record"), (self.objects, "file"))
-            if n
-        ]
-        return " and ".join(parts)
-
-    def metrics(self) -> dict[str, float]:
-        return {"skipped_records": float(self.records), "skipped_files": float(self.objects)}
-
-    def _warn(self, text: str, done: str) -> None:
-        shown = self.records + self.objects
-        if shown <= self.SHOWN:
-            self.examples.append(text)
-            log.warning("%s; %s", text, done)
-        elif shown == self.SHOWN + 1:
-            log.warning("further damaged input is skipped and counted, not listed")
 
 
 def read_source(
@@ -161,30 +123,36 @@ def _read_parquet(path: Path, where) -> pd.DataFrame:
 def _jsonl_rows(text: str, fmt: TableFormat, where, skipped: SkippedRecords) -> pd.DataFrame:
     array = text.lstrip().startswith("[")
     records = list(
-        json_array_records(text, where, skipped) if array else jsonl_records(text, fmt.encoding, where, skipped)
+        json_array_records(text, fmt.encoding, where, skipped)
+        if array
+        else jsonl_records(text, fmt.encoding, where, skipped)
     )
     return pd.DataFrame([r for _, r in records], index=[n for n, _ in records]) if records else pd.DataFrame()
 
 
-def json_array_records(text: str, where, skipped: SkippedRecords):
+def json_array_records(text: str, encoding: str, where, skipped: SkippedRecords):
     """(line, object) for each object of a JSON array (a .json file as json.dump writes a list of records); an
-    element that is not an object is skipped. A file that is not valid JSON is refused, naming the line."""
+    element that is not an object is skipped. A file that is not one whole JSON array is refused, naming the line."""
     import json
 
-    decoder, position = json.JSONDecoder(), text.index("[") + 1
+    decoder, position, line, counted = json.JSONDecoder(), text.index("[") + 1, 1, 0
     while True:
         position = re.compile(r"[\s,]*").match(text, position).end()
-        if position >= len(text) or text[position] == "]":
+        line, counted = line + text.count("\n", counted, position), position  # counted once, not from the start
+        if position < len(text) and text[position] == "]" and not text[position + 1 :].strip():
             return
-        line = text.count("\n", 0, position) + 1
         try:
+            start = position
             record, position = decoder.raw_decode(text, position)
         except ValueError as err:
             raise DataError(f"{where}: line {line}: not JSON ({err}); expected a JSON array of objects") from None
-        if isinstance(record, dict):
-            yield line, record
+        why = _not_decoded(text[start:position], encoding) or (
+            "" if isinstance(record, dict) else f"expected a JSON object, got {type(record).__name__}"
+        )
+        if why:
+            skipped.record(where, line, why)
         else:
-            skipped.record(where, line, f"expected a JSON object, got {type(record).__name__}")
+            yield line, record
 
 
 def jsonl_records(text: str, encoding: str, where, skipped: SkippedRecords):

@@ -30,9 +30,9 @@ def evaluate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.task == "generation":
-        from components.evaluate.generative_adapter import evaluate_generator
+        from components.evaluate.generative_adapter import evaluate_in_run
 
-        return evaluate_generator(cfg, tracking_uri, parent_run_id, data_dir, env_dir, model_dir, out)
+        return evaluate_in_run(cfg, tracking_uri, parent_run_id, data_dir, env_dir, model_dir, out)
     env, manifest = read_environment(env_dir), read_manifest(data_dir)
     with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, EVALUATE.run_name) as stage:
         champion = (

@@ -99,43 +99,33 @@ def evaluate_generator(
     data_dir: str,
     gen: GenerationConfig,
     max_length: int,
-    batch_size: int,
-    device: str,
-    precision: str,
+    where: Placement,
     seed: int,
     champion: tuple[str, str] | None = None,
     significance: float = 0.05,
 ) -> GenerativeEvaluation:
     """Stage 5's findings for a causal LM: the fine-tuned model and the base (stage 2's) on the test split, the test
-    cases, the highest losses and, given (version, folder) of the champion, the paired test against it."""
+    cases, the highest losses and, given (version, folder) of the champion, the paired test against it. One model is
+    loaded at a time. Only examples with a prompt are generated for (plain text has none to continue from)."""
     import random
 
     from components.handoff import read_split
 
     test = read_split(data_dir, "test")
-    count = len(test) if gen.eval_examples is None else min(gen.eval_examples, len(test))
-    sample = sorted(random.Random(seed).sample(range(len(test)), count))
-    base = on_test(Generator(base_dir, device, precision, batch_size), test, sample, gen, max_length, seed, "base")
-    tuned = Generator(model_dir, device, precision, batch_size)
-    model = on_test(tuned, test, sample, gen, max_length, seed, "fine-tuned")
-    cases = None
-    if gen.test_cases:
-        from components.evaluate.test_cases import load_test_cases, run_test_cases
-
-        cases = run_test_cases(
-            load_test_cases(gen.test_cases),
-            lambda prompts: tuned.generate(
-                [render_user_prompt(p, tuned.tokenizer, gen) for p in prompts],
-                gen.max_new_tokens,
-                "generating (test cases)",
-            ),
-        )
+    prompted = [i for i, turns in enumerate(test["turns"]) if turns != "[]"]
+    count = len(prompted) if gen.eval_examples is None else min(gen.eval_examples, len(prompted))
+    sample = sorted(random.Random(seed).sample(prompted, count))
+    with Generator(base_dir, where) as base_model:
+        base = on_test(base_model, test, sample, gen, max_length, seed, "base")
+    with Generator(model_dir, where) as tuned:
+        model = on_test(tuned, test, sample, gen, max_length, seed, "fine-tuned")
+        cases = run_cases(tuned, gen) if gen.test_cases else None
+        top = highest_losses(tuned, test, model, gen, set(prompted))
     compared = None
     if champion:
-        theirs = Generator(champion[1], device, precision, batch_size).losses(
-            test["prompt"].tolist(), test["response"].tolist(), max_length
-        )
-        compared = compare_with_champion(model.losses, theirs, champion[0], significance)
+        with Generator(champion[1], where) as theirs:
+            losses = theirs.losses(test["prompt"].tolist(), test["response"].tolist(), max_length)
+        compared = compare_with_champion(model.losses, losses, champion[0], significance)
     shown = pd.DataFrame(
         {
             "prompt": test["text"].iloc[sample].tolist(),
@@ -144,19 +134,35 @@ def evaluate_generator(
             "base_generation": base.generations,
         }
     )
-    return GenerativeEvaluation(model, base, shown, cases, highest_losses(tuned, test, model, gen), compared)
+    return GenerativeEvaluation(model, base, shown, cases, top, compared)
 
 
-def highest_losses(tuned: Generator, test: pd.DataFrame, model: ModelOnTest, gen: GenerationConfig) -> pd.DataFrame:
-    """The test examples with the highest response loss: prompt, reference, the model's generation, loss."""
+def run_cases(tuned: Generator, gen: GenerationConfig):
+    """The test cases' prompts rendered as training rendered its examples, generated for and checked."""
+    from components.evaluate.test_cases import load_test_cases, run_test_cases
+
+    def generate(prompts: list[str]) -> list[str]:
+        rendered = [render_user_prompt(p, tuned.tokenizer, gen) for p in prompts]
+        return tuned.generate(rendered, gen.max_new_tokens, "generating (test cases)")
+
+    return run_test_cases(load_test_cases(gen.test_cases), generate)
+
+
+def highest_losses(
+    tuned: Generator, test: pd.DataFrame, model: ModelOnTest, gen: GenerationConfig, prompted: set[int]
+) -> pd.DataFrame:
+    """The test examples with the highest response loss: prompt, reference, the model's generation (none for plain
+    text), loss."""
     per_example = model.losses.per_example()
-    top = np.argsort(-per_example, kind="stable")[: gen.top_losses]
-    generations = tuned.generate(test["prompt"].iloc[top].tolist(), gen.max_new_tokens, "generating (highest loss)")
+    top = [int(i) for i in np.argsort(-per_example, kind="stable")[: gen.top_losses]]
+    asked = [i for i in top if i in prompted]
+    made = tuned.generate(test["prompt"].iloc[asked].tolist(), gen.max_new_tokens, "generating (highest loss)")
+    generations = dict(zip(asked, made))
     return pd.DataFrame(
         {
             "prompt": test["text"].iloc[top].tolist(),
             "reference": test["response"].iloc[top].tolist(),
-            "generation": generations,
+            "generation": [generations.get(i, "") for i in top],
             "loss": per_example[top].round(4),
         }
     )
@@ -172,27 +178,57 @@ def perplexity_interval(losses: ResponseLosses, seed: int, resamples: int = 1000
     return float(low), float(high)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where stage 5 runs its models, as stage 3 found (device, precision) and the train section sets (batches)."""
+
+    device: str
+    precision: str
+    batch_size: int  # examples per batch of losses
+    max_tokens: int | None = None  # padded tokens per batch at most (train.max_batch_tokens)
+
+
+GENERATION_BATCH = 8  # prompts generated for at once: each holds a key-value cache of its own
+
+
 class Generator:
     """A causal LM from a folder, on the device: its response losses on encoded examples and its greedy
-    generations."""
+    generations. A context manager: leaving it frees the model (stage 5 holds one at a time)."""
 
-    def __init__(self, folder: str, device: str, precision: str, batch_size: int, max_tokens: int | None = None):
+    def __init__(self, folder: str, where: Placement):
         from components.model.loading import load_model
 
         model, self.tokenizer = load_model(folder, None)
-        self.model = model.to(device).eval()
-        self.device, self.precision, self.batch_size, self.max_tokens = device, precision, batch_size, max_tokens
+        self.model, self.where = model.to(where.device).eval(), where
+
+    def __enter__(self) -> Generator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import gc
+
+        import torch
+
+        self.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def losses(self, prompts: list[str], responses: list[str], max_length: int) -> ResponseLosses:
+        where = self.where
         split = encode_examples(self.tokenizer, prompts, responses, max_length).split
         pad = self.tokenizer.pad_token_id
-        return response_losses(self.model, split, self.batch_size, pad, self.device, self.precision, self.max_tokens)
+        return response_losses(
+            self.model, split, where.batch_size, pad, where.device, where.precision, where.max_tokens
+        )
 
     def generate(self, prompts: list[str], max_new_tokens: int, what: str) -> list[str]:
         from components.stage_output import Progress
 
         progress = Progress(len(prompts), what, log)
-        return generate(self.model, self.tokenizer, prompts, max_new_tokens, 8, self.device, progress)
+        return generate(
+            self.model, self.tokenizer, prompts, max_new_tokens, GENERATION_BATCH, self.where.device, progress
+        )
 
 
 def on_test(
@@ -204,7 +240,7 @@ def on_test(
     losses = generator.losses(test["prompt"].tolist(), test["response"].tolist(), max_length)
     prompts = test["prompt"].iloc[sample].tolist()
     generations = generator.generate(prompts, gen.max_new_tokens, f"generating ({who})")
-    scores = mean_scores(text_scores(generations, test["response"].iloc[sample].tolist()))
+    scores = mean_scores(text_scores(generations, test["response"].iloc[sample].tolist())) if sample else {}
     return ModelOnTest(losses, perplexity_interval(losses, seed), scores, generations)
 
 
@@ -212,14 +248,18 @@ def compare_with_champion(
     challenger: ResponseLosses, champion: ResponseLosses, version: str, significance: float
 ) -> ChampionComparison:
     """Wilcoxon's signed-rank test on the per-example losses of the same test examples (ties dropped)."""
-    from scipy.stats import wilcoxon
+    from scipy.stats import rankdata, wilcoxon
 
-    ours, theirs = challenger.per_example(), champion.per_example()
-    differences = ours - theirs
-    p_value = float(wilcoxon(differences, zero_method="wilcox").pvalue) if np.any(differences != 0) else 1.0
+    differences = challenger.per_example() - champion.per_example()
+    changed = differences[differences != 0]
+    p_value = float(wilcoxon(changed).pvalue) if len(changed) else 1.0
+    ranks = rankdata(np.abs(changed))
+    # The direction of the signed-rank statistic: the ranks of the examples where the challenger's loss is lower
+    # against those where it is higher.
+    lower_ranks, higher_ranks = ranks[changed < 0].sum(), ranks[changed > 0].sum()
     verdict = "no significant difference"
-    if p_value < significance:
-        verdict = "better" if np.median(differences) < 0 else "worse"
+    if p_value < significance and lower_ranks != higher_ranks:
+        verdict = "better" if lower_ranks > higher_ranks else "worse"
     lower, higher = int((differences < 0).sum()), int((differences > 0).sum())
     return ChampionComparison(version, math.exp(champion.mean_loss()), lower, higher, p_value, verdict)
 

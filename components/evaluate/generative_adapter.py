@@ -16,23 +16,28 @@ PROMPT_FORMAT = "prompt_format.json"  # the generation section's rendering keys,
 RENDERING = ("chat_template", "prompt_template", "system_prompt", "max_new_tokens")
 
 
-def evaluate_generator(
+def evaluate_in_run(
     cfg: LifecycleConfig, tracking_uri: str, parent_run_id: str, data_dir: str, env_dir: str, model_dir: str, out: Path
 ) -> dict:
+    """Stage 5 for a generator in its MLflow run: the findings, the gate, the card and the registration."""
+    import tempfile
+
     import mlflow
 
-    from components.evaluate.generative import decide_generation_gate, evaluate_generator
+    from components.evaluate.generative import Placement, decide_generation_gate, evaluate_generator
     from components.handoff import GATE, GateOutcome, read_environment, read_model_spec, write_json
     from components.model.loading import resolve_base
     from components.registry import champion_model_dir
     from components.tracking import stage_run
 
     env = read_environment(env_dir)
-    with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, EVALUATE.run_name) as stage:
+    where = Placement(env.device, env.precision, cfg.train.eval_batch_size, cfg.train.max_batch_tokens)
+    with (
+        stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, EVALUATE.run_name) as stage,
+        tempfile.TemporaryDirectory(prefix="lifecycle-champion-") as scratch,  # not in the stage's outputs
+    ):
         champion = (
-            champion_model_dir(cfg.tracking.registered_model, out / "champion")
-            if cfg.gate.compare_with_champion
-            else None
+            champion_model_dir(cfg.tracking.registered_model, scratch) if cfg.gate.compare_with_champion else None
         )
         found = evaluate_generator(
             model_dir,
@@ -40,9 +45,7 @@ def evaluate_generator(
             data_dir,
             cfg.generation,
             cfg.model.max_length,
-            cfg.train.eval_batch_size,
-            env.device,
-            env.precision,
+            where,
             cfg.seed,
             champion,
             cfg.gate.significance,
@@ -104,21 +107,33 @@ def _card_and_registration(cfg: LifecycleConfig, found, gate, model_dir: str, da
         mlflow.log_artifact(str(out / name))
     for name, table in found.tables().items():
         mlflow.log_table(table, f"evaluation/{name}.json")
-    tags = {
-        "gate": "passed" if gate.passed else "failed",
-        "gate_reasons": "; ".join(gate.reasons),
-        "data_fingerprint": manifest.fingerprint,
-        "strategy": facts.spec.strategy,
-        "base_model": facts.spec.base,
-        "test_perplexity": f"{found.model.perplexity:.4f}",
-        "base_test_perplexity": f"{found.base.perplexity:.4f}",
-        "champion_version": found.champion.champion_version if found.champion else "none",
-    }
+    tags = _version_tags(facts)
     version = register_generator(
-        cfg.tracking.registered_model, model_dir, str(out / PROMPT_FORMAT), card, tags, gate.passed
+        cfg.tracking.registered_model,
+        model_dir,
+        str(out / PROMPT_FORMAT),
+        cfg.generation.max_new_tokens,
+        card,
+        tags,
+        gate.passed,
     )
     mlflow.set_tags({"gate": tags["gate"], "model_version": version})
     return version
+
+
+def _version_tags(facts) -> dict[str, str]:
+    """The registered version's tags: the gate, what the model is, its perplexities, the champion it was judged
+    against."""
+    return {
+        "gate": "passed" if facts.gate.passed else "failed",
+        "gate_reasons": "; ".join(facts.gate.reasons),
+        "data_fingerprint": facts.manifest.fingerprint,
+        "strategy": facts.spec.strategy,
+        "base_model": facts.spec.base,
+        "test_perplexity": f"{facts.found.model.perplexity:.4f}",
+        "base_test_perplexity": f"{facts.found.base.perplexity:.4f}",
+        "champion_version": facts.found.champion.champion_version if facts.found.champion else "none",
+    }
 
 
 def summary(found, gate, version: str) -> str:
@@ -126,9 +141,10 @@ def summary(found, gate, version: str) -> str:
     model, base = found.model, found.base
     low, high = model.perplexity_interval
     cases = f", test cases {found.test_cases.pass_rate:.0%} passed" if found.test_cases is not None else ""
+    rouge = f", ROUGE-L {model.scores['rouge_l']:.3f} (base {base.scores['rouge_l']:.3f})" if model.scores else ""
     return (
-        f"test perplexity {model.perplexity:.3f} (95% CI {low:.3f}-{high:.3f}; base model {base.perplexity:.3f}), "
-        f"ROUGE-L {model.scores['rouge_l']:.3f} (base {base.scores['rouge_l']:.3f}){cases}; gate "
+        f"test perplexity {model.perplexity:.3f} (95% CI {low:.3f}-{high:.3f}; base model {base.perplexity:.3f})"
+        f"{rouge}{cases}; gate "
         f"{'passed' if gate.passed else 'failed'} ({'; '.join(gate.reasons)}); version {version}"
         + (" is the challenger" if gate.passed else "")
     )

@@ -110,6 +110,8 @@ def _test_cases(f: GenerativeCardFacts) -> str:
 
 def _samples(f: GenerativeCardFacts) -> str:
     rows = f.found.sample.head(SAMPLES)
+    if rows.empty:  # plain text (domain fine-tuning) has no prompts to generate for
+        return ""
     shown = "\n\n".join(
         f"**Prompt:** {_short(r.prompt)}\n\n**Reference:** {_short(r.reference)}\n\n**This model:** "
         f"{_short(r.generation)}\n\n**Base model:** {_short(r.base_generation)}"

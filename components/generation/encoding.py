@@ -111,6 +111,8 @@ def response_loss(model, batch: dict):
     import torch
 
     logits, targets = response_logits(model, batch)
+    if not targets.numel():  # no target in the batch (stage 1 refuses such examples): nothing to learn, not NaN
+        return logits.sum() * 0.0
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORED)
 
 

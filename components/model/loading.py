@@ -34,7 +34,7 @@ def load_model(source: str, labels: list[str] | None, quantized: bool = False):
     None); fp32 master weights, safetensors only; `quantized`: the base in 4-bit NF4 with double quantization and
     bf16 compute (QLoRA; a CUDA GPU)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     head = (
         {}
@@ -45,8 +45,8 @@ def load_model(source: str, labels: list[str] | None, quantized: bool = False):
             "label2id": {label: i for i, label in enumerate(labels)},
         }
     )
+    tokenizer = load_tokenizer(source)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         config = AutoConfig.from_pretrained(source, trust_remote_code=False, **head)
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot load model {source!r}: {err}") from None
@@ -74,6 +74,16 @@ def load_model(source: str, labels: list[str] | None, quantized: bool = False):
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot load weights of {source!r} (safetensors required): {err}") from None
     return _with_saved_adapters(model, Path(source)), tokenizer
+
+
+def load_tokenizer(source: str):
+    """The model's tokenizer (no remote code); a ModelError names the model when there is none to load."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot load model {source!r}: {err}") from None
 
 
 def load_classifier(source: str, labels: list[str], quantized: bool = False):

@@ -58,9 +58,9 @@ def monitor_traffic(
 
     import mlflow
 
-    from components.data.table_readers import SkippedRecords
     from components.handoff import model_uri
     from components.registry import CHAMPION, resolve_bundle
+    from components.skipped_records import SkippedRecords
     from components.stage_output import reported_stage
     from components.tracking import use_config_experiment
     from monitoring import core
