@@ -129,23 +129,23 @@ def _log_findings(facts, out: Path) -> None:
 def version_tags(facts, champion_version: str | None) -> dict[str, str]:
     """The registered version's tags: the gate, what the model is, its key metrics, the calibration stage 6
     serves."""
+    from components.evaluate.card_facts import common_tags
     from components.handoff import TEMPERATURE_TAG
 
     metrics = facts.found.metrics
-    return {
-        "gate": "passed" if facts.gate.passed else "failed",
-        "gate_reasons": "; ".join(facts.gate.reasons),
-        "data_fingerprint": facts.manifest.fingerprint,
-        "strategy": facts.spec.strategy,
-        "base_model": facts.spec.base,
-        "test_accuracy": f"{metrics.test_accuracy:.4f}",
-        "test_loss": f"{metrics.test_loss:.4f}",
-        "champion_version": champion_version or "none",
-        TEMPERATURE_TAG: f"{facts.found.calibration.temperature:.6g}",
-    } | (
-        {"sweep": f"trial {facts.sweep['winner']} of {facts.sweep['trials']} ({facts.sweep['study']})"}
-        if facts.sweep
-        else {}
+    return (
+        common_tags(facts)
+        | {
+            "test_accuracy": f"{metrics.test_accuracy:.4f}",
+            "test_loss": f"{metrics.test_loss:.4f}",
+            "champion_version": champion_version or "none",
+            TEMPERATURE_TAG: f"{facts.found.calibration.temperature:.6g}",
+        }
+        | (
+            {"sweep": f"trial {facts.sweep['winner']} of {facts.sweep['trials']} ({facts.sweep['study']})"}
+            if facts.sweep
+            else {}
+        )
     )
 
 

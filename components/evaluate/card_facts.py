@@ -22,3 +22,14 @@ class CardFacts:
     found: Evaluation
     gate: GateDecision
     sweep: dict | None = None  # handoff.SWEEP_ACCOUNT, when the model won a sweep (lifecycle tune)
+
+
+def common_tags(facts) -> dict[str, str]:
+    """What every registered version is tagged with, whatever its task: the gate and what the model is."""
+    return {
+        "gate": "passed" if facts.gate.passed else "failed",
+        "gate_reasons": "; ".join(facts.gate.reasons),
+        "data_fingerprint": facts.manifest.fingerprint,
+        "strategy": facts.spec.strategy,
+        "base_model": facts.spec.base,
+    }

@@ -124,12 +124,9 @@ def _card_and_registration(cfg: LifecycleConfig, found, gate, model_dir: str, da
 def _version_tags(facts) -> dict[str, str]:
     """The registered version's tags: the gate, what the model is, its perplexities, the champion it was judged
     against."""
-    return {
-        "gate": "passed" if facts.gate.passed else "failed",
-        "gate_reasons": "; ".join(facts.gate.reasons),
-        "data_fingerprint": facts.manifest.fingerprint,
-        "strategy": facts.spec.strategy,
-        "base_model": facts.spec.base,
+    from components.evaluate.card_facts import common_tags
+
+    return common_tags(facts) | {
         "test_perplexity": f"{facts.found.model.perplexity:.4f}",
         "base_test_perplexity": f"{facts.found.base.perplexity:.4f}",
         "champion_version": facts.found.champion.champion_version if facts.found.champion else "none",
