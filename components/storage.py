@@ -13,6 +13,17 @@ from components.errors import LifecycleError
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "abfs": "azure", "abfss": "azure", "az": "azure"}
 
 
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a local file, read a megabyte at a time (a download, a data file, model weights)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class StorageError(LifecycleError):
     """A storage URI that cannot be read or written: names the URI and why."""
 

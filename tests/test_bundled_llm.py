@@ -16,8 +16,8 @@ from components.model.bundled_llm import (
     WEIGHTS_SHA256,
     bundled_llm_folder,
     cache_root,
-    file_sha256,
 )
+from components.storage import file_sha256
 
 LOGGER = "components.model.bundled_llm"
 

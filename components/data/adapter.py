@@ -37,7 +37,7 @@ def data(config_json: str, tracking_uri: str, parent_run_id: str, out_dir: str) 
                 read_split(out_dir, split),
                 source=manifest.source,
                 name=f"{cfg.data.name} {split}",
-                targets="response" if cfg.task == "generation" else "label",
+                targets=task_of(cfg.task).target,
             )
             mlflow.log_input(dataset, context=split)
             mlflow.log_metric(f"{split}_rows", sum(counts.values()))

@@ -17,7 +17,6 @@ from components.data.table_readers import (
     FEEDBACK,
     DataError,
     SkippedRecords,
-    file_sha256,
     format_of,
     from_data_config,
     read_table,
@@ -33,6 +32,7 @@ from components.data.validation import (
 )
 from components.handoff import MANIFEST, VALIDATION_REPORT, Manifest, data_docs_path, split_path, write_json
 from components.pii import checked_entities
+from components.storage import file_sha256
 
 log = logging.getLogger(__name__)
 

