@@ -80,6 +80,13 @@ class LifecycleConfig(Section):
                 )
             if self.train.privacy or self.train.class_weights != "none":
                 raise ValueError("task=generation: train.privacy and train.class_weights are built for classification")
+            if "mode" not in self.deploy.rollout.model_fields_set:
+                self.deploy.rollout.mode = "canary"  # a shadow would generate every response twice
+            if self.deploy.rollout.mode == "shadow":
+                raise ValueError(
+                    "deploy.rollout.mode=shadow: a generator's rollout is canary or direct (a shadow would generate "
+                    "every response twice, and a second response is judged by no one)"
+                )
         self.train = self.train.for_strategy(self.model, self.task)
         return self
 

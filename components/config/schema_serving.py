@@ -38,6 +38,13 @@ class ServeConfig(Section):
     same for the same value)."""
     log_pii_key_env: str = "LIFECYCLE_PII_HASH_KEY"
     """The environment variable that holds the secret key of log_pii=hash."""
+    max_prompt_tokens: int = Field(1024, ge=1)
+    """task=generation: the most tokens a request's rendered prompt may have; a longer one gets HTTP 400."""
+    max_tokens: int = Field(256, ge=1)
+    """task=generation: the most tokens a response may have, and the length of one whose request names none; a
+    request's larger max_tokens is capped to it."""
+    max_waiting: int = Field(16, ge=1)
+    """task=generation: requests that may wait for the generator beside those it is answering; more get HTTP 429."""
 
 
 class RolloutConfig(Section):
