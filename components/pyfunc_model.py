@@ -67,14 +67,29 @@ class TextGenerator(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         from components.generation.encoding import generate, render_user_prompt
 
-        if isinstance(model_input, pd.DataFrame) and "prompt" not in model_input.columns:
-            raise ValueError(f"expected a column 'prompt', got columns {list(model_input.columns)}")
-        prompts = model_input["prompt"].astype(str).tolist() if isinstance(model_input, pd.DataFrame) else model_input
-        rendered = [render_user_prompt(p, self.tokenizer, self.generation) for p in prompts]
+        rendered = [render_user_prompt(p, self.tokenizer, self.generation) for p in _prompts(model_input)]
         max_new_tokens = int((params or {}).get("max_new_tokens", self.generation.max_new_tokens))
         return pd.DataFrame(
             {"generation": generate(self.model, self.tokenizer, rendered, max_new_tokens, BATCH_SIZE, "cpu")}
         )
+
+
+class OnnxTextGenerator(mlflow.pyfunc.PythonModel):
+    """The generator's ONNX bundle from the artifact `bundle`, run by onnxruntime-genai (its prompts rendered as in
+    training), greedy decoding."""
+
+    def load_context(self, context) -> None:
+        from components.deploy.onnx_generator import OnnxGenerator
+
+        self.generator = OnnxGenerator(context.artifacts["bundle"])
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        from components.deploy.onnx_generator import Sampling
+
+        max_new_tokens = int((params or {}).get("max_new_tokens", self.generator.generation.max_new_tokens))
+        asked = [[{"role": "user", "content": p}] for p in _prompts(model_input)]
+        done = self.generator.complete(asked, Sampling(max_new_tokens))
+        return pd.DataFrame({"generation": [c.text.strip() for c in done]})
 
 
 def as_frame(labels: list[str], probabilities) -> pd.DataFrame:
@@ -96,3 +111,11 @@ def _texts(model_input) -> list[str]:
     if isinstance(model_input, str):
         return [model_input]
     return [str(t) for t in model_input]
+
+
+def _prompts(model_input) -> list[str]:
+    if isinstance(model_input, pd.DataFrame):
+        if "prompt" not in model_input.columns:
+            raise ValueError(f"expected a column 'prompt', got columns {list(model_input.columns)}")
+        return model_input["prompt"].astype(str).tolist()
+    return [model_input] if isinstance(model_input, str) else [str(p) for p in model_input]

@@ -11,6 +11,7 @@ import numpy as np
 
 from components.errors import LifecycleError
 from components.handoff import BUNDLE, BUNDLE_MODEL, model_uri, version_uri
+from components.registry_card import DESCRIPTION_LIMIT, registry_description  # noqa: F401 (the limit: read here too)
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -56,18 +57,25 @@ def register_model(
 ) -> str:
     """Log a pyfunc (texts in, label and probabilities out) in the active run and register it with the model
     card as its description and `tags`. Returns the new version."""
-    import mlflow
     import pandas as pd
     from mlflow.models import infer_signature
 
     example = pd.DataFrame({"text": example_texts})
     output = pd.DataFrame({"label": labels[:1], "probabilities": [{label: 1.0 / len(labels) for label in labels}]})
+    return _register(python_model, artifacts, model_name, card, tags, infer_signature(example, output), example)
+
+
+def _register(python_model, artifacts, model_name: str, card: str, tags: dict, signature, example=None) -> str:
+    """Log a pyfunc with its signature (and input example) in the active run and register it with the card as its
+    description and `tags`. Returns the new version."""
+    import mlflow
+
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=python_model,
         artifacts=artifacts,
         code_paths=[str(Path(__file__).parent)],  # the `components` package, so loading needs no install
-        signature=infer_signature(example, output),
+        signature=signature,
         input_example=example,
         pip_requirements=_requirements(),
         registered_model_name=model_name,
@@ -121,33 +129,30 @@ def register_generator(
     """Stage 5 for task=generation: the fine-tuned causal LM as a pyfunc (prompts in, generations out) with the card
     and the gate's tags; `challenger` when it passed the gate. Returns the version."""
     import mlflow
-    import pandas as pd
-    from mlflow.models import infer_signature
 
     from components.pyfunc_model import TextGenerator
 
-    example = pd.DataFrame({"prompt": ["Name a primary colour."]})
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=TextGenerator(),
-        artifacts={"model_dir": model_dir, "prompt_format": prompt_format},
-        code_paths=[str(Path(__file__).parent)],
-        # max_new_tokens: a parameter of predict (generation.max_new_tokens by default), which MLflow drops unless the
-        # signature declares it
-        signature=infer_signature(
-            example, pd.DataFrame({"generation": ["Red."]}), params={"max_new_tokens": max_new_tokens}
-        ),
-        pip_requirements=_requirements(),
-        registered_model_name=model_name,
+    artifacts = {"model_dir": model_dir, "prompt_format": prompt_format}
+    version = _register_generator(
+        TextGenerator(), artifacts, model_name, card, tags | {"format": "pytorch"}, max_new_tokens
     )
-    version = str(info.registered_model_version)
-    client = mlflow.MlflowClient()
-    client.update_model_version(model_name, version, description=registry_description(card, info.run_id))
-    for key, value in (tags | {"format": "pytorch", "task": "generation"}).items():
-        client.set_model_version_tag(model_name, version, key, value)
     if gate_passed:
-        client.set_registered_model_alias(model_name, CHALLENGER, version)
+        mlflow.MlflowClient().set_registered_model_alias(model_name, CHALLENGER, version)
     return version
+
+
+def _register_generator(python_model, artifacts, model_name: str, card: str, tags: dict, max_new_tokens: int) -> str:
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    # max_new_tokens: a parameter of predict (generation.max_new_tokens by default), which MLflow drops unless the
+    # signature declares it. No input example: MLflow would load the model and generate to check it.
+    signature = infer_signature(
+        pd.DataFrame({"prompt": ["Name a primary colour."]}),
+        pd.DataFrame({"generation": ["Red."]}),
+        params={"max_new_tokens": max_new_tokens},
+    )
+    return _register(python_model, artifacts, model_name, card, tags | {"task": "generation"}, signature)
 
 
 def champion_model_dir(model_name: str, download_dir: str | Path) -> tuple[str, str] | None:
@@ -174,8 +179,6 @@ def publish_champion(
     with its card and tags, and `tags`; then `champion` directly (rollout.mode direct, or no champion yet), or
     `candidate` for a rollout on live traffic. Returns (the new version, the champion it replaced or None, the mode
     it reaches traffic by)."""
-    import mlflow
-
     from components.pyfunc_model import OnnxTextClassifier
 
     version = register_model(
@@ -187,10 +190,30 @@ def publish_champion(
         source.tags | tags | {"source_version": str(source.version)},
         example_texts,
     )
-    if rollout.mode == "direct" or alias_version(mlflow.MlflowClient(), source.name, CHAMPION) is None:
-        return version, promote(source.name, version), "direct"
-    start_rollout(source.name, version, rollout.mode, rollout.canary_percent)
-    return version, None, rollout.mode
+    return version, *reach_traffic(source.name, version, rollout)
+
+
+def publish_generator_champion(
+    source, bundle: str, card: str, tags: dict[str, str], max_new_tokens: int, rollout
+) -> tuple[str, str | None, str]:
+    """Stage 6 for task=generation: the generator's ONNX bundle as a new version with `card`, the challenger's tags
+    and `tags`, served as publish_champion's is."""
+    from components.pyfunc_model import OnnxTextGenerator
+
+    tags = source.tags | tags | {"source_version": str(source.version)}
+    version = _register_generator(OnnxTextGenerator(), {"bundle": bundle}, source.name, card, tags, max_new_tokens)
+    return version, *reach_traffic(source.name, version, rollout)
+
+
+def reach_traffic(model_name: str, version: str, rollout) -> tuple[str | None, str]:
+    """`champion` directly (rollout.mode direct, or no champion yet), or `candidate` for a rollout on live traffic:
+    (the champion it replaced or None, the mode it reaches traffic by)."""
+    import mlflow
+
+    if rollout.mode == "direct" or alias_version(mlflow.MlflowClient(), model_name, CHAMPION) is None:
+        return promote(model_name, version), "direct"
+    start_rollout(model_name, version, rollout.mode, rollout.canary_percent)
+    return None, rollout.mode
 
 
 def start_rollout(model_name: str, version: str, mode: str, canary_percent: float) -> None:
@@ -278,30 +301,6 @@ def rollback(model_name: str) -> tuple[str, str]:
     return previous, champion
 
 
-DESCRIPTION_LIMIT = 5000  # characters: MLflow's model_versions.description column (PostgreSQL enforces it)
-
-
-def registry_description(card: str, run_id: str) -> str:
-    """The model card as a version's description: whole when it fits, else the sections that fit (in order)
-    and a line naming those left out and where the whole card is."""
-    if len(card) <= DESCRIPTION_LIMIT:
-        return card
-    title, *sections = card.split("\n## ")
-    kept, left_out = title, []
-    room = DESCRIPTION_LIMIT - 400  # for the closing line
-    for section in sections:
-        if len(kept) + len(section) + 4 <= room:
-            kept += "\n## " + section
-        else:
-            left_out.append(section.split("\n", 1)[0])
-    return (
-        kept.rstrip()
-        + f"\n\n*Shortened to the registry's {DESCRIPTION_LIMIT:,} characters; left out: "
-        + ", ".join(left_out)
-        + f". The whole card is `model_card.md` in MLflow run {run_id}.*\n"
-    )
-
-
 def alias_version(client, model_name: str, alias: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
@@ -314,7 +313,7 @@ def alias_version(client, model_name: str, alias: str) -> str | None:
 def _requirements() -> list[str]:
     from importlib.metadata import version
 
-    names = ("torch", "transformers", "pandas", "safetensors", "tokenizers", "onnxruntime")
+    names = ("torch", "transformers", "pandas", "safetensors", "tokenizers", "onnxruntime", "onnxruntime-genai")
     return [f"{name}=={version(name)}" for name in names]
 
 

@@ -17,7 +17,6 @@ class Classification:
     caches_frozen_blocks: bool = True  # partial and head train on the frozen blocks' cached output
     unit: str = "texts"  # what a split holds, in what a run prints
     target: str = "label"  # the splits' column a model learns to give (MLflow's dataset targets)
-    deploys: bool = True  # stages 6 and 7 are built for it
 
     def measured(self, loss: float, accuracy: float) -> str:
         """What validation found, as a run prints it."""
@@ -67,7 +66,6 @@ class Generation:
     caches_frozen_blocks: bool = False  # every position's output trains, not one pooled token's
     unit: str = "examples"
     target: str = "response"
-    deploys: bool = False  # its ONNX export and serving are not built yet: its pipeline ends at stage 5
 
     def measured(self, loss: float, accuracy: float) -> str:
         import math

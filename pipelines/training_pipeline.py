@@ -7,7 +7,6 @@ from kfp import dsl
 from components.config import LifecycleConfig
 from components.kfp_tasks import open_parent_run
 from components.stages import DATA, DEPLOY, ENVIRONMENT, EVALUATE, FINE_TUNE, MODEL, MONITOR, SWEEP, by_task_name
-from components.tasks import task_of
 from components.tracking import SWEEP_RUN_KIND
 
 
@@ -77,13 +76,10 @@ def prepare(cfg: LifecycleConfig, config_json: str, tracking_uri: str, parent_ru
 
 
 def evaluate_and_deploy(cfg: LifecycleConfig, common: dict, inputs: dict, model) -> None:
-    """Stage 5 on the fine-tuned model; stages 6 and 7 only for a challenger (a model that passed the gate), of a
-    task they are built for (a generator's pipeline ends at stage 5's registration)."""
+    """Stage 5 on the fine-tuned model; stages 6 and 7 only for a challenger (a model that passed the gate)."""
     dataset = inputs["dataset"]
     evaluation = EVALUATE.component()(**common, dataset=dataset, environment=inputs["environment"], model=model)
     configure_task(evaluation, cfg)
-    if not task_of(cfg.task).deploys:
-        return
     with dsl.If(evaluation.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (KFP's condition)
         deployment = DEPLOY.component()(**common, dataset=dataset, model=model, evaluation=evaluation.outputs["report"])
         monitoring = MONITOR.component()(**common, dataset=dataset, onnx_model=deployment.outputs["onnx_model"])

@@ -60,16 +60,21 @@ def write(rows: list[dict], path) -> str:
 
 @pytest.fixture(scope="module")
 def chat_llama(tiny_decoders, tmp_path_factory):
-    """The tiny Llama with a ChatML chat template and its turn markers as special tokens, as SmolLM2-Instruct has."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The tiny Llama with a ChatML chat template and its turn markers as special tokens, as SmolLM2-Instruct has; a
+    head size of 16, the least that onnxruntime's attention on the CPU takes (stage 6 exports it)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder = tmp_path_factory.mktemp("chat_llama")
     tokenizer = AutoTokenizer.from_pretrained(tiny_decoders["llama"])
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tokenizer.chat_template = CHATML
     tokenizer.save_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(tiny_decoders["llama"])
-    model.resize_token_embeddings(len(tokenizer))
+    heads = {"num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16}
+    config = AutoConfig.from_pretrained(tiny_decoders["llama"], **heads)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model.save_pretrained(folder)
     return folder
 

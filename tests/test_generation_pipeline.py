@@ -1,5 +1,6 @@
-"""task=generation through `lifecycle run` (kfp.local): stages 1-5 on a tiny chat Llama, the model registered with its
-card when it beats its base; its deployment and monitoring are not built yet, so the run ends at stage 5."""
+"""task=generation through `lifecycle run` (kfp.local): the seven stages on a tiny chat Llama, the model registered
+with its card when it beats its base, exported, made champion and checked for drift; a later model no better than the
+champion is refused."""
 
 import pytest
 import yaml
@@ -27,6 +28,7 @@ def generation_args(tmp_path, chat_llama, monkeypatch):
             "generation.eval_examples=4",
             "generation.max_new_tokens=4",
             "generation.top_losses=3",
+            "monitor.reference_size=20",
             f"model.base={chat_llama}",
             "model.strategy=full",
             "model.max_length=120",
@@ -45,7 +47,7 @@ def test_lifecycle_run_trains_a_generator_and_registers_it_with_its_card(generat
 
     assert main(generation_args()) == 0
     printed = capsys.readouterr().out
-    assert "5-evaluate" in printed and "test perplexity" in printed and "6-deploy" not in printed
+    assert "test perplexity" in printed and "6-deploy" in printed and "7-monitor" in printed
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name("instructions").experiment_id
@@ -54,7 +56,15 @@ def test_lifecycle_run_trains_a_generator_and_registers_it_with_its_card(generat
         r.info.run_name: r
         for r in client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     }
-    assert sorted(stages) == ["1-data", "2-model", "3-environment", "4-fine-tune", "5-evaluate"]
+    assert sorted(stages) == [
+        "1-data",
+        "2-model",
+        "3-environment",
+        "4-fine-tune",
+        "5-evaluate",
+        "6-deploy",
+        "7-monitor",
+    ]
     metrics = stages["5-evaluate"].data.metrics
     names = ("test_perplexity", "base_test_perplexity", "test_rouge_l", "base_test_rouge_l", "test_case_pass_rate")
     assert set(names) <= set(metrics)
@@ -64,18 +74,22 @@ def test_lifecycle_run_trains_a_generator_and_registers_it_with_its_card(generat
     version = client.get_model_version_by_alias("instruction-follower", "challenger")
     assert version.tags["gate"] == "passed" and version.tags["task"] == "generation"
     assert version.description.startswith("# Model card: instruction-follower")
-    generator = mlflow.pyfunc.load_model(f"models:/instruction-follower/{version.version}")
+    champion = client.get_model_version_by_alias("instruction-follower", "champion")
+    assert champion.tags["format"].startswith("onnx-") and champion.tags["source_version"] == version.version
+    assert "## Deployment" in champion.description
     import pandas as pd
 
+    generator = mlflow.pyfunc.load_model("models:/instruction-follower@champion")
     answered = generator.predict(
         pd.DataFrame({"prompt": ["Repeat the word red 1 times."]}), params={"max_new_tokens": 2}
     )
     assert list(answered.columns) == ["generation"] and len(answered) == 1
+    assert stages["7-monitor"].data.tags["drift_detected"] == "false"
 
-    # Version 1 made champion (as stage 6 or a person does), a barely trained model is judged against it and refused.
-    client.set_registered_model_alias("instruction-follower", "champion", version.version)
+    # A barely trained model is judged against the champion and refused; the champion stays.
     assert main(generation_args("train.epochs=1", "train.learning_rate=1e-6")) == 0
     (second,) = client.search_runs([experiment], "tags.mlflow.parentRunId IS NULL AND tags.gate = 'failed'")
     refused = client.get_model_version("instruction-follower", second.data.tags["model_version"])
-    assert "vs champion version 1" in refused.tags["gate_reasons"] and "Wilcoxon" in refused.tags["gate_reasons"]
+    assert "vs champion version" in refused.tags["gate_reasons"] and "Wilcoxon" in refused.tags["gate_reasons"]
     assert client.get_model_version_by_alias("instruction-follower", "challenger").version == version.version
+    assert client.get_model_version_by_alias("instruction-follower", "champion").version == champion.version
