@@ -12,6 +12,9 @@ from pipelines.commands import load
 def serve_command(args) -> int:
     import mlflow
 
+    from components.deploy.generator_runtime import is_generator_bundle
+    from components.deploy.openai_routes import ROUTES
+    from components.deploy.request_limits import GenerationLimits
     from components.deploy.server import SERVER_PORTS, Follow, Limits, check_ports_free, serve
     from components.handoff import model_uri
     from components.pii import HASH, LogPii, log_hash_key
@@ -40,10 +43,14 @@ def serve_command(args) -> int:
         else ""
     )
     metrics_port = port + SERVER_PORTS["metrics"]
+    routes = (
+        f"{', '.join(ROUTES)} (OpenAI's API), POST /v2/models/{name}/generate and /generate_stream"
+        if is_generator_bundle(bundle)
+        else f"POST /v2/models/{name}/infer, POST /predict"
+    )
     args.console.show(
-        f"serving {served} (version {version}{following}) on http://{cfg.serve.host}:{port}: POST "
-        f"/v2/models/{name}/infer, POST /predict; metrics on :{metrics_port}/metrics; predictions "
-        f"logged to {log} (personal data: {cfg.serve.log_pii})"
+        f"serving {served} (version {version}{following}) on http://{cfg.serve.host}:{port}: {routes}; metrics "
+        f"on :{metrics_port}/metrics; predictions logged to {log} (personal data: {cfg.serve.log_pii})"
     )
     serve(
         bundle,
@@ -56,6 +63,7 @@ def serve_command(args) -> int:
         cfg.serve.host,
         follow,
         LogPii.of(cfg),
+        GenerationLimits(cfg.serve.max_prompt_tokens, cfg.serve.max_tokens, cfg.serve.max_waiting),
     )
     return 0
 

@@ -28,7 +28,7 @@ RETRY_SECONDS = 60  # a registry state whose versions could not be loaded is tri
 @dataclass(frozen=True)
 class Loaded:
     version: str
-    classifier: object  # an OnnxClassifier
+    model: object  # an OnnxClassifier, or a generator's runtime handle (components/deploy/generator_runtime.py)
     download: Path | None = None  # where it was downloaded, removed when it is unloaded
 
 
@@ -49,6 +49,10 @@ class Served:
         if self.mode == "canary":
             return (self.candidate, self.champion) if in_canary(key, self.canary_percent) else (self.champion, None)
         return self.champion, self.candidate
+
+
+def warm_classifier(classifier) -> None:
+    classifier.probabilities([WARM_TEXT])
 
 
 def in_canary(key: str, percent: float) -> bool:
@@ -110,9 +114,10 @@ class Follower:
         load: Callable[[str, Path], Loaded],
         served: Served,
         swap: Callable[[Served], None],
+        warm: Callable[[object], None] = warm_classifier,
     ):
         self.name, self.alias, self.seconds, self.download_dir = name, alias, seconds, Path(download_dir)
-        self.load, self.served, self.swap = load, served, swap
+        self.load, self.served, self.swap, self.warm = load, served, swap, warm
         self.view = RegistryView(served.champion.version)
         self.failing: str | None = None  # what went wrong last time, said once
         self.unloadable: tuple[RegistryView | None, float] = (None, 0.0)  # a view that failed to load, and when
@@ -183,7 +188,7 @@ class Follower:
 
     def _loaded(self, version: str) -> Loaded:
         model = self.load(version, self.download_dir)
-        model.classifier.probabilities([WARM_TEXT])  # the first inference pays for allocation; no client does
+        self.warm(model.model)  # the first inference pays for allocation; no client does
         return model
 
     def _show(self, new: Served, old: Served | None = None) -> None:

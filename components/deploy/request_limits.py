@@ -9,16 +9,28 @@ from dataclasses import dataclass
 from mlserver.codecs import StringCodec
 from mlserver.errors import MLServerError
 from mlserver.types import InferenceRequest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 INPUT_NAME = "text"
 
 
 class BadRequest(MLServerError):
-    """Answered with 400 and the message; the server goes on serving."""
+    """Answered with 400 and the message; the server goes on serving. `param`: the request's field at fault."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message, status_code=400)
+        self.param = param
+
+
+class PromptTooLong(BadRequest):
+    """A rendered prompt over serve.max_prompt_tokens."""
+
+
+class TooBusy(MLServerError):
+    """The generator's slots and waiting room are full: 429, the client may try again."""
 
     def __init__(self, message: str):
-        super().__init__(message, status_code=400)
+        super().__init__(message, status_code=429)
 
 
 @dataclass(frozen=True)
@@ -26,6 +38,16 @@ class Limits:
     max_batch: int = 64
     max_text_chars: int = 2000
     max_request_bytes: int = 1 << 20  # a request's body; larger ones get 413 before they are read whole
+
+
+@dataclass(frozen=True)
+class GenerationLimits:
+    """What one request to a generator may ask: its rendered prompt's tokens (400 above), its response's tokens (a
+    larger max_tokens is capped), and how many requests may wait beside those generating (429 above)."""
+
+    max_prompt_tokens: int = 1024
+    max_tokens: int = 256
+    max_waiting: int = 16
 
 
 class BodyLimit:
@@ -45,10 +67,12 @@ class BodyLimit:
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            return await _refuse(send, 413, f"request body over {self.max_bytes} bytes (serve.max_request_bytes)")
+            return await _refuse(
+                scope, send, 413, f"request body over {self.max_bytes} bytes (serve.max_request_bytes)"
+            )
         encoding = headers.get(b"content-encoding", b"identity").decode("latin-1").strip().lower()
         if encoding not in ("identity", "gzip"):
-            return await _refuse(send, 415, f"Content-Encoding {encoding!r}: send the body as is or gzip")
+            return await _refuse(scope, send, 415, f"Content-Encoding {encoding!r}: send the body as is or gzip")
         inflater = zlib.decompressobj(wbits=31) if encoding == "gzip" else None  # 31: a gzip header and trailer
         body, more = bytearray(), True
         while more:
@@ -59,15 +83,15 @@ class BodyLimit:
             try:  # never more than one byte past the limit inflated
                 body += inflater.decompress(chunk, self.max_bytes + 1 - len(body)) if inflater else chunk
             except zlib.error as err:
-                return await _refuse(send, 400, f"the gzip body cannot be inflated: {err}")
+                return await _refuse(scope, send, 400, f"the gzip body cannot be inflated: {err}")
             if len(body) > self.max_bytes:
                 inflated = " inflated" if inflater else ""
                 return await _refuse(
-                    send, 413, f"request body over {self.max_bytes} bytes{inflated} (serve.max_request_bytes)"
+                    scope, send, 413, f"request body over {self.max_bytes} bytes{inflated} (serve.max_request_bytes)"
                 )
             more = message.get("more_body", False)
         if inflater and not inflater.eof:
-            return await _refuse(send, 400, "the gzip body ends before its gzip stream does")
+            return await _refuse(scope, send, 400, "the gzip body ends before its gzip stream does")
         if inflater:  # the app gets the inflated body, as if it had been sent so
             scope = dict(
                 scope,
@@ -75,15 +99,24 @@ class BodyLimit:
                 + [(b"content-length", str(len(body)).encode())],
             )
 
+        replayed = False
+
         async def replay():
+            # The body once; then the client's own messages, so that a streaming response hears it disconnect.
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
             return {"type": "http.request", "body": bytes(body), "more_body": False}
 
         return await self.app(scope, replay, send)
 
 
-async def _refuse(send, status: int, error: str) -> None:
+async def _refuse(scope, send, status: int, error: str) -> None:
     import json
 
+    if scope["path"].startswith("/v1/"):  # OpenAI's routes answer in OpenAI's error shape
+        error = {"message": error, "type": "invalid_request_error", "param": None, "code": None}
     content = json.dumps({"error": error}).encode()
     await send(
         {
@@ -132,3 +165,36 @@ def check_texts(texts: list, limits: Limits) -> list[str]:
         if len(text) > limits.max_text_chars:
             raise BadRequest(f"text {i} has {len(text)} characters; at most {limits.max_text_chars}")
     return texts
+
+
+class SamplingRequest(BaseModel):
+    """How a generate request may ask its response to be sampled, by OpenAI's names; other fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+
+    def sampling(self, limits: GenerationLimits, max_tokens: int | None = None):
+        """The Sampling asked for: max_tokens (or `max_tokens` given, e.g. max_completion_tokens) capped by
+        serve.max_tokens, which is also the default; OpenAI's defaults otherwise (temperature 1, top_p 1)."""
+        from components.deploy.onnx_generator import Sampling
+
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        if len(stops) > 4 or not all(stops):
+            raise BadRequest("stop: at most 4 strings, none of them empty", "stop")
+        wanted = max_tokens or self.max_tokens or limits.max_tokens
+        temperature = 1.0 if self.temperature is None else self.temperature
+        return Sampling(min(wanted, limits.max_tokens), temperature, self.top_p or 1.0, tuple(stops), self.seed)
+
+
+def parse(model: type[BaseModel], data):
+    """`data` as `model`; its first problem a BadRequest naming the field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        raise BadRequest(f"{param or 'the body'}: {first['msg']}", param) from None

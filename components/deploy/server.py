@@ -1,6 +1,7 @@
 """`lifecycle serve`: MLServer (the server KServe runs) in this process, serving a registered ONNX bundle with the
 runtime of serving_runtime.py: the Open Inference Protocol (KServe V2) on `/v2/...`, `POST /predict` with plain
-JSON for people, and Prometheus metrics on the HTTP port + 2 (MLServer's 8080/8081/8082 layout)."""
+JSON for people, and Prometheus metrics on the HTTP port + 2 (MLServer's 8080/8081/8082 layout). A generator's
+bundle is served by generator_runtime.py, with OpenAI's routes (openai_routes.py) on the HTTP port."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import signal
 from mlserver import MLServer
 
 from components import pii
-from components.deploy.request_limits import INPUT_NAME, BodyLimit, Limits
+from components.deploy.generator_runtime import PROMPT_INPUT, TEXT_OUTPUT, TextGeneratorRuntime, is_generator_bundle
+from components.deploy.request_limits import INPUT_NAME, BodyLimit, GenerationLimits, Limits
 from components.deploy.serving_runtime import Follow, TextClassifierRuntime
 from components.errors import LifecycleError
 
@@ -44,16 +46,22 @@ def check_ports_free(host: str, port: int) -> None:
 
 
 class LimitedServer(MLServer):
-    """MLServer with the request body's limit on its REST app, stopped once however many signals arrive."""
+    """MLServer with the request body's limit on its REST app, stopped once however many signals arrive;
+    `openai_model`: the generator whose OpenAI routes the REST app also has."""
 
     stopping, stopped_by = False, None  # stopped_by: the signal, if a signal stopped it
 
-    def __init__(self, settings, max_request_bytes: int):
-        self.max_request_bytes = max_request_bytes  # before MLServer's own __init__, which creates the servers
+    def __init__(self, settings, max_request_bytes: int, openai_model: str | None = None):
+        # Before MLServer's own __init__, which creates the servers.
+        self.max_request_bytes, self.openai_model = max_request_bytes, openai_model
         super().__init__(settings)
 
     def _create_servers(self):
+        from components.deploy.openai_routes import openai_router
+
         super()._create_servers()
+        if self.openai_model:  # routes on the app, not a custom handler: MLServer's handlers cannot stream
+            self._rest_server._app.include_router(openai_router(self._model_registry, self.openai_model))
         self._rest_server._app.add_middleware(BodyLimit, max_bytes=self.max_request_bytes)
 
     async def stop(self, sig=None):
@@ -74,12 +82,13 @@ def serve(
     host: str = "127.0.0.1",
     follow: Follow | None = None,
     log_pii: pii.LogPii | None = None,
+    generation: GenerationLimits | None = None,
 ) -> None:
     """Run MLServer in this process on `host` until SIGINT/SIGTERM (the prediction log writes its last shard at
     exit). `log_flush`: (texts, seconds) after which waiting records are written as a shard. `follow`: the alias
     whose moves (and rollouts) the server follows; without it, `version` is served until the server stops.
     `log_pii`: what the log stores of each text's personal data (the answer is always scored on the text as sent;
-    by default the log redacts it)."""
+    by default the log redacts it). `generation`: the limits of a generator's requests, when the bundle is one."""
     import asyncio
     import os
     from dataclasses import asdict
@@ -107,11 +116,14 @@ def serve(
         "max_batch": limits.max_batch,
         "max_text_chars": limits.max_text_chars,
     }
-    model = _model_settings(bundle_dir, name, runtime)
+    generator = is_generator_bundle(bundle_dir)
+    if generator:
+        runtime["generation"] = asdict(generation or GenerationLimits())
+    model = (_generator_settings if generator else _model_settings)(bundle_dir, name, runtime)
 
     async def run() -> LimitedServer:
         # Made inside the running loop: MLServer puts its SIGINT/SIGTERM handlers on the loop it finds.
-        server = LimitedServer(settings, limits.max_request_bytes)
+        server = LimitedServer(settings, limits.max_request_bytes, name if generator else None)
         await server.start([model])
         return server
 
@@ -139,6 +151,21 @@ def _model_settings(bundle_dir: str, name: str, runtime: dict):
             MetadataTensor(name="label", datatype="BYTES", shape=[-1, 1]),
             MetadataTensor(name="probabilities", datatype="FP32", shape=[-1, classes]),
         ],
+        parameters=ModelParameters(uri=bundle_dir, extra=runtime),
+    )
+
+
+def _generator_settings(bundle_dir: str, name: str, runtime: dict):
+    """A generator as MLServer loads it: one prompt in, its response out (the generate endpoints)."""
+    from mlserver.settings import ModelParameters, ModelSettings
+    from mlserver.types import MetadataTensor
+
+    return ModelSettings(
+        name=name,
+        implementation=TextGeneratorRuntime,
+        platform="onnxruntime-genai",
+        inputs=[MetadataTensor(name=PROMPT_INPUT, datatype="BYTES", shape=[1])],
+        outputs=[MetadataTensor(name=TEXT_OUTPUT, datatype="BYTES", shape=[1])],
         parameters=ModelParameters(uri=bundle_dir, extra=runtime),
     )
 

@@ -32,37 +32,15 @@ class TextClassifierRuntime(MLModel):
         from concurrent.futures import ThreadPoolExecutor
 
         from components.deploy.onnx_classifier import OnnxClassifier
-        from components.deploy.registry_follower import Follower, Loaded, Served
-        from monitoring.prediction_log import PredictionLog
+        from components.deploy.registry_follower import Loaded, Served
 
         extra = self.settings.parameters.extra or {}
         self.served = Served(Loaded(extra["version"], OnnxClassifier(self.settings.parameters.uri, spinning=False)))
         self.limits = Limits(extra.get("max_batch", 64), extra.get("max_text_chars", 2000))
-        self.log = (
-            PredictionLog(
-                extra["prediction_log"],
-                extra.get("log_flush_texts", 100),
-                extra.get("log_flush_seconds", 30.0),
-                text_form=pii.LogPii(**extra.get("log_pii", {})).text_form(),
-            )
-            if extra.get("prediction_log")
-            else None
-        )
+        self.log = open_prediction_log(extra)
         self.shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="shadow", initializer=_yield_to_answers)
         self.shadow_room = threading.BoundedSemaphore(MAX_SHADOW_WAITING)
-        self.follower = None
-        if extra.get("follow"):
-            follow = Follow(**extra["follow"])
-            self.follower = Follower(
-                self.name,
-                follow.alias,
-                follow.seconds,
-                follow.download_dir,
-                functools.partial(load_version, self.name),
-                self.served,
-                self._swap,
-            )
-            self.follower.start()
+        self.follower = follow_registry(self, extra, load_version)
         return True
 
     def _swap(self, served) -> None:
@@ -130,7 +108,7 @@ class TextClassifierRuntime(MLModel):
         classified, seconds, failures = serving_metrics()
         start = time.perf_counter()
         try:
-            probabilities = model.classifier.probabilities(texts)
+            probabilities = model.model.probabilities(texts)
         except Exception as err:
             failures.labels(self.name, model.version, role).inc()
             if self.log:
@@ -147,8 +125,8 @@ class TextClassifierRuntime(MLModel):
             raise
         elapsed = time.perf_counter() - start
         seconds.labels(self.name, model.version, role).observe(elapsed)
-        labels = [model.classifier.labels[int(i)] for i in probabilities.argmax(axis=1)]
-        by_label = label_probabilities(model.classifier.labels, probabilities)
+        labels = [model.model.labels[int(i)] for i in probabilities.argmax(axis=1)]
+        by_label = label_probabilities(model.model.labels, probabilities)
         if self.log:
             self.log.write(texts, labels, by_label, self.name, model.version, role, 1000 * elapsed)
         for label in set(labels):
@@ -186,6 +164,42 @@ def _yield_to_answers() -> None:
 
     if sys.platform == "linux":
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
+def open_prediction_log(extra: dict):
+    """The runtime's prediction log (parameters.extra's prediction_log, log_flush_*, log_pii), or None."""
+    from monitoring.prediction_log import PredictionLog
+
+    if not extra.get("prediction_log"):
+        return None
+    return PredictionLog(
+        extra["prediction_log"],
+        extra.get("log_flush_texts", 100),
+        extra.get("log_flush_seconds", 30.0),
+        text_form=pii.LogPii(**extra.get("log_pii", {})).text_form(),
+    )
+
+
+def follow_registry(runtime, extra: dict, load, warm=None):
+    """The started Follower of `runtime` (its name, `served` and `_swap`) when parameters.extra names an alias to
+    follow, else None. `load(name, version, download_dir)` loads a version; `warm` its first call."""
+    from components.deploy.registry_follower import Follower, warm_classifier
+
+    if not extra.get("follow"):
+        return None
+    follow = Follow(**extra["follow"])
+    follower = Follower(
+        runtime.name,
+        follow.alias,
+        follow.seconds,
+        follow.download_dir,
+        functools.partial(load, runtime.name),
+        runtime.served,
+        runtime._swap,
+        warm or warm_classifier,
+    )
+    follower.start()
+    return follower
 
 
 @dataclass(frozen=True)
