@@ -15,12 +15,13 @@ from components.handoff import DRIFT_REPORT, DRIFT_SUMMARY
 
 DESCRIPTORS = {"length": "TextLength", "word_count": "WordCount", "non_letter_share": "NonLetterCharacterPercentage"}
 EMBEDDING = "embedding"
+CATEGORICAL_METHODS = {"chisquare", "z"}  # of the per-row features: those of categories (z: of a yes/no share)
 
 
 @dataclass
 class FeatureDrift:
     feature: str
-    kind: str  # "text descriptor", "text content", "prediction" or "embedding"
+    kind: str  # "text descriptor", "text content", "prediction" (a response's, for a generator) or "embedding"
     method: str
     threshold: float
     score: float
@@ -72,8 +73,24 @@ def decide_drift(
     return verdict, detail + (": " + ", ".join(drifted) if drifted else "")
 
 
-def check_drift(reference: pd.DataFrame, current: pd.DataFrame, cfg: MonitorConfig):
-    """(DriftResult, the Evidently snapshot or None when the window is too small for a verdict)."""
+def prediction_columns(reference: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """A classifier's profiled outputs, each as (kind, Evidently method): the label and its probabilities."""
+    return {
+        c: ("prediction", "chisquare" if c == "predicted_label" else "ks")
+        for c in reference.columns
+        if c == "predicted_label" or c.startswith("probability_")
+    }
+
+
+def check_drift(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    cfg: MonitorConfig,
+    columns: dict[str, tuple[str, str]] | None = None,
+):
+    """(DriftResult, the Evidently snapshot or None when the window is too small for a verdict). Every profile has
+    `text` (its descriptors and text content are checked) and the embedding; `columns` are its other features, each
+    (kind, Evidently method), a classifier's predictions unless given."""
     if len(current) < cfg.min_window:
         verdict, reason = decide_drift([], len(current), cfg.min_window, cfg.drift_share)
         return DriftResult(verdict, 0.0, len(reference), len(current), reason), None
@@ -84,25 +101,22 @@ def check_drift(reference: pd.DataFrame, current: pd.DataFrame, cfg: MonitorConf
 
     data_drift_utils.roc_auc_random_classifier_percentile = random_auc_percentile
 
-    predictions = [c for c in reference.columns if c == "predicted_label" or c.startswith("probability_")]
+    columns = prediction_columns(reference) if columns is None else columns
     kinds = (
         {name: "text descriptor" for name in DESCRIPTORS}
         | {"text": "text content"}
-        | {name: "prediction" for name in predictions}
+        | {name: kind for name, (kind, _) in columns.items()}
     )
     metrics = [ValueDrift(column=name, method="ks", threshold=cfg.p_value) for name in DESCRIPTORS]
     metrics.append(ValueDrift(column="text", method="perc_text_content_drift", threshold=cfg.text_quantile))
-    metrics += [
-        ValueDrift(column=name, method="chisquare" if name == "predicted_label" else "ks", threshold=cfg.p_value)
-        for name in predictions
-    ]
+    metrics += [ValueDrift(column=name, method=method, threshold=cfg.p_value) for name, (_, method) in columns.items()]
     metrics.append(
         EmbeddingsDrift(
             embeddings_name=EMBEDDING, drift_method=ModelDriftMethod(threshold=cfg.embedding_auc, bootstrap=False)
         )
     )
     snapshot = Report(metrics, include_tests=True).run(
-        current_data=_dataset(current, predictions), reference_data=_dataset(reference, predictions)
+        current_data=_dataset(current, columns), reference_data=_dataset(reference, columns)
     )
     features = _features(snapshot.dict(), kinds, cfg.embedding_auc)
     verdict, reason = decide_drift(features, len(current), cfg.min_window, cfg.drift_share)
@@ -131,19 +145,18 @@ def random_auc_percentile(y_test: np.ndarray, p_value: float = 0.05, iter_num: i
     return float(np.percentile(aucs, 100 * (1 - p_value)))
 
 
-def _dataset(frame: pd.DataFrame, predictions: list[str]):
+def _dataset(frame: pd.DataFrame, columns: dict[str, tuple[str, str]]):
     from evidently import DataDefinition, Dataset
     from evidently import descriptors as evidently_descriptors
 
     vectors = np.stack(frame[EMBEDDING].to_numpy())
     dims = [f"{EMBEDDING}_{i}" for i in range(vectors.shape[1])]
-    table = pd.concat(
-        [frame.drop(columns=[EMBEDDING]).reset_index(drop=True), pd.DataFrame(vectors, columns=dims)], axis=1
-    )
+    table = pd.concat([frame[["text", *columns]].reset_index(drop=True), pd.DataFrame(vectors, columns=dims)], axis=1)
+    categorical = [name for name, (_, method) in columns.items() if method in CATEGORICAL_METHODS]
     definition = DataDefinition(
         text_columns=["text"],
-        categorical_columns=["predicted_label"],
-        numerical_columns=[c for c in predictions if c != "predicted_label"],
+        categorical_columns=categorical,
+        numerical_columns=[name for name in columns if name not in categorical],
         embeddings={EMBEDDING: dims},
     )
     descriptors = [getattr(evidently_descriptors, kind)("text", alias=name) for name, kind in DESCRIPTORS.items()]

@@ -20,6 +20,9 @@ SHARD_PREFIX = "predictions-"
 # Of each record. role: "answer" (what the client received) or "shadow" (a rollout's second opinion, never sent);
 # latency_ms: the scoring of the request the text came in; error: why that version could not score it (no label).
 COLUMNS = ["timestamp", "model", "model_version", "text", "label", "probabilities", "role", "latency_ms", "error"]
+# A generator's records add these (its `text` is the prompt: the user's turns joined by a blank line; no label):
+# response_id: what feedback names the response by; ttft_ms: the time to its first token, when it streamed.
+GENERATION_COLUMNS = ["response", "response_id", "prompt_tokens", "completion_tokens", "finish_reason", "ttft_ms"]
 ANSWER, SHADOW = "answer", "shadow"
 
 
@@ -63,17 +66,39 @@ class PredictionLog:
         latency_ms: float | None = None,
         error: str | None = None,
     ) -> None:
-        stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
-        latency = None if latency_ms is None else round(latency_ms, 3)
+        stamp, latency = _now(), None if latency_ms is None else round(latency_ms, 3)
         texts = self.text_form(list(texts))
-        lines = [
-            json.dumps(
-                dict(zip(COLUMNS, (stamp, model, version, text, label, probs, role, latency, error))),
-                ensure_ascii=False,
-            )
-            + "\n"
+        self._buffer(
+            dict(zip(COLUMNS, (stamp, model, version, text, label, probs, role, latency, error)))
             for text, label, probs in zip(texts, labels, probabilities)
-        ]
+        )
+
+    def write_generation(
+        self,
+        prompt: str,
+        response: str | None,
+        model: str,
+        version: str,
+        *,
+        response_id: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        finish_reason: str,
+        latency_ms: float,
+        ttft_ms: float | None,
+        role: str = ANSWER,
+        error: str | None = None,
+    ) -> None:
+        """One generation's record: the prompt (as `text`) and the response in the log's form, with its counts.
+        `response` is None when the generation failed (`error` says why)."""
+        text, *answer = self.text_form([prompt] if response is None else [prompt, response])
+        record = dict(zip(COLUMNS, (_now(), model, version, text, None, None, role, round(latency_ms, 3), error)))
+        ttft = None if ttft_ms is None else round(ttft_ms, 3)
+        figures = (answer[0] if answer else None, response_id, prompt_tokens, completion_tokens, finish_reason, ttft)
+        self._buffer([record | dict(zip(GENERATION_COLUMNS, figures))])
+
+    def _buffer(self, records: Iterable[dict]) -> None:
+        lines = [json.dumps(record, ensure_ascii=False) + "\n" for record in records]
         with self._lock:
             if not self._waiting:
                 self._oldest = time.monotonic()
@@ -135,7 +160,12 @@ def read_predictions(root: str, files: list[str] | None = None, skipped=None):
                 skipped.record(uri, line, why)
             else:
                 rows.append(record | {"timestamp": stamp})
-    return pd.DataFrame(rows, columns=COLUMNS)
+    generated = any("response_id" in row for row in rows)  # a generator's log; a classifier's keeps its columns
+    return pd.DataFrame(rows, columns=COLUMNS + GENERATION_COLUMNS if generated else COLUMNS)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _prediction_time(record: dict) -> tuple[dt.datetime | None, str]:

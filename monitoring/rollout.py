@@ -3,7 +3,8 @@
 The evidence comes from the prediction log since the rollout began: the texts both versions scored (in shadow
 every request, in a canary the candidate's share, which the champion scores aside), how often they agree, and on
 the texts that later received a label in the feedback, who was right: the exact McNemar test of stage 5's gate on
-those pairs. Each version's failed scorings and the p99 latency of its answers come from the same records.
+those pairs. Each version's failed scorings and the p99 latency of its answers come from the same records. A
+generator's canary is decided on its responses' ratings instead (monitoring/generation_rollout.py).
 
 `check_rollout` runs in the monitor pipeline on each scheduled check and in `lifecycle rollout`: each decision is an
 MLflow run with the evidence, promote and rollback are carried out in the registry (the servers follow), and a
@@ -18,16 +19,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 
 from components.decision import Decision
 from components.statistics import PairedComparison, compare_paired, paired_verdict
+from monitoring.rollout_rules import (
+    PROMOTE,
+    ROLLBACK,
+    failure_rollback,
+    feedback_tables,
+    latency_rollback,
+    p99,
+    wait_or_deadline,
+)
 
 if TYPE_CHECKING:
     from components.config import LifecycleConfig
 
-PROMOTE, ROLLBACK, WAIT = "promote", "rollback", "wait"
 ROLLOUT_STAGE = "rollout"  # the lifecycle.stage tag of a decision's run
 log = logging.getLogger(__name__)
 
@@ -60,6 +68,21 @@ class RolloutEvidence:
     def metrics(self) -> dict[str, float]:
         figures = {k: float(v) for k, v in asdict(self).items() if isinstance(v, (int, float))}
         return figures | {"candidate_failure_rate": self.candidate_failure_rate}
+
+    def lines(self) -> list[str]:
+        """What each version scored and how they compare, as `lifecycle rollout` prints it."""
+        return [
+            f"  scored        champion {self.champion_scored} texts ({self.champion_failed} failed, p99 "
+            f"{_ms(self.champion_p99_ms)}); candidate {self.candidate_scored} ({self.candidate_failed} failed, p99 "
+            f"{_ms(self.candidate_p99_ms)})",
+            f"  paired        {self.paired} texts, agreement {self.agreement:.1%}; {self.labelled} labelled: accuracy "
+            f"champion {self.champion_accuracy:.4f}, candidate {self.candidate_accuracy:.4f}, exact McNemar p = "
+            f"{self.p_value:.3g}",
+        ]
+
+
+def _ms(ms: float | None) -> str:
+    return f"{ms:.1f} ms" if ms is not None else "-"
 
 
 def gather_evidence(
@@ -100,20 +123,9 @@ def gather_evidence(
         len(scored[candidate]),
         len(scored[champion]) - len(ok[champion]),
         len(scored[candidate]) - len(ok[candidate]),
-        _p99(ok[champion]),
-        _p99(ok[candidate]),
+        p99(ok[champion]),
+        p99(ok[candidate]),
     )
-
-
-def _p99(frame: pd.DataFrame) -> float | None:
-    """p99 of the scoring latency of the texts the version answered (a request's latency counts once per text it
-    carried). Scorings aside run at the lowest priority, after the answer: their time is not what a client waits,
-    so a shadow's latency is not judged, and a canary's is judged on its share."""
-    from monitoring.prediction_log import ANSWER
-
-    answers = frame[frame["role"] == ANSWER] if not frame.empty else frame
-    latencies = pd.to_numeric(answers["latency_ms"], errors="coerce").dropna() if not answers.empty else []
-    return float(np.percentile(latencies, 99)) if len(latencies) else None
 
 
 def decide_rollout(evidence: RolloutEvidence, rollout, gate, now: dt.datetime) -> Decision[str]:
@@ -129,31 +141,18 @@ def decide_rollout(evidence: RolloutEvidence, rollout, gate, now: dt.datetime) -
         f"{e.candidate_only_right}, the champion alone on {e.champion_only_right}; exact McNemar p = "
         f"{e.p_value:.3g}"
     )
-    if e.candidate_failed and e.candidate_failure_rate > rollout.max_error_rate:
-        return Decision(
-            ROLLBACK,
-            f"version {e.candidate} failed on {e.candidate_failed} of {e.candidate_scored} "
-            f"texts ({e.candidate_failure_rate:.1%}; at most {rollout.max_error_rate:.1%})",
-        )
-    deadline = e.started + dt.timedelta(hours=rollout.deadline_hours)
+    failing = failure_rollback(e.candidate, e.candidate_failed, e.candidate_scored, rollout)
+    if failing:
+        return failing
 
     def wait(why: str) -> Decision[str]:
-        if now < deadline:
-            return Decision(WAIT, f"{why}; deciding by {deadline:%Y-%m-%d %H:%M} UTC ({counts})")
-        return Decision(
-            rollout.on_deadline,
-            f"the deadline {deadline:%Y-%m-%d %H:%M} UTC passed and {why} "
-            f"(deploy.rollout.on_deadline: {rollout.on_deadline}; {counts})",
-        )
+        return wait_or_deadline(why, counts, e.started, rollout, now)
 
     if e.paired < rollout.min_texts:
         return wait(f"{e.paired} texts scored by both versions of the {rollout.min_texts} needed")
-    if e.champion_p99_ms and e.candidate_p99_ms and e.candidate_p99_ms > rollout.max_p99_ratio * e.champion_p99_ms:
-        return Decision(
-            ROLLBACK,
-            f"version {e.candidate}'s p99 latency {e.candidate_p99_ms:.1f} ms is over "
-            f"{rollout.max_p99_ratio:g}x the champion's {e.champion_p99_ms:.1f} ms",
-        )
+    slow = latency_rollback(e.candidate, e.candidate_p99_ms, e.champion_p99_ms, rollout)
+    if slow:
+        return slow
     if e.labelled < rollout.min_labelled:
         return wait(f"{e.labelled} labelled texts of the {rollout.min_labelled} needed")
     verdict = paired_verdict(e.candidate_only_right, e.champion_only_right, e.p_value, gate.significance)
@@ -178,7 +177,7 @@ def decide_rollout(evidence: RolloutEvidence, rollout, gate, now: dt.datetime) -
 
 @dataclass
 class RolloutCheck:
-    evidence: object  # a RolloutEvidence
+    evidence: object  # a RolloutEvidence, or a generator's GenerationEvidence
     decision: Decision[str]
     run_id: str = ""  # the decision's MLflow run, when it was recorded
     alert: str = ""
@@ -186,20 +185,11 @@ class RolloutCheck:
     def report(self, model_name: str, decided: bool) -> str:
         """The evidence and the decision, as `lifecycle rollout` prints them: `decided`, it was carried out."""
         e = self.evidence
-
-        def p99(ms: float | None) -> str:
-            return f"{ms:.1f} ms" if ms is not None else "-"
-
         return "\n".join(
             [
                 f"{model_name}: version {e.candidate} in {e.mode} beside champion {e.champion}, since "
                 f"{e.started:%Y-%m-%d %H:%M} UTC",
-                f"  scored        champion {e.champion_scored} texts ({e.champion_failed} failed, p99 "
-                f"{p99(e.champion_p99_ms)}); candidate {e.candidate_scored} ({e.candidate_failed} failed, p99 "
-                f"{p99(e.candidate_p99_ms)})",
-                f"  paired        {e.paired} texts, agreement {e.agreement:.1%}; {e.labelled} labelled: accuracy "
-                f"champion {e.champion_accuracy:.4f}, candidate {e.candidate_accuracy:.4f}, exact McNemar p = "
-                f"{e.p_value:.3g}",
+                *e.lines(),
                 ("  done          " if decided else "  decision now  ")
                 + f"{self.decision.value}: {self.decision.reason}",
                 *([f"  MLflow run    {self.run_id}"] if self.run_id else []),
@@ -238,8 +228,14 @@ def check_rollout(
     skipped = SkippedRecords()
     hours = (now - started).total_seconds() / 3600 + 1 / 60  # the whole rollout, and the minute it began in
     predictions = read_window(cfg.predictions_uri(), hours, now, skipped)
-    evidence = gather_evidence(predictions, _feedback(cfg, skipped), champion, candidate, mode, started)
-    decision = by_hand or decide_rollout(evidence, cfg.deploy.rollout, cfg.gate, now)
+    if cfg.task == "generation":  # a canary decided on the ratings of the responses
+        from monitoring.generation_rollout import decide_generation_rollout as decide
+        from monitoring.generation_rollout import gather_generation_evidence as gather
+        from monitoring.generation_rollout import response_feedback as feedback
+    else:
+        gather, decide, feedback = gather_evidence, decide_rollout, _feedback
+    evidence = gather(predictions, feedback(cfg, skipped), champion, candidate, mode, started)
+    decision = by_hand or decide(evidence, cfg.deploy.rollout, cfg.gate, now)
     check = RolloutCheck(evidence, decision)
     if record:
         _record(cfg, check, skipped)
@@ -296,38 +292,22 @@ def _alert(cfg: LifecycleConfig, check: RolloutCheck) -> str:
 def _feedback(cfg: LifecycleConfig, skipped):
     """The labelled texts of data.feedback_path (every file of it) as columns text and label, the texts in the
     prediction log's form; a file that cannot be read is skipped and counted."""
-    import tempfile
-
-    import pandas as pd
-
-    from components.data.table_readers import DataError, feedback_files, format_of, read_source, table_format
     from components.pii import LogPii
 
-    try:
-        files = feedback_files(cfg.data.feedback_path)
-    except DataError as err:  # nobody has labelled anything yet: no accuracy evidence, which is no error here
-        log.warning("no labelled texts for the rollout's decision: %s", err)
-        files = []
     frames = []
-    with tempfile.TemporaryDirectory(prefix="lifecycle-feedback-") as scratch:
-        for i, uri in enumerate(files):
-            try:
-                frame = read_source(uri, format_of(uri, table_format(cfg.data)), Path(scratch) / str(i), skipped)
-            except DataError as err:
-                skipped.object(uri, str(err))
-                continue
-            columns = [
-                next((c for c in (wanted, fallback) if c in frame.columns), None)
-                for wanted, fallback in ((cfg.data.text_column, "text"), (cfg.data.label_column, "label"))
-            ]
-            if None in columns:
-                skipped.object(
-                    uri,
-                    f"no text and label columns ({cfg.data.text_column!r}, "
-                    f"{cfg.data.label_column!r}); found {list(frame.columns)}",
-                )
-                continue
-            frames.append(frame[columns].set_axis(["text", "label"], axis=1))
+    for uri, frame in feedback_tables(cfg, skipped):
+        columns = [
+            next((c for c in (wanted, fallback) if c in frame.columns), None)
+            for wanted, fallback in ((cfg.data.text_column, "text"), (cfg.data.label_column, "label"))
+        ]
+        if None in columns:
+            skipped.object(
+                uri,
+                f"no text and label columns ({cfg.data.text_column!r}, "
+                f"{cfg.data.label_column!r}); found {list(frame.columns)}",
+            )
+            continue
+        frames.append(frame[columns].set_axis(["text", "label"], axis=1))
     if not frames:
         return pd.DataFrame(columns=["text", "label"])
     feedback = pd.concat(frames)

@@ -8,6 +8,11 @@
    plus those texts as labelled feedback; the gate decides whether the new version goes on trial beside the
    champion (deploy.rollout: a shadow rollout by default, which served traffic and its labels then decide).
 4. The same shifted window again, inside the cool-down: an alert, and no second retraining.
+
+For task=generation the same four steps, with prompts: the held-out prompts of the champion's val and test splits,
+then text messages (the SMS Spam Collection, as configs/sms_spam.yaml fetches it) sent to the instruction model.
+Each prompt is answered by the champion's onnxruntime-genai bundle as the server answers it (serve.max_tokens) and
+logged as the server logs it. The messages have no corrected responses to give: the retraining trains on the data.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import pandas as pd
 from components.config import LifecycleConfig
 
 WINDOW = 200  # texts per replayed window
+SHIFTED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sms_spam.yaml"  # a generator's shifted prompts
 log = logging.getLogger(__name__)
 
 
@@ -37,6 +43,8 @@ def demo_drift(cfg: LifecycleConfig) -> None:
         run_locally(cfg)
     else:
         _say(f"1. Watching the champion of {cfg.tracking.registered_model} in {work}")
+    if cfg.task == "generation":
+        return demo_generation_drift(cfg)
     splits = champion_splits(cfg)
     held_out = pd.concat([splits["val"], splits["test"]]).sample(WINDOW, random_state=cfg.seed, replace=False)
     normal = _replay(cfg, held_out["text"].tolist(), work / "demo-traffic" / "in-distribution")
@@ -72,6 +80,73 @@ def demo_drift(cfg: LifecycleConfig) -> None:
         f"Done. Alerts in {work / 'alerts'}; `lifecycle ui --set work_dir={work}` shows the runs "
         f"(the retraining's parent run is tagged lifecycle.alert)."
     )
+
+
+def demo_generation_drift(cfg: LifecycleConfig) -> None:
+    """Steps 2-4 for a generator: held-out prompts, then text messages, answered by the champion and monitored."""
+    from components.data.table_readers import read_table, resolve_sources, table_format
+
+    work = Path(cfg.work_dir)
+    splits = champion_splits(cfg)
+    held_out = pd.concat([splits["val"], splits["test"]])
+    held_out = held_out.sample(min(WINDOW, len(held_out)), random_state=cfg.seed)
+    normal = _replay_generations(cfg, held_out["text"].tolist(), work / "demo-traffic" / "in-distribution")
+    _say(f"2. In-distribution traffic: {len(held_out)} held-out prompts, answered by the champion -> {normal}")
+    monitor_once_on(cfg, normal)
+
+    from components.config.reading import load_config
+
+    messages = load_config(SHIFTED_CONFIG).data
+    (source,) = resolve_sources(messages, work / "downloads").values()
+    texts = read_table(source, table_format(messages))["text"].dropna().astype(str)
+    shifted = _replay_generations(
+        cfg, texts.sample(WINDOW, random_state=cfg.seed).tolist(), work / "demo-traffic" / "shifted"
+    )
+    _say(f"3. Shifted traffic: {WINDOW} text messages of {source} sent as prompts -> {shifted}")
+    monitor_once_on(cfg, shifted)
+    _say("4. The same shifted window again, inside the cool-down")
+    monitor_once_on(cfg, shifted)
+    _say(f"Done. Alerts in {work / 'alerts'}; `lifecycle ui --set work_dir={work}` shows the runs.")
+
+
+def _replay_generations(cfg: LifecycleConfig, prompts: list[str], log_dir: Path) -> Path:
+    """The server's path without HTTP: the champion's bundle answers each prompt (greedy, serve.max_tokens, as the
+    drift reference was made), the prediction log records it as the server does."""
+    import shutil
+    import time
+    import uuid
+
+    from components.deploy.onnx_generator import OnnxGenerator, Sampling
+    from components.pii import LogPii
+    from components.storage import list_files
+    from monitoring.prediction_log import PredictionLog
+
+    bundle, name, version = _champion(cfg)
+    generator = OnnxGenerator(bundle)
+    try:
+        began = time.perf_counter()
+        done = generator.complete([[{"role": "user", "content": p}] for p in prompts], Sampling(cfg.serve.max_tokens))
+        each_ms = 1000 * (time.perf_counter() - began) / len(prompts)  # answered together: the mean
+    finally:
+        generator.close()
+    shutil.rmtree(log_dir, ignore_errors=True)
+    log = PredictionLog(str(log_dir), flush_texts=len(prompts) + 1, text_form=LogPii.of(cfg).text_form())
+    for prompt, answer in zip(prompts, done):
+        log.write_generation(
+            prompt,
+            answer.text,
+            name,
+            version,
+            response_id=f"demo-{uuid.uuid4().hex}",
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+            finish_reason=answer.finish_reason,
+            latency_ms=each_ms,
+            ttft_ms=None,
+        )
+    log.close()
+    (shard,) = list_files(str(log_dir))
+    return Path(shard)
 
 
 def monitor_once_on(cfg: LifecycleConfig, current: Path) -> None:
@@ -113,15 +188,11 @@ def _replay(cfg: LifecycleConfig, texts: list[str], log_dir: Path) -> Path:
     import shutil
 
     from components.deploy.onnx_classifier import OnnxClassifier, label_probabilities
-    from components.handoff import model_uri
     from components.pii import LogPii
-    from components.registry import CHAMPION, resolve_bundle
     from components.storage import list_files
     from monitoring.prediction_log import PredictionLog
 
-    bundle, name, version = resolve_bundle(
-        model_uri(cfg.tracking.registered_model, CHAMPION), Path(cfg.work_dir) / "serving"
-    )
+    bundle, name, version = _champion(cfg)
     classifier = OnnxClassifier(bundle)
     probabilities = classifier.probabilities(texts)
     shutil.rmtree(log_dir, ignore_errors=True)
@@ -136,6 +207,14 @@ def _replay(cfg: LifecycleConfig, texts: list[str], log_dir: Path) -> Path:
     log.close()
     (shard,) = list_files(str(log_dir))
     return Path(shard)
+
+
+def _champion(cfg: LifecycleConfig):
+    """(the champion's bundle folder, registered name, version), downloaded into the work dir."""
+    from components.handoff import model_uri
+    from components.registry import CHAMPION, resolve_bundle
+
+    return resolve_bundle(model_uri(cfg.tracking.registered_model, CHAMPION), Path(cfg.work_dir) / "serving")
 
 
 def _say(line: str) -> None:

@@ -46,6 +46,7 @@ def prepare_examples(
     out_dir.mkdir(parents=True, exist_ok=True)
     sources = resolve_sources(config, cache_dir)
     frames, digests, skipped = read_sources(config, sources)
+    frames = {name: frame for name, frame in frames.items() if not _response_feedback(name, frame)}
     report = {"sources": {}, "checks": []}
     scan = ExamplesPersonalData(config.pii, pii or PiiConfig(), sum(map(len, frames.values())))
     tables = {
@@ -82,6 +83,16 @@ def prepare_examples(
     )
     write_json(out_dir, MANIFEST, manifest.to_dict())
     return manifest
+
+
+def _response_feedback(name: str, frame: pd.DataFrame) -> bool:
+    """Is it a file of ratings and corrections of served responses (by response_id)? Those are no examples: the
+    monitor writes the corrected ones, joined with their prompts, as an examples file beside them
+    (monitoring/generation_rollout.py), which is read as data."""
+    if name.startswith(FEEDBACK) and "response_id" in frame.columns:
+        log.info("%s: feedback on served responses, not examples: its corrections train through the monitor", name)
+        return True
+    return False
 
 
 def _examples_table(

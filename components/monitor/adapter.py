@@ -19,6 +19,7 @@ def monitor(
 ) -> dict:
     """The test split is held-out and in distribution: no drift is the expected verdict."""
     import mlflow
+    import pandas as pd
 
     from components.handoff import read_texts
     from components.tracking import stage_run
@@ -26,7 +27,8 @@ def monitor(
 
     cfg = LifecycleConfig.model_validate_json(config_json)
     with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, MONITOR.run_name) as stage:
-        result = core.monitor(bundle_dir, core.in_log_form(cfg, read_texts(data_dir, "test")), cfg, out_dir)
+        test = pd.DataFrame({"text": core.in_log_form(cfg, read_texts(data_dir, "test"))})  # a generator's: prompts
+        result = core.monitor(bundle_dir, test, cfg, out_dir)
         _log_drift(result, out_dir, "test split")
         stage.result = f"the test split against the champion's reference: {core.verdict(result)}"
     mlflow.MlflowClient().set_tag(parent_run_id, "test_split_drift", str(result.drift_detected).lower())
@@ -82,14 +84,14 @@ def monitor_traffic(
         mlflow.set_tag("model_version", version)
         skipped = SkippedRecords()
         try:
-            texts, source = core.current_texts(cfg, current_path or None, skipped)
+            current, source = core.current_texts(cfg, current_path or None, skipped)
         finally:  # what was skipped, also when nothing usable was left
             mlflow.log_metrics(skipped.metrics())
-        result = core.monitor(bundle, texts, cfg, out_dir)
+        result = core.monitor(bundle, current, cfg, out_dir)
         _log_drift(result, out_dir, source)
         log.info("\n".join(core.feature_lines(result)))
         damaged = f" ({skipped.summary()} skipped)" if skipped.summary() else ""
-        stage.result = f"{len(texts)} texts of {source}{damaged} against version {version}: {core.verdict(result)}"
+        stage.result = f"{len(current)} texts of {source}{damaged} against version {version}: {core.verdict(result)}"
         if not (result.drift_detected and act_on_drift):
             return ""
         return _raise_alert(cfg, tracking_uri, result, name, version, out_dir, run_id)
@@ -106,6 +108,11 @@ def _raise_alert(
 
     alert = new_alert(name, version, result.reason, [asdict(f) for f in result.drifted()], out_dir, run_id)
     retraining_run, alert.retraining = claim_retraining(cfg, tracking_uri, alert.id)
+    if retraining_run and cfg.task == "generation":  # a generator learns from its responses' corrections
+        from components.skipped_records import SkippedRecords
+        from monitoring.generation_rollout import write_corrected_examples
+
+        log.info("%s", write_corrected_examples(cfg, SkippedRecords()))
     mlflow.log_artifact(str(send_alert(alert, Path(cfg.work_dir) / "alerts", cfg.monitor.webhook_url)), "alert")
     mlflow.set_tags(
         {
