@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,26 @@ def test_the_gpu_check_dry_run_runs_every_step_on_the_cpu_and_prints_one_table(t
     for row in rows:
         assert f"| {row['check']} | {row['result']} |" in run.stdout
     assert "$ " in (out / "gpu_check.log").read_text()  # each step's own output is in the log
+
+
+@pytest.mark.slow
+def test_the_generator_serving_benchmark_dry_run_measures_every_side_in_one_table(tmp_path):
+    """benchmarks/serving_generation.py --dry-run: our server (int4, fp32) and transformers' `generate`, at 1 and 2
+    clients, in one table; llama-cpp-python's server too where LLAMA_PYTHON names a python that has it."""
+    table = tmp_path / "table.md"
+    run = subprocess.run(
+        [sys.executable, "benchmarks/serving_generation.py", "--dry-run", "--markdown", str(table)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.stdout.strip() == table.read_text().strip()
+    rows = [line.split(" | ") for line in table.read_text().splitlines() if line.startswith("| ") and "---" not in line]
+    sides = ["ours int4", "ours fp32", *(["llama.cpp"] if os.environ.get("LLAMA_PYTHON") else []), "transformers"]
+    assert [(row[0].lstrip("| "), row[1]) for row in rows[1:]] == [(side, c) for side in sides for c in ("1", "2")]
+    for row in rows[1:]:
+        assert int(row[6]) > 0 and row[7].endswith(" MB"), row  # tokens generated, memory sampled
+    equal = {(row[0].lstrip("| "), row[1]): row[8].rstrip(" |") for row in rows[1:]}
+    assert equal["transformers", "1"] == "100%" and equal["ours fp32", "1"] == "100%"  # greedy, the same model

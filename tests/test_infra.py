@@ -8,6 +8,8 @@ import yaml
 
 INFRA = Path(__file__).resolve().parents[1] / "infra"
 MANIFESTS = sorted(INFRA.glob("*.yaml"))
+# The fields KServe's ComponentExtensionSpec adds to a predictor's pod spec, of those the manifests use.
+KSERVE_FIELDS = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget"}
 
 
 def documents() -> list[tuple[str, dict]]:
@@ -36,6 +38,7 @@ def test_the_manifests_are_there():
     assert {p.name for p in MANIFESTS} == {
         "mlflow-server.yaml",
         "kserve-inferenceservice.yaml",
+        "kserve-inferenceservice-generator.yaml",
         "monitor-recurring-run.yaml",
     }
 
@@ -45,8 +48,9 @@ def test_every_manifest_is_the_kind_it_claims(name, document):
     kind, api = document["kind"], document["apiVersion"]
     if api == "serving.kserve.io/v1beta1":  # a CRD: its predictor is a pod spec plus KServe's own fields
         assert kind == "InferenceService"
-        predictor = {k: v for k, v in document["spec"]["predictor"].items() if k not in ("minReplicas", "maxReplicas")}
-        spec = as_kubernetes_model(predictor, "V1PodSpec")
+        predictor = document["spec"]["predictor"]
+        spec = as_kubernetes_model({k: v for k, v in predictor.items() if k not in KSERVE_FIELDS}, "V1PodSpec")
+        assert predictor.get("scaleMetric", "concurrency") in ("concurrency", "rps", "cpu", "memory")  # its enum
         assert spec.containers[0].name == "kserve-container"
         return
     version = api.split("/")[-1].capitalize()
@@ -82,3 +86,18 @@ def _images(document):
     elif isinstance(document, list):
         for item in document:
             yield from _images(item)
+
+
+def test_the_generator_is_served_by_the_classifiers_image_and_command_on_its_own_model_and_log():
+    classifier, generator = (
+        yaml.safe_load((INFRA / name).read_text())["spec"]["predictor"]["containers"][0]
+        for name in ("kserve-inferenceservice.yaml", "kserve-inferenceservice-generator.yaml")
+    )
+    assert generator["image"] == classifier["image"] and generator["command"][:2] == ["lifecycle", "serve"]
+    serve = generator["command"]
+    assert serve[serve.index("--config") + 1] == "/opt/lifecycle/configs/instructions.yaml"
+    config = yaml.safe_load((INFRA.parent / "configs" / "instructions.yaml").read_text())
+    assert serve[serve.index("--model") + 1] == f"models:/{config['tracking']['registered_model']}@champion"
+    logs = [part for part in serve + classifier["command"] if part.startswith("storage.predictions=")]
+    assert len(set(logs)) == 2  # the monitors read each their own traffic
+    assert generator["readinessProbe"] == classifier["readinessProbe"]
