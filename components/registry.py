@@ -77,7 +77,7 @@ def _register(python_model, artifacts, model_name: str, card: str, tags: dict, s
         code_paths=[str(Path(__file__).parent)],  # the `components` package, so loading needs no install
         signature=signature,
         input_example=example,
-        pip_requirements=_requirements(),
+        pip_requirements=_requirements(generator=tags.get("task") == "generation"),
         registered_model_name=model_name,
     )
     version = str(info.registered_model_version)
@@ -310,11 +310,11 @@ def alias_version(client, model_name: str, alias: str) -> str | None:
         return None
 
 
-def _requirements() -> list[str]:
+def _requirements(generator: bool) -> list[str]:
     from importlib.metadata import version
 
-    names = ("torch", "transformers", "pandas", "safetensors", "tokenizers", "onnxruntime", "onnxruntime-genai")
-    return [f"{name}=={version(name)}" for name in names]
+    names = ("torch", "transformers", "pandas", "safetensors", "tokenizers", "onnxruntime")
+    return [f"{name}=={version(name)}" for name in (*names, *(["onnxruntime-genai"] if generator else []))]
 
 
 def resolve_bundle(model_uri: str, download_dir: str | Path) -> tuple[str, str, str]:

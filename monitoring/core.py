@@ -31,6 +31,8 @@ def current_texts(cfg: LifecycleConfig, current_path: str | None, skipped: Skipp
 
         log = cfg.predictions_uri()  # what clients received: a rollout's shadow scores would count texts twice
         window = answered(read_window(log, cfg.monitor.window_hours, skipped=skipped))
+        if "finish_reason" in window.columns:  # a response whose client went away is cut short by it, not drift
+            window = window[window["finish_reason"].ne("cancelled")]
         current = window[[c for c in ("text", *GENERATED) if c in window.columns]]
         source = f"prediction log {log}, last {cfg.monitor.window_hours:g} h"
     if current.empty and skipped.examples:

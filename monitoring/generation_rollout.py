@@ -216,6 +216,8 @@ def write_corrected_examples(cfg, skipped) -> str:
     from monitoring.prediction_log import read_predictions
 
     folder = cfg.data.feedback_path
+    if cfg.serve.log_pii == "hash":  # the log's prompts are keyed hashes: no text to train on
+        return "no corrected responses written: serve.log_pii=hash keeps no prompt text to train on"
     if not folder or not is_folder(folder):
         return f"no corrected responses written: data.feedback_path ({folder}) is not a folder"
     if "response_id" not in (log := read_predictions(cfg.predictions_uri(), skipped=skipped)).columns:

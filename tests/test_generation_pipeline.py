@@ -28,7 +28,7 @@ def generation_args(tmp_path, chat_llama, monkeypatch):
             "generation.eval_examples=4",
             "generation.max_new_tokens=4",
             "generation.top_losses=3",
-            "monitor.reference_size=20",
+            "monitor.reference_size=50",
             f"model.base={chat_llama}",
             "model.strategy=full",
             "model.max_length=120",
@@ -75,7 +75,7 @@ def test_lifecycle_run_trains_a_generator_and_registers_it_with_its_card(generat
     assert version.tags["gate"] == "passed" and version.tags["task"] == "generation"
     assert version.description.startswith("# Model card: instruction-follower")
     champion = client.get_model_version_by_alias("instruction-follower", "champion")
-    assert champion.tags["format"].startswith("onnx-") and champion.tags["source_version"] == version.version
+    assert champion.tags["format"].startswith("onnx-") and champion.tags["source_version"] == str(version.version)
     assert "## Deployment" in champion.description
     import pandas as pd
 

@@ -121,6 +121,10 @@ class Generation:
             return
         self.done = item
         self.loaded.model.release()
+        # Off the event loop: finding personal data in a whole response would stall every other stream.
+        asyncio.get_running_loop().run_in_executor(None, self._record, item)
+
+    def _record(self, item: Completion) -> None:
         try:
             self.runtime.record(self, item)
         except Exception:  # the client has its response whatever befalls its record
@@ -173,7 +177,7 @@ class TextGeneratorRuntime(MLModel):
         self.served = Served(Loaded(extra["version"], SharedGenerator(generator)))
         self.log = open_prediction_log(extra)
         load = functools.partial(load_generator, self.limits.max_waiting)
-        self.follower = follow_registry(self, extra, load, warm_generator)
+        self.follower = follow_registry(self, extra, load, warm_generator, SharedGenerator.retire)
         return True
 
     def _swap(self, served) -> None:

@@ -3,10 +3,12 @@ registered pyfunc, the server).
 
 A bundle is the model builder's folder (model.onnx, its weights, genai_config.json), the fine-tuned model's tokenizer
 files and `prompt_format.json` (the generation section's rendering keys): prompts are rendered exactly as training
-rendered them. One og.Engine per loaded bundle, driven by one thread, batches the requests under way (continuous
-batching), hands each request its text as it is decoded, and ends a request that reached a stop string or whose
-client went away. A request that samples with a seed runs on an og.Generator of its own in the same thread: the
-CPU engine has no per-request seed.
+rendered them. One og.Engine per loaded bundle, driven by one thread, batches the requests under way, hands each
+request its text as it is decoded, and ends a request that reached a stop string or whose client went away. On the
+CPU the engine batches statically (onnxruntime-genai 0.18: up to 4 requests start together and run until the last
+ends; a request that arrives meanwhile waits); continuous batching needs its paged attention, built for CUDA only.
+A request that samples with a seed runs on an og.Generator of its own in the same thread: the CPU engine has no
+per-request seed.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ class GeneratorBusy(Exception):
     """More requests wait than the generator takes (serve.max_waiting): the server answers 429."""
 
 
+class GeneratorClosed(RuntimeError):
+    """The generator was closed, or its engine failed: it takes no more requests."""
+
+
 class Request:
     """One prompt under way. The engine's thread calls `deliver` with each new piece of text, then once with the
     Completion; `cancel` (any thread) ends it at the next token."""
@@ -53,7 +59,7 @@ class Request:
         self.ids, self.sampling, self.deliver = ids, sampling, deliver
         self.tokens: list[int] = []
         self.text, self.sent, self.stopped_at = "", 0, None
-        self.cancelled = threading.Event()
+        self.cancelled, self.cancel_sent = threading.Event(), False  # asked for; passed to the engine
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -69,16 +75,25 @@ class Request:
             self.text = self.text[: self.stopped_at]
         held = 0 if found else max((_overlap(self.text, s) for s in stops), default=0)
         if len(self.text) - held > self.sent:
-            self.deliver(self.text[self.sent : len(self.text) - held])
+            self._send(self.text[self.sent : len(self.text) - held])
             self.sent = len(self.text) - held
         return bool(found)
 
     def finish(self, reason: str) -> Completion:
         if self.sent < len(self.text):  # what a stop string's prefix held back, when none followed
-            self.deliver(self.text[self.sent :])
+            self._send(self.text[self.sent :])
         done = Completion(self.text, reason, len(self.ids), len(self.tokens), self.tokens)
-        self.deliver(done)
+        self._send(done)
         return done
+
+    def _send(self, item: str | Completion) -> None:
+        """Deliver; a receiver that cannot take it any more (its event loop closed) ends the request, never the
+        engine's thread."""
+        try:
+            self.deliver(item)
+        except Exception:
+            log.exception("a generation's receiver failed; the generation is cancelled")
+            self.cancel()
 
 
 def _overlap(text: str, stop: str) -> int:
@@ -105,7 +120,7 @@ class OnnxGenerator:
         self._alone: list[tuple[Request, object, object]] = []  # seeded sampling: (ours, og.Generator, decoder)
         self._count, self._lock = 0, threading.Lock()
         self._closing = threading.Event()
-        self._ready, self._failed = threading.Event(), None
+        self._ready, self._failed, self._broken = threading.Event(), None, ""
         self._thread = threading.Thread(target=self._run, name=f"generator-{self.bundle_dir.name}", daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -124,8 +139,11 @@ class OnnxGenerator:
         return self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
 
     def submit(self, ids: list[int], sampling: Sampling, deliver: Callable[[str | Completion], None]) -> Request:
-        """Start generating; raises GeneratorBusy when the slots and the waiting room are full."""
+        """Start generating; raises GeneratorBusy when the slots and the waiting room are full, GeneratorClosed once
+        the generator was closed or its engine failed."""
         with self._lock:
+            if self._closing.is_set() or self._broken:
+                raise GeneratorClosed(self._broken or f"the generator of {self.bundle_dir} was closed")
             if self._count >= self.slots + self.max_waiting:
                 raise GeneratorBusy(
                     f"{self._count} requests under way or waiting; at most {self.slots} + "
@@ -170,16 +188,31 @@ class OnnxGenerator:
             return
         finally:
             self._ready.set()
-        while not (self._closing.is_set() and not self._count):
-            self._admit()
-            if not (self._active or self._alone):
-                continue
-            self._cancel_gone()
-            if self._active:
-                for event in self.engine.run(self._events):
-                    self._on_event(event)
-            for alone in list(self._alone):
-                self._step_alone(*alone)
+        try:
+            while not (self._closing.is_set() and not self._count):
+                self._step()
+        except Exception as err:  # every request under way or waiting gets its end; none waits for good
+            log.exception("the generator of %s failed", self.bundle_dir)
+            self._broken = f"the generator of {self.bundle_dir} failed: {type(err).__name__}: {err}"
+            for request in self._abandoned():
+                self._end(request, "error")
+
+    def _step(self) -> None:
+        self._admit()
+        if not (self._active or self._alone):
+            return
+        self._cancel_gone()
+        if self._active:
+            for event in self.engine.run(self._events):
+                self._on_event(event)
+        for alone in list(self._alone):
+            self._step_alone(*alone)
+
+    def _abandoned(self) -> list[Request]:
+        waiting = []
+        while not self._incoming.empty():
+            waiting.append(self._incoming.get_nowait())
+        return [r for r, _, _ in self._active.values()] + [r for r, _, _ in self._alone] + waiting
 
     def _admit(self) -> None:
         """Begin the turns of new requests (waiting a little for one when nothing is under way)."""
@@ -230,8 +263,9 @@ class OnnxGenerator:
 
     def _cancel_gone(self) -> None:
         for handle, (request, turn, _) in self._active.items():
-            if request.cancelled.is_set():
+            if request.cancelled.is_set() and not request.cancel_sent:
                 handle.cancel_turn(turn)
+                request.cancel_sent = True
         for alone in [a for a in self._alone if a[0].cancelled.is_set()]:
             self._alone.remove(alone)
             self._end(alone[0], "cancelled")
@@ -242,8 +276,9 @@ class OnnxGenerator:
         if handle is None:
             return
         request, turn, stream = self._active[handle]
-        if event.flags & flags.TOKEN and self._take(request, event.token, stream):
+        if event.flags & flags.TOKEN and self._take(request, event.token, stream) and not request.cancel_sent:
             handle.cancel_turn(turn)  # a stop string: the turn ends as cancelled, answered as stopped
+            request.cancel_sent = True
         if event.flags & (flags.TURN_FINISHED | flags.FAILED):
             del self._active[handle]
             handle.close()

@@ -33,10 +33,11 @@ class TextPart(BaseModel):
 
 class Message(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    content: str | list[TextPart] | None = None  # an assistant's turn that called a tool has none
 
     def turn(self) -> dict:
-        content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        parts = self.content or ""
+        content = parts if isinstance(parts, str) else "".join(p.text for p in parts)
         return {"role": "system" if self.role == "developer" else self.role, "content": content}
 
 
@@ -49,6 +50,7 @@ class OpenAIRequest(SamplingRequest):
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
+    logprobs: bool | int | None = None  # refused when asked for: the engine gives no log-probabilities
 
 
 class ChatRequest(OpenAIRequest):
@@ -80,12 +82,15 @@ def openai_router(models, name: str):
     """The routes, answering for the model `name` of MLServer's model registry `models`."""
     router, created = APIRouter(), int(time.time())
 
+    model = {"id": name, "object": "model", "created": created, "owned_by": "lifecycle"}
+
     @router.get("/v1/models")
     async def list_models():
-        return {
-            "object": "list",
-            "data": [{"id": name, "object": "model", "created": created, "owned_by": "lifecycle"}],
-        }
+        return {"object": "list", "data": [model]}
+
+    @router.get("/v1/models/{asked}")
+    async def retrieve_model(asked: str):
+        return model if asked == name else error_response(UnknownModel(asked, name))
 
     @router.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -111,6 +116,8 @@ async def answer(request: Request, models, name: str, chat: bool):
             raise UnknownModel(asked.model, name)
         if asked.n != 1:
             raise BadRequest(f"n: {asked.n} choices asked; this server gives 1", "n")
+        if asked.logprobs:
+            raise BadRequest("logprobs: this server gives no log-probabilities", "logprobs")
         runtime = await models.get_model(name)
         sampling = asked.sampling(runtime.limits, getattr(asked, "max_completion_tokens", None))
         generation = await runtime.generate(asked.conversation(), sampling, response_id)
@@ -222,4 +229,5 @@ def error_body(err: MLServerError) -> dict:
 
 
 def error_response(err: MLServerError) -> JSONResponse:
-    return JSONResponse(error_body(err), status_code=err.status_code)
+    retry = {"Retry-After": "1"} if err.status_code == 429 else None  # OpenAI's SDKs wait this long, then retry
+    return JSONResponse(error_body(err), status_code=err.status_code, headers=retry)

@@ -115,9 +115,12 @@ class Follower:
         served: Served,
         swap: Callable[[Served], None],
         warm: Callable[[object], None] = warm_classifier,
+        discard: Callable[[object], None] = lambda model: None,
     ):
         self.name, self.alias, self.seconds, self.download_dir = name, alias, seconds, Path(download_dir)
-        self.load, self.served, self.swap, self.warm = load, served, swap, warm
+        # discard: a model loaded for a swap that did not happen (a generator's engine thread must be closed; a
+        # classifier's session goes with its last reference)
+        self.load, self.served, self.swap, self.warm, self.discard = load, served, swap, warm, discard
         self.view = RegistryView(served.champion.version)
         self.failing: str | None = None  # what went wrong last time, said once
         self.unloadable: tuple[RegistryView | None, float] = (None, 0.0)  # a view that failed to load, and when
@@ -174,8 +177,14 @@ class Follower:
     def _follow(self, view: RegistryView) -> None:
         old = self.served
         loaded = {m.version: m for m in (old.champion, old.candidate) if m}
-        champion = loaded.get(view.champion) or self._loaded(view.champion)
-        candidate = view.candidate and (loaded.get(view.candidate) or self._loaded(view.candidate))
+        fresh: list[Loaded] = []
+        try:
+            champion = loaded.get(view.champion) or self._loaded(view.champion, fresh)
+            candidate = view.candidate and (loaded.get(view.candidate) or self._loaded(view.candidate, fresh))
+        except Exception:  # what this attempt loaded is let go, or each retry would hold one more model
+            for model in fresh:
+                self.discard(model.model)
+            raise
         new = Served(champion, candidate or None, view.mode, view.canary_percent)
         self.swap(new)  # requests that start from now on get `new`
         self.served, self.view = new, view
@@ -186,8 +195,9 @@ class Follower:
         for gone in (m for m in loaded.values() if m.version not in kept and m.download):
             shutil.rmtree(gone.download, ignore_errors=True)  # its session is in memory until the last request ends
 
-    def _loaded(self, version: str) -> Loaded:
+    def _loaded(self, version: str, fresh: list[Loaded]) -> Loaded:
         model = self.load(version, self.download_dir)
+        fresh.append(model)
         self.warm(model.model)  # the first inference pays for allocation; no client does
         return model
 

@@ -180,9 +180,10 @@ def open_prediction_log(extra: dict):
     )
 
 
-def follow_registry(runtime, extra: dict, load, warm=None):
+def follow_registry(runtime, extra: dict, load, warm=None, discard=None):
     """The started Follower of `runtime` (its name, `served` and `_swap`) when parameters.extra names an alias to
-    follow, else None. `load(name, version, download_dir)` loads a version; `warm` its first call."""
+    follow, else None. `load(name, version, download_dir)` loads a version; `warm` its first call; `discard` lets go
+    of one loaded for a swap that failed."""
     from components.deploy.registry_follower import Follower, warm_classifier
 
     if not extra.get("follow"):
@@ -197,6 +198,7 @@ def follow_registry(runtime, extra: dict, load, warm=None):
         runtime.served,
         runtime._swap,
         warm or warm_classifier,
+        *([discard] if discard else []),
     )
     follower.start()
     return follower

@@ -112,7 +112,10 @@ def _raise_alert(
         from components.skipped_records import SkippedRecords
         from monitoring.generation_rollout import write_corrected_examples
 
-        log.info("%s", write_corrected_examples(cfg, SkippedRecords()))
+        try:  # the retraining is claimed: a failure here must not leave it unstarted or the alert unsent
+            log.info("%s", write_corrected_examples(cfg, SkippedRecords()))
+        except Exception as err:
+            log.warning("the corrected responses were not written for the retraining: %s: %s", type(err).__name__, err)
     mlflow.log_artifact(str(send_alert(alert, Path(cfg.work_dir) / "alerts", cfg.monitor.webhook_url)), "alert")
     mlflow.set_tags(
         {
