@@ -10,7 +10,12 @@ from pipelines.commands import load
 
 
 def serve_command(args) -> int:
+    import os
+
     import mlflow
+
+    # The champion's download and the follower's: no progress bars in a server's output or log.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     from components.deploy.generator_runtime import is_generator_bundle
     from components.deploy.openai_routes import ROUTES

@@ -157,7 +157,7 @@ def test_monitoring_redacted_traffic_of_the_training_mix_raises_no_drift(pii_csv
     bundle = bundle_dir(tmp_path / "deploy")
     cfg = LifecycleConfig(data=DataConfig(path="x.csv"))
     traffic = form(heavy["text"][240:].tolist())  # as the server logs them
-    result = monitor(bundle, traffic, cfg, tmp_path / "report")
+    result = monitor(bundle, pd.DataFrame({"text": traffic}), cfg, tmp_path / "report")
     assert not result.drift_detected, result.reason
     as_they_came = profile_texts(OnnxClassifier(bundle), read_split(tmp_path / "data", "train")["text"].tolist())
     assert check_drift(as_they_came, profile_texts(OnnxClassifier(bundle), traffic), cfg.monitor)[0].drift_detected
@@ -167,7 +167,7 @@ def test_monitoring_redacted_traffic_of_the_training_mix_raises_no_drift(pii_csv
         DataError,
         match="as serve.log_pii=redact made them, and the prediction log stores them as serve.log_pii=keep: no verdict",
     ):
-        monitor(bundle, heavy["text"][240:].tolist(), keeping, tmp_path / "report")
+        monitor(bundle, heavy[["text"]].iloc[240:], keeping, tmp_path / "report")
 
 
 @pytest.mark.slow

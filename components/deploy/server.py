@@ -90,7 +90,6 @@ def serve(
     `log_pii`: what the log stores of each text's personal data (the answer is always scored on the text as sent;
     by default the log redacts it). `generation`: the limits of a generator's requests, when the bundle is one."""
     import asyncio
-    import os
     from dataclasses import asdict
 
     from mlserver.settings import Settings
@@ -105,7 +104,6 @@ def serve(
         host=host,
         grpc_max_message_length=limits.max_request_bytes,
     )
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the follower's downloads: not a log's
     runtime = {
         "version": version,
         "follow": asdict(follow) if follow else None,
