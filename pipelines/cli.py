@@ -133,6 +133,11 @@ def _monitoring_commands(subcommands) -> None:
         )
     )
     demo.add_argument("--work-dir", default="work/demo-drift", help="the demo's own work dir (default %(default)s)")
+    demo.add_argument(
+        "--shifted",
+        help="a generator's shifted prompts: a file of the SMS Spam Collection's format (default: downloaded as "
+        "configs/sms_spam.yaml does), e.g. ../shared/data/sms_spam/SMSSpamCollection",
+    )
     demo.set_defaults(handler=commands.demo_command)
 
 

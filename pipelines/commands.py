@@ -186,5 +186,5 @@ def demo_command(args) -> int:
     from pipelines.demo import demo_drift
 
     cfg = load(args)
-    demo_drift(cfg.model_copy(update={"work_dir": str(Path(args.work_dir).resolve())}))
+    demo_drift(cfg.model_copy(update={"work_dir": str(Path(args.work_dir).resolve())}), args.shifted)
     return 0

@@ -29,7 +29,8 @@ SHIFTED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sms_spam.yam
 log = logging.getLogger(__name__)
 
 
-def demo_drift(cfg: LifecycleConfig) -> None:
+def demo_drift(cfg: LifecycleConfig, shifted: str | None = None) -> None:
+    """`shifted`: a generator's shifted prompts, a file in the SMS Spam Collection's format (else downloaded)."""
     import mlflow
 
     from components.data.table_readers import DataError
@@ -44,7 +45,7 @@ def demo_drift(cfg: LifecycleConfig) -> None:
     else:
         _say(f"1. Watching the champion of {cfg.tracking.registered_model} in {work}")
     if cfg.task == "generation":
-        return demo_generation_drift(cfg)
+        return demo_generation_drift(cfg, shifted)
     splits = champion_splits(cfg)
     held_out = pd.concat([splits["val"], splits["test"]]).sample(WINDOW, random_state=cfg.seed, replace=False)
     normal = _replay(cfg, held_out["text"].tolist(), work / "demo-traffic" / "in-distribution")
@@ -82,7 +83,7 @@ def demo_drift(cfg: LifecycleConfig) -> None:
     )
 
 
-def demo_generation_drift(cfg: LifecycleConfig) -> None:
+def demo_generation_drift(cfg: LifecycleConfig, shifted_path: str | None) -> None:
     """Steps 2-4 for a generator: held-out prompts, then text messages, answered by the champion and monitored."""
     from components.data.table_readers import read_table, resolve_sources, table_format
 
@@ -97,6 +98,8 @@ def demo_generation_drift(cfg: LifecycleConfig) -> None:
     from components.config.reading import load_config
 
     messages = load_config(SHIFTED_CONFIG).data
+    if shifted_path:
+        messages = messages.model_copy(update={"path": shifted_path})
     (source,) = resolve_sources(messages, work / "downloads").values()
     texts = read_table(source, table_format(messages))["text"].dropna().astype(str)
     shifted = _replay_generations(

@@ -38,15 +38,8 @@ def serve_command(args) -> int:
     _, _, alias = served.partition("@")
     follow = Follow(alias, cfg.serve.follow_seconds, str(downloads)) if alias else None
     log = cfg.predictions_uri()
-    following = (
-        (
-            f"; follows @{alias}"
-            + (" and its rollouts" if alias == CHAMPION else "")
-            + f" (every {cfg.serve.follow_seconds:g} s)"
-        )
-        if follow
-        else ""
-    )
+    rollouts = " and its rollouts" if alias == CHAMPION else ""
+    following = f"; follows @{alias}{rollouts} (every {cfg.serve.follow_seconds:g} s)" if follow else ""
     metrics_port = port + SERVER_PORTS["metrics"]
     routes = (
         f"{', '.join(ROUTES)} (OpenAI's API), POST /v2/models/{name}/generate and /generate_stream"
