@@ -22,12 +22,11 @@ import pandas as pd
 from components.decision import Decision
 from components.statistics import paired_verdict
 from monitoring.rollout_rules import (
-    PROMOTE,
-    ROLLBACK,
     failure_rollback,
     feedback_tables,
     latency_rollback,
     p99,
+    verdict_decision,
     wait_or_deadline,
 )
 
@@ -158,18 +157,15 @@ def decide_generation_rollout(evidence: GenerationEvidence, rollout, gate, now: 
         return wait(f"{fewer} rated responses of a version, of the {rollout.min_labelled} each needs")
     # stage 5's rule (significant, and which way): the shares of the rating comparisons each version wins
     verdict = paired_verdict(e.candidate_ahead, 1 - e.candidate_ahead, e.p_value, gate.significance)
-    if verdict == "worse":
-        return Decision(
-            ROLLBACK,
-            f"version {e.candidate}'s responses are rated worse than champion version {e.champion}'s at level "
-            f"{gate.significance:g} ({e.counts()})",
-        )
-    if gate.champion_rule == "better" and verdict != "better":
-        return wait(f"version {e.candidate} is not yet rated significantly better (rule better)")
-    return Decision(
-        PROMOTE,
-        f"version {e.candidate}'s responses are rated {'better' if verdict == 'better' else 'not worse'} than "
-        f"champion version {e.champion}'s (rule {gate.champion_rule}; {e.counts()})",
+    return verdict_decision(
+        verdict,
+        gate,
+        wait,
+        f"version {e.candidate}'s responses are rated worse than champion version {e.champion}'s at level "
+        f"{gate.significance:g} ({e.counts()})",
+        f"version {e.candidate} is not yet rated significantly better (rule better)",
+        f"version {e.candidate}'s responses are rated {{how}} than champion version {e.champion}'s (rule "
+        f"{gate.champion_rule}; {e.counts()})",
     )
 
 

@@ -30,6 +30,7 @@ from monitoring.rollout_rules import (
     feedback_tables,
     latency_rollback,
     p99,
+    verdict_decision,
     wait_or_deadline,
 )
 
@@ -156,22 +157,16 @@ def decide_rollout(evidence: RolloutEvidence, rollout, gate, now: dt.datetime) -
     if e.labelled < rollout.min_labelled:
         return wait(f"{e.labelled} labelled texts of the {rollout.min_labelled} needed")
     verdict = paired_verdict(e.candidate_only_right, e.champion_only_right, e.p_value, gate.significance)
-    if verdict == "worse":
-        return Decision(
-            ROLLBACK,
-            f"version {e.candidate} is worse than champion version {e.champion} on live "
-            f"traffic: accuracy {e.candidate_accuracy:.4f} vs {e.champion_accuracy:.4f} at "
-            f"level {gate.significance:g} ({counts})",
-        )
-    if gate.champion_rule == "better" and verdict != "better":
-        return wait(f"version {e.candidate} is not yet significantly better (rule better)")
-    return Decision(
-        PROMOTE,
-        f"version {e.candidate} is {'better' if verdict == 'better' else 'not worse'} than "
-        f"champion version "
-        f"{e.champion} on live traffic: accuracy {e.candidate_accuracy:.4f} vs "
-        f"{e.champion_accuracy:.4f}, agreement {e.agreement:.1%} (rule {gate.champion_rule}; "
-        f"{counts})",
+    accuracy = f"accuracy {e.candidate_accuracy:.4f} vs {e.champion_accuracy:.4f}"
+    return verdict_decision(
+        verdict,
+        gate,
+        wait,
+        f"version {e.candidate} is worse than champion version {e.champion} on live traffic: {accuracy} at "
+        f"level {gate.significance:g} ({counts})",
+        f"version {e.candidate} is not yet significantly better (rule better)",
+        f"version {e.candidate} is {{how}} than champion version {e.champion} on live traffic: {accuracy}, "
+        f"agreement {e.agreement:.1%} (rule {gate.champion_rule}; {counts})",
     )
 
 

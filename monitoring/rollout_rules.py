@@ -55,6 +55,17 @@ def wait_or_deadline(why: str, counts: str, started: dt.datetime, rollout, now: 
     )
 
 
+def verdict_decision(verdict: str, gate, wait, worse: str, not_yet: str, promoted: str) -> Decision[str]:
+    """The end that stage 5's paired verdict (better, worse or neither) gives a rollout: worse rolls back (`worse`);
+    under gate.champion_rule better, anything but better waits (`not_yet`); otherwise promote (`promoted`, its
+    {how} filled with better or not worse)."""
+    if verdict == "worse":
+        return Decision(ROLLBACK, worse)
+    if gate.champion_rule == "better" and verdict != "better":
+        return wait(not_yet)
+    return Decision(PROMOTE, promoted.format(how="better" if verdict == "better" else "not worse"))
+
+
 def p99(frame: pd.DataFrame) -> float | None:
     """p99 of the scoring latency of the texts the version answered (a request's latency counts once per text it
     carried). Scorings aside run at the lowest priority, after the answer: their time is not what a client waits,
