@@ -86,7 +86,7 @@ class OnnxTextGenerator(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         from components.deploy.onnx_generator import Sampling
 
-        max_new_tokens = int((params or {}).get("max_new_tokens", self.generator.generation.max_new_tokens))
+        max_new_tokens = int((params or {}).get("max_new_tokens", self.generator.prompts.generation.max_new_tokens))
         asked = [[{"role": "user", "content": p}] for p in _prompts(model_input)]
         done = self.generator.complete(asked, Sampling(max_new_tokens))
         return pd.DataFrame({"generation": [c.text.strip() for c in done]})

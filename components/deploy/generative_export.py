@@ -189,16 +189,13 @@ def _pass_rate(generator, gen: GenerationConfig) -> tuple[float, int]:
 def _parity(model_dir: str, folder: Path, sample: pd.DataFrame, completions) -> GeneratorDeploymentReport:
     """The fp32 export's greedy tokens and their log-probabilities against PyTorch's, on the sampled test prompts."""
     from components.deploy import generation_parity as parity
-    from components.deploy.onnx_generator import OnnxGenerator
+    from components.deploy.onnx_generator import BundlePrompts
     from components.model.loading import load_model
 
     model, tokenizer = load_model(model_dir, None)
     model.eval()
-    scorer, served = parity.OnnxScorer(folder), OnnxGenerator(folder)
-    try:
-        served_ids = [served.prompt_ids(json.loads(t)) for t in sample["turns"]]
-    finally:
-        served.close()
+    scorer, served = parity.OnnxScorer(folder), BundlePrompts(folder)  # its rendering, not a second model
+    served_ids = [served.ids(json.loads(t)) for t in sample["turns"]]
     runs = []
     for text, prompt, ids, done in zip(sample["text"], sample["prompt"], served_ids, completions):
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]

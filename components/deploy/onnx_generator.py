@@ -101,18 +101,38 @@ def _overlap(text: str, stop: str) -> int:
     return next((n for n in range(min(len(stop) - 1, len(text)), 0, -1) if text.endswith(stop[:n])), 0)
 
 
-class OnnxGenerator:
-    def __init__(self, bundle_dir: str | Path, max_waiting: int = 16):
-        import onnxruntime_genai as og
+class BundlePrompts:
+    """How a bundle renders a conversation (its tokenizer files and prompt_format.json), without loading its model."""
+
+    def __init__(self, bundle_dir: str | Path):
         from transformers import AutoTokenizer
 
         from components.config.schema_generation import GenerationConfig
 
+        self.tokenizer = AutoTokenizer.from_pretrained(bundle_dir)
+        self.generation = GenerationConfig(**json.loads((Path(bundle_dir) / PROMPT_FORMAT).read_text()))
+
+    def ids(self, messages: list[dict]) -> list[int]:
+        """A conversation's token ids, rendered as training rendered its examples (the system prompt of the config
+        first, where the messages have none)."""
+        from components.generation.encoding import render_prompt
+
+        turns = [{"role": m["role"], "content": m["content"]} for m in messages]
+        if self.generation.system_prompt and turns[0]["role"] != "system":
+            turns.insert(0, {"role": "system", "content": self.generation.system_prompt})
+        rendered = render_prompt(turns, self.tokenizer, self.generation)
+        return self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+
+
+class OnnxGenerator:
+    def __init__(self, bundle_dir: str | Path, max_waiting: int = 16):
+        import onnxruntime_genai as og
+
         self.bundle_dir = Path(bundle_dir)
         self.og, self.model = og, og.Model(str(self.bundle_dir))
         self.decoder = og.Tokenizer(self.model)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.bundle_dir)
-        self.generation = GenerationConfig(**json.loads((self.bundle_dir / PROMPT_FORMAT).read_text()))
+        self.prompts = BundlePrompts(self.bundle_dir)
+        self.prompt_ids = self.prompts.ids
         self.max_waiting = max_waiting
         self.end_ids = set(self.decoder.eos_token_ids)
         self._incoming: queue.Queue[Request] = queue.Queue()
@@ -126,17 +146,6 @@ class OnnxGenerator:
         self._ready.wait()
         if self._failed:
             raise self._failed
-
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
-        """A conversation's token ids, rendered as training rendered its examples (the system prompt of the config
-        first, where the messages have none)."""
-        from components.generation.encoding import render_prompt
-
-        turns = [{"role": m["role"], "content": m["content"]} for m in messages]
-        if self.generation.system_prompt and turns[0]["role"] != "system":
-            turns.insert(0, {"role": "system", "content": self.generation.system_prompt})
-        rendered = render_prompt(turns, self.tokenizer, self.generation)
-        return self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
 
     def submit(self, ids: list[int], sampling: Sampling, deliver: Callable[[str | Completion], None]) -> Request:
         """Start generating; raises GeneratorBusy when the slots and the waiting room are full, GeneratorClosed once
