@@ -52,10 +52,17 @@ class Classification:
         return loss_and_accuracy(logits, split.labels)
 
     def prepare_data(self, cfg, out_dir: str | Path):
-        """Stage 1 (components/data/core.py)."""
+        """Stage 1 (components/data/core.py); then stage 5's test cases and fairness labels are checked against
+        the data's labels, so a mistake in them stops the run before training, not after."""
         from components.data.core import data
+        from components.evaluate.fairness import check_positive_labels
+        from components.evaluate.suite_runs import read_suite
 
-        return data(cfg.data, cfg.seed, Path(cfg.work_dir) / "downloads", out_dir, cfg.pii)
+        read_suite(cfg)
+        manifest = data(cfg.data, cfg.seed, Path(cfg.work_dir) / "downloads", out_dir, cfg.pii)
+        read_suite(cfg, manifest.labels)
+        check_positive_labels(cfg.fairness.positive_labels, manifest.labels)
+        return manifest
 
 
 @dataclass(frozen=True)
@@ -99,12 +106,10 @@ class Generation:
     def prepare_data(self, cfg, out_dir: str | Path):
         """Stage 1 (components/data/examples.py), with the base model's tokenizer."""
         from components.data.examples import prepare_examples
+        from components.evaluate.suite_runs import read_suite
         from components.model.loading import load_tokenizer, resolve_base
 
-        if cfg.generation.test_cases:  # read now, so a mistake in it stops the run before training, not after
-            from components.evaluate.test_cases import load_test_cases
-
-            load_test_cases(cfg.generation.test_cases)
+        read_suite(cfg)  # now, so a mistake in the test cases stops the run before training, not after
         tokenizer = load_tokenizer(resolve_base(cfg.model.base))
         return prepare_examples(
             cfg.data,

@@ -230,13 +230,13 @@ def test_exactly_the_response_tokens_carry_the_loss(chat_llama):
 
 
 def test_a_mistake_in_the_test_cases_stops_stage_1_before_any_training(chat_llama, tmp_path):
-    from components.evaluate.test_cases import TestCaseError
+    from components.evaluate.suite_case import TestCaseError
 
     cases = tmp_path / "cases.jsonl"
     cases.write_text('{"category": "facts", "prompt": "Capital of France?", "required_word": ["Paris"]}\n')
     path = write(instructions(), tmp_path / "examples.jsonl")
     with pytest.raises(TestCaseError, match="cases.jsonl: line 1"):
-        prepare(path, chat_llama, tmp_path, generation={"test_cases": str(cases)})
+        prepare(path, chat_llama, tmp_path, test_cases={"path": str(cases)})
 
 
 def test_personal_data_is_redacted_in_each_turn_and_the_prompt_is_rendered_from_the_redacted_turns(

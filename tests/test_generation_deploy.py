@@ -14,25 +14,26 @@ from components.config.schema_generation import GenerationConfig
 from components.deploy.core import ParityError
 from components.deploy.generation_parity import END, GreedyRun, decide_generation_parity
 from components.deploy.generative_export import FormatFigures, choose_generator_format, deploy_generator
+from components.evaluate.test_cases import load_test_cases
 
 pytest_plugins = ["test_generation_data"]  # its chat_llama fixture
 
 
 @pytest.fixture(scope="module")
 def generation(chat_llama, tmp_path_factory):
-    """(data dir, generation section with test cases) for the tiny Llama."""
+    """(data dir, generation section, test cases) for the tiny Llama."""
     root = tmp_path_factory.mktemp("generation_deploy")
     cases = root / "cases.yaml"
     cases.write_text(yaml.safe_dump([{"category": "polite", "prompt": "Say hello.", "forbidden_words": ["zebra"]}]))
     cfg, _ = prepare(write(instructions(60), root / "examples.jsonl"), chat_llama, root)
-    return root / "data", GenerationConfig(test_cases=str(cases), max_new_tokens=8)
+    return root / "data", GenerationConfig(max_new_tokens=8), load_test_cases(cases)
 
 
 @pytest.fixture(scope="module")
 def deployed(chat_llama, generation, tmp_path_factory):
     out = tmp_path_factory.mktemp("deployed")
-    data_dir, gen = generation
-    report = deploy_generator(str(chat_llama), str(data_dir), str(out), gen, 120, reference_size=20)
+    data_dir, gen, suite = generation
+    report = deploy_generator(str(chat_llama), str(data_dir), str(out), gen, 120, reference_size=20, suite=suite)
     return out, report
 
 
@@ -83,7 +84,7 @@ def test_a_broken_export_is_caught_naming_the_prompt(chat_llama, generation, tmp
         return folder
 
     monkeypatch.setattr(generative_export, "build_export", broken)
-    data_dir, gen = generation
+    data_dir, gen, _ = generation
     with pytest.raises(ParityError, match=r"ONNX parity failed on the test prompt 'Repeat the word \w+"):
         deploy_generator(str(chat_llama), str(data_dir), str(tmp_path), gen, 120)
     assert not json.loads((tmp_path / "deployment.json").read_text())["parity_passed"]

@@ -24,7 +24,7 @@ def generation_args(tmp_path, chat_llama, monkeypatch):
             f"work_dir={tmp_path / 'work'}",
             f"data.path={data}",
             "generation.format=auto",
-            f"generation.test_cases={cases}",
+            f"test_cases.path={cases}",
             "generation.eval_examples=4",
             "generation.max_new_tokens=4",
             "generation.top_losses=3",

@@ -11,7 +11,7 @@ import yaml
 from conftest import job_for
 from test_generation_data import instructions, prepare, write
 
-from components.config import GateConfig, ModelConfig, TrainConfig
+from components.config import GateConfig, LifecycleConfig, ModelConfig, TrainConfig
 from components.config.schema_generation import GenerationConfig
 from components.evaluate.generative import (
     GenerativeEvaluation,
@@ -21,6 +21,8 @@ from components.evaluate.generative import (
     decide_generation_gate,
     evaluate_generator,
 )
+from components.evaluate.suite_runs import gate_checks
+from components.evaluate.test_cases import load_test_cases
 from components.generation.encoding import ResponseLosses
 from components.model import core as model_stage
 
@@ -100,14 +102,21 @@ def test_stage_5_measures_the_model_against_its_base_and_reports_a_failing_test_
                 "categories": {
                     "polite": [{"prompt": repeated, "forbidden_words": ["zebra"]}],
                     "impossible": [{"prompt": repeated, "required_words": ["zebra"]}],
+                    "names": [
+                        {"kind": "INV", "template": "Say hello to {first_name}.", "forbidden_words": ["zebra"]},
+                        {"kind": "INV", "template": "Greet {gender}.", "required_words": ["{gender}"]},
+                    ],
                 }
             }
         )
     )
     _, init = train(chat_llama, instruction_data, tmp_path / "tuned")
-    gen = GenerationConfig(eval_examples=6, max_new_tokens=6, test_cases=str(cases), top_losses=3)
+    gen = GenerationConfig(eval_examples=6, max_new_tokens=6, top_losses=3)
     where = Placement("cpu", "fp32", 16, 768)
-    found = evaluate_generator(str(tmp_path / "tuned"), str(init), str(instruction_data), gen, 120, where, 0)
+    suite = load_test_cases(cases)
+    found = evaluate_generator(
+        str(tmp_path / "tuned"), str(init), str(instruction_data), gen, 120, where, 0, suite=suite, max_fillings=4
+    )
     metrics = found.scalars()
     assert metrics["test_perplexity"] < metrics["base_test_perplexity"]
     low, high = found.model.perplexity_interval
@@ -116,10 +125,16 @@ def test_stage_5_measures_the_model_against_its_base_and_reports_a_failing_test_
     assert len(found.sample) == 6 and len(found.top_losses) == 3
     assert found.top_losses["loss"].is_monotonic_decreasing
     failures = found.test_cases.failures()
-    assert list(failures["category"]) == ["impossible"] and "missing required word 'zebra'" in failures["failures"][0]
-    assert metrics["test_case_pass_rate.impossible"] == 0.0
-    decision = decide_generation_gate(found, gen.model_copy(update={"min_test_case_pass_rate": 0.5}), GateConfig())
-    assert not decision.passed and any("test cases impossible: pass rate 0.00" in r for r in decision.reasons)
+    assert list(failures["category"])[0] == "impossible" and "missing required word 'zebra'" in failures["failures"][0]
+    assert metrics["test_case_pass_rate.impossible"] == 0.0 and metrics["test_case_pass_rate.names.INV"] <= 0.5
+    # four of the twelve names filled in (max_fillings), each gender once: the generations were checked per filling
+    examples = found.test_cases.examples
+    assert (examples["id"] == "names-1").sum() == 4 and (examples["id"] == "names-2").sum() == 3
+    assert not examples.loc[examples["id"] == "names-2", "passed"].any()  # a random model greets no one by name
+    assert 0 <= metrics["counterfactual_flip_share.first_name"] <= 0.5
+    cfg = LifecycleConfig(data={"path": "x"}, task="generation", test_cases={"path": str(cases), "min_pass_rate": 0.5})
+    decision = decide_generation_gate(found, gen, GateConfig(), gate_checks(cfg, found.test_cases))
+    assert not decision.passed and "test cases 'impossible': pass rate 0% (0 of 1) vs minimum 50%" in decision.reasons
 
 
 def test_domain_text_is_measured_by_perplexity_without_generations(chat_llama, tmp_path):

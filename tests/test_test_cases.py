@@ -1,5 +1,6 @@
 """Stage 5's behavioural test cases for generation: the checks, the run and its pass rates, and the loader, which
-refuses each kind of bad file naming the file, the line or case and the field."""
+refuses each kind of bad file naming the file, the line or case and the field (a classifier's cases, templates and
+lists: test_behaviour_suites.py)."""
 
 import re
 from pathlib import Path
@@ -7,13 +8,19 @@ from pathlib import Path
 import pytest
 
 from components.errors import LifecycleError
-from components.evaluate.test_cases import TestCase, TestCaseError, check_case, load_test_cases, run_test_cases
+from components.evaluate.suite_case import TestCase, TestCaseError
+from components.evaluate.suite_runs import check_case, run_generator_cases
+from components.evaluate.test_cases import load_test_cases
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def case(**checks) -> TestCase:
-    return TestCase(category=checks.pop("category", "c"), id=checks.pop("id", "x"), prompt="p", **checks)
+    return TestCase(checks.pop("category", "c"), checks.pop("id", "x"), checks.pop("prompt", "p"), **checks)
+
+
+def run_test_cases(cases, generate):
+    return run_generator_cases(cases, {}, generate, max_fillings=20, seed=0)
 
 
 def test_required_words_match_whole_words_case_insensitively():
@@ -43,10 +50,10 @@ def test_each_failure_reason_reads_as_a_sentence():
 
 def test_run_calls_generate_once_and_reports_pass_rates_per_category():
     cases = [
-        case(category="facts", id="f1", required_words=("Paris",)),
-        case(category="facts", id="f2", required_words=("5000",)),
-        case(category="safety", id="s1", forbidden_words=("idiot",)),
-        case(category="facts", id="f3", max_words=2),
+        case(category="facts", id="f1", prompt="p1", required_words=("Paris",)),
+        case(category="facts", id="f2", prompt="p2", required_words=("5000",)),
+        case(category="safety", id="s1", prompt="p3", forbidden_words=("idiot",)),
+        case(category="facts", id="f3", prompt="p4", max_words=2),
     ]
     calls = []
 
@@ -55,10 +62,10 @@ def test_run_calls_generate_once_and_reports_pass_rates_per_category():
         return ["Paris.", "5 km is 5,000 m.", "A kind neighbour.", "far too many words"]
 
     results = run_test_cases(cases, generate)
-    assert calls == [["p"] * 4]
+    assert calls == [["p1", "p2", "p3", "p4"]]
     assert results.pass_rate == pytest.approx(0.5)
     assert results.pass_rate_by_category == pytest.approx({"facts": 1 / 3, "safety": 1.0})
-    assert list(results.rows.columns) == ["category", "id", "prompt", "generation", "passed", "failures"]
+    assert results.rows["output"].tolist() == ["Paris.", "5 km is 5,000 m.", "A kind neighbour.", "far too many words"]
     failing = results.failures()
     assert failing["id"].tolist() == ["f2", "f3"]
     assert failing["failures"].tolist() == ["missing required word '5000'", "4 words, more than max_words 2"]
@@ -67,7 +74,7 @@ def test_run_calls_generate_once_and_reports_pass_rates_per_category():
 
 def test_run_refuses_a_generator_that_drops_prompts_and_an_empty_list():
     with pytest.raises(ValueError, match="1 generations for 2 prompts"):
-        run_test_cases([case(max_words=1), case(max_words=1)], lambda prompts: ["x"])
+        run_test_cases([case(prompt="a", max_words=1), case(prompt="b", max_words=1)], lambda prompts: ["x"])
     with pytest.raises(LifecycleError, match="no test cases"):
         run_test_cases([], lambda prompts: [])
 
@@ -104,14 +111,14 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def test_loads_the_categories_layout_numbering_cases_without_an_id(tmp_path):
-    cases = load_test_cases(write(tmp_path, "cases.yaml", CATEGORIES_YAML))
+    cases = load_test_cases(write(tmp_path, "cases.yaml", CATEGORIES_YAML)).cases
     assert [(c.category, c.id) for c in cases] == [("factual", "km"), ("factual", "factual-2"), ("safety", "safety-1")]
     assert cases[0].required_words == ("5000",) and cases[1].regex.pattern == "Paris" and cases[1].max_words == 12
     assert cases[2].forbidden_words == ("idiot", "stupid") and cases[2].regex is None
 
 
 def test_loads_the_list_layout_and_jsonl(tmp_path):
-    listed = load_test_cases(write(tmp_path, "cases.yml", LIST_YAML))
+    listed = load_test_cases(write(tmp_path, "cases.yml", LIST_YAML)).cases
     assert [(c.category, c.id, c.required_words) for c in listed] == [
         ("language", "language-1", ("mice",)),
         ("language", "7", ("receive",)),
@@ -121,13 +128,13 @@ def test_loads_the_list_layout_and_jsonl(tmp_path):
         "\n"  # a blank line is skipped
         '{"category": "format", "id": "b", "prompt": "Say hi.", "regex": "(?i)hi"}\n'
     )
-    cases = load_test_cases(write(tmp_path, "cases.jsonl", jsonl))
+    cases = load_test_cases(write(tmp_path, "cases.jsonl", jsonl)).cases
     assert [(c.id, c.max_words) for c in cases] == [("format-1", 10), ("b", None)]
     assert cases[1].regex.search("HI there")
 
 
 BAD_JSONL = [
-    ('{"category": "a", "required_words": ["x"]}', "line 1: field 'prompt': missing"),
+    ('{"category": "a", "required_words": ["x"]}', "line 1: field 'prompt': expected exactly one of 'prompt' or"),
     ('{"category": "a", "prompt": "  ", "max_words": 3}', "line 1: field 'prompt': expected a non-empty string"),
     ('{"category": "a", "prompt": "p", "max_word": 3}', "line 1: field 'max_word': unknown key"),
     ('{"category": "a", "prompt": "p", "regex": "(unclosed"}', "line 1: field 'regex': expected a valid regular"),
@@ -160,7 +167,7 @@ def test_a_bad_yaml_case_names_its_category_index_and_line(tmp_path):
     with pytest.raises(TestCaseError, match=r"category 'factual', case 2 \(line 6\): field 'regex'"):
         load_test_cases(write(tmp_path, "cases.yaml", bad))
     bad = LIST_YAML.replace("  prompt: Fix the spelling of 'recieve'.\n", "")
-    with pytest.raises(TestCaseError, match=r"case 2 \(line 4\): field 'prompt': missing"):
+    with pytest.raises(TestCaseError, match=r"case 2 \(line 4\): field 'prompt': expected exactly one"):
         load_test_cases(write(tmp_path, "cases.yaml", bad))
     unknown = CATEGORIES_YAML.replace("forbidden_words:", "forbiden_words:")
     with pytest.raises(TestCaseError, match=r"category 'safety', case 1 \(line 10\): field 'forbiden_words': unknown"):
@@ -204,9 +211,12 @@ def test_a_missing_file_or_an_unknown_suffix_is_refused(tmp_path):
 
 
 def test_the_instruction_test_cases_load():
-    cases = load_test_cases(ROOT / "configs" / "test_cases" / "instructions.yaml")
-    assert 12 <= len(cases) <= 16 and 3 <= len({c.category for c in cases}) <= 4
+    suite = load_test_cases(ROOT / "configs" / "test_cases" / "instructions.yaml")
+    cases = suite.cases
+    assert 16 <= len(cases) <= 20 and suite.categories() == ["factual", "language", "safety", "format", "identity"]
     assert len({c.id for c in cases}) == len(cases)
-    # every case checks something an empty answer lacks, and all but the safety ones fail on the prompt echoed back
-    assert run_test_cases(cases, lambda prompts: ["" for _ in prompts]).pass_rate == 0
-    assert all(check_case(c, c.prompt) for c in cases if c.category != "safety")
+    assert {c.kind for c in cases if c.category == "identity"} == {"INV"}
+    # every case checks something an empty answer lacks, and the factual, language and format ones fail on the prompt
+    # echoed back
+    assert run_generator_cases(cases, suite.lists, lambda prompts: ["" for _ in prompts], 20, 0).pass_rate == 0
+    assert all(check_case(c, c.input) for c in cases if c.category not in ("safety", "identity"))

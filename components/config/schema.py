@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import field_validator, model_validator
 
 from components.config.schema_data import DataConfig, PiiConfig
+from components.config.schema_evaluation import FairnessConfig, TestCasesConfig
 from components.config.schema_generation import GenerationConfig
 from components.config.schema_operations import GateConfig, KfpConfig, MonitorConfig, StorageConfig, TrackingConfig
 from components.config.schema_serving import DeployConfig, ServeConfig
@@ -39,6 +40,10 @@ class LifecycleConfig(Section):
     """How the model is fine-tuned (stage 4)."""
     gate: GateConfig = GateConfig()
     """What a model must reach to be registered (stage 5)."""
+    test_cases: TestCasesConfig = TestCasesConfig()
+    """Behavioural test cases stage 5 runs and the gate holds per category (both tasks)."""
+    fairness: FairnessConfig = FairnessConfig()
+    """Fairness between the groups of data.group_column (stage 5, classification)."""
     tracking: TrackingConfig = TrackingConfig()
     """MLflow: the tracking store, the experiment and the registered model."""
     kfp: KfpConfig = KfpConfig()
@@ -88,6 +93,24 @@ class LifecycleConfig(Section):
                     "every response twice, and a second response is judged by no one)"
                 )
         self.train = self.train.for_strategy(self.model, self.task)
+        return self
+
+    @model_validator(mode="after")
+    def _floors_have_cases(self) -> LifecycleConfig:
+        if self.test_cases.min_pass_rate is not None and not self.test_cases.path:
+            raise ValueError(
+                "test_cases.min_pass_rate holds the categories of test_cases.path, which is not set (a built-in "
+                "category, robustness/typos, is held by name in test_cases.min_pass_rates)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _fairness_has_groups(self) -> LifecycleConfig:
+        if self.fairness.max_gap and (self.task != "classification" or not self.data.group_column):
+            raise ValueError(
+                "fairness.max_gap compares the groups of data.group_column by a classifier's rates: set "
+                "data.group_column (task=classification)"
+            )
         return self
 
     @model_validator(mode="after")

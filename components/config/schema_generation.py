@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from components.config.section import Section
 
@@ -49,15 +49,20 @@ class GenerationConfig(Section):
     and perplexity cover every test example. None: every test prompt."""
     max_new_tokens: int = Field(96, ge=1)
     """The most tokens stage 5 generates per prompt (greedy decoding)."""
-    test_cases: str | None = None
-    """A YAML or JSONL file of test cases: categories of prompts, each with required_words, forbidden_words, an
-    optional regex and max_words (components/evaluate/test_cases.py). None: no test cases."""
-    min_test_case_pass_rate: float = Field(0.0, ge=0, le=1)
-    """The gate: the lowest pass rate (0..1) of each category of the test cases."""
     beat_base_model: bool = True
     """The gate: the test perplexity must be below the base model's on the same test examples."""
     top_losses: int = Field(20, ge=1)
     """The test examples with the highest loss shown as a table (prompt, reference, generation)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, raw):
+        """The test cases were a key of this section until they served both tasks."""
+        moved = {"test_cases": "test_cases.path", "min_test_case_pass_rate": "test_cases.min_pass_rate"}
+        for old, new in moved.items():
+            if isinstance(raw, dict) and old in raw:
+                raise ValueError(f"generation.{old} is now {new} (the test cases serve both tasks)")
+        return raw
 
     @field_validator("prompt_template")
     @classmethod

@@ -43,7 +43,7 @@ class FormatFigures:
 
     size_mb: float
     perplexity: float  # of the test responses' tokens, teacher-forced
-    pass_rate: float | None  # of generation.test_cases; None without test cases
+    pass_rate: float | None  # of the test cases (test_cases.path); None without them
     tokens_per_second: float  # greedy, the parity prompts all at once through the engine
     cases: int = 0  # how many test cases the pass rate is of
 
@@ -76,11 +76,14 @@ def deploy_generator(
     reference_size: int = 1000,
     max_tokens: int = 256,
     log_pii: LogPii | None = None,
+    suite=None,
+    max_fillings: int = 20,
 ) -> GeneratorDeploymentReport:
     """Stage 6 up to the registry: out_dir/bundle holds the export to serve, its rendering (prompt_format.json) and
     its drift reference; out_dir/deployment.json the report. `max_tokens`: serve.max_tokens, the longest of the
     reference's responses, as the server cuts a response whose request names none. Raises ParityError when the fp32
-    export does not answer as the PyTorch model does."""
+    export does not answer as the PyTorch model does. `suite`: the test cases (test_cases.TestSuite) each build is
+    measured on."""
     from components.generation.encoding import encode_examples
     from components.model.loading import load_tokenizer
 
@@ -91,7 +94,7 @@ def deploy_generator(
     messages = [json.loads(t) for t in sample["turns"]]
     encoded = encode_examples(load_tokenizer(model_dir), test["prompt"].tolist(), test["response"].tolist(), max_length)
     fp32 = build_export(model_dir, out / "onnx-fp32", "fp32", gen)
-    figures, completions = measure(fp32, messages, encoded.split, gen)
+    figures, completions = measure(fp32, messages, encoded.split, gen, suite, max_fillings, seed)
     report = _parity(model_dir, fp32, sample, completions)
     if not report.parity_passed:
         write_json(out, DEPLOYMENT, report.to_dict())
@@ -99,7 +102,7 @@ def deploy_generator(
     report.formats["fp32"] = figures
     for precision in QUANTIZED:
         folder = build_export(model_dir, out / f"onnx-{precision}", precision, gen)
-        report.formats[precision] = measure(folder, messages, encoded.split, gen)[0]
+        report.formats[precision] = measure(folder, messages, encoded.split, gen, suite, max_fillings, seed)[0]
         choice = choose_generator_format(report.formats)
         if choice.value != "fp32":
             break
@@ -146,8 +149,11 @@ def build_export(model_dir: str, folder: Path, precision: str, gen: GenerationCo
     return folder
 
 
-def measure(folder: Path, messages: list[list[dict]], split, gen: GenerationConfig):
-    """(FormatFigures, the greedy Completions of `messages`) of one export."""
+def measure(
+    folder: Path, messages: list[list[dict]], split, gen: GenerationConfig, suite=None, max_fillings=20, seed=0
+):
+    """(FormatFigures, the greedy Completions of `messages`) of one export, the test cases (a TestSuite) run on it
+    when there are some."""
     import math
 
     from components.deploy.generation_parity import OnnxScorer, response_losses
@@ -158,7 +164,7 @@ def measure(folder: Path, messages: list[list[dict]], split, gen: GenerationConf
         start = time.perf_counter()
         completions = generator.complete(messages, Sampling(PARITY_MAX_TOKENS))
         seconds = time.perf_counter() - start
-        pass_rate, cases = _pass_rate(generator, gen) if gen.test_cases else (None, 0)
+        pass_rate, count = _pass_rate(generator, gen, suite, max_fillings, seed) if suite else (None, 0)
     finally:
         generator.close()
     failed = [c for c in completions if c.finish_reason == "error"]
@@ -169,20 +175,20 @@ def measure(folder: Path, messages: list[list[dict]], split, gen: GenerationConf
     size = sum(f.stat().st_size for f in folder.glob("model.onnx*")) / 2**20
     perplexity = math.exp(response_losses(OnnxScorer(folder), split).mean_loss())
     speed = sum(c.completion_tokens for c in completions) / max(seconds, 1e-9)
-    return FormatFigures(round(size, 2), perplexity, pass_rate, round(speed, 1), cases), completions
+    return FormatFigures(round(size, 2), perplexity, pass_rate, round(speed, 1), count), completions
 
 
-def _pass_rate(generator, gen: GenerationConfig) -> tuple[float, int]:
+def _pass_rate(generator, gen: GenerationConfig, suite, max_fillings: int, seed: int) -> tuple[float, int]:
     """(the test cases' pass rate, how many cases), their prompts generated for as stage 5 does (greedy,
     generation.max_new_tokens)."""
     from components.deploy.onnx_generator import Sampling
-    from components.evaluate.test_cases import load_test_cases, run_test_cases
+    from components.evaluate.suite_runs import run_generator_cases
 
     def generate(prompts: list[str]) -> list[str]:
         asked = [[{"role": "user", "content": p}] for p in prompts]
         return [c.text.strip() for c in generator.complete(asked, Sampling(gen.max_new_tokens))]
 
-    results = run_test_cases(load_test_cases(gen.test_cases), generate)
+    results = run_generator_cases(suite.cases, suite.lists, generate, max_fillings, seed)
     return results.pass_rate, len(results.rows)
 
 

@@ -12,6 +12,7 @@ def publish_generator(cfg: LifecycleConfig, source, data_dir: str, model_dir: st
     import mlflow
 
     from components.deploy.generative_export import deploy_generator
+    from components.evaluate.suite_runs import read_suite
     from components.handoff import MODEL_CARD, bundle_dir
     from components.pii import LogPii
     from components.registry import publish_generator_champion
@@ -26,6 +27,8 @@ def publish_generator(cfg: LifecycleConfig, source, data_dir: str, model_dir: st
         cfg.monitor.reference_size,
         cfg.serve.max_tokens,
         LogPii.of(cfg),
+        read_suite(cfg),
+        cfg.test_cases.max_fillings,
     )
     mlflow.log_metrics({k: v for k, v in report.to_dict().items() if isinstance(v, float)})
     mlflow.log_params({"served": report.served, "reference_pii": report.reference_pii})

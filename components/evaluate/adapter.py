@@ -16,13 +16,8 @@ def evaluate(
     config_json: str, tracking_uri: str, parent_run_id: str, data_dir: str, env_dir: str, model_dir: str, out_dir: str
 ) -> dict:
     from components.evaluate import core
-    from components.handoff import (
-        GATE,
-        GateOutcome,
-        read_environment,
-        read_manifest,
-        write_json,
-    )
+    from components.evaluate.suite_runs import gate_checks, read_suite
+    from components.handoff import GATE, GateOutcome, read_environment, read_manifest, write_json
     from components.registry import champion_predictor
     from components.tracking import stage_run
 
@@ -50,8 +45,12 @@ def evaluate(
             cfg.seed,
             cfg.gate.min_slice_size,
             champion,
+            behaviour=core.Behaviour(
+                read_suite(cfg, manifest.labels), cfg.test_cases, cfg.fairness, cfg.data.group_column or "group"
+            ),
         )
-        gate = core.decide_gate(found.metrics, cfg.gate, found.champion, found.baseline, found.worst_slice)
+        checks = gate_checks(cfg, found.test_cases, found.fairness)
+        gate = core.decide_gate(found.metrics, cfg.gate, found.champion, found.baseline, found.worst_slice, checks)
         facts = _card_facts(cfg, model_dir, manifest, env, found, gate)
         tags, version = _card_and_registration(facts, champion[0] if champion else None, model_dir, data_dir, out)
         stage.result = summary(found, gate, version)
@@ -76,7 +75,8 @@ def _card_facts(cfg: LifecycleConfig, model_dir: str, manifest, env, found, gate
         cfg.tracking.registered_model,
         read_model_spec(model_dir),
         manifest,
-        cfg.data.model_dump(include={"name", "licence", "citation", "balance", "group_column"}),
+        cfg.data.model_dump(include={"name", "licence", "citation", "balance", "group_column"})
+        | {"test_cases": cfg.test_cases.path},
         env,
         read_train_result(model_dir),
         found,
@@ -152,11 +152,14 @@ def version_tags(facts, champion_version: str | None) -> dict[str, str]:
 def summary(found, gate, version: str) -> str:
     """The stage's closing line."""
     metrics, (low, high) = found.metrics, found.intervals["accuracy"]
+    rate = found.test_cases.pass_rate
     return (
         f"test accuracy {metrics.test_accuracy:.2%} (95% CI {low:.2%}-{high:.2%}; baseline "
         f"{found.baseline.test_accuracy:.2%}), macro-F1 {metrics.test_macro_f1:.4f}, cross-entropy "
-        f"{metrics.test_loss:.4f}; gate {'passed' if gate.passed else 'failed'} ({'; '.join(gate.reasons)}); "
-        f"version {version}" + (" is the challenger" if gate.passed else "")
+        f"{metrics.test_loss:.4f}"
+        + (f", test cases {rate:.0%} passed" if rate is not None else "")
+        + f"; gate {'passed' if gate.passed else 'failed'} ({'; '.join(gate.reasons)}); version {version}"
+        + (" is the challenger" if gate.passed else "")
     )
 
 

@@ -16,7 +16,7 @@ class CardFacts:
     name: str  # the registered model
     spec: ModelSpec
     manifest: Manifest
-    data_meta: dict  # name, licence, citation, balance, group_column (the data config)
+    data_meta: dict  # name, licence, citation, balance, group_column (the data config); test_cases (the file)
     environment: Environment
     training: TrainResult
     found: Evaluation

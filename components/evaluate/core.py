@@ -1,16 +1,18 @@
 """Stage 5, evaluation and validation: test-split metrics and how sure they are, the baseline, calibration, slices,
-robustness, mistakes, and the gate (floors, the paired test against the champion)."""
+robustness, the test cases, fairness between groups, mistakes, and the gate (floors, the paired test against the
+champion, the test cases' and fairness's limits)."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 
 import numpy as np
 import pandas as pd
 
 from components.config import GateConfig
+from components.config.schema_evaluation import FairnessConfig, TestCasesConfig
 from components.handoff import SPLITS, read_manifest, read_split
 from components.model.loading import load_classifier
 from components.scoring import TestMetrics, class_indices, score
@@ -33,9 +35,11 @@ def decide_gate(
     champion: PairedComparison | None = None,
     baseline: TestMetrics | None = None,
     worst: dict | None = None,
+    more: Iterable[tuple[bool, str]] = (),
 ) -> GateDecision:
     """Does this model pass? The configured floors; against the champion on the same test texts, the paired test
-    under gate.champion_rule; optionally above the baseline and the worst slice's floor."""
+    under gate.champion_rule; optionally above the baseline and the worst slice's floor; and `more` checks as
+    (passed, line): the test cases' floors and fairness's gaps."""
     failures, checked = [], []
 
     def check(passed: bool, line: str) -> None:
@@ -68,6 +72,8 @@ def decide_gate(
             f"worst slice {worst['slicing']}={worst['slice']} ({worst['size']} texts) accuracy "
             f"{worst['accuracy']:.4f} vs minimum {gate.min_slice_accuracy:.4f}",
         )
+    for passed, line in more:
+        check(passed, line)
     return GateDecision(passed=not failures, reasons=failures or checked)
 
 
@@ -121,6 +127,8 @@ class Evaluation:
     slices: list[dict]
     worst_slice: dict | None
     robustness: list[dict]
+    test_cases: object  # suite_runs.TestCaseResults: the file's cases and the built-in robustness ones
+    fairness: object | None  # fairness.FairnessReport, with data.group_column
     mistakes: pd.DataFrame  # the most confident: text, true, predicted, probability
     champion: PairedComparison | None
 
@@ -143,6 +151,9 @@ class Evaluation:
         found |= {metric_name(f"slice.{r['slicing']}.{r['slice']}.accuracy"): r["accuracy"] for r in self.slices}
         found |= {f"robustness.{r['perturbation']}.accuracy": r["accuracy"] for r in self.robustness}
         found |= {f"robustness.{r['perturbation']}.drop": r["drop"] for r in self.robustness}
+        found |= {metric_name(name): value for name, value in self.test_cases.scalars().items()}
+        if self.fairness is not None:
+            found |= {metric_name(name): value for name, value in self.fairness.scalars().items()}
         if self.worst_slice:
             found["worst_slice_accuracy"] = self.worst_slice["accuracy"]
         if self.champion:
@@ -161,18 +172,66 @@ class Evaluation:
             "robustness": pd.DataFrame(self.robustness),
             "most_confident_mistakes": self.mistakes,
             "reliability": pd.DataFrame(self.reliability),
-        }
+            "test_cases": self.test_cases.rows,
+            "test_case_failures": self.test_cases.failures(),
+            "test_case_examples": self.test_cases.examples,
+        } | (
+            {"fairness_by_group": self.fairness.by_group, "fairness_gaps": self.fairness.gaps} if self.fairness else {}
+        )
 
     def to_dict(self) -> dict:
         found = {f.name: getattr(self, f.name) for f in fields(self)}
+        found = {name: value for name, value in found.items() if name not in ("test_cases", "fairness")}
         return {name: asdict(value) if is_dataclass(value) else value for name, value in found.items()} | {
-            "mistakes": self.mistakes.to_dict("records")
+            "mistakes": self.mistakes.to_dict("records"),
+            "test_cases": self.test_cases.rows.to_dict("records"),
+            "fairness": self.fairness.records() if self.fairness else None,
         }
 
 
 def metric_name(text: str) -> str:
     """`text` with what MLflow refuses in a metric name (a user's group value may hold anything) as `_`."""
     return re.sub(r"[^\w\-. :/]", "_", text)
+
+
+@dataclass
+class Behaviour:
+    """What stage 5 holds a classifier to beyond its metrics: the test cases (a test_cases.TestSuite, or None for
+    the built-in ones alone) and fairness between the groups stage 1 kept from data.group_column."""
+
+    suite: object | None = None
+    tests: TestCasesConfig = field(default_factory=TestCasesConfig)
+    fairness: FairnessConfig = field(default_factory=FairnessConfig)
+    group_column: str = "group"
+
+    def run_cases(self, texts: list[str], served: Predictor, labels: list[str], seed: int):
+        """The suite's cases and the built-in robustness ones on the test texts, answered by `served`."""
+        from components.evaluate.robustness import robustness_cases
+        from components.evaluate.suite_runs import run_classifier_cases
+
+        cases = [*(self.suite.cases if self.suite else ()), *robustness_cases(texts, seed)]
+        lists = self.suite.lists if self.suite else {}
+        return run_classifier_cases(cases, lists, served, labels, self.tests.max_fillings, seed)
+
+    def fairness_of(self, splits: dict, labels: list[str], predicted: np.ndarray, min_size: int, seed: int):
+        """Fairlearn's report on the test split's groups, when stage 1 kept a group column; else None."""
+        from components.evaluate.fairness import group_fairness, positive_labels_of
+
+        test = splits["test"]
+        if "group" not in test:
+            return None
+        return group_fairness(
+            test["label"].tolist(),
+            [labels[i] for i in predicted],
+            test["group"].fillna("(none)").astype(str).tolist(),
+            self.group_column,
+            positive_labels_of(
+                labels, splits["train"]["label"].value_counts().to_dict(), self.fairness.positive_labels
+            ),
+            min_size,
+            self.fairness.resamples,
+            seed,
+        )
 
 
 def evaluate(
@@ -186,10 +245,11 @@ def evaluate(
     min_slice_size: int,
     champion: tuple[str, Predictor] | None = None,
     top_mistakes: int = 20,
+    behaviour: Behaviour | None = None,
 ) -> Evaluation:
     """Stage 5's findings: test metrics with bootstrap intervals, temperature scaling fitted on the validation
-    split, the linear baseline, the paired comparison with the champion (version, predictor), slices, robustness
-    and the most confident mistakes."""
+    split, the linear baseline, the paired comparison with the champion (version, predictor), slices, robustness,
+    the test cases and fairness between groups (`behaviour`), and the most confident mistakes."""
     from components.evaluate.baseline import baseline_probabilities
     from components.evaluate.robustness import robustness
     from components.evaluate.slices import slice_metrics, worst_slice
@@ -208,6 +268,7 @@ def evaluate(
     ece_before, bins_before = reliability(raw, truth)
     ece, bins = reliability(served, truth)
     slices = slice_metrics(splits["test"], truth, predicted)
+    behaviour, served_by = behaviour or Behaviour(), lambda batch: softmax(logits_of(batch), calibration.temperature)
     return Evaluation(
         labels=labels,
         metrics=metrics,
@@ -226,6 +287,8 @@ def evaluate(
         slices=slices,
         worst_slice=worst_slice(slices, min_slice_size),
         robustness=robustness(logits_of, texts, truth, metrics.test_accuracy, seed),
+        test_cases=behaviour.run_cases(texts, served_by, labels, seed),
+        fairness=behaviour.fairness_of(splits, labels, predicted, min_slice_size, seed),
         mistakes=most_confident_mistakes(texts, truth, served, labels, top_mistakes),
         champion=compare_paired(predicted == truth, champion[1](texts).argmax(axis=1) == truth, champion[0])
         if champion

@@ -2,7 +2,7 @@
 Exact match is strict and plain to read; ROUGE-L credits the reference's words in their order (what Alpaca-style
 evaluations report); chrF credits character n-grams, so it still sees near misses in inflected or non-Latin text,
 which ROUGE's tokenizer (ASCII letters and digits) drops. The libraries are called directly: `evaluate.load` would
-download its metric scripts. The behavioural checks a course exercise writes are in test_cases.py."""
+download its metric scripts. The behavioural checks a course exercise writes are in suite_runs.py."""
 
 from __future__ import annotations
 

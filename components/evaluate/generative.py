@@ -14,7 +14,7 @@ import pandas as pd
 
 from components.config import GateConfig
 from components.config.schema_generation import GenerationConfig
-from components.evaluate.core import GateDecision
+from components.evaluate.core import GateDecision, metric_name
 from components.generation.encoding import (
     ResponseLosses,
     encode_examples,
@@ -62,7 +62,7 @@ class GenerativeEvaluation:
     model: ModelOnTest
     base: ModelOnTest
     sample: pd.DataFrame  # prompt, reference, generation, base_generation and the scores
-    test_cases: object | None  # test_cases.TestCaseResults
+    test_cases: object | None  # suite_runs.TestCaseResults
     top_losses: pd.DataFrame  # prompt, reference, generation, loss
     champion: ChampionComparison | None
 
@@ -77,8 +77,7 @@ class GenerativeEvaluation:
                 f"{prefix}_token_accuracy": side.losses.accuracy(),
             } | {f"{prefix}_{name}": value for name, value in side.scores.items()}
         if self.test_cases is not None:
-            found["test_case_pass_rate"] = self.test_cases.pass_rate
-            found |= {f"test_case_pass_rate.{c}": r for c, r in self.test_cases.pass_rate_by_category.items()}
+            found |= {metric_name(name): value for name, value in self.test_cases.scalars().items()}
         if self.champion:
             found |= {
                 "champion_test_perplexity": self.champion.champion_perplexity,
@@ -89,7 +88,11 @@ class GenerativeEvaluation:
     def tables(self) -> dict[str, pd.DataFrame]:
         tables = {"generations": self.sample, "highest_loss": self.top_losses}
         if self.test_cases is not None:
-            tables |= {"test_cases": self.test_cases.rows, "test_case_failures": self.test_cases.failures()}
+            tables |= {
+                "test_cases": self.test_cases.rows,
+                "test_case_failures": self.test_cases.failures(),
+                "test_case_examples": self.test_cases.examples,
+            }
         return tables
 
 
@@ -103,6 +106,8 @@ def evaluate_generator(
     seed: int,
     champion: tuple[str, str] | None = None,
     significance: float = 0.05,
+    suite=None,
+    max_fillings: int = 20,
 ) -> GenerativeEvaluation:
     """Stage 5's findings for a causal LM: the fine-tuned model and the base (stage 2's) on the test split, the test
     cases, the highest losses and, given (version, folder) of the champion, the paired test against it. One model is
@@ -119,7 +124,7 @@ def evaluate_generator(
         base = on_test(base_model, test, sample, gen, max_length, seed, "base")
     with Generator(model_dir, where) as tuned:
         model = on_test(tuned, test, sample, gen, max_length, seed, "fine-tuned")
-        cases = run_cases(tuned, gen) if gen.test_cases else None
+        cases = run_cases(tuned, gen, suite, max_fillings, seed) if suite else None
         top = highest_losses(tuned, test, model, gen, set(prompted))
     compared = None
     if champion:
@@ -137,15 +142,15 @@ def evaluate_generator(
     return GenerativeEvaluation(model, base, shown, cases, top, compared)
 
 
-def run_cases(tuned: Generator, gen: GenerationConfig):
+def run_cases(tuned: Generator, gen: GenerationConfig, suite, max_fillings: int, seed: int):
     """The test cases' prompts rendered as training rendered its examples, generated for and checked."""
-    from components.evaluate.test_cases import load_test_cases, run_test_cases
+    from components.evaluate.suite_runs import run_generator_cases
 
     def generate(prompts: list[str]) -> list[str]:
         rendered = [render_user_prompt(p, tuned.tokenizer, gen) for p in prompts]
         return tuned.generate(rendered, gen.max_new_tokens, "generating (test cases)")
 
-    return run_test_cases(load_test_cases(gen.test_cases), generate)
+    return run_generator_cases(suite.cases, suite.lists, generate, max_fillings, seed)
 
 
 def highest_losses(
@@ -264,9 +269,11 @@ def compare_with_champion(
     return ChampionComparison(version, math.exp(champion.mean_loss()), lower, higher, p_value, verdict)
 
 
-def decide_generation_gate(found: GenerativeEvaluation, gen: GenerationConfig, gate: GateConfig) -> GateDecision:
-    """Below the base model's test perplexity, each test-case category's pass rate at its floor, and against the
-    champion the paired test under gate.champion_rule."""
+def decide_generation_gate(
+    found: GenerativeEvaluation, gen: GenerationConfig, gate: GateConfig, more=()
+) -> GateDecision:
+    """Below the base model's test perplexity, against the champion the paired test under gate.champion_rule, and
+    `more` checks as (passed, line): the test cases' floors."""
     failures, checked = [], []
 
     def check(passed: bool, line: str) -> None:
@@ -277,12 +284,6 @@ def decide_generation_gate(found: GenerativeEvaluation, gen: GenerationConfig, g
             found.model.perplexity < found.base.perplexity,
             f"test perplexity {found.model.perplexity:.3f} vs base model {found.base.perplexity:.3f}",
         )
-    if found.test_cases is not None:
-        for category, rate in found.test_cases.pass_rate_by_category.items():
-            check(
-                rate >= gen.min_test_case_pass_rate,
-                f"test cases {category}: pass rate {rate:.2f} vs minimum {gen.min_test_case_pass_rate:.2f}",
-            )
     if found.champion is not None:
         c = found.champion
         check(
@@ -291,4 +292,6 @@ def decide_generation_gate(found: GenerativeEvaluation, gen: GenerationConfig, g
             f"{c.challenger_lower} examples, the champion on {c.champion_lower}; Wilcoxon signed-rank p = "
             f"{c.p_value:.3g} at level {gate.significance:g}: {c.verdict} (rule {gate.champion_rule})",
         )
+    for passed, line in more:
+        check(passed, line)
     return GateDecision(passed=not failures, reasons=failures or checked)

@@ -25,6 +25,7 @@ def evaluate_in_run(
     import mlflow
 
     from components.evaluate.generative import Placement, decide_generation_gate, evaluate_generator
+    from components.evaluate.suite_runs import gate_checks, read_suite
     from components.handoff import GATE, GateOutcome, read_environment, read_model_spec, write_json
     from components.model.loading import resolve_base
     from components.registry import champion_model_dir
@@ -49,8 +50,10 @@ def evaluate_in_run(
             cfg.seed,
             champion,
             cfg.gate.significance,
+            read_suite(cfg),
+            cfg.test_cases.max_fillings,
         )
-        gate = decide_generation_gate(found, cfg.generation, cfg.gate)
+        gate = decide_generation_gate(found, cfg.generation, cfg.gate, gate_checks(cfg, found.test_cases))
         version = _card_and_registration(cfg, found, gate, model_dir, data_dir, out)
         stage.result = summary(found, gate, version)
     client = mlflow.MlflowClient()
@@ -91,7 +94,7 @@ def _card_and_registration(cfg: LifecycleConfig, found, gate, model_dir: str, da
         cfg.tracking.registered_model,
         read_model_spec(model_dir),
         manifest,
-        cfg.data.model_dump(include={"name", "licence", "citation"}),
+        cfg.data.model_dump(include={"name", "licence", "citation"}) | {"test_cases": cfg.test_cases.path},
         json.loads((Path(data_dir) / VALIDATION_REPORT).read_text())["sources"],
         training,
         found,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from components.evaluate.behaviour_card import test_cases_section
 from components.evaluate.core import GateDecision
 from components.handoff import Manifest, ModelSpec, TrainResult
 
@@ -18,7 +19,7 @@ class GenerativeCardFacts:
     name: str  # the registered model
     spec: ModelSpec
     manifest: Manifest
-    data_meta: dict  # name, licence, citation
+    data_meta: dict  # name, licence, citation, test_cases (the file)
     formats: dict  # the validation report's sources: file -> format, examples
     training: TrainResult
     found: object  # generative.GenerativeEvaluation
@@ -93,19 +94,7 @@ Perplexity 95% bootstrap intervals: this model {low:.3f}-{high:.3f}, the base mo
 
 
 def _test_cases(f: GenerativeCardFacts) -> str:
-    cases = f.found.test_cases
-    if cases is None:
-        return "Test cases\nNone were given (generation.test_cases)."
-    rates = "\n".join(f"| {category} | {rate:.0%} |" for category, rate in cases.pass_rate_by_category.items())
-    failures = cases.failures().head(5)
-    failed = "\n".join(f"- `{row.id}`: {row.failures}" for row in failures.itertuples())
-    return f"""Test cases
-{len(cases.rows)} cases, {cases.pass_rate:.0%} passed.
-
-| category | pass rate |
-|---|---|
-{rates}
-{chr(10) + "Failed, e.g.:" + chr(10) + failed if failed else ""}"""
+    return test_cases_section(f.found.test_cases, f.data_meta.get("test_cases"))
 
 
 def _samples(f: GenerativeCardFacts) -> str:

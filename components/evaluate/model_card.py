@@ -3,6 +3,7 @@ helper per section; the registry's shortened description keeps whole sections.""
 
 from __future__ import annotations
 
+from components.evaluate.behaviour_card import fairness_section, test_cases_section
 from components.evaluate.card_facts import CardFacts
 from components.evaluate.model_card_findings import (
     baseline_section,
@@ -27,6 +28,8 @@ def render_model_card(facts: CardFacts) -> str:
         calibration_section,
         slices_section,
         robustness_section,
+        _test_cases,
+        _fairness,
         mistakes_section,
         gate_section,
         _intended_use,
@@ -35,6 +38,14 @@ def render_model_card(facts: CardFacts) -> str:
     )
     texts = (section(facts).strip() for section in sections)
     return _title(facts) + "".join(f"\n## {text}\n" for text in texts if text)
+
+
+def _test_cases(f: CardFacts) -> str:
+    return test_cases_section(f.found.test_cases, f.data_meta.get("test_cases"))
+
+
+def _fairness(f: CardFacts) -> str:
+    return fairness_section(f.found.fairness)
 
 
 def _title(f: CardFacts) -> str:

@@ -80,15 +80,20 @@ def _slice_name(row: dict) -> str:
 
 
 def robustness_section(f: CardFacts) -> str:
+    unchanged = f.found.test_cases.pass_rate_by_category
     rows = "\n".join(
         f"| {r['perturbation'].replace('_', ' ')} | {r['changed_share']:.0%} | {r['accuracy']:.4f} | "
-        f"{100 * r['drop']:+.2f} |"
+        f"{100 * r['drop']:+.2f} | "
+        + (f"{unchanged[name]:.1%}" if (name := f"robustness/{r['perturbation']}") in unchanged else "-")
+        + " |"
         for r in f.found.robustness
     )
     return (
         f"Robustness\nAccuracy on the test texts as real traffic alters them (seeded), against "
-        f"{f.found.metrics.test_accuracy:.4f} on the clean texts:\n\n"
-        f"| perturbation | texts changed | accuracy | drop (points) |\n|---|---|---|---|\n{rows}"
+        f"{f.found.metrics.test_accuracy:.4f} on the clean texts; and, as invariance tests (test cases "
+        f"robustness/<perturbation>), the share of the changed texts whose prediction did not change:\n\n"
+        f"| perturbation | texts changed | accuracy | drop (points) | prediction unchanged |\n|---|---|---|---|---|\n"
+        f"{rows}"
     )
 
 

@@ -1,5 +1,7 @@
 """Stage 5's robustness check: accuracy on the test texts as real traffic alters them (typos, case, punctuation,
-whitespace, a URL or an emoji appended), each beside the clean accuracy. Seeded."""
+whitespace, a URL or an emoji appended), each beside the clean accuracy; and the same alterations as built-in
+invariance cases of the test-case report (category robustness/<perturbation>: the prediction must not change).
+Seeded."""
 
 from __future__ import annotations
 
@@ -36,6 +38,27 @@ PERTURBATIONS: dict[str, Perturbation] = {
 }
 
 
+def perturbed(texts: list[str], seed: int, perturbations: dict[str, Perturbation] = PERTURBATIONS):
+    """Each perturbation's altered texts, in the order of `texts`, by a generator seeded per perturbation."""
+    altered = {}
+    for name, perturb in perturbations.items():
+        rng = random.Random(f"{seed}-{name}")
+        altered[name] = [perturb(text, rng) for text in texts]
+    return altered
+
+
+def robustness_cases(texts: list[str], seed: int) -> list:
+    """An invariance case per test text and perturbation that changed it: the text and its altered form."""
+    from components.evaluate.suite_case import BUILT_IN_PREFIX, TestCase
+
+    return [
+        TestCase(f"{BUILT_IN_PREFIX}{name}", f"{name}-{i + 1}", text, "INV", variants=(text, changed))
+        for name, texts_altered in perturbed(texts, seed).items()
+        for i, (text, changed) in enumerate(zip(texts, texts_altered))
+        if changed != text
+    ]
+
+
 def robustness(
     predict: Callable[[list[str]], np.ndarray],
     texts: list[str],
@@ -47,9 +70,7 @@ def robustness(
     """Per perturbation: the share of texts it changed, the accuracy on the changed set, and its drop against
     the clean accuracy (in points of accuracy, positive when worse)."""
     rows = []
-    for name, perturb in perturbations.items():
-        rng = random.Random(f"{seed}-{name}")
-        altered = [perturb(text, rng) for text in texts]
+    for name, altered in perturbed(texts, seed, perturbations).items():
         accuracy = float((predict(altered).argmax(axis=1) == targets).mean())
         rows.append(
             {
