@@ -130,6 +130,10 @@ def _annotation_text(annotation) -> str:
         return f"list of {inner if ' ' not in inner else f'({inner})'}"
     if origin is dict:
         return f"mapping of {_annotation_text(args[0])} to ({_annotation_text(args[1])})"
+    if origin is typing.Annotated:  # a constrained number, e.g. a share (0..1)
+        constraints = [c for arg in args[1:] for c in getattr(arg, "metadata", [arg])]  # a Field's, or bare ones
+        bounds = [f"{sign} {getattr(c, name)}" for c in constraints for name, sign in BOUNDS if hasattr(c, name)]
+        return " ".join([_annotation_text(args[0]), " and ".join(bounds)]).strip()
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return f"section ({', '.join(annotation.model_fields)})"
     return getattr(annotation, "__name__", str(annotation))
