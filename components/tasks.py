@@ -58,7 +58,6 @@ class Classification:
         from components.evaluate.fairness import check_positive_labels
         from components.evaluate.suite_runs import read_suite
 
-        read_suite(cfg)
         manifest = data(cfg.data, cfg.seed, Path(cfg.work_dir) / "downloads", out_dir, cfg.pii)
         read_suite(cfg, manifest.labels)
         check_positive_labels(cfg.fairness.positive_labels, manifest.labels)

@@ -25,6 +25,7 @@ from monitoring.rollout_rules import (
     failure_rollback,
     feedback_tables,
     latency_rollback,
+    latency_text,
     p99,
     verdict_decision,
     wait_or_deadline,
@@ -73,14 +74,10 @@ class GenerationEvidence:
 
     def lines(self) -> list[str]:
         """What each version answered and how it was rated, as `lifecycle rollout` prints it."""
-
-        def ms(value: float | None) -> str:
-            return f"{value:.1f} ms" if value is not None else "-"
-
         return [
             f"  answered      champion {self.champion_responses} ({self.champion_failed} failed, p99 "
-            f"{ms(self.champion_p99_ms)}); candidate {self.candidate_responses} ({self.candidate_failed} failed, "
-            f"p99 {ms(self.candidate_p99_ms)})",
+            f"{latency_text(self.champion_p99_ms)}); candidate {self.candidate_responses} "
+            f"({self.candidate_failed} failed, p99 {latency_text(self.candidate_p99_ms)})",
             f"  rated         {self.counts()}",
         ]
 

@@ -29,6 +29,7 @@ from monitoring.rollout_rules import (
     failure_rollback,
     feedback_tables,
     latency_rollback,
+    latency_text,
     p99,
     verdict_decision,
     wait_or_deadline,
@@ -74,16 +75,12 @@ class RolloutEvidence:
         """What each version scored and how they compare, as `lifecycle rollout` prints it."""
         return [
             f"  scored        champion {self.champion_scored} texts ({self.champion_failed} failed, p99 "
-            f"{_ms(self.champion_p99_ms)}); candidate {self.candidate_scored} ({self.candidate_failed} failed, p99 "
-            f"{_ms(self.candidate_p99_ms)})",
+            f"{latency_text(self.champion_p99_ms)}); candidate {self.candidate_scored} ({self.candidate_failed} "
+            f"failed, p99 {latency_text(self.candidate_p99_ms)})",
             f"  paired        {self.paired} texts, agreement {self.agreement:.1%}; {self.labelled} labelled: accuracy "
             f"champion {self.champion_accuracy:.4f}, candidate {self.candidate_accuracy:.4f}, exact McNemar p = "
             f"{self.p_value:.3g}",
         ]
-
-
-def _ms(ms: float | None) -> str:
-    return f"{ms:.1f} ms" if ms is not None else "-"
 
 
 def gather_evidence(

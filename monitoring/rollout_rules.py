@@ -18,6 +18,11 @@ PROMOTE, ROLLBACK, WAIT = "promote", "rollback", "wait"
 log = logging.getLogger(__name__)
 
 
+def latency_text(ms: float | None) -> str:
+    """A p99 latency as `lifecycle rollout` prints it; `-` for a version with no answers."""
+    return f"{ms:.1f} ms" if ms is not None else "-"
+
+
 def failure_rollback(candidate: str, failed: int, scored: int, rollout, unit: str = "texts") -> Decision[str] | None:
     """A rollback when the candidate failed on more than rollout.max_error_rate of what it was given."""
     rate = failed / scored if scored else 0.0

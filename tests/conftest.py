@@ -1,6 +1,10 @@
 """Tiny models built from configs (random weights, no download) and small labelled data made here."""
 
+import contextlib
+import os
 import random
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -182,6 +186,23 @@ def compile_pipelines(settings: list[str], *arguments: str) -> int:
 def serve_command(config: Path, port: int, *arguments: str) -> list[str]:
     """`lifecycle serve` in a process of its own, as a serving pod runs it."""
     return [sys.executable, "-m", "pipelines.cli", "serve", "--config", str(config), "--port", str(port), *arguments]
+
+
+@contextlib.contextmanager
+def running_server(command: list[str], port: int, root: Path, tracking_uri: str):
+    """A serve_command's process on the tracking store at `tracking_uri`, what it prints in root/server.out, once
+    ready: (its URL, the process); stopped with SIGTERM, as a pod is, on leaving."""
+    with open(root / "server.out", "w") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url, process, output=root / "server.out")
+        yield url, process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
 
 
 @pytest.fixture

@@ -9,19 +9,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def dry_run(script: str, *arguments: str) -> subprocess.CompletedProcess:
+    """A benchmark's --dry-run, which must succeed: what it printed."""
+    run = subprocess.run(
+        [sys.executable, script, "--dry-run", *arguments], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run
+
+
 @pytest.mark.slow
 def test_the_gpu_check_dry_run_runs_every_step_on_the_cpu_and_prints_one_table(tmp_path):
     """`make gpu-check` on a machine without a GPU (--dry-run): the GPU tests (they skip), the fine-tuning benchmark
     against the Trainer peer, the pipeline benchmark and the serving benchmark, each measured, in one table."""
     out = tmp_path / "gpu-check"
-    run = subprocess.run(
-        [sys.executable, "benchmarks/gpu_check.py", "--dry-run", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run = dry_run("benchmarks/gpu_check.py", "--out", str(out))
     assert run.stdout.startswith("GPU check on no GPU: a dry run on the CPU")
     rows = json.loads((out / "gpu_check.json").read_text())
     checks = [row["check"] for row in rows]
@@ -44,14 +46,7 @@ def test_the_generator_serving_benchmark_dry_run_measures_every_side_in_one_tabl
     """benchmarks/serving_generation.py --dry-run: our server (int4, fp32) and transformers' `generate`, at 1 and 2
     clients, in one table; llama-cpp-python's server too where LLAMA_PYTHON names a python that has it."""
     table = tmp_path / "table.md"
-    run = subprocess.run(
-        [sys.executable, "benchmarks/serving_generation.py", "--dry-run", "--markdown", str(table)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run = dry_run("benchmarks/serving_generation.py", "--markdown", str(table))
     assert run.stdout.strip() == table.read_text().strip()
     rows = [line.split(" | ") for line in table.read_text().splitlines() if line.startswith("| ") and "---" not in line]
     sides = ["ours int4", "ours fp32", *(["llama.cpp"] if os.environ.get("LLAMA_PYTHON") else []), "transformers"]

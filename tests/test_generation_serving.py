@@ -2,9 +2,6 @@
 registered bundle (chat completions streamed and not, completions, models, stop strings, usage, errors), a client
 that goes away mid-stream, the prediction log's redacted prompts, and a swap of versions during a stream."""
 
-import os
-import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -13,7 +10,7 @@ import mlflow
 import openai
 import pytest
 import requests
-from conftest import as_args, make_texts, serve_command, wait_until_ready
+from conftest import as_args, make_texts, running_server, serve_command
 from test_serving import metrics
 
 from pipelines.tracking_server import free_port
@@ -100,15 +97,8 @@ def server(generator_bundle, tmp_path_factory):
         "serve.max_request_bytes=4096",
     ]
     command = serve_command(CONFIG, port, "--model", f"models:/{NAME}@champion", *as_args(settings))
-    with open(root / "server.out", "w") as out:
-        process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_TRACKING_URI": uri}
-        )
-    url = f"http://127.0.0.1:{port}"
-    wait_until_ready(url, process, output=root / "server.out")
-    yield url, root, process
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=60)
+    with running_server(command, port, root, uri) as (url, process):
+        yield url, root, process
 
 
 def client(url: str) -> openai.OpenAI:

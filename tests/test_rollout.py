@@ -3,10 +3,7 @@ several clients send requests; the rollout's decision on the prediction log and 
 
 import datetime as dt
 import json
-import os
 import shutil
-import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -14,7 +11,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import requests
-from conftest import as_args, make_texts, serve_command, wait_until_ready
+from conftest import as_args, make_texts, running_server, serve_command
 
 from pipelines.cli import main
 from pipelines.tracking_server import free_port
@@ -56,15 +53,8 @@ def server(versions):
     port = free_port(3)  # serve: HTTP, gRPC, metrics
     settings = settings_for(root)
     command = serve_command(CONFIG, port, "--model", f"models:/{NAME}@champion", *as_args(settings))
-    with open(root / "server.out", "w") as out:
-        process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_TRACKING_URI": uri}
-        )
-    url = f"http://127.0.0.1:{port}"
-    wait_until_ready(url, process, output=root / "server.out")
-    yield url, settings, root
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=60)
+    with running_server(command, port, root, uri) as (url, _):
+        yield url, settings, root
 
 
 def settings_for(root: Path) -> list[str]:

@@ -330,6 +330,6 @@ def gate_checks(cfg, test_cases, fairness=None) -> list[tuple[bool, str]]:
         checks += floor_checks(test_cases, cfg.test_cases.min_pass_rate, cfg.test_cases.min_pass_rates)
     if fairness is not None:
         checks += gap_checks(fairness, cfg.fairness.max_gap)
-    elif cfg.fairness.max_gap and cfg.task == "classification":  # a limit that cannot be judged lets nothing through
+    elif cfg.fairness.max_gap:  # a limit that cannot be judged lets nothing through
         checks.append((False, f"fairness: the test split holds no group column ({cfg.data.group_column})"))
     return checks
