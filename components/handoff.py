@@ -27,6 +27,9 @@ SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"  # labels, counts per split, fingerprint, schema
 VALIDATION_REPORT = "validation.json"  # great-expectations' results, per file read
 DATA_DOCS = "validation_{source}.html"  # great-expectations' data docs, one page per file read
+# With data.pii=report: {split: {row: its text redacted}} for the rows holding personal data, what the prediction
+# log's redact form makes of them (stages 6 and 7 read it instead of scanning the splits again)
+REDACTED_TEXTS = "redacted_texts.json"
 # Stage 2, in the initial model's folder (copied beside the fine-tuned model by stage 4)
 MODEL_SPEC = "model_spec.json"
 # Beside a fine-tuned model's base weights when they are not merged into them (components/model/loading.py save_trained)
@@ -98,6 +101,14 @@ def read_split(data_dir: str | Path, split: str) -> pd.DataFrame:
 
 def read_texts(data_dir: str | Path, split: str, limit: int | None = None) -> list[str]:
     return read_split(data_dir, split)["text"].head(limit).tolist()
+
+
+def read_redacted(data_dir: str | Path, split: str) -> dict[int, str] | None:
+    """{row: text redacted} of a split's rows holding personal data, as stage 1 found them; None where stage 1 did
+    not keep them (data.pii other than report, a generator's examples)."""
+    if not (Path(data_dir) / REDACTED_TEXTS).is_file():
+        return None
+    return {int(row): text for row, text in _read_json(data_dir, REDACTED_TEXTS)[split].items()}
 
 
 def read_manifest(data_dir: str | Path) -> Manifest:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,16 +25,26 @@ os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 
 
 class PiiScanner:
-    """Presidio's analyzer (the configured entities, no model download) and anonymizer, made once."""
+    """Presidio's analyzer (the configured entities, no model download) and anonymizer, made once: at once with
+    `load`, else at the first text that can hold a finding (a batch without one never loads Presidio)."""
 
-    def __init__(self, config: PiiConfig, hash_key: str | None = None):
+    def __init__(self, config: PiiConfig, hash_key: str | None = None, load: bool = True):
+        self.config, self.hash_key = config, hash_key
+        self.entities = checked_entities(config)
+        self.may_hold = finding_precondition(self.entities)
+        if load:
+            self._engines  # noqa: B018 (loads them, and says now that a configured spaCy pipeline is missing)
+
+    @functools.cached_property
+    def _engines(self):
+        """(analyzer, anonymizer)."""
         from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
         from presidio_analyzer.predefined_recognizers import PhoneRecognizer
         from presidio_anonymizer import AnonymizerEngine
 
         # It warns of each recognizer of another language it leaves out: not the user's concern.
         logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
-        self.config, self.hash_key = config, hash_key
+        config = self.config
         nlp_engine = _nlp_engine(config)
         registry = RecognizerRegistry(supported_languages=[config.language])
         registry.load_predefined_recognizers(languages=[config.language], nlp_engine=nlp_engine)
@@ -41,18 +52,20 @@ class PiiScanner:
         registry.add_recognizer(
             PhoneRecognizer(supported_regions=config.phone_regions, supported_language=config.language)
         )
-        self.analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=[config.language])
-        self.anonymizer = AnonymizerEngine()
-        self.entities = checked_entities(config)
+        analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=[config.language])
+        return analyzer, AnonymizerEngine()
 
     def transform(self, text: str, form: str) -> tuple[str, list[str]]:
         """(the text in `form`, the entity type of each finding, overlaps resolved as the anonymizer resolves
         them)."""
+        if not self.may_hold(text):
+            return text, []
         from presidio_anonymizer.entities import OperatorConfig
 
+        analyzer, anonymizer = self._engines
         found = [
             result
-            for result in self.analyzer.analyze(
+            for result in analyzer.analyze(
                 text=text, language=self.config.language, entities=self.entities, score_threshold=self.config.min_score
             )
             if _plausible(result, text)
@@ -66,12 +79,37 @@ class PiiScanner:
             if form == REDACT
             else OperatorConfig("keep")
         )
-        result = self.anonymizer.anonymize(text=text, analyzer_results=found, operators={"DEFAULT": operator})
+        result = anonymizer.anonymize(text=text, analyzer_results=found, operators={"DEFAULT": operator})
         return (text if form == KEEP else result.text), [item.entity_type for item in result.items]
 
     def texts_in(self, texts: Iterable[str], form: str) -> list[str]:
         """Every text in `form`."""
         return [self.transform(text, form)[0] for text in texts]
+
+
+# What a text must hold for Presidio's recognizer of an entity to find one there, as the patterns are written
+# (components/config/schema_data.py lists the entities): a digit for numbers; `@`; two colons for IPv6; for a URL,
+# a scheme, www. or a path (_plausible drops the rest) or a context word that lifts a bare domain's score. An entity
+# not listed (names, places, dates: spaCy's) can be in any text.
+_FINDING_PRECONDITIONS = {
+    "EMAIL_ADDRESS": re.compile("@"),
+    "PHONE_NUMBER": re.compile(r"\d"),
+    "CREDIT_CARD": re.compile(r"\d"),
+    "IBAN_CODE": re.compile(r"\d"),
+    "MEDICAL_LICENSE": re.compile(r"\d"),
+    "CRYPTO": re.compile(r"\d"),
+    "IP_ADDRESS": re.compile(r"\d|:.*:", re.DOTALL),
+    "URL": re.compile(r"/|www\.|url|website|link", re.IGNORECASE),
+}
+
+
+def finding_precondition(entities: list[str]) -> Callable[[str], bool]:
+    """text -> whether Presidio could find one of `entities` in it. Most texts of a chat or a review hold no digit,
+    no @ and no link: they need no scan, which is most of its time."""
+    if any(entity not in _FINDING_PRECONDITIONS for entity in entities):
+        return lambda text: True
+    pattern = re.compile("|".join(f"(?:{_FINDING_PRECONDITIONS[e].pattern})" for e in entities), re.I | re.S)
+    return lambda text: pattern.search(text) is not None
 
 
 def _plausible(result, text: str) -> bool:
@@ -117,11 +155,14 @@ def _nlp_engine(config: PiiConfig):
     return engine
 
 
-def text_form(form: str, config: PiiConfig, hash_key: str | None = None) -> Callable[[list[str]], list[str]]:
-    """The function that puts texts in `form` (keep, redact, hash), as the prediction log stores them."""
+def text_form(
+    form: str, config: PiiConfig, hash_key: str | None = None, load: bool = True
+) -> Callable[[list[str]], list[str]]:
+    """The function that puts texts in `form` (keep, redact, hash), as the prediction log stores them; Presidio
+    loaded at once, or (not `load`) at the first text that can hold a finding."""
     if form == KEEP:
         return list
-    scanner = PiiScanner(config, hash_key)
+    scanner = PiiScanner(config, hash_key, load)
     return functools.partial(scanner.texts_in, form=form)
 
 
@@ -139,16 +180,24 @@ class LogPii:
         """The LifecycleConfig's serve.log_pii, found as its pii section says."""
         return cls(cfg.serve.log_pii, cfg.pii.model_dump(), cfg.serve.log_pii_key_env)
 
-    def text_form(self, hash_key: str | None = None):
+    def text_form(self, hash_key: str | None = None, load: bool = True):
         """The function that puts texts in this form; hash's key from the environment unless given."""
         if self.form == HASH:
             hash_key = hash_key or log_hash_key(self.key_env)
-        return text_form(self.form, PiiConfig(**self.pii), hash_key)
+        return text_form(self.form, PiiConfig(**self.pii), hash_key, load)
 
     def drift_form(self):
-        """This form as drift is measured on it: hashed with a key of its own, since the drift check compares what
-        texts look like (a hash's length), never their values."""
-        return self.text_form(hash_key=secrets.token_hex(16))
+        """This form as drift is measured on it, for a batch of texts (Presidio loads only if one can hold a
+        finding): hashed with a key of its own, since the drift check compares what texts look like (a hash's
+        length), never their values."""
+        return self.text_form(hash_key=secrets.token_hex(16), load=False)
+
+    def drift_texts(self, texts: list[str], redacted: dict[int, str] | None) -> list[str]:
+        """drift_form of `texts`; where this form is redact, `redacted` (stage 1's redacted texts by position, of
+        those holding personal data, found with the same pii section) spares the scan."""
+        if self.form == REDACT and redacted is not None:
+            return [redacted.get(i, text) for i, text in enumerate(texts)]
+        return self.drift_form()(texts)
 
 
 def log_hash_key(env_name: str) -> str:

@@ -103,6 +103,50 @@ def test_off_looks_for_nothing_and_says_so(pii_csv, tmp_path):
     assert texts.str.contains("07700 900123", regex=False).sum() == 3  # as they came
 
 
+def test_only_texts_that_can_hold_a_finding_go_to_presidio_and_the_findings_are_the_same():
+    """The scan sends Presidio only the texts that can hold a finding (a digit, @, a link, two colons): over the whole
+    SMS collection, the planted values and bare domains that only a context word could make a finding, it gives
+    every text the same form and kinds as sending it every text; a batch without such a text never loads it."""
+    from conftest import SHARED_SMS
+
+    from components.pii import PiiScanner
+
+    texts = pd.read_csv(SHARED_SMS, sep="\t", header=None, quoting=3)[1].tolist() + [
+        *texts_with_personal_data(60)["text"],
+        "the link is dinner.ms, see the website shop.example",
+        "dead:beef::cafe is the address",
+    ]
+    filtered, every_text = PiiScanner(PiiConfig(), load=False), PiiScanner(PiiConfig())
+    every_text.may_hold = lambda text: True
+    assert sum(map(filtered.may_hold, texts)) < len(texts) / 2
+    found = [filtered.transform(t, REDACT) for t in texts]
+    assert found == [every_text.transform(t, REDACT) for t in texts]
+    assert sum(bool(kinds) for _, kinds in found) > 400
+
+    lazy = PiiScanner(PiiConfig(), load=False)
+    assert lazy.texts_in(["see you at lunch", "ok thanks!"], REDACT) == ["see you at lunch", "ok thanks!"]
+    assert "_engines" not in vars(lazy)  # Presidio never loaded
+    assert PiiScanner(PiiConfig(spacy_model="en_core_web_sm"), load=False).may_hold("see you")  # names: in any text
+
+
+def test_stage_1s_redacted_texts_are_what_the_logs_redact_form_makes_of_each_split(tmp_path):
+    """With data.pii=report stage 1 keeps each split's texts redacted where they hold personal data, which stages 6
+    and 7 read instead of scanning again: they are what the prediction log's redact form makes of the split."""
+    from conftest import SHARED_SMS
+
+    from components.handoff import read_redacted, read_texts
+
+    sms = pd.read_csv(SHARED_SMS, sep="\t", header=None, quoting=3, names=["label", "text"]).head(400)
+    path = tmp_path / "texts.csv"
+    pd.concat([texts_with_personal_data(), sms]).to_csv(path, index=False)
+    run_stage_1(path, tmp_path / "data", "report")
+    log_form = LogPii(REDACT)
+    for split in SPLITS:
+        texts, redacted = read_texts(tmp_path / "data", split), read_redacted(tmp_path / "data", split)
+        assert redacted and log_form.drift_texts(texts, redacted) == log_form.drift_form()(texts), split
+    assert read_redacted(run_stage_1(path, tmp_path / "redact", "redact").out_dir, "test") is None
+
+
 def test_names_need_a_spacy_model_the_user_has(tmp_path):
     from components.pii import PiiScanner
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 
 from components.config import DataConfig, PiiConfig
-from components.data.personal_data import find_personal_data, pii_counts
-from components.data.splitting import PII, fingerprint, resolve_leakage, split_sources
+from components.data.personal_data import find_personal_data, pii_counts, redacted_rows
+from components.data.splitting import PII, REDACTED, fingerprint, resolve_leakage, split_sources
 from components.data.table_readers import (
     FEEDBACK,
     DataError,
@@ -30,7 +30,15 @@ from components.data.validation import (
     validate_table,
     without_controls,
 )
-from components.handoff import MANIFEST, VALIDATION_REPORT, Manifest, data_docs_path, split_path, write_json
+from components.handoff import (
+    MANIFEST,
+    REDACTED_TEXTS,
+    VALIDATION_REPORT,
+    Manifest,
+    data_docs_path,
+    split_path,
+    write_json,
+)
 from components.pii import checked_entities
 from components.storage import file_sha256
 
@@ -63,7 +71,9 @@ def data(
     splits = split_sources(config, frames, sources, labels, duplicates + conflicts, seed)
     splits, leaking = resolve_leakage(splits, sources, config.on_leakage)
     for name, rows in splits.items():
-        rows.drop(columns=PII).to_parquet(split_path(out_dir, name), index=False)
+        rows.drop(columns=[PII, REDACTED], errors="ignore").to_parquet(split_path(out_dir, name), index=False)
+    if config.pii == "report":
+        write_json(out_dir, REDACTED_TEXTS, {name: redacted_rows(rows) for name, rows in splits.items()})
     manifest = Manifest(
         out_dir=str(out_dir),
         source=", ".join(sources.values()),

@@ -8,7 +8,7 @@ import logging
 import pandas as pd
 
 from components.config import DataConfig, PiiConfig
-from components.data.splitting import PII
+from components.data.splitting import PII, REDACTED
 from components.data.validation import DataValidationError
 from components.pii import KEEP, REDACT, PiiScanner
 
@@ -19,14 +19,14 @@ def find_personal_data(
     frames: dict[str, pd.DataFrame], config: DataConfig, pii: PiiConfig, sources: dict[str, str]
 ) -> dict[str, pd.DataFrame]:
     """Each table with the kinds of personal data in each text (column PII, for the counts per split) and, with
-    data.pii=redact, its texts redacted; with fail, the first texts holding any are named by row and kind (never
-    by value: the message reaches logs)."""
+    data.pii=redact, its texts redacted (with report, the redacted texts beside them, column REDACTED); with fail,
+    the first texts holding any are named by row and kind (never by value: the message reaches logs)."""
     from components.stage_output import Progress
 
     if config.pii == "off":
         return {name: frame.assign(**{PII: ""}) for name, frame in frames.items()}
-    scanner = PiiScanner(pii)
-    form = REDACT if config.pii == "redact" else KEEP
+    scanner = PiiScanner(pii, load=False)
+    form = KEEP if config.pii == "fail" else REDACT
     found, marked = {}, {}
     progress = Progress(sum(map(len, frames.values())), "looking for personal data", log)
     for name, frame in frames.items():
@@ -39,7 +39,10 @@ def find_personal_data(
             texts.append(changed)
             kinds.append(",".join(sorted(set(found_kinds))))
             progress.update(1)
-        marked[name] = frame.assign(**{config.text_column: texts, PII: kinds})
+        kept = texts if config.pii == "redact" else frame[config.text_column]
+        marked[name] = frame.assign(**{config.text_column: kept, PII: kinds})
+        if config.pii == "report":
+            marked[name][REDACTED] = texts
         found[name] = [(row, k) for row, k in zip(frame.index, kinds) if k]
     holding = {name: rows for name, rows in found.items() if rows}
     if config.pii == "fail" and holding:
@@ -62,6 +65,12 @@ def pii_counts(rows: pd.DataFrame) -> dict[str, int]:
     return {kind: int(n) for kind, n in kinds[kinds.astype(bool)].value_counts().sort_index().items()}
 
 
+def redacted_rows(rows: pd.DataFrame) -> dict[str, str]:
+    """{row: text redacted} of the rows of a split (as written) whose redacted text differs."""
+    differs = (rows[REDACTED] != rows["text"]).to_numpy()
+    return {str(i): text for i, (text, changed) in enumerate(zip(rows[REDACTED], differs)) if changed}
+
+
 class ExamplesPersonalData:
     """data.pii for a generator's examples: each turn's content and the response scanned one by one (and, with
     redact, replaced), before the prompt is rendered, so the template is never scanned and what trains is what a
@@ -71,7 +80,7 @@ class ExamplesPersonalData:
         from components.stage_output import Progress
 
         self.policy, self.found = policy, []  # (row, kinds) of the examples holding any
-        self.scanner = None if policy == "off" else PiiScanner(pii)
+        self.scanner = None if policy == "off" else PiiScanner(pii, load=False)
         self.progress = Progress(total, "looking for personal data", log) if self.scanner else None
 
     def scan(self, turns: list[dict], response: str, row) -> tuple[list[dict], str, str]:

@@ -14,6 +14,9 @@ from components.handoff import SPLITS
 
 SOURCE = "_lifecycle_source"  # the column that stage 1 adds to each table read: "data" or "feedback"
 PII = "_lifecycle_pii"  # the column of the kinds of personal data in each text (comma-separated), never written
+# With data.pii=report, each text with its personal data redacted, never written: what the prediction log's
+# redact form makes of it, which stages 6 and 7 read instead of scanning the texts again (handoff.REDACTED)
+REDACTED = "_lifecycle_redacted"
 
 
 def split_sources(
@@ -69,6 +72,8 @@ def clean(frame: pd.DataFrame, text_column: str, label_column: str, group_column
     for column, name in ((SOURCE, "source"), (PII, PII)):
         if column in frame:
             rows[name] = frame[column]
+    if REDACTED in frame:
+        rows[REDACTED] = frame[REDACTED].str.strip()
     if group_column:
         rows["group"] = frame[group_column].astype("string")
     rows = rows.drop_duplicates(subset=["text", "label"])

@@ -21,6 +21,7 @@ from components.handoff import (
     REFERENCE,
     bundle_dir,
     read_labels,
+    read_redacted,
     read_split,
     write_json,
 )
@@ -138,8 +139,12 @@ def deploy(
     _quantize_and_choose(out, bundle, texts, targets, labels, fp32_logits, batch_size, report)
     # 3. the drift reference: training texts in the log's form as the served graph sees them (stage 7 compares
     # the logged traffic with it; another form would be drift of its own)
-    train, log_pii = read_split(data_dir, "train"), log_pii or LogPii()
-    sample = log_pii.drift_form()(train.sample(min(reference_size, len(train)), random_state=seed)["text"].tolist())
+    train, log_pii, redacted = read_split(data_dir, "train"), log_pii or LogPii(), read_redacted(data_dir, "train")
+    rows = train.sample(min(reference_size, len(train)), random_state=seed)
+    sample = log_pii.drift_texts(
+        rows["text"].tolist(),
+        None if redacted is None else {i: redacted[row] for i, row in enumerate(rows.index) if row in redacted},
+    )
     profile_texts(OnnxClassifier(bundle), sample).to_parquet(bundle / REFERENCE, index=False)
     report.reference_pii = log_pii.form
     _write_report(out, report)

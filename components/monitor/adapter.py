@@ -21,13 +21,15 @@ def monitor(
     import mlflow
     import pandas as pd
 
-    from components.handoff import read_texts
+    from components.handoff import read_redacted, read_texts
+    from components.pii import LogPii
     from components.tracking import stage_run
     from monitoring import core
 
     cfg = LifecycleConfig.model_validate_json(config_json)
     with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, MONITOR.run_name) as stage:
-        test = pd.DataFrame({"text": core.in_log_form(cfg, read_texts(data_dir, "test"))})  # a generator's: prompts
+        texts = LogPii.of(cfg).drift_texts(read_texts(data_dir, "test"), read_redacted(data_dir, "test"))
+        test = pd.DataFrame({"text": texts})  # a generator's: prompts
         result = core.monitor(bundle_dir, test, cfg, out_dir)
         _log_drift(result, out_dir, "test split")
         stage.result = f"the test split against the champion's reference: {core.verdict(result)}"
