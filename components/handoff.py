@@ -48,6 +48,9 @@ MODEL_CARD = "model_card.md"
 METRICS = "metrics.json"
 GATE = "gate.json"  # the gate's verdict and the version registered (stage 6 deploys that one)
 TEMPERATURE_TAG = "temperature"  # stage 5's tag on the registered version, which stage 6 puts in the bundle
+# A classifier's PyTorch logits of the test split, with the device, precision and max_length they were computed
+# with: stage 6's parity check reuses them where it would compute the same
+TEST_LOGITS = "test_logits.npz"
 # Stage 6
 DEPLOYMENT = "deployment.json"  # the parity and int8 report (also in the bundle)
 BUNDLE = "bundle"  # the folder that is registered and served
@@ -208,6 +211,24 @@ def read_deployment(bundle: str | Path) -> dict | None:
 def read_input_pii(bundle: str | Path) -> dict | None:
     """The pii section the bundle's inputs are redacted with before scoring (None: scored as they come)."""
     return _read_json(bundle, INPUT_PII) if (Path(bundle) / INPUT_PII).is_file() else None
+
+
+def write_test_logits(evaluation_dir: str | Path, logits, device: str, precision: str, max_length: int) -> None:
+    import numpy as np
+
+    np.savez(Path(evaluation_dir) / TEST_LOGITS, logits=logits, computed_with=[device, precision, str(max_length)])
+
+
+def read_test_logits(evaluation_dir: str | Path) -> tuple | None:
+    """(logits, device, precision, max_length) as stage 5 wrote them, or None where it wrote none."""
+    import numpy as np
+
+    path = Path(evaluation_dir) / TEST_LOGITS
+    if not path.is_file():
+        return None
+    with np.load(path) as saved:
+        device, precision, max_length = saved["computed_with"].tolist()
+        return saved["logits"], device, precision, int(max_length)
 
 
 def model_card_path(evaluation_dir: str | Path) -> Path:

@@ -135,6 +135,7 @@ def test_deploy_publishes_the_onnx_bundle_as_champion(run):
         out(run, "model"),
         run["challenger"],
         out(run, "deploy"),
+        out(run, "report"),  # stage 5's logits of the test split, which parity reuses
     )
     client, name = run["client"], "sms-spam-classifier"
     assert alias_version(client, name, CHAMPION) == result["model_version"] != run["challenger"]

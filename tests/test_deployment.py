@@ -65,3 +65,35 @@ def test_a_gpt2_style_decoder_exports_with_parity(tiny_gpt2, tiny_run, tmp_path)
     )
     report = deploy(str(tmp_path / "model"), str(data_dir), str(tmp_path / "deploy"))
     assert report.parity_passed and report.max_abs_logit_diff <= PARITY_TOLERANCE
+
+
+def test_parity_reuses_stage_5s_logits_only_where_they_are_what_it_would_compute(tiny_run, tiny_bundle, tmp_path):
+    """Stage 6 compares the ONNX graph with the PyTorch logits stage 5 computed of the same test texts, instead of
+    computing them again, where stage 5 ran on the CPU in fp32 and cut no text at another length; the report is the
+    same."""
+    from components.deploy import core as deployment
+    from components.evaluate.core import load_logits_predictor
+    from components.handoff import write_test_logits
+    from components.model.loading import load_classifier
+
+    texts = read_split(tiny_run[0], "test")["text"].tolist()
+    logits = load_logits_predictor(str(tiny_run[1]), ["ham", "spam"], 32, 64, "cpu", "fp32")(texts)
+    evaluation = tmp_path / "evaluation"
+    evaluation.mkdir()
+    write_test_logits(evaluation, logits, "cpu", "fp32", 32)
+    tokenizer = load_classifier(str(tiny_run[1]), ["ham", "spam"])[1]
+    assert deployment._stage_5_logits(str(evaluation), tokenizer, texts) is not None
+    report = deployment.deploy(str(tiny_run[1]), str(tiny_run[0]), str(tmp_path / "out"), evaluation_dir=evaluation)
+    assert report.to_dict() == json.loads((tiny_bundle / "deployment.json").read_text())
+
+    # fine-tuning set the tokenizer's limit to 32 tokens; stage 5 at 16 cut this text where the export does not
+    long_texts = texts[:-1] + [" ".join(["word"] * 24)]
+    for written, checked in (
+        (("cuda", "fp32", 32), texts),
+        (("cpu", "bf16", 32), texts),
+        (("cpu", "fp32", 32), texts[1:]),
+        (("cpu", "fp32", 16), long_texts),
+    ):
+        write_test_logits(evaluation, logits, *written)
+        assert deployment._stage_5_logits(str(evaluation), tokenizer, checked) is None, written
+    assert deployment._stage_5_logits(None, tokenizer, texts) is None

@@ -4,6 +4,7 @@ classifier's export is core.py's, a generator's generator_adapter.py's."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from components.config import LifecycleConfig
@@ -18,6 +19,7 @@ def deploy(
     model_dir: str,
     challenger_version: str,
     out_dir: str,
+    evaluation_dir: str | None = None,
 ) -> dict:
     import mlflow
 
@@ -27,7 +29,11 @@ def deploy(
     from components.tracking import stage_run
 
     cfg = LifecycleConfig.model_validate_json(config_json)
-    export = publish_generator if cfg.task == "generation" else _deploy_classifier
+    export = (
+        publish_generator
+        if cfg.task == "generation"
+        else functools.partial(_deploy_classifier, evaluation_dir=evaluation_dir)
+    )
     with stage_run(tracking_uri, cfg.tracking.experiment, parent_run_id, DEPLOY.run_name) as stage:
         source = challenger(cfg.tracking.registered_model, challenger_version)
         try:
@@ -43,8 +49,11 @@ def deploy(
     return report.to_dict() | {"model_version": version, "previous_champion": demoted, "rollout": rollout}
 
 
-def _deploy_classifier(cfg: LifecycleConfig, source, data_dir: str, model_dir: str, out_dir: str):
-    """(report, what publishing gave, what was found) for a classifier: core.deploy, then the champion."""
+def _deploy_classifier(
+    cfg: LifecycleConfig, source, data_dir: str, model_dir: str, out_dir: str, evaluation_dir: str | None
+):
+    """(report, what publishing gave, what was found) for a classifier: core.deploy (reusing stage 5's logits from
+    `evaluation_dir`), then the champion."""
     from components.deploy import core
     from components.handoff import TEMPERATURE_TAG, bundle_dir, read_labels, read_texts
     from components.pii import LogPii
@@ -60,6 +69,7 @@ def _deploy_classifier(cfg: LifecycleConfig, source, data_dir: str, model_dir: s
         temperature=temperature,
         log_pii=LogPii.of(cfg),
         input_pii=cfg.pii.model_dump() if cfg.data.pii == "redact" else None,
+        evaluation_dir=evaluation_dir,
     )
     _log_report(report, temperature)
     published = publish_champion(

@@ -27,6 +27,7 @@ def deploy(
         model.path,
         read_gate(evaluation.path).model_version,
         onnx_model.path,
+        evaluation.path,
     )
     onnx_model.metadata.update(result)
     return result["model_version"]

@@ -112,13 +112,16 @@ def deploy(
     temperature: float = 1.0,
     log_pii: LogPii | None = None,
     input_pii: dict | None = None,
+    evaluation_dir: str | None = None,
 ) -> DeploymentReport:
     """Stage 6 up to the registry: out_dir/bundle holds the model to serve (its probabilities scaled by the
     `temperature` stage 5 kept) and its monitoring reference, its texts in the prediction log's form (`log_pii`:
     their personal data redacted or hashed as serve.log_pii says; redacted by default), out_dir/deployment.json
     the report.
     `input_pii`: the pii section the training texts were redacted with (data.pii=redact), with which the bundle
-    redacts what it scores. Raises ParityError when the fp32 export does not give the PyTorch model's answers."""
+    redacts what it scores. `evaluation_dir`: stage 5's report, whose PyTorch logits of the test split parity
+    reuses where they are what it would compute. Raises ParityError when the fp32 export does not give the PyTorch
+    model's answers."""
     from components.model.loading import load_classifier
     from components.scoring import class_indices
 
@@ -131,7 +134,10 @@ def deploy(
     # 1. fp32 export and parity with PyTorch on the whole test split
     export_onnx(model, tokenizer, bundle / BUNDLE_MODEL)
     fp32_logits = OnnxClassifier(bundle).logits(texts, batch_size)
-    report = parity_report(_torch_logits(model, tokenizer, texts, batch_size), fp32_logits)
+    torch_logits = _stage_5_logits(evaluation_dir, tokenizer, texts)
+    if torch_logits is None:
+        torch_logits = _torch_logits(model, tokenizer, texts, batch_size)
+    report = parity_report(torch_logits, fp32_logits)
     if not report.parity_passed:
         _write_report(out, report)
         raise ParityError(report.reason)
@@ -202,6 +208,26 @@ def _torch_logits(model, tokenizer, texts: list[str], batch_size: int) -> np.nda
 
     split = encode(tokenizer, texts, tokenizer.model_max_length)
     return predict_logits(model, split, batch_size, tokenizer.pad_token_id, "cpu", "fp32").numpy()
+
+
+def _stage_5_logits(evaluation_dir: str | None, tokenizer, texts: list[str]) -> np.ndarray | None:
+    """Stage 5's PyTorch logits of these texts where they are what _torch_logits would give: the same model on the
+    CPU in fp32, and every text cut at the same token (stage 5 at model.max_length, the export at the tokenizer's
+    limit); else None."""
+    from components.handoff import read_test_logits
+
+    saved = read_test_logits(evaluation_dir) if evaluation_dir else None
+    if saved is None:
+        return None
+    logits, device, precision, max_length = saved
+    if (device, precision) != ("cpu", "fp32") or len(logits) != len(texts):
+        return None
+    limit = tokenizer.model_max_length
+    if max_length != limit:
+        longest = max((len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]), default=0)
+        if longest > min(max_length, limit):
+            return None
+    return logits
 
 
 def _quantize_and_choose(

@@ -17,7 +17,7 @@ def evaluate(
 ) -> dict:
     from components.evaluate import core
     from components.evaluate.suite_runs import gate_checks, read_suite
-    from components.handoff import GATE, GateOutcome, read_environment, read_manifest, write_json
+    from components.handoff import GATE, GateOutcome, read_environment, read_manifest, write_json, write_test_logits
     from components.registry import champion_predictor
     from components.tracking import stage_run
 
@@ -49,6 +49,7 @@ def evaluate(
                 read_suite(cfg, manifest.labels), cfg.test_cases, cfg.fairness, cfg.data.group_column or "group"
             ),
         )
+        write_test_logits(out, found.test_logits, env.device, env.precision, cfg.model.max_length)
         checks = gate_checks(cfg, found.test_cases, found.fairness)
         gate = core.decide_gate(found.metrics, cfg.gate, found.champion, found.baseline, found.worst_slice, checks)
         facts = _card_facts(cfg, model_dir, manifest, env, found, gate)

@@ -131,6 +131,7 @@ class Evaluation:
     fairness: object | None  # fairness.FairnessReport, with data.group_column
     mistakes: pd.DataFrame  # the most confident: text, true, predicted, probability
     champion: PairedComparison | None
+    test_logits: np.ndarray = field(repr=False, default=None)  # PyTorch's, before calibration; stage 6 reuses them
 
     def scalars(self) -> dict[str, float]:
         """The MLflow metrics, beside the test metrics."""
@@ -181,7 +182,7 @@ class Evaluation:
 
     def to_dict(self) -> dict:
         found = {f.name: getattr(self, f.name) for f in fields(self)}
-        found = {name: value for name, value in found.items() if name not in ("test_cases", "fairness")}
+        found = {name: value for name, value in found.items() if name not in ("test_cases", "fairness", "test_logits")}
         return {name: asdict(value) if is_dataclass(value) else value for name, value in found.items()} | {
             "mistakes": self.mistakes.to_dict("records"),
             "test_cases": self.test_cases.rows.to_dict("records"),
@@ -293,6 +294,7 @@ def evaluate(
         champion=compare_paired(predicted == truth, champion[1](texts).argmax(axis=1) == truth, champion[0])
         if champion
         else None,
+        test_logits=test_logits,
     )
 
 
