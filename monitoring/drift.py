@@ -15,6 +15,7 @@ from components.handoff import DRIFT_REPORT, DRIFT_SUMMARY
 
 DESCRIPTORS = {"length": "TextLength", "word_count": "WordCount", "non_letter_share": "NonLetterCharacterPercentage"}
 EMBEDDING = "embedding"
+EMBEDDING_PLOT_ROWS = 300
 CATEGORICAL_METHODS = {"chisquare", "z"}  # of the per-row features: those of categories (z: of a yes/no share)
 
 
@@ -95,11 +96,15 @@ def check_drift(
         verdict, reason = decide_drift([], len(current), cfg.min_window, cfg.drift_share)
         return DriftResult(verdict, 0.0, len(reference), len(current), reason), None
     from evidently import Report
+    from evidently.legacy.metrics.data_drift import embeddings_drift
     from evidently.legacy.utils import data_drift_utils
     from evidently.metrics import EmbeddingsDrift, ValueDrift
     from evidently.metrics.embeddings import ModelDriftMethod
 
     data_drift_utils.roc_auc_random_classifier_percentile = random_auc_percentile
+    # The embeddings' plot is a t-SNE of up to this many rows of each side (Evidently's 2,500: seconds of the check);
+    # its verdict uses every row.
+    embeddings_drift.SAMPLE_CONSTANT = EMBEDDING_PLOT_ROWS
 
     columns = prediction_columns(reference) if columns is None else columns
     kinds = (
