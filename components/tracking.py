@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,6 +64,47 @@ def artifact_location(cfg, tracking_uri: str) -> str | None:
     return (Path(cfg.work_dir).resolve() / "mlartifacts").as_uri()
 
 
+def start_from_empty_store(tracking_uri: str) -> None:
+    """A new SQLite store starts as a copy of an empty one, with MLflow's tables and no rows, made once per MLflow
+    version in the user's cache: MLflow makes them by running its dozens of schema migrations, about 1.5 s of every
+    new work directory's first run. Where no copy can be made, MLflow makes them as before."""
+    if not tracking_uri.startswith("sqlite:///") or "?" in tracking_uri:
+        return
+    path = Path(tracking_uri.removeprefix("sqlite:///"))
+    empty = None if path.exists() else _empty_store()
+    if empty is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    shutil.copyfile(empty, partial)
+    with contextlib.suppress(FileExistsError):  # another process made the store first: it stands
+        os.link(partial, path)
+    partial.unlink()
+
+
+def _empty_store() -> Path | None:
+    import mlflow
+    import sqlalchemy
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm-lifecycle"
+    empty = cache / f"mlflow-{mlflow.__version__}-empty.db"
+    if empty.is_file():
+        return empty
+    partial = cache / f".{empty.name}.{os.getpid()}"
+    try:
+        from mlflow.store.db.utils import _initialize_tables
+
+        cache.mkdir(parents=True, exist_ok=True)
+        engine = sqlalchemy.create_engine(f"sqlite:///{partial}")
+        _initialize_tables(engine)  # what MLflow runs on a new store
+        engine.dispose()
+        os.replace(partial, empty)
+        return empty
+    except (ImportError, OSError, sqlalchemy.exc.SQLAlchemyError):
+        partial.unlink(missing_ok=True)
+        return None
+
+
 def use_config_experiment(cfg, tracking_uri: str) -> str:
     """use_experiment for the config's experiment and artifact location."""
     return use_experiment(tracking_uri, cfg.tracking.experiment, artifact_location(cfg, tracking_uri))
@@ -72,6 +115,7 @@ def use_experiment(tracking_uri: str, experiment: str, location: str | None = No
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    start_from_empty_store(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:

@@ -71,3 +71,32 @@ def test_a_rollout_supersedes_a_running_one_and_ends_promoted_or_rolled_back_wit
     assert end_rollout(NAME, "2", promoted=True, reason="not worse") == "1"
     assert (alias(client, "champion"), alias(client, "previous")) == ("2", "1")
     assert "candidate" not in client.get_registered_model(NAME).aliases
+
+
+def test_a_new_sqlite_store_starts_as_a_copy_of_mlflows_empty_one(tmp_path, monkeypatch):
+    """A new work directory's store is a copy of an empty store made once (MLflow's migrations take seconds): the
+    same tables and schema version as a store MLflow makes itself, and MLflow works on it as on its own."""
+    import sqlite3
+
+    from components.tracking import use_experiment
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    def schema(path):  # objects, each table's columns, and the migration; not the SQL text, whose order varies
+        with sqlite3.connect(path) as db:
+            objects = sorted(db.execute("SELECT type, name, tbl_name FROM sqlite_master"))
+            columns = {t: list(db.execute(f"PRAGMA table_info('{t}')")) for kind, t, _ in objects if kind == "table"}
+            return objects, columns, list(db.execute("SELECT * FROM alembic_version"))
+
+    mlflow.MlflowClient(f"sqlite:///{tmp_path / 'own.db'}").search_experiments()  # made by MLflow itself
+    for name in ("first", "second"):
+        use_experiment(f"sqlite:///{tmp_path / name / 'mlflow.db'}", "sms-spam")
+        assert schema(tmp_path / name / "mlflow.db") == schema(tmp_path / "own.db")
+    assert [p.name for p in (tmp_path / "cache" / "llm-lifecycle").iterdir()] == [
+        f"mlflow-{mlflow.__version__}-empty.db"
+    ]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'second' / 'mlflow.db'}")
+    run = client.create_run(client.get_experiment_by_name("sms-spam").experiment_id)
+    client.log_metric(run.info.run_id, "test_accuracy", 0.99)
+    assert client.get_run(run.info.run_id).data.metrics == {"test_accuracy": 0.99}
+    assert [e.name for e in client.search_experiments()] == ["sms-spam", "Default"]
