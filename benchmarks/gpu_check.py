@@ -206,8 +206,9 @@ class Steps:
             return [
                 {
                     "check": "the default run (benchmarks/pipeline.py)",
-                    "result": f"{r['wall_s']:.1f} s, {r['wall_s'] / r['fine_tune_s']:.2f}x its fine-tuning stage "
-                    f"({r['fine_tune_s']:.1f} s); test accuracy {r['test_accuracy']:.2%}",
+                    "result": f"{r['wall_s']:.1f} s, of it fixed cost {r['wall_s'] - r['train_loop_s']:.1f} s and "
+                    f"the training loop {r['train_loop_s']:.1f} s ({r['wall_s'] / r['fine_tune_s']:.2f}x its "
+                    f"fine-tuning stage); test accuracy {r['test_value']:.2%}",
                 }
             ]
 

@@ -29,7 +29,7 @@ def test_the_gpu_check_dry_run_runs_every_step_on_the_cpu_and_prints_one_table(t
     checks = [row["check"] for row in rows]
     assert checks[0] == "GPU tests (pytest -m gpu)" and "3 skipped" in rows[0]["result"]
     assert checks[1] == "fine-tuning, partial: ours vs the Trainer peer" and "x); test accuracy" in rows[1]["result"]
-    assert checks[2] == "the default run (benchmarks/pipeline.py)" and "x its fine-tuning stage" in rows[2]["result"]
+    assert checks[2] == "the default run (benchmarks/pipeline.py)" and "fixed cost" in rows[2]["result"]
     assert [c for c in checks[3:]] == [
         "serving, PyTorch eager (transformers, cpu)",
         "serving, onnxruntime fp32 (CPU)",
