@@ -42,7 +42,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pipeline-benchmark-") as tmp:
         if args.before:
             results[f"before ({args.before})"] = measure_before(args, Path(tmp))
-        results["after" if args.before else "this tree"] = measure_run(args, Path(args.keep or tmp) / "run", ROOT)
+        work = Path(args.keep) if args.keep else Path(tmp) / "run"
+        results["after" if args.before else "this tree"] = measure_run(args, work, ROOT)
     for name, result in results.items():
         print_table(result, name)
     if args.before:

@@ -62,7 +62,7 @@ def s3_tracking_server():
         try:
             requests.get(endpoint, timeout=1)
             break
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not yet listening, or listening but still starting
             assert time.monotonic() < deadline, "moto's S3 server did not start"
             time.sleep(0.3)
     s3 = boto3.client("s3")

@@ -266,8 +266,7 @@ def evaluate(
     raw, served = softmax(test_logits), softmax(test_logits, calibration.temperature)
     truth, metrics = targets["test"], score(served, targets["test"], labels)
     predicted = served.argmax(axis=1)
-    ece_before, bins_before = reliability(raw, truth)
-    ece, bins = reliability(served, truth)
+    (ece_before, bins_before), (ece, bins) = reliability(raw, truth), reliability(served, truth)
     slices = slice_metrics(splits["test"], truth, predicted)
     behaviour, served_by = behaviour or Behaviour(), lambda batch: softmax(logits_of(batch), calibration.temperature)
     return Evaluation(
