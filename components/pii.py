@@ -90,16 +90,16 @@ class PiiScanner:
 # What a text must hold for Presidio's recognizer of an entity to find one there, as the patterns are written
 # (components/config/schema_data.py lists the entities): a digit for numbers; `@`; two colons for IPv6; for a URL,
 # a scheme, www. or a path (_plausible drops the rest) or a context word that lifts a bare domain's score. An entity
-# not listed (names, places, dates: spaCy's) can be in any text.
+# not listed (names, places, dates: spaCy's) can be in any text. Searched case-blind, `.` across lines.
 _FINDING_PRECONDITIONS = {
-    "EMAIL_ADDRESS": re.compile("@"),
-    "PHONE_NUMBER": re.compile(r"\d"),
-    "CREDIT_CARD": re.compile(r"\d"),
-    "IBAN_CODE": re.compile(r"\d"),
-    "MEDICAL_LICENSE": re.compile(r"\d"),
-    "CRYPTO": re.compile(r"\d"),
-    "IP_ADDRESS": re.compile(r"\d|:.*:", re.DOTALL),
-    "URL": re.compile(r"/|www\.|url|website|link", re.IGNORECASE),
+    "EMAIL_ADDRESS": "@",
+    "PHONE_NUMBER": r"\d",
+    "CREDIT_CARD": r"\d",
+    "IBAN_CODE": r"\d",
+    "MEDICAL_LICENSE": r"\d",
+    "CRYPTO": r"\d",
+    "IP_ADDRESS": r"\d|:.*:",
+    "URL": r"/|www\.|url|website|link",
 }
 
 
@@ -108,7 +108,7 @@ def finding_precondition(entities: list[str]) -> Callable[[str], bool]:
     no @ and no link: they need no scan, which is most of its time."""
     if any(entity not in _FINDING_PRECONDITIONS for entity in entities):
         return lambda text: True
-    pattern = re.compile("|".join(f"(?:{_FINDING_PRECONDITIONS[e].pattern})" for e in entities), re.I | re.S)
+    pattern = re.compile("|".join(f"(?:{_FINDING_PRECONDITIONS[e]})" for e in entities), re.IGNORECASE | re.DOTALL)
     return lambda text: pattern.search(text) is not None
 
 
